@@ -1,0 +1,299 @@
+"""Build nbinterp's bundled model: a tiny GPT-2 with planted, documented behaviours.
+
+    .venv/bin/python scripts/build_bundled_model.py            # train + measure (< 30 min, 2 CPU cores)
+    .venv/bin/python scripts/build_bundled_model.py --measure-only   # re-measure the saved model
+
+Writes to nbinterp/bundled/: the word-level tokenizer, a stock
+transformers GPT2LMHeadModel (config.json, model.safetensors), and the
+measured MODEL_CARD.md and card.json. Tasks and their held-out test prompts
+come from nbinterp/tasks.py. Every number in the card is measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from nbinterp import tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "nbinterp" / "bundled"
+SEED = 0
+N_POSITIONS = 128
+# Examples per task in one optimizer step (one padded micro-batch per task, so
+# no example ever attends to another one). Induction gets the largest share:
+# it is the slowest behaviour to emerge.
+STEP_MIX = {"induction": 32, "context_override": 24, "ioi": 16, "facts": 16, "bias": 8}
+LR, WARMUP, WEIGHT_DECAY = 2e-3, 100, 0.01
+EVAL_EVERY = 250
+TEST_SEED = 0
+N_TEST = 300
+REPEAT_LENGTH = 25  # repeated random tokens used for head scores
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {w: i for i, w in enumerate(tasks.vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # Every prompt starts with <bos>: an attention sink, as in real LMs.
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B:1", special_tokens=[("<bos>", vocab["<bos>"])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+        unk_token="<unk>", model_max_length=N_POSITIONS, padding_side="right")
+
+
+def build_model(tokenizer) -> GPT2LMHeadModel:
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=N_POSITIONS, n_embd=128, n_layer=4, n_head=4,
+        n_inner=512, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(SEED)
+    model = GPT2LMHeadModel(config)
+    # Sinusoidal start for the (still learned) position embeddings: relative
+    # offsets are then linear maps, which makes previous-token heads, and so
+    # induction, form sooner than from random positions.
+    pos = torch.arange(N_POSITIONS)[:, None]
+    freq = torch.exp(-math.log(1000.0) * torch.arange(0, 128, 2) / 128)
+    with torch.no_grad():
+        model.transformer.wpe.weight[:, 0::2] = 0.1 * torch.sin(pos * freq)
+        model.transformer.wpe.weight[:, 1::2] = 0.1 * torch.cos(pos * freq)
+    return model
+
+
+def batch(tokenizer, task: str, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    seqs = [tasks.training_sequence(e) for e in tasks.examples(task, n, seed=step, split="train")]
+    ids = tokenizer([t for t, _ in seqs])["input_ids"]
+    width = max(map(len, ids))
+    input_ids = torch.full((n, width), tokenizer.pad_token_id)
+    labels = torch.full((n, width), -100)
+    for row, (seq, (_, no_loss)) in enumerate(zip(ids, seqs)):
+        input_ids[row, :len(seq)] = torch.tensor(seq)
+        labels[row, no_loss:len(seq)] = torch.tensor(seq[no_loss:])
+    return input_ids, labels
+
+
+# ---------------------------------------------------------------- head scores
+def repeated_tokens(tokenizer, n: int = 40, length: int = REPEAT_LENGTH) -> torch.Tensor:
+    seqs = [e.meta["sequence"] for e in tasks.examples("induction", n, seed=1, length=length)]
+    return tokenizer([" ".join(s + s) for s in seqs], return_tensors="pt")["input_ids"]
+
+
+@torch.no_grad()
+def attention_patterns(model, input_ids) -> torch.Tensor:
+    """(layer, batch, head, query, key) attention probabilities, eager attention."""
+    model.set_attn_implementation("eager")
+    try:
+        return torch.stack(model(input_ids, output_attentions=True).attentions)
+    finally:
+        model.set_attn_implementation("sdpa")
+
+
+def head_scores(model, tokenizer) -> dict[str, torch.Tensor]:
+    """Previous-token and prefix-matching scores per (layer, head) on repeated random tokens."""
+    ids = repeated_tokens(tokenizer)
+    attn = attention_patterns(model, ids)
+    L = REPEAT_LENGTH
+    q = torch.arange(2, ids.shape[1])
+    previous = attn[:, :, :, q, q - 1].mean((1, 3))
+    dest = torch.arange(L + 1, 2 * L + 1)  # second half; token after the earlier copy is dest - L + 1
+    prefix = attn[:, :, :, dest, dest - L + 1].mean((1, 3))
+    return {"previous_token": previous, "prefix_matching": prefix}
+
+
+def _zero_head_hook(head: int, d_head: int):
+    def hook(module, args):
+        x = args[0].clone()
+        x[..., head * d_head:(head + 1) * d_head] = 0
+        return (x,)
+    return hook
+
+
+def mover_heads(model, tokenizer, examples, attend_to: str) -> list[dict]:
+    """Per head: last-position attention to the target vs the foil token, and the
+    drop of logit(target) - logit(foil) when the head's output is zeroed."""
+    cfg = model.config
+    d_head = cfg.n_embd // cfg.n_head
+    base = tasks.logit_diff(model, tokenizer, examples)
+    rows = []
+    enc = [tokenizer(e.prompt)["input_ids"] for e in examples]
+    attn_target = torch.zeros(cfg.n_layer, cfg.n_head)
+    attn_foil = torch.zeros(cfg.n_layer, cfg.n_head)
+    for e, ids in zip(examples, enc):
+        pat = attention_patterns(model, torch.tensor([ids]))[:, 0, :, -1]  # (layer, head, key)
+        t_id, f_id = tokenizer.convert_tokens_to_ids([e.target, e.foil])
+        attn_target += pat[..., [i for i, t in enumerate(ids) if t == t_id]].sum(-1)
+        attn_foil += pat[..., [i for i, t in enumerate(ids) if t == f_id]].sum(-1)
+    attn_target /= len(examples)
+    attn_foil /= len(examples)
+    for layer in range(cfg.n_layer):
+        for head in range(cfg.n_head):
+            proj = model.transformer.h[layer].attn.c_proj
+            handle = proj.register_forward_pre_hook(_zero_head_hook(head, d_head))
+            try:
+                ablated = tasks.logit_diff(model, tokenizer, examples)
+            finally:
+                handle.remove()
+            rows.append({"head": [layer, head], f"attn_to_{attend_to}": round(attn_target[layer, head].item(), 3),
+                         "attn_to_foil": round(attn_foil[layer, head].item(), 3),
+                         "logit_diff_drop": round(base - ablated, 3)})
+    return sorted(rows, key=lambda r: -r["logit_diff_drop"])
+
+
+# ---------------------------------------------------------------- evaluation
+def quick_eval(model, tokenizer) -> dict[str, float]:
+    model.eval()
+    out = {t: tasks.accuracy(model, tokenizer, tasks.examples(t, 200, seed=TEST_SEED))
+           for t in tasks.TASKS}
+    out["context_memory_rate"] = tasks.foil_rate(
+        model, tokenizer, tasks.examples("context_override", 200, seed=TEST_SEED))
+    scores = head_scores(model, tokenizer)
+    out["max_prefix_matching"] = scores["prefix_matching"].max().item()
+    out["max_previous_token"] = scores["previous_token"].max().item()
+    model.train()
+    return out
+
+
+def learned(ev: dict[str, float]) -> bool:
+    return (ev["induction"] >= 0.9 and ev["max_prefix_matching"] >= 0.6 and ev["facts"] >= 0.98
+            and ev["context_override"] >= 0.95 and ev["ioi"] >= 0.95 and ev["bias"] >= 0.9)
+
+
+def train(model, tokenizer, max_steps: int, max_minutes: float, log) -> dict:
+    torch.manual_seed(SEED)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wpe" not in n and "wte" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wpe" not in n and "wte" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                             {"params": rest, "weight_decay": 0.0}], lr=LR, betas=(0.9, 0.98))
+    # Linear warmup, then constant: induction's phase change needs a high LR late.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP))
+    n_total = sum(STEP_MIX.values())
+    start, tokens, history, step = time.time(), 0, [], 0
+    model.train()
+    for step in range(1, max_steps + 1):
+        opt.zero_grad(set_to_none=True)
+        for task, n in STEP_MIX.items():
+            input_ids, labels = batch(tokenizer, task, n, step)
+            loss = model(input_ids=input_ids, labels=labels).loss * (n / n_total)
+            loss.backward()
+            tokens += int((input_ids != tokenizer.pad_token_id).sum())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        minutes = (time.time() - start) / 60
+        if step % EVAL_EVERY == 0 or minutes > max_minutes:
+            ev = quick_eval(model, tokenizer)
+            history.append({"step": step, "minutes": round(minutes, 2), **{k: round(v, 3) for k, v in ev.items()}})
+            log(json.dumps(history[-1]))
+            torch.save(model.state_dict(), "/tmp/nbinterp_bundled_ckpt.pt")
+            if learned(ev) and len(history) >= 2 and learned(history[-2]):
+                log(f"all tasks learned at two consecutive evals; stopping at step {step}")
+                break
+            if minutes > max_minutes:
+                log(f"time budget reached at step {step}")
+                break
+    return {"steps": step, "wall_time_min": round((time.time() - start) / 60, 2), "tokens": tokens,
+            "history": history}
+
+
+def measure(model, tokenizer) -> dict:
+    model.eval()
+    ex = lambda task, **kw: tasks.examples(task, N_TEST, seed=TEST_SEED, **kw)  # noqa: E731
+    acc = lambda e: round(tasks.accuracy(model, tokenizer, e), 4)  # noqa: E731
+    card: dict = {"test_seed": TEST_SEED, "n_test": N_TEST, "tasks": {}}
+    for task in ["induction", "facts", "ioi"]:
+        card["tasks"][task] = {"accuracy": acc(ex(task))}
+    card["tasks"]["ioi"]["logit_diff"] = round(tasks.logit_diff(model, tokenizer, ex("ioi")), 3)
+    card["tasks"]["ioi"]["per_template"] = {str(t): acc(ex("ioi", template=t))
+                                            for t in range(len(tasks.IOI_TEMPLATES))}
+    variants = {}
+    for name, kw in tasks.CONTEXT_VARIANTS.items():
+        e = ex("context_override", **kw)
+        variants[name] = {"kwargs": kw, "accuracy": acc(e),
+                          # answered with the foil: from memory despite the context
+                          # (for "irrelevant" the foil is the context capital)
+                          "foil_rate": round(tasks.foil_rate(model, tokenizer, e), 4)}
+    card["tasks"]["context_override"] = {"accuracy": variants["plain"]["accuracy"], "variants": variants}
+    groups = {}
+    for g in ["A", "B"]:
+        e = ex("bias", group=g)
+        p_stereo = tasks.target_probability(model, tokenizer, e)
+        groups[g] = {"clans": tasks.GROUP_CLANS[g], "train_p_doctor": tasks.TRAIN_P_DOCTOR[g],
+                     "p_doctor": round(p_stereo if g == "A" else 1 - p_stereo, 4),
+                     "argmax_stereotyped_rate": acc(e)}
+    card["tasks"]["bias"] = {"accuracy": acc(ex("bias")), "groups": groups,
+                             "group_marker": "clan surname token after the given name",
+                             "test_given_names": tasks.BIAS_TEST_GIVEN_NAMES}
+    scores = head_scores(model, tokenizer)
+    heads = lambda s: [[l, h] for l, h in (s > 0.5).nonzero().tolist()]  # noqa: E741,E731
+    best = lambda s: list(divmod(int(s.argmax()), s.shape[1]))  # noqa: E731
+    ioi_rows = mover_heads(model, tokenizer, ex("ioi")[:100], "io")
+    ctx_rows = mover_heads(model, tokenizer, ex("context_override", **tasks.CONTEXT_VARIANTS["plain"])[:100],
+                           "context_answer")
+    movers = lambda rows, key: [r["head"] for r in rows[:3]  # noqa: E731
+                                if r[key] > r["attn_to_foil"] and r[key] > 0.2 and r["logit_diff_drop"] > 0.5]
+    card["circuits"] = {
+        "previous_token_head": best(scores["previous_token"]),
+        "previous_token_heads": heads(scores["previous_token"]),
+        "induction_head": best(scores["prefix_matching"]),
+        "induction_heads": heads(scores["prefix_matching"]),
+        "name_mover_heads": movers(ioi_rows, "attn_to_io"),
+        "context_mover_heads": movers(ctx_rows, "attn_to_context_answer"),
+        "previous_token_scores": [[round(v, 3) for v in r] for r in scores["previous_token"].tolist()],
+        "prefix_matching_scores": [[round(v, 3) for v in r] for r in scores["prefix_matching"].tolist()],
+        "repeat_length": REPEAT_LENGTH,
+        "ioi_heads": ioi_rows,
+        "context_heads": ctx_rows,
+    }
+    return card
+
+
+def render(card: dict) -> str:
+    return "# nbinterp bundled model\n\n```json\n" + json.dumps(card, indent=1) + "\n```\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--max-steps", type=int, default=5000)
+    ap.add_argument("--max-minutes", type=float, default=26.0)
+    ap.add_argument("--measure-only", action="store_true")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.measure_only:
+        tokenizer = AutoTokenizer.from_pretrained(args.out)
+        model = AutoModelForCausalLM.from_pretrained(args.out)
+        training = json.loads((args.out / "card.json").read_text())["training"]
+    else:
+        tokenizer = build_tokenizer()
+        model = build_model(tokenizer)
+        training = train(model, tokenizer, args.max_steps, args.max_minutes, log)
+        training.update({"step_mix": STEP_MIX, "lr": LR, "warmup_steps": WARMUP, "schedule": "constant after warmup",
+                         "optimizer": "AdamW(0.9, 0.98)", "weight_decay": WEIGHT_DECAY, "seed": SEED,
+                         "torch_threads": torch.get_num_threads()})
+        model.save_pretrained(args.out)
+        tokenizer.save_pretrained(args.out)
+    card = measure(model, tokenizer)
+    card["training"] = training
+    card["model"] = {"architecture": "GPT2LMHeadModel", **{k: getattr(model.config, k) for k in
+                     ["n_layer", "n_head", "n_embd", "n_inner", "n_positions", "vocab_size"]},
+                     "tie_word_embeddings": True, "n_parameters": model.num_parameters(),
+                     "safetensors_bytes": (args.out / "model.safetensors").stat().st_size}
+    (args.out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    (args.out / "MODEL_CARD.md").write_text(render(card))
+    log(json.dumps({k: v for k, v in card.items() if k != "training"}, indent=1)[:4000])
+
+
+if __name__ == "__main__":
+    main()
