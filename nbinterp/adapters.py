@@ -1,0 +1,166 @@
+"""One uniform view of decoder-only transformers: where the layers, attention
+calls, per-head inputs of the output projection and MLPs live for each
+architecture, and how many heads / key-value groups it has.
+
+Adding an architecture means adding one `Architecture` row below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Module paths, relative to the model root, for one family."""
+
+    layers: str  # the list of decoder blocks
+    attention: str  # attention module, relative to a block
+    out_proj: str  # output projection, relative to the attention module
+    mlp: str  # MLP module, relative to a block
+    mlp_down: str  # MLP down projection, relative to the MLP (its input = neuron activations)
+    final_norm: str
+    unembed: str
+    embed: str
+    conv1d_out_proj: bool = False  # GPT-2's Conv1D stores weight as [in, out]
+
+
+_LLAMA_LIKE = Architecture(
+    layers="model.layers",
+    attention="self_attn",
+    out_proj="o_proj",
+    mlp="mlp",
+    mlp_down="down_proj",
+    final_norm="model.norm",
+    unembed="lm_head",
+    embed="model.embed_tokens",
+)
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "gpt2": Architecture(
+        layers="transformer.h",
+        attention="attn",
+        out_proj="c_proj",
+        mlp="mlp",
+        mlp_down="c_proj",
+        final_norm="transformer.ln_f",
+        unembed="lm_head",
+        embed="transformer.wte",
+        conv1d_out_proj=True,
+    ),
+    "gpt_neox": Architecture(
+        layers="gpt_neox.layers",
+        attention="attention",
+        out_proj="dense",
+        mlp="mlp",
+        mlp_down="dense_4h_to_h",
+        final_norm="gpt_neox.final_layer_norm",
+        unembed="lm_head",
+        embed="gpt_neox.embed_in",
+    ),
+    **{
+        name: _LLAMA_LIKE
+        for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2")
+    },
+}
+
+
+def get_path(root: Any, path: str) -> Any:
+    """`get_path(model, "model.layers")`, for HF modules and nnsight envoys alike."""
+    node = root
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _has_path(root: Any, path: str) -> bool:
+    try:
+        get_path(root, path)
+        return True
+    except AttributeError:
+        return False
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Head and width figures read from the config."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_model: int
+    vocab_size: int
+    max_positions: int | None
+
+
+def _config_value(config: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def read_shape(config: Any) -> ModelShape:
+    config = getattr(config, "text_config", None) or config
+    d_model = _config_value(config, "hidden_size", "n_embd", "d_model")
+    n_heads = _config_value(config, "num_attention_heads", "n_head")
+    n_layers = _config_value(config, "num_hidden_layers", "n_layer")
+    missing = [
+        name
+        for name, value in (("hidden size", d_model), ("attention heads", n_heads), ("layers", n_layers))
+        if value is None
+    ]
+    if missing:
+        raise UnsupportedArchitectureError(
+            f"the model config ({type(config).__name__}) does not say its {', '.join(missing)}; "
+            "nbinterp supports decoder-only language models such as GPT-2, GPT-NeoX, Llama, "
+            "Mistral, Qwen2 and Gemma2."
+        )
+    n_kv_heads = _config_value(config, "num_key_value_heads") or n_heads
+    head_dim = _config_value(config, "head_dim") or d_model // n_heads
+    return ModelShape(
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=head_dim,
+        d_model=d_model,
+        vocab_size=_config_value(config, "vocab_size"),
+        max_positions=_config_value(config, "n_positions", "max_position_embeddings"),
+    )
+
+
+def architecture_for(hf_model: Any) -> Architecture:
+    """The adapter for a Hugging Face causal LM, or a clear error naming what is missing."""
+    model_type = getattr(hf_model.config, "model_type", None)
+    candidates = [ARCHITECTURES[model_type]] if model_type in ARCHITECTURES else []
+    # Unknown model types that are built like Llama (most new ones) still work.
+    candidates += [a for a in dict.fromkeys(ARCHITECTURES.values()) if a not in candidates]
+    best, best_missing = None, None
+    for arch in candidates:
+        missing = _missing_parts(hf_model, arch)
+        if not missing:
+            return arch
+        if best_missing is None or len(missing) < len(best_missing):
+            best, best_missing = arch, missing
+    raise UnsupportedArchitectureError(
+        f"nbinterp has no adapter for model type {model_type!r} ({type(hf_model).__name__}). "
+        f"The closest known layout lacks: {', '.join(best_missing)}. Supported: GPT-2, GPT-NeoX, "
+        "Llama, Mistral, Qwen2/3, Gemma/Gemma2, OLMo; to add one, describe its module paths in "
+        "nbinterp.adapters.ARCHITECTURES."
+    )
+
+
+def _missing_parts(hf_model: Any, arch: Architecture) -> list[str]:
+    missing = [p for p in (arch.layers, arch.final_norm, arch.unembed, arch.embed) if not _has_path(hf_model, p)]
+    if missing:
+        return missing
+    block = get_path(hf_model, arch.layers)[0]
+    for path in (arch.attention, f"{arch.attention}.{arch.out_proj}", arch.mlp, f"{arch.mlp}.{arch.mlp_down}"):
+        if not _has_path(block, path):
+            missing.append(f"{arch.layers}[i].{path}")
+    return missing

@@ -1,0 +1,323 @@
+"""`Model`: one API over an nnsight-wrapped causal LM, local or remote.
+
+`model.run(prompt, ...)` runs one forward pass through nnsight with the
+requested interventions and returns a `Run`; the model itself is never changed.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from . import attention_math
+from .adapters import Architecture, ModelShape, architecture_for, get_path, read_shape
+from .errors import NbinterpError
+from .interventions import CAPTURES, Metric, Plan, execute
+from .patching import build_patch
+from .run import Run
+
+Prompt = "str | Sequence[int] | torch.Tensor"
+
+
+class Model:
+    """A language model wrapped for interpretability. Build it with `nbinterp.load`."""
+
+    def __init__(self, nn_model: Any, tokenizer: Any, name: str, remote: bool | str = False) -> None:
+        self.nn = nn_model  # the nnsight wrapper
+        self.hf = nn_model._module  # the Hugging Face module (meta weights when remote=True)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.remote = remote
+        self.arch: Architecture = architecture_for(self.hf)
+        self.shape: ModelShape = read_shape(self.hf.config)
+        self._reference_means: dict[tuple, dict[int, torch.Tensor]] = {}
+        self._weights: dict[int, torch.Tensor] = {}
+
+    # ---------------------------------------------------------------- figures
+    n_layers = property(lambda self: self.shape.n_layers)
+    n_heads = property(lambda self: self.shape.n_heads)
+    n_kv_heads = property(lambda self: self.shape.n_kv_heads)
+    head_dim = property(lambda self: self.shape.head_dim)
+    d_model = property(lambda self: self.shape.d_model)
+    max_positions = property(lambda self: self.shape.max_positions)
+
+    @property
+    def d_mlp(self) -> int:
+        down = get_path(get_path(self.hf, self.arch.layers)[0], f"{self.arch.mlp}.{self.arch.mlp_down}")
+        return down.weight.shape[0] if self.arch.conv1d_out_proj else down.weight.shape[1]
+
+    def __repr__(self) -> str:
+        where = {False: "local", True: "remote (NDIF)", "local": "remote-simulated"}[self.remote]
+        return (
+            f"<nbinterp.Model {self.name}: {self.n_layers} layers x {self.n_heads} heads "
+            f"({self.n_kv_heads} kv), d_model {self.d_model}, {where}>"
+        )
+
+    # ------------------------------------------------------------- validation
+    @staticmethod
+    def _error(message: str) -> NbinterpError:
+        return NbinterpError(message)
+
+    def _check_layer(self, layer: Any) -> int:
+        if not isinstance(layer, numbers.Integral) or isinstance(layer, bool) or not 0 <= layer < self.n_layers:
+            raise self._error(f"layer {layer!r} is out of range: this model has layers 0..{self.n_layers - 1}")
+        return int(layer)
+
+    def _check_head(self, head: Any) -> int:
+        if not isinstance(head, numbers.Integral) or isinstance(head, bool) or not 0 <= head < self.n_heads:
+            raise self._error(f"head {head!r} is out of range: this model has heads 0..{self.n_heads - 1} per layer")
+        return int(head)
+
+    @staticmethod
+    def _check_scale(value: Any, what: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise NbinterpError(f"the scale for {what} must be a finite number (0 = ablate, 1 = unchanged), got {value!r}")
+        return float(value)
+
+    def tokenize(self, prompt: Any) -> torch.Tensor:
+        """Prompt text (or token ids) -> input ids [1, T], checked against the context length."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise self._error("the prompt is empty: pass some text, e.g. model.run('The capital of France is')")
+            ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+        elif isinstance(prompt, torch.Tensor) or (isinstance(prompt, Sequence) and not isinstance(prompt, bytes)):
+            ids = torch.as_tensor(prompt, dtype=torch.long).reshape(1, -1)
+            if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < self.shape.vocab_size):
+                raise self._error(f"token ids must lie in 0..{self.shape.vocab_size - 1}")
+        else:
+            raise self._error(f"a prompt is a string or a list of token ids, not {type(prompt).__name__}")
+        if ids.shape[1] == 0:
+            raise self._error("the prompt is empty: it has no tokens")
+        if self.max_positions is not None and ids.shape[1] > self.max_positions:
+            raise self._error(
+                f"the prompt has {ids.shape[1]} tokens but {self.name} reads at most {self.max_positions}: "
+                "shorten the prompt"
+            )
+        return ids
+
+    def token_id(self, token: str | int) -> int:
+        """A single token's id; a string must tokenize to exactly one token."""
+        if isinstance(token, numbers.Integral) and not isinstance(token, bool):
+            if not 0 <= token < self.shape.vocab_size:
+                raise self._error(f"token id {token} is out of range 0..{self.shape.vocab_size - 1}")
+            return int(token)
+        if not isinstance(token, str) or not token:
+            raise self._error(f"a target or foil is a non-empty string or a token id, not {token!r}")
+        ids = self.tokenizer(token, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            pieces = self.tokenizer.convert_ids_to_tokens(ids)
+            raise self._error(
+                f"{token!r} is {len(ids)} tokens {pieces}, not one: pass a single-token string "
+                "(GPT-2-style tokenizers usually need a leading space, ' Paris') or a token id"
+            )
+        return ids[0]
+
+    # -------------------------------------------------------------------- run
+    def run(
+        self,
+        prompt: Any,
+        *,
+        ablate: dict | None = None,
+        ablation: str = "zero",
+        reference: Sequence[str] | None = None,
+        ablate_neurons: dict | None = None,
+        knockout: Iterable[tuple[int, int, int, int]] | None = None,
+        patch_from: Any = None,
+        patch: Iterable[tuple] | None = None,
+        target: str | int | None = None,
+        foil: str | int | None = None,
+        position: int = -1,
+        gradients: bool = False,
+        capture: Iterable[str] | None = None,
+    ) -> Run:
+        """One forward pass with interventions; returns a new `Run`.
+
+        ablate:          {(layer, head): scale, "L3.H1": scale, "L2.mlp": scale}; 0 removes it.
+        ablation:        "zero" (scale towards 0) or "mean" (towards the mean over `reference` prompts).
+        ablate_neurons:  {(layer, neuron): scale} on the MLP's hidden activations.
+        knockout:        [(layer, head, query, key), ...] attention edges set to zero (rows renormalised).
+        patch_from:      a prompt or Run of the same token length; `patch` lists the sites to copy from it:
+                         ("resid_pre" | "attn_out" | "mlp_out", layer, position or None) or
+                         ("head", layer, head, position or None).
+        target, foil:    with gradients=True, gradients of logit(target) - logit(foil) at `position`
+                         w.r.t. every attention probability and head output (one forward + one backward).
+        capture:         what to read per layer (default: everything locally, only logits remotely;
+                         anything else is fetched on demand).
+        """
+        input_ids = self.tokenize(prompt)
+        n_tokens = input_ids.shape[1]
+        plan = Plan()
+        self._plan_ablations(plan, ablate or {}, ablation, reference)
+        self._plan_neurons(plan, ablate_neurons or {})
+        self._plan_knockout(plan, knockout or [], n_tokens)
+        if patch is not None or patch_from is not None:
+            if patch is None or patch_from is None:
+                raise self._error("activation patching needs both patch_from= (a prompt or Run) and patch=[sites]")
+            build_patch(self, plan, input_ids, patch_from, patch)
+        metric = None
+        if gradients:
+            if target is None:
+                raise self._error("gradients=True needs a target token (and optionally a foil), e.g. target=' Paris'")
+            if not -n_tokens <= position < n_tokens:
+                raise self._error(f"position {position} is outside the prompt's {n_tokens} tokens")
+            metric = Metric(self.token_id(target), None if foil is None else self.token_id(foil), position % n_tokens)
+        elif target is not None or foil is not None:
+            # validate now so a typo fails before the forward pass
+            for token in (target, foil):
+                if token is not None:
+                    self.token_id(token)
+        layers = set(range(self.n_layers))
+        if capture is None:
+            names = () if self.remote is True else CAPTURES
+        else:
+            names = tuple(capture)
+            unknown = set(names) - set(CAPTURES)
+            if unknown:
+                raise self._error(f"unknown capture {sorted(unknown)}: choose from {CAPTURES}")
+        captured = self._execute(input_ids, plan, {name: set(layers) for name in names}, metric)
+        description = {
+            k: v for k, v in dict(
+                ablate=ablate, ablation=ablation if ablate else None, reference=reference,
+                ablate_neurons=ablate_neurons, knockout=knockout, patch=patch,
+                target=target, foil=foil, gradients=gradients or None,
+            ).items() if v
+        }
+        return Run(self, input_ids, plan, captured, metric, description)
+
+    def _execute(self, input_ids: torch.Tensor, plan: Plan, capture: dict[str, set[int]], metric: Metric | None = None) -> dict:
+        device = self._device()
+        saved = execute(self.nn, self.arch, self.shape, input_ids.to(device), plan, capture, metric, self.remote)
+        return _to_cpu(dict(saved))
+
+    def _device(self) -> torch.device:
+        if self.remote is True:
+            return torch.device("cpu")
+        return next(self.hf.parameters()).device
+
+    # --------------------------------------------------------- plan builders
+    def _plan_ablations(self, plan: Plan, ablate: dict, ablation: str, reference: Sequence[str] | None) -> None:
+        if not isinstance(ablate, dict):
+            raise self._error("ablate= takes a dict like {(layer, head): scale} or {'L3.H1': 0.0, 'L2.mlp': 0.5}")
+        if ablation not in ("zero", "mean"):
+            raise self._error(f"ablation must be 'zero' or 'mean', not {ablation!r}")
+        heads: dict[int, dict[int, float]] = {}
+        for key, value in ablate.items():
+            layer, head = self._parse_component(key)
+            scale = self._check_scale(value, f"{key!r}")
+            if head == "mlp":
+                plan.mlp_scale[layer] = scale
+            else:
+                heads.setdefault(layer, {})[head] = scale
+        if not heads:
+            return
+        means = self._mean_z(reference) if ablation == "mean" else None
+        width = self.n_heads * self.head_dim
+        for layer, scales in heads.items():
+            z_scale = torch.ones(width)
+            for head, scale in scales.items():
+                z_scale[head * self.head_dim : (head + 1) * self.head_dim] = scale
+            plan.z_scale[layer] = z_scale
+            plan.z_baseline[layer] = means[layer] if means is not None else torch.zeros(width)
+
+    def _parse_component(self, key: Any) -> tuple[int, int | str]:
+        """(layer, head) | (layer, "mlp") | "L3.H1" | "L2.mlp" -> (layer, head or "mlp")."""
+        if isinstance(key, str):
+            parts = key.strip().split(".")
+            try:
+                if len(parts) == 2 and parts[0][:1] in "Ll":
+                    layer = int(parts[0][1:])
+                    if parts[1].lower() == "mlp":
+                        return self._check_layer(layer), "mlp"
+                    if parts[1][:1] in "Hh":
+                        return self._check_layer(layer), self._check_head(int(parts[1][1:]))
+            except ValueError:
+                pass
+            raise self._error(f"cannot read component {key!r}: write 'L3.H1' for a head or 'L2.mlp' for an MLP")
+        if isinstance(key, tuple) and len(key) == 2:
+            layer, head = key
+            if head == "mlp":
+                return self._check_layer(layer), "mlp"
+            return self._check_layer(layer), self._check_head(head)
+        raise self._error(f"cannot read component {key!r}: use (layer, head), (layer, 'mlp'), 'L3.H1' or 'L2.mlp'")
+
+    def _mean_z(self, reference: Sequence[str] | None) -> dict[int, torch.Tensor]:
+        """Mean of each head's output-projection input over every token of the reference prompts."""
+        if not reference or isinstance(reference, str):
+            raise self._error("mean ablation needs reference=[prompt, ...] to average each head's output over")
+        key = tuple(reference)
+        if key not in self._reference_means:
+            layers = set(range(self.n_layers))
+            sums, count = {}, 0
+            for prompt in reference:
+                z = self._execute(self.tokenize(prompt), Plan(), {"z": layers})["z"]
+                for layer in layers:
+                    sums[layer] = sums.get(layer, 0) + z[layer].float().sum(0)
+                count += z[0].shape[0]
+            self._reference_means[key] = {layer: total / count for layer, total in sums.items()}
+        return self._reference_means[key]
+
+    def _plan_neurons(self, plan: Plan, ablate_neurons: dict) -> None:
+        if not isinstance(ablate_neurons, dict):
+            raise self._error("ablate_neurons= takes a dict like {(layer, neuron): scale}")
+        d_mlp = self.d_mlp if ablate_neurons else 0
+        for key, value in ablate_neurons.items():
+            if not (isinstance(key, tuple) and len(key) == 2):
+                raise self._error(f"neuron {key!r}: use (layer, neuron)")
+            layer, neuron = self._check_layer(key[0]), key[1]
+            if not isinstance(neuron, numbers.Integral) or not 0 <= neuron < d_mlp:
+                raise self._error(f"neuron {neuron!r} is out of range: MLPs here have neurons 0..{d_mlp - 1}")
+            scale = self._check_scale(value, f"neuron {key!r}")
+            plan.neuron_scale.setdefault(layer, torch.ones(d_mlp))[neuron] = scale
+
+    def _plan_knockout(self, plan: Plan, knockout: Iterable, n_tokens: int) -> None:
+        for edge in knockout:
+            if not (isinstance(edge, (tuple, list)) and len(edge) == 4):
+                raise self._error(f"knockout edge {edge!r}: use (layer, head, query_position, key_position)")
+            layer, head = self._check_layer(edge[0]), self._check_head(edge[1])
+            query, key = edge[2], edge[3]
+            for name, pos in (("query", query), ("key", key)):
+                if not isinstance(pos, numbers.Integral) or not 0 <= pos < n_tokens:
+                    raise self._error(f"knockout {name} position {pos!r} is outside the prompt's 0..{n_tokens - 1}")
+            if key > query:
+                raise self._error(f"knockout edge {tuple(edge)}: query {query} cannot attend to later key {key} anyway")
+            mask = plan.knockout.setdefault(layer, torch.zeros(1, self.n_heads, n_tokens, n_tokens, dtype=torch.bool))
+            mask[0, head, query, key] = True
+        for layer, mask in plan.knockout.items():
+            full_rows = mask[0].sum(-1) >= torch.arange(1, n_tokens + 1)
+            if full_rows.any():
+                head, query = full_rows.nonzero()[0].tolist()
+                raise self._error(
+                    f"knockout removes every key of query {query} in L{layer}.H{head}: keep at least one "
+                    "(attention must go somewhere)"
+                )
+
+    # ---------------------------------------------------------------- weights
+    def _head_weights(self, layer: int) -> torch.Tensor:
+        """The output projection of `layer` split per head: [H, head_dim, d_model], float32."""
+        layer = self._check_layer(layer)
+        if layer not in self._weights:
+            inner = f"{self.arch.attention}.{self.arch.out_proj}"
+            if self.remote is True:
+                # meta weights here: read the real ones on the server
+                out_proj = get_path(get_path(self.nn, self.arch.layers)[layer], inner)
+                with self.nn.trace(torch.zeros(1, 1, dtype=torch.long), remote=True):
+                    weight = out_proj.weight.save()
+            else:
+                weight = get_path(get_path(self.hf, self.arch.layers)[layer], inner).weight
+            self._weights[layer] = attention_math.per_head_output_weight(
+                weight.detach().float().cpu(), self.n_heads, self.arch.conv1d_out_proj
+            )
+        return self._weights[layer]
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value

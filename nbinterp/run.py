@@ -1,0 +1,175 @@
+"""A captured forward pass: tokens, logits and per-layer tensors, with the
+derived views (attention probabilities, per-head outputs, value-weighted
+norms) computed lazily, one layer at a time."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import attention_math
+from .interventions import Metric, Plan
+
+if TYPE_CHECKING:
+    from .model import Model
+
+
+class Run:
+    """The result of `Model.run`. Never mutated by later runs."""
+
+    def __init__(
+        self,
+        model: "Model",
+        input_ids: torch.Tensor,
+        plan: Plan,
+        captured: dict[str, Any],
+        metric: Metric | None,
+        description: dict[str, Any],
+    ) -> None:
+        self.model = model
+        self.input_ids = input_ids  # [1, T]
+        self.plan = plan
+        self._captured = captured
+        self._metric = metric
+        self.interventions = description  # the user's arguments, for display / "copy as code"
+        self._cache: dict[tuple[str, int], torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def token_ids(self) -> list[int]:
+        return self.input_ids[0].tolist()
+
+    @property
+    def tokens(self) -> list[str]:
+        """The prompt as the tokenizer splits it."""
+        return self.model.tokenizer.convert_ids_to_tokens(self.token_ids)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """[T, vocab] float32."""
+        return self._captured["logits"]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[1]
+
+    def probabilities(self, position: int = -1) -> torch.Tensor:
+        """Next-token distribution [vocab] at `position`."""
+        return torch.softmax(self.logits[position], dim=-1)
+
+    def top_tokens(self, k: int = 10, position: int = -1) -> list[tuple[str, float]]:
+        """The k most likely next tokens with their probabilities."""
+        probs = self.probabilities(position)
+        values, ids = probs.topk(min(k, probs.numel()))
+        return list(zip(self.model.tokenizer.convert_ids_to_tokens(ids.tolist()), values.tolist()))
+
+    def logit_diff(self, target: str | int, foil: str | int | None = None, position: int = -1) -> float:
+        """logit(target) - logit(foil) (or logit(target)) at `position`."""
+        row = self.logits[position]
+        value = row[self.model.token_id(target)]
+        if foil is not None:
+            value = value - row[self.model.token_id(foil)]
+        return float(value)
+
+    # ------------------------------------------------------------ per layer
+    def _layer(self, layer: int) -> int:
+        return self.model._check_layer(layer)
+
+    def _capture(self, name: str, layer: int) -> Any:
+        layer = self._layer(layer)
+        store = self._captured.setdefault(name, {})
+        if layer not in store:
+            # Not captured up front (a remote run sends back only what is asked for):
+            # re-run the same request for this one layer.
+            fetched = self.model._execute(self.input_ids, self.plan, {name: {layer}})
+            store[layer] = fetched[name][layer]
+        return store[layer]
+
+    def attention(self, layer: int) -> torch.Tensor:
+        """[heads, T, T] attention probabilities (after any knockout in this run)."""
+        key = ("attention", self._layer(layer))
+        if key not in self._cache:
+            self._cache[key] = self._attention(layer, scores=False)
+        return self._cache[key]
+
+    def attention_scores(self, layer: int) -> torch.Tensor:
+        """[heads, T, T] pre-softmax scores, masked (-inf above the diagonal)."""
+        return self._attention(layer, scores=True)
+
+    def _attention(self, layer: int, scores: bool) -> torch.Tensor:
+        query, key, _, mask, kwargs = self._capture("qkv", layer)
+        args = (
+            query[None].float(), key[None].float(), None if mask is None else mask[None],
+            kwargs["scaling"] or query.shape[-1] ** -0.5, kwargs["softcap"], kwargs["sliding_window"],
+        )
+        if scores:
+            return attention_math.attention_scores(*args)[0]
+        knock = self.plan.knockout.get(self._layer(layer))
+        return attention_math.attention_probabilities(*args, knockout=knock)[0]
+
+    def head_outputs(self, layer: int) -> torch.Tensor:
+        """[heads, T, d_model]: each head's write to the residual stream (bias excluded)."""
+        z = self._capture("z", layer)
+        return attention_math.head_outputs(z.float(), self.model._head_weights(layer))
+
+    def value_weighted(self, layer: int) -> torch.Tensor:
+        """[heads, T, T]: ||a_ij v_j W_O^h||, what each head moves from key j to query i."""
+        _, _, value, _, _ = self._capture("qkv", layer)
+        return attention_math.value_weighted_norms(
+            self.attention(layer), value.float(), self.model._head_weights(layer)
+        )
+
+    def residual(self, layer: int) -> torch.Tensor:
+        """[T, d_model]: the residual stream entering block `layer`."""
+        return self._capture("resid_pre", layer).float()
+
+    def attention_out(self, layer: int) -> torch.Tensor:
+        """[T, d_model]: the attention block's output (all heads, with bias)."""
+        return self._capture("attn_out", layer).float()
+
+    def mlp_out(self, layer: int) -> torch.Tensor:
+        """[T, d_model]: the MLP's output."""
+        return self._capture("mlp_out", layer).float()
+
+    # ------------------------------------------------------------ gradients
+    def _grads(self) -> dict[str, Any]:
+        if self._metric is None:
+            raise self.model._error(
+                "this run has no gradients: call model.run(prompt, target=..., foil=..., gradients=True)"
+            )
+        return self._captured
+
+    @property
+    def metric(self) -> float:
+        """The value of the metric the gradients are of (logit diff at the position)."""
+        return float(self._grads()["metric"])
+
+    def grad_attention(self, layer: int) -> torch.Tensor:
+        """[heads, T, T]: d metric / d attention probability."""
+        return self._grads()["grad_probs"][self._layer(layer)]
+
+    def grad_head_outputs(self, layer: int) -> torch.Tensor:
+        """[heads, T, d_model]: d metric / d (each head's write to the residual stream).
+
+        A head's write enters the residual stream additively, so this equals the
+        gradient at the output projection's output for every head; it is expanded
+        per head for convenience (grad x head_outputs = each head's attribution).
+        """
+        grad_out = self._grads()["grad_out_proj"][self._layer(layer)]  # [T, d_model]
+        return grad_out[None].expand(self.model.n_heads, -1, -1)
+
+    def head_attribution(self) -> torch.Tensor:
+        """[layers, heads]: gradient x activation estimate of each head's effect on the metric."""
+        grads = self._grads()["grad_z"]
+        n_heads = self.model.n_heads
+        rows = []
+        for layer in range(self.model.n_layers):
+            z = self._capture("z", layer).float()
+            product = (grads[layer] * z).reshape(z.shape[0], n_heads, -1)
+            rows.append(product.sum(dim=(0, 2)))
+        return torch.stack(rows)
+
+    def __repr__(self) -> str:
+        shown = " ".join(self.tokens[:12]) + (" ..." if len(self) > 12 else "")
+        top = ", ".join(f"{t!r} {p:.2f}" for t, p in self.top_tokens(3))
+        return f"<Run {self.model.name}: {len(self)} tokens [{shown}] -> {top}>"
