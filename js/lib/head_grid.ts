@@ -1,0 +1,143 @@
+// A layer x head grid of small heatmaps on one canvas (144 thumbnails are
+// 144 drawImage calls, not 144 DOM nodes). Click picks a head.
+
+import type { ColorScale } from "./colors";
+import { paintPixels } from "./heatmap";
+
+export interface HeadRef {
+  layer: number;
+  head: number;
+}
+
+export interface HeadGridOptions {
+  nLayers: number;
+  nHeads: number;
+  thumbPx: number;
+  onClick?(ref: HeadRef): void;
+  onHover?(ref: HeadRef | null, event: PointerEvent): void;
+}
+
+const GAP = 2;
+const MARGIN_LEFT = 28;
+const MARGIN_TOP = 16;
+
+/** Thumbnail size in CSS px so the grid fits about `budget` px. */
+export function thumbSize(nLayers: number, nHeads: number, budget = 360): number {
+  const n = Math.max(nLayers, nHeads, 1);
+  return Math.max(12, Math.min(56, Math.floor(budget / n) - GAP));
+}
+
+export class HeadGrid {
+  readonly canvas: HTMLCanvasElement;
+  private readonly ctx: CanvasRenderingContext2D;
+  private readonly tile: HTMLCanvasElement;
+  private values: Float32Array | null = null;
+  private side = 0;
+  private scale: ColorScale | null = null;
+  private selected: HeadRef | null = null;
+  private readonly dpr: number;
+
+  constructor(container: HTMLElement, private readonly opts: HeadGridOptions) {
+    const doc = container.ownerDocument;
+    this.dpr = doc.defaultView?.devicePixelRatio || 1;
+    this.canvas = doc.createElement("canvas");
+    this.canvas.className = "nbi-head-grid";
+    const w = MARGIN_LEFT + opts.nHeads * (opts.thumbPx + GAP);
+    const h = MARGIN_TOP + opts.nLayers * (opts.thumbPx + GAP);
+    this.canvas.style.width = `${w}px`;
+    this.canvas.style.height = `${h}px`;
+    this.canvas.width = Math.round(w * this.dpr);
+    this.canvas.height = Math.round(h * this.dpr);
+    this.canvas.dataset.layers = String(opts.nLayers);
+    this.canvas.dataset.heads = String(opts.nHeads);
+    const ctx = this.canvas.getContext("2d");
+    if (!ctx) throw new Error("this browser gives no 2D canvas context");
+    this.ctx = ctx;
+    this.tile = doc.createElement("canvas");
+    this.canvas.addEventListener("click", this.onClickEvent);
+    this.canvas.addEventListener("pointermove", this.onMove);
+    this.canvas.addEventListener("pointerleave", this.onLeave);
+    container.append(this.canvas);
+  }
+
+  /** `values` holds nLayers * nHeads tiles of side x side, row-major. */
+  setThumbnails(values: Float32Array, side: number, scale: ColorScale): void {
+    const expected = this.opts.nLayers * this.opts.nHeads * side * side;
+    if (values.length !== expected) throw new Error(`thumbnails have ${values.length} values, expected ${expected}`);
+    this.values = values;
+    this.side = side;
+    this.scale = scale;
+  }
+
+  setSelected(ref: HeadRef | null): void {
+    this.selected = ref;
+  }
+
+  /** Top-left corner of a thumbnail in CSS px, relative to the canvas. */
+  origin(ref: HeadRef): { x: number; y: number } {
+    const step = this.opts.thumbPx + GAP;
+    return { x: MARGIN_LEFT + ref.head * step, y: MARGIN_TOP + ref.layer * step };
+  }
+
+  refAt(clientX: number, clientY: number): HeadRef | null {
+    const rect = this.canvas.getBoundingClientRect();
+    const step = this.opts.thumbPx + GAP;
+    const head = Math.floor((clientX - rect.left - MARGIN_LEFT) / step);
+    const layer = Math.floor((clientY - rect.top - MARGIN_TOP) / step);
+    if (head < 0 || head >= this.opts.nHeads || layer < 0 || layer >= this.opts.nLayers) return null;
+    return { layer, head };
+  }
+
+  draw(): void {
+    const { ctx, opts, dpr } = this;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
+    ctx.fillStyle = "#444";
+    ctx.font = "10px sans-serif";
+    ctx.textBaseline = "middle";
+    ctx.textAlign = "center";
+    for (let h = 0; h < opts.nHeads; h++) ctx.fillText(`H${h}`, this.origin({ layer: 0, head: h }).x + opts.thumbPx / 2, MARGIN_TOP / 2);
+    ctx.textAlign = "right";
+    for (let l = 0; l < opts.nLayers; l++) ctx.fillText(`L${l}`, MARGIN_LEFT - 4, this.origin({ layer: l, head: 0 }).y + opts.thumbPx / 2);
+    if (this.values && this.scale) {
+      const side = this.side;
+      this.tile.width = side;
+      this.tile.height = side;
+      const tctx = this.tile.getContext("2d");
+      if (!tctx) return;
+      const image = tctx.createImageData(side, side);
+      ctx.imageSmoothingEnabled = false;
+      for (let l = 0; l < opts.nLayers; l++) {
+        for (let h = 0; h < opts.nHeads; h++) {
+          const start = (l * opts.nHeads + h) * side * side;
+          paintPixels(this.values.subarray(start, start + side * side), this.scale, image.data);
+          tctx.putImageData(image, 0, 0);
+          const { x, y } = this.origin({ layer: l, head: h });
+          ctx.drawImage(this.tile, 0, 0, side, side, x, y, opts.thumbPx, opts.thumbPx);
+        }
+      }
+    }
+    if (this.selected) {
+      const { x, y } = this.origin(this.selected);
+      ctx.strokeStyle = "#e0115f";
+      ctx.lineWidth = 2;
+      ctx.strokeRect(x - 1, y - 1, opts.thumbPx + 2, opts.thumbPx + 2);
+    }
+  }
+
+  destroy(): void {
+    this.canvas.removeEventListener("click", this.onClickEvent);
+    this.canvas.removeEventListener("pointermove", this.onMove);
+    this.canvas.removeEventListener("pointerleave", this.onLeave);
+    this.canvas.remove();
+  }
+
+  private onClickEvent = (e: MouseEvent) => {
+    const ref = this.refAt(e.clientX, e.clientY);
+    if (ref) this.opts.onClick?.(ref);
+  };
+
+  private onMove = (e: PointerEvent) => this.opts.onHover?.(this.refAt(e.clientX, e.clientY), e);
+
+  private onLeave = (e: PointerEvent) => this.opts.onHover?.(null, e);
+}

@@ -1,0 +1,189 @@
+"""The base of every nbinterp widget: request/response messages with ids,
+validation of everything the browser sends, errors shown inside the widget
+(never a kernel traceback), and a static PNG for renderers without JS.
+
+Wire format of the messages (mirrored by js/lib/rpc.ts):
+    JS -> Python  {"kind": "request", "id": str, "method": str, "params": {...}}
+                  {"kind": "cancel", "id": str}
+    Python -> JS  {"kind": "response", "id": str, "ok": true, "result": ...} + buffers
+                  {"kind": "response", "id": str, "ok": false, "error": str}
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import numbers
+from collections import deque
+from typing import Any, Callable
+
+import anywidget
+import traitlets
+
+from ..errors import NbinterpError
+
+log = logging.getLogger("nbinterp.widgets")
+
+RpcResult = tuple[Any, list[bytes]]
+MAX_ID_LENGTH = 64
+
+
+class FrontendError(ValueError):
+    """The browser sent something malformed or out of range."""
+
+
+def int_value(value: Any, what: str, low: int, high: int) -> int:
+    """An integer in [low, high) from JSON (no bools, no floats)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise FrontendError(f"{what} must be an integer, got {value!r}")
+    if not low <= value < high:
+        raise FrontendError(f"{what} {value} is out of range {low}..{high - 1}")
+    return int(value)
+
+
+def choice_value(value: Any, what: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise FrontendError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def dict_value(value: Any, what: str, fields: dict[str, Callable[[Any], Any]]) -> dict[str, Any]:
+    """An object with exactly the given fields, or {} for "none"."""
+    if not isinstance(value, dict):
+        raise FrontendError(f"{what} must be an object, got {type(value).__name__}")
+    if not value:
+        return {}
+    if set(value) != set(fields):
+        raise FrontendError(f"{what} needs exactly the fields {sorted(fields)}, got {sorted(value)}")
+    return {name: check(value[name]) for name, check in fields.items()}
+
+
+def rpc(name: str) -> Callable[[Callable[..., RpcResult]], Callable[..., RpcResult]]:
+    """Marks a method as the handler of request `name`; it gets the params
+    dict and returns (JSON-able result, buffers)."""
+
+    def mark(method: Callable[..., RpcResult]) -> Callable[..., RpcResult]:
+        method._rpc_name = name  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
+class InterpWidget(anywidget.AnyWidget):
+    """Shared plumbing; subclasses declare traits, `_frontend_fields`, @rpc
+    handlers and `to_figure`."""
+
+    error = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cancelled: deque[str] = deque(maxlen=256)
+        self._rpc_handlers: dict[str, Callable[[dict[str, Any]], RpcResult]] = {}
+        for klass in reversed(type(self).__mro__):
+            for member in vars(klass).values():
+                if callable(member) and hasattr(member, "_rpc_name"):
+                    self._rpc_handlers[member._rpc_name] = member.__get__(self)
+        self.on_msg(self._handle_custom_msg)
+
+    # --------------------------------------------------------- trait changes
+    def _frontend_fields(self) -> dict[str, Callable[[Any], Any]]:
+        """Traits the browser may set, each with a check that returns the
+        clean value or raises FrontendError. Anything else is refused."""
+        return {"error": lambda v: "" if v == "" else _refuse("error can only be cleared from the browser")}
+
+    def set_state(self, sync_data: dict[str, Any]) -> None:
+        fields = self._frontend_fields()
+        accepted: dict[str, Any] = {}
+        problems: list[str] = []
+        refused: list[str] = []
+        for name, value in sync_data.items():
+            check = fields.get(name)
+            try:
+                if check is None:
+                    raise FrontendError(f"{name} cannot be set from the browser")
+                accepted[name] = check(value)
+            except FrontendError as exc:
+                problems.append(str(exc))
+                refused.append(name)
+        if accepted:
+            try:
+                super().set_state(accepted)
+            except Exception as exc:  # an observer failed: show it, keep the kernel clean
+                self._show_exception(exc)
+        if problems:
+            self.error = "The view sent a value that was refused: " + "; ".join(problems)
+            known = [name for name in refused if name in self.keys]
+            if known:
+                self.send_state(known)  # put the browser back on Python's values
+
+    # --------------------------------------------------------------- messages
+    def _handle_custom_msg(self, _widget: Any, content: Any, buffers: list[Any]) -> None:
+        request_id = content.get("id") if isinstance(content, dict) else None
+        if not (isinstance(request_id, str) and 0 < len(request_id) <= MAX_ID_LENGTH):
+            request_id = None
+        try:
+            if not isinstance(content, dict):
+                raise FrontendError(f"a message must be an object, got {type(content).__name__}")
+            kind = content.get("kind")
+            if kind == "cancel":
+                if request_id is not None:
+                    self._cancelled.append(request_id)
+                return
+            if kind != "request":
+                raise FrontendError(f"unknown message kind {kind!r}")
+            if request_id is None:
+                raise FrontendError("a request needs a string id of at most 64 characters")
+            method = content.get("method")
+            handler = self._rpc_handlers.get(method) if isinstance(method, str) else None
+            if handler is None:
+                raise FrontendError(f"unknown request {method!r}; this view answers {sorted(self._rpc_handlers)}")
+            params = content.get("params", {})
+            if not isinstance(params, dict):
+                raise FrontendError(f"params of {method} must be an object")
+            if request_id in self._cancelled:
+                return  # the browser gave up on it before we got to it
+            result, out_buffers = handler(params)
+            self.send({"kind": "response", "id": request_id, "ok": True, "result": result}, out_buffers)
+        except (FrontendError, NbinterpError) as exc:
+            self._reply_error(request_id, str(exc))
+        except Exception as exc:
+            log.exception("nbinterp widget request failed")
+            self._reply_error(request_id, f"{type(exc).__name__}: {exc}")
+
+    def _reply_error(self, request_id: str | None, message: str) -> None:
+        if request_id is None:
+            self.error = f"The view sent a message that was refused: {message}"
+        else:
+            self.send({"kind": "response", "id": request_id, "ok": False, "error": message})
+
+    def _show_exception(self, exc: Exception) -> None:
+        if not isinstance(exc, (FrontendError, NbinterpError)):
+            log.exception("nbinterp widget update failed", exc_info=exc)
+        self.error = str(exc) if isinstance(exc, (FrontendError, NbinterpError)) else f"{type(exc).__name__}: {exc}"
+
+    # ---------------------------------------------------------- static output
+    def to_figure(self) -> Any:
+        raise NotImplementedError
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        # anywidget returns (data, metadata); ipywidgets returns data alone.
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        if isinstance(data, dict):
+            # Where the widget can't render (nbconvert, GitHub) a picture of
+            # the same view shows instead of a blank box.
+            try:
+                data["image/png"] = figure_png(self.to_figure())
+            except Exception:
+                log.exception("nbinterp: no static picture for this view")
+        return bundle
+
+
+def _refuse(message: str) -> Any:
+    raise FrontendError(message)
+
+
+def figure_png(figure: Any, dpi: int = 80) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()

@@ -1,0 +1,239 @@
+"""AttentionView: every layer x head as thumbnails, the selected head large,
+a token strip, raw probabilities or value-weighted norms.
+
+The view is thin: the functions at the top turn a `Run` into the plain
+tensors the front end draws (thumbnails, one head, token rows), and can be
+used and tested without a browser."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+import traitlets
+
+from ..errors import NbinterpError
+from ._base import FrontendError, InterpWidget, choice_value, dict_value, int_value, rpc
+from ._buffers import encode, pack
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+MODES = ("probabilities", "value_weighted")
+MODE_LABELS = {"probabilities": "attention probability", "value_weighted": "||a_ij v_j W_O|| (value-weighted)"}
+STRIP_SCOPES = ("head", "layer")
+STRIP_DIRECTIONS = ("attends_to", "attended_by")
+THUMBNAIL_SIDE = 32
+
+
+def layer_values(run: Any, layer: int, mode: str) -> torch.Tensor:
+    """[heads, T, T] for one layer: probabilities, or ||a_ij v_j W_O^h||."""
+    if mode == "probabilities":
+        return run.attention(layer)
+    if mode == "value_weighted":
+        return run.value_weighted(layer)
+    raise NbinterpError(f"mode must be one of {MODES}, not {mode!r}")
+
+
+def head_thumbnails(values: torch.Tensor, side: int = THUMBNAIL_SIDE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block max of each head down to at most side x side, divided by that
+    head's max (so faint heads stay visible), and the per-head maxima.
+
+    values [heads, T, T] -> ([heads, s, s] in [0, 1], [heads]), s = min(T, side).
+    """
+    values = values.float()
+    n_tokens = values.shape[-1]
+    if n_tokens > side:
+        # Max, not mean: a one-token edge (previous-token head) survives.
+        values = torch.nn.functional.adaptive_max_pool2d(values.unsqueeze(1), side).squeeze(1)
+    head_max = values.flatten(1).amax(1)
+    return values / head_max.clamp_min(1e-12)[:, None, None], head_max
+
+
+def token_weights(run: Any, layer: int, token: int, mode: str, direction: str, head: int | None = None) -> torch.Tensor:
+    """[T]: what `token` attends to (its query row) or what attends to it (its
+    key column), for one head or summed over the layer's heads."""
+    values = layer_values(run, layer, mode)
+    if head is not None:
+        values = values[head : head + 1]
+    picked = values[:, token, :] if direction == "attends_to" else values[:, :, token]
+    return picked.sum(0)
+
+
+def display_tokens(run: Any) -> list[str]:
+    """Each token as text (" Mary", not "ĠMary"); falls back to the raw pieces."""
+    tokenizer = getattr(run.model, "tokenizer", None)
+    try:
+        return [tokenizer.decode([i]) for i in run.token_ids]
+    except Exception:
+        return list(run.tokens)
+
+
+class AttentionView(InterpWidget):
+    """Attention of every layer and head of one run; see `nbinterp.attention`."""
+
+    _esm = STATIC / "attention.js"
+
+    model_name = traitlets.Unicode("").tag(sync=True)
+    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    n_layers = traitlets.Int(1).tag(sync=True)
+    n_heads = traitlets.Int(1).tag(sync=True)
+    layer = traitlets.Int(0).tag(sync=True)
+    head = traitlets.Int(0).tag(sync=True)
+    mode = traitlets.Unicode("probabilities").tag(sync=True)
+    selected = traitlets.Dict().tag(sync=True)
+    focus_token = traitlets.Int(-1).tag(sync=True)
+    strip_scope = traitlets.Unicode("head").tag(sync=True)
+    strip_direction = traitlets.Unicode("attends_to").tag(sync=True)
+    zoom = traitlets.Dict().tag(sync=True)
+    _thumbnails = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
+    _pattern = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
+
+    def __init__(self, run: Any, *, layer: int = 0, head: int = 0, mode: str = "probabilities", thumbnail_side: int = THUMBNAIL_SIDE) -> None:
+        model = run.model
+        self._run = run
+        self._thumbnail_side = thumbnail_side
+        self._layer_cache: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
+        if mode not in MODES:
+            raise NbinterpError(f"mode must be one of {MODES}, not {mode!r}")
+        layer, head = model._check_layer(layer), model._check_head(head)
+        super().__init__(
+            model_name=str(getattr(model, "name", "")), tokens=display_tokens(run),
+            n_layers=model.n_layers, n_heads=model.n_heads, layer=layer, head=head, mode=mode,
+        )
+        self._send_thumbnails()
+        self._send_pattern()
+
+    @property
+    def run(self) -> Any:
+        return self._run
+
+    # ----------------------------------------------------------- validation
+    def _frontend_fields(self) -> dict[str, Any]:
+        n_tokens = len(self.tokens)
+        position = lambda what: lambda v: int_value(v, what, 0, n_tokens)  # noqa: E731
+        fields = super()._frontend_fields()
+        fields.update(
+            layer=lambda v: int_value(v, "layer", 0, self.n_layers),
+            head=lambda v: int_value(v, "head", 0, self.n_heads),
+            mode=lambda v: choice_value(v, "mode", MODES),
+            selected=lambda v: dict_value(v, "selected", {"query": position("query"), "key": position("key")}),
+            focus_token=lambda v: -1 if v == -1 else int_value(v, "focus_token", 0, n_tokens),
+            strip_scope=lambda v: choice_value(v, "strip_scope", STRIP_SCOPES),
+            strip_direction=lambda v: choice_value(v, "strip_direction", STRIP_DIRECTIONS),
+            zoom=self._check_zoom,
+        )
+        return fields
+
+    def _check_zoom(self, value: Any) -> dict[str, int]:
+        n = len(self.tokens)
+        bound = lambda what: lambda v: int_value(v, what, 0, n + 1)  # noqa: E731
+        zoom = dict_value(value, "zoom", {k: bound(k) for k in ("query_start", "query_stop", "key_start", "key_stop")})
+        if zoom and not (zoom["query_start"] < zoom["query_stop"] and zoom["key_start"] < zoom["key_stop"]):
+            raise FrontendError(f"zoom window is empty: {zoom}")
+        return zoom
+
+    @traitlets.validate("layer")
+    def _valid_layer(self, proposal: Any) -> int:
+        return self._run.model._check_layer(proposal["value"])
+
+    @traitlets.validate("head")
+    def _valid_head(self, proposal: Any) -> int:
+        return self._run.model._check_head(proposal["value"])
+
+    @traitlets.validate("mode")
+    def _valid_mode(self, proposal: Any) -> str:
+        if proposal["value"] not in MODES:
+            raise NbinterpError(f"mode must be one of {MODES}, not {proposal['value']!r}")
+        return proposal["value"]
+
+    # --------------------------------------------------------------- data
+    def _values(self, layer: int, mode: str) -> torch.Tensor:
+        key = (layer, mode)
+        if key not in self._layer_cache:
+            self._layer_cache[key] = layer_values(self._run, layer, mode)
+            while len(self._layer_cache) > 2:  # the run keeps its own cache of probabilities
+                self._layer_cache.popitem(last=False)
+        self._layer_cache.move_to_end(key)
+        return self._layer_cache[key]
+
+    def _send_thumbnails(self) -> None:
+        mode = self.mode
+        tiles, maxima = zip(*(head_thumbnails(self._values(l, mode), self._thumbnail_side) for l in range(self.n_layers)))
+        tiles_t = torch.stack(tiles)
+        self._thumbnails = {
+            "mode": mode, "side": int(tiles_t.shape[-1]),
+            "head_max": torch.stack(maxima).flatten().tolist(),
+            "tensor": encode(tiles_t, "uint8"),
+        }
+
+    def _send_pattern(self) -> None:
+        values = self._values(self.layer, self.mode)[self.head]
+        self._pattern = {"layer": self.layer, "head": self.head, "mode": self.mode, "tensor": encode(values, "float16")}
+
+    @traitlets.observe("layer", "head", "mode")
+    def _on_head_change(self, change: Any) -> None:
+        if self._thumbnails is not None and self._thumbnails["mode"] != self.mode:
+            self._send_thumbnails()
+        p = self._pattern
+        if p is None or (p["layer"], p["head"], p["mode"]) != (self.layer, self.head, self.mode):
+            self._send_pattern()
+
+    @rpc("token_weights")
+    def _rpc_token_weights(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
+        layer = int_value(params.get("layer"), "layer", 0, self.n_layers)
+        token = int_value(params.get("token"), "token", 0, len(self.tokens))
+        mode = choice_value(params.get("mode"), "mode", MODES)
+        direction = choice_value(params.get("direction"), "direction", STRIP_DIRECTIONS)
+        head = params.get("head")
+        if head is not None:
+            head = int_value(head, "head", 0, self.n_heads)
+        weights = token_weights(self._run, layer, token, mode, direction, head)
+        metas, buffers = pack({"weights": encode(weights, "float32")})
+        return metas, buffers
+
+    # --------------------------------------------------------------- export
+    def to_figure(self, *, dpi: int = 100) -> Any:
+        """A matplotlib Figure of the head on screen (zoom window, selection
+        and mode included), independent of pyplot's global state."""
+        from matplotlib.figure import Figure
+
+        values = self._values(self.layer, self.mode)[self.head].float().numpy()
+        n = values.shape[0]
+        z = self.zoom or {"query_start": 0, "query_stop": n, "key_start": 0, "key_stop": n}
+        q0, q1, k0, k1 = z["query_start"], z["query_stop"], z["key_start"], z["key_stop"]
+        window = values[q0:q1, k0:k1]
+        figure = Figure(figsize=(6.4, 5.6), dpi=dpi)
+        ax = figure.add_subplot()
+        image = ax.imshow(window, cmap="viridis", vmin=0.0, vmax=max(float(values.max()), 1e-12),
+                          interpolation="nearest", extent=(k0 - 0.5, k1 - 0.5, q1 - 0.5, q0 - 0.5))
+        figure.colorbar(image, ax=ax, label=MODE_LABELS[self.mode])
+        tokens = self.tokens
+        if q1 - q0 <= 48:
+            ax.set_yticks(range(q0, q1), [repr(t)[1:-1] for t in tokens[q0:q1]], fontsize=7)
+        if k1 - k0 <= 48:
+            ax.set_xticks(range(k0, k1), [repr(t)[1:-1] for t in tokens[k0:k1]], fontsize=7, rotation=90)
+        if self.selected:
+            q, k = self.selected["query"], self.selected["key"]
+            ax.add_patch(_cell_outline(k, q))
+        ax.set_xlabel("key")
+        ax.set_ylabel("query")
+        ax.set_title(f"{self.model_name} \u00b7 layer {self.layer} head {self.head}")
+        figure.tight_layout()
+        return figure
+
+    def __repr__(self) -> str:
+        return f"AttentionView({self.model_name!r}, {len(self.tokens)} tokens, layer={self.layer}, head={self.head}, mode={self.mode!r})"
+
+
+def _cell_outline(col: int, row: int) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="#e0115f", linewidth=2)
+
+
+def attention(model: Any, prompt: Any, layer: int = 0, head: int = 0, *, mode: str = "probabilities") -> AttentionView:
+    """Interactive attention patterns of `prompt` (a string or a `Run`):
+    `view = ni.attention(model, "When Mary and John went to the store, John gave a drink to")`."""
+    run = prompt if hasattr(prompt, "attention") and hasattr(prompt, "model") else model.run(prompt, capture=("qkv",))
+    return AttentionView(run, layer=layer, head=head, mode=mode)
