@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .adapters import architecture_for
 from .errors import NbinterpError, RemoteError
 from .model import Model
 
@@ -51,6 +52,7 @@ def load(
                 "a model object needs its tokenizer: nbinterp.load(hf_model, tokenizer=tokenizer)"
             )
         hf_model, name = model, getattr(model.config, "name_or_path", "") or type(model).__name__
+    architecture_for(hf_model)  # fail with a clear message before nnsight wraps it
     if device is not None:
         hf_model = hf_model.to(device)
     hf_model.eval()

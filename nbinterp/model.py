@@ -226,15 +226,12 @@ class Model:
         """(layer, head) | (layer, "mlp") | "L3.H1" | "L2.mlp" -> (layer, head or "mlp")."""
         if isinstance(key, str):
             parts = key.strip().split(".")
-            try:
-                if len(parts) == 2 and parts[0][:1] in "Ll":
-                    layer = int(parts[0][1:])
-                    if parts[1].lower() == "mlp":
-                        return self._check_layer(layer), "mlp"
-                    if parts[1][:1] in "Hh":
-                        return self._check_layer(layer), self._check_head(int(parts[1][1:]))
-            except ValueError:
-                pass
+            if len(parts) == 2 and parts[0][:1] in "Ll" and parts[0][1:].isdigit():
+                layer = self._check_layer(int(parts[0][1:]))
+                if parts[1].lower() == "mlp":
+                    return layer, "mlp"
+                if parts[1][:1] in "Hh" and parts[1][1:].isdigit():
+                    return layer, self._check_head(int(parts[1][1:]))
             raise self._error(f"cannot read component {key!r}: write 'L3.H1' for a head or 'L2.mlp' for an MLP")
         if isinstance(key, tuple) and len(key) == 2:
             layer, head = key
