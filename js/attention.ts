@@ -127,7 +127,21 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   const current = (): HeadRef & { mode: Mode } => ({ layer: model.get("layer"), head: model.get("head"), mode: model.get("mode") });
   const patternIsCurrent = () => {
     const c = current();
-    return !!pattern && pattern.layer === c.layer && pattern.head === c.head && pattern.mode === c.mode;
+    const p = model.get("_pattern");
+    return !!p && p.layer === c.layer && p.head === c.head && p.mode === c.mode;
+  };
+  let lastPattern: AttentionModel["_pattern"] = null;
+  /** The on-screen head, decoded once per trait value. */
+  const currentPattern = () => {
+    const p = model.get("_pattern");
+    if (p && p !== lastPattern) {
+      const tensor = decodeTensor(p.tensor);
+      let vmax = 0;
+      for (const v of tensor.values) if (v > vmax) vmax = v;
+      pattern = { tensor, layer: p.layer, head: p.head, mode: p.mode, vmax };
+      lastPattern = p;
+    }
+    return patternIsCurrent() ? pattern : null;
   };
 
   const grid = new HeadGrid(gridBox, {
@@ -212,16 +226,9 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   let lastThumbs: AttentionModel["_thumbnails"] = null;
 
   function drawHeatmap() {
-    const p = model.get("_pattern");
-    if (p && p !== lastPattern) {
-      const tensor = decodeTensor(p.tensor);
-      let vmax = 0;
-      for (const v of tensor.values) if (v > vmax) vmax = v;
-      pattern = { tensor, layer: p.layer, head: p.head, mode: p.mode, vmax };
-      lastPattern = p;
-    }
     const c = current();
-    if (patternIsCurrent() && pattern) {
+    const pattern = currentPattern();
+    if (pattern) {
       const [rows, cols] = pattern.tensor.shape;
       const scale = sequentialScale(0, pattern.vmax);
       heatmap.setData(pattern.tensor.values, rows, cols, scale);
@@ -244,8 +251,6 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
       root.dataset.drawn = "true";
     }
   }
-  let lastPattern: AttentionModel["_pattern"] = null;
-
   function updateStrip() {
     const focus = hoverToken ?? (model.get("focus_token") >= 0 ? model.get("focus_token") : null);
     strip.setActive(focus ?? -1);
@@ -267,7 +272,8 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
       stripCaption.textContent = `${caption} \u00b7 max ${formatValue(max)}`;
     };
     if (scope === "head") {
-      if (!patternIsCurrent() || !pattern) return;
+      const pattern = currentPattern();
+      if (!pattern) return;
       const [rows, cols] = pattern.tensor.shape;
       const v = pattern.tensor.values;
       apply(direction === "attends_to" ? v.slice(focus * cols, (focus + 1) * cols) : Float32Array.from({ length: rows }, (_, q) => v[q * cols + focus]));
