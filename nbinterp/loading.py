@@ -70,7 +70,7 @@ def _from_pretrained(source: str | Path, tokenizer: Any, dtype: Any) -> tuple[An
         hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype or "auto", **kwargs)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         where = "directory" if local else "Hugging Face id (is the hub reachable, and the id spelled right?)"
         raise NbinterpError(f"could not load {source!r} as a {where}: {error}") from error
     return hf_model, tokenizer, name
