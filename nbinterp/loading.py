@@ -4,6 +4,7 @@ object, or a remote model on NDIF through nnsight."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,12 @@ def load(
         hf_model = hf_model.to(device)
     hf_model.eval()
     return Model(nnsight.TransformersModel(hf_model, tokenizer=tokenizer), tokenizer, name, remote=remote)
+
+
+def bundled_card() -> dict:
+    """The bundled model's card as data: measured task accuracies and the planted
+    circuits found in it (e.g. card["circuits"]["induction"] -> [[layer, head], ...])."""
+    return json.loads((BUNDLED_DIR / "card.json").read_text())
 
 
 def _from_pretrained(source: str | Path, tokenizer: Any, dtype: Any) -> tuple[Any, Any, str]:

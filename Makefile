@@ -1,0 +1,33 @@
+# Two entry points on a fresh machine (see README):
+#   make demo  -- set up and open JupyterLab on the quickstart notebook (bundled model, offline)
+#   make test  -- set up and run every test (Python, JS, real browser, notebooks)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# the test environment pins the CPU build of torch found on this machine
+CONSTRAINTS := .ci/constraints.txt
+
+.PHONY: demo test system-deps js
+
+# apt only where something is missing (root, as in CI); users with node and chromium skip it
+system-deps:
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq nodejs npm)
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS) js/package.json js/package-lock.json
+	@command -v node >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test]"
+	touch $(STAMP)
+
+js: $(STAMP)
+	cd js && (test -d node_modules || npm ci --no-audit --no-fund) && npm run build
+
+demo: $(STAMP) js
+	$(BIN)/jupyter lab notebooks/quickstart.ipynb
+
+test: system-deps $(STAMP) js
+	cd js && npm run typecheck && npm test
+	$(BIN)/python -m pytest
