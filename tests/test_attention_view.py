@@ -28,7 +28,7 @@ def view(model):
 
 
 def request(view, method, params, request_id="r1"):
-    view._handle_custom_msg(view, {"kind": "request", "id": request_id, "method": method, "params": params}, [])
+    view._handle_custom_msg({"kind": "request", "id": request_id, "method": method, "params": params}, [])
     return view.sent[-1]
 
 
@@ -127,19 +127,19 @@ def test_bad_requests_get_error_responses_not_tracebacks(view):
     assert "unknown request 'rm -rf'" in request(view, "rm -rf", {})[0]["error"]
     assert request(view, "token_weights", [1, 2])[0]["ok"] is False
     n_replies = len(view.sent)
-    view._handle_custom_msg(view, "garbage", [])
-    view._handle_custom_msg(view, {"kind": "request", "id": 7, "method": "token_weights"}, [])
+    view._handle_custom_msg("garbage", [])
+    view._handle_custom_msg({"kind": "request", "id": 7, "method": "token_weights"}, [])
     assert len(view.sent) == n_replies and "string id" in view.error
 
 
 def test_a_cancelled_request_is_not_answered(view):
-    view._handle_custom_msg(view, {"kind": "cancel", "id": "gone"}, [])
+    view._handle_custom_msg({"kind": "cancel", "id": "gone"}, [])
     n = len(view.sent)
     message = {"kind": "request", "id": "gone", "method": "token_weights",
                "params": {"layer": 0, "token": 1, "mode": "probabilities", "direction": "attends_to"}}
-    view._handle_custom_msg(view, message, [])
+    view._handle_custom_msg(message, [])
     assert len(view.sent) == n
-    view._handle_custom_msg(view, dict(message, id="kept"), [])
+    view._handle_custom_msg(dict(message, id="kept"), [])
     assert view.sent[-1][0]["id"] == "kept"
 
 

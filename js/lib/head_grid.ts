@@ -48,8 +48,11 @@ export class HeadGrid {
     this.canvas.style.height = `${h}px`;
     this.canvas.width = Math.round(w * this.dpr);
     this.canvas.height = Math.round(h * this.dpr);
-    this.canvas.dataset.layers = String(opts.nLayers);
-    this.canvas.dataset.heads = String(opts.nHeads);
+    // Geometry for scripts and tests that point at a thumbnail.
+    Object.assign(this.canvas.dataset, {
+      layers: String(opts.nLayers), heads: String(opts.nHeads), thumbPx: String(opts.thumbPx),
+      gap: String(GAP), marginLeft: String(MARGIN_LEFT), marginTop: String(MARGIN_TOP),
+    });
     const ctx = this.canvas.getContext("2d");
     if (!ctx) throw new Error("this browser gives no 2D canvas context");
     this.ctx = ctx;

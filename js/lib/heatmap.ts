@@ -133,6 +133,10 @@ export class Heatmap {
     this.canvas.style.height = `${h}px`;
     this.canvas.width = Math.round(w * this.dpr);
     this.canvas.height = Math.round(h * this.dpr);
+    Object.assign(this.canvas.dataset, {
+      marginLeft: String(opts.marginLeft), marginTop: String(opts.marginTop),
+      plotWidth: String(opts.plotWidth), plotHeight: String(opts.plotHeight),
+    });
     const ctx = this.canvas.getContext("2d");
     if (!ctx) throw new Error("this browser gives no 2D canvas context");
     this.ctx = ctx;

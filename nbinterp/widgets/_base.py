@@ -83,7 +83,7 @@ class InterpWidget(anywidget.AnyWidget):
             for member in vars(klass).values():
                 if callable(member) and hasattr(member, "_rpc_name"):
                     self._rpc_handlers[member._rpc_name] = member.__get__(self)
-        self.on_msg(self._handle_custom_msg)
+        self.on_msg(self._on_frontend_msg)
 
     # --------------------------------------------------------- trait changes
     def _frontend_fields(self) -> dict[str, Callable[[Any], Any]]:
@@ -117,7 +117,7 @@ class InterpWidget(anywidget.AnyWidget):
                 self.send_state(known)  # put the browser back on Python's values
 
     # --------------------------------------------------------------- messages
-    def _handle_custom_msg(self, _widget: Any, content: Any, buffers: list[Any]) -> None:
+    def _on_frontend_msg(self, _widget: Any, content: Any, buffers: list[Any]) -> None:
         request_id = content.get("id") if isinstance(content, dict) else None
         if not (isinstance(request_id, str) and 0 < len(request_id) <= MAX_ID_LENGTH):
             request_id = None

@@ -96,7 +96,7 @@ def open_view(page: Any, widget: Any, bundle: str = "attention.js", timeout_ms: 
         if message["kind"] == "update":
             widget.set_state(message["state"])
         else:
-            widget._handle_custom_msg(widget, message["content"], [])
+            widget._handle_custom_msg(message["content"], [])
         return comm.drain()
 
     page.expose_function("nbiPython", from_browser)
