@@ -1,0 +1,311 @@
+"""Attribution of the logit difference to attention heads and to single
+query->key edges, from one forward and one backward pass, with exact checks.
+
+Sign convention: every effect is ``metric(intervened) - metric(clean)``, where
+the metric is ``logit(target) - logit(foil)`` at ``position``. A negative
+effect means the head / edge *helps* the target (removing it lowers the logit
+difference); a positive one means it works against the target.
+
+Heads: the intervention is zero ablation of the head's output (the output
+projection's input for that head); the estimate is gradient x activation,
+``-<d metric / d z_h, z_h>``.
+
+Edges: the intervention is the exact knockout of ``model.run(knockout=...)``:
+probability ``a_k -> 0``, the row renormalised, so the new row is
+``a * (1 - onehot_k) / (1 - a_k)``. Two estimates from the same gradient
+``g = d metric / d attention probability``:
+
+- ``"linear"``: attribution patching on the probability alone,
+  ``delta = g_k * (0 - a_k)``; it ignores where the removed mass goes.
+- ``"qk_fix"`` (default): the AtP* fix (Kramar et al. 2024, arXiv 2403.00745)
+  for the attention softmax: the changed row is known in closed form, so
+  ``delta = sum_j g_j (new_a_j - a_j) = a_k * (gbar_k - g_k)`` with
+  ``gbar_k`` the mean of ``g`` over the other keys weighted by the
+  renormalised row. In a saturated head (``a_k ~ 1``) the removed mass all
+  moves to the other keys, which the linear estimate misses.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from . import knockout_batch
+from .errors import NbinterpError
+from .verification import Summary, Verification
+
+if TYPE_CHECKING:
+    from .model import Model
+    from .run import Run
+
+METHODS = ("qk_fix", "linear")
+DEFAULT_TOP = 100
+
+
+class EdgeEffect(NamedTuple):
+    layer: int
+    head: int
+    query: int
+    key: int
+    estimate: float
+
+
+def edge_estimates(scores_in: torch.Tensor, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Both knockout estimates for every edge of one layer.
+
+    scores_in: pre-softmax scores [H, T, T] (masked entries -inf);
+    grad: d metric / d probability [H, T, T]. Returns {"linear", "qk_fix"}
+    [H, T, T] float64, NaN where no knockout is possible (masked keys, rows
+    with a single key). Works in float64 from the scores so that saturated
+    rows (1 - a_k underflowing in float32) stay exact.
+    """
+    scores = scores_in.double()
+    # Eager masks add the dtype's minimum instead of -inf: both mean "masked".
+    allowed = torch.isfinite(scores) & (scores > torch.finfo(scores_in.dtype).min / 2)
+    scores = torch.where(allowed, scores, torch.full((), float("-inf"), dtype=torch.float64))
+    g = torch.where(allowed, grad.double(), torch.zeros((), dtype=torch.float64))
+    n_keys = allowed.sum(-1, keepdim=True)
+    top2 = scores.topk(min(2, scores.shape[-1]), dim=-1)
+    m1 = top2.values[..., :1]
+    w = torch.exp(scores - m1)  # 0 where masked, 1 at the argmax
+    total = w.sum(-1, keepdim=True)
+    probs = w / total
+    weighted = (g * w).sum(-1, keepdim=True)
+    # Mean of g over the other keys for k != argmax: the argmax keeps weight 1
+    # in the denominator, so no cancellation.
+    gbar = (weighted - g * w) / (total - w)
+    if scores.shape[-1] > 1:
+        # For k = argmax, renormalise against the runner-up instead.
+        m2 = top2.values[..., 1:2]
+        is_max = torch.zeros_like(allowed).scatter_(-1, top2.indices[..., :1], True)
+        w2 = torch.where(is_max, torch.zeros((), dtype=torch.float64), torch.exp(scores - m2))
+        gbar_max = (g * w2).sum(-1, keepdim=True) / w2.sum(-1, keepdim=True)
+        gbar = torch.where(is_max, gbar_max, gbar)
+    valid = allowed & (n_keys > 1)
+    nan = torch.full((), float("nan"), dtype=torch.float64)
+    return {
+        "linear": torch.where(valid, -g * probs, nan),
+        "qk_fix": torch.where(valid, probs * (gbar - g), nan),
+    }
+
+
+def causally_zero(n_layers: int, n_tokens: int, position: int) -> torch.Tensor:
+    """bool [L, 1, T, T]: edges whose knockout cannot reach the metric at all.
+
+    A query after `position` is never read by it; in the last layer only the
+    query at `position` itself feeds the logits (MLPs, the final norm and the
+    unembedding act per position).
+    """
+    zero = torch.zeros(n_layers, 1, n_tokens, n_tokens, dtype=torch.bool)
+    zero[:, :, position + 1 :] = True
+    last = torch.ones(n_tokens, dtype=torch.bool)
+    last[position] = False
+    zero[-1, :, last] = True
+    return zero
+
+
+@dataclass
+class Attribution:
+    """Estimated effects of every head and every attention edge on one metric.
+
+    Build it with `attribute`. `heads` [L, H]; `edge_effects[method]`
+    [L, H, T, T] (NaN where no knockout exists); `edges` the top edges of the
+    default method, largest |estimate| first.
+    """
+
+    model: "Model"
+    run: "Run"
+    target: str | int
+    foil: str | int | None
+    position: int
+    heads: torch.Tensor
+    edge_effects: dict[str, torch.Tensor]
+    method: str = "qk_fix"
+    n_top: int = DEFAULT_TOP
+    seconds: float = 0.0
+
+    @property
+    def metric(self) -> float:
+        """The clean logit difference (logit alone without a foil)."""
+        return self.run.metric
+
+    @property
+    def tokens(self) -> list[str]:
+        return self.run.tokens
+
+    @property
+    def edges(self) -> list[EdgeEffect]:
+        return self.top_edges(self.n_top)
+
+    def top_edges(self, k: int | None = None, method: str | None = None, layer: int | None = None,
+                  head: int | None = None) -> list[EdgeEffect]:
+        """The k edges with the largest |estimate| (all when k is None),
+        optionally of one layer / head."""
+        effects = self._effects(method)
+        selected = torch.zeros_like(effects, dtype=torch.bool)
+        index = (slice(None) if layer is None else layer, slice(None) if head is None else head)
+        selected[index] = True
+        flat = torch.where(selected & ~effects.isnan(), effects, torch.zeros((), dtype=effects.dtype)).flatten()
+        candidates = (selected & ~effects.isnan()).flatten().nonzero()[:, 0]
+        order = candidates[torch.argsort(flat[candidates].abs(), descending=True, stable=True)]
+        if k is not None:
+            order = order[:k]
+        shape = effects.shape
+        out = []
+        for i in order.tolist():
+            l, rest = divmod(i, shape[1] * shape[2] * shape[3])
+            h, rest = divmod(rest, shape[2] * shape[3])
+            q, kk = divmod(rest, shape[3])
+            out.append(EdgeEffect(l, h, q, kk, float(flat[i])))
+        return out
+
+    def _effects(self, method: str | None) -> torch.Tensor:
+        method = self.method if method is None else method
+        if method not in METHODS:
+            raise NbinterpError(f"method must be one of {METHODS}, not {method!r}")
+        return self.edge_effects[method]
+
+    def _metric(self) -> Any:
+        n_tokens = len(self.run)
+        return knockout_batch.metric_of(self.model, self.target, self.foil, self.position, n_tokens)
+
+    # ------------------------------------------------------------ verify
+    def verify(self, k: int = 20, method: str | None = None, edges: Sequence[Sequence[int]] | None = None,
+               pool: int | None = None) -> Verification:
+        """Exact knockouts (batched forwards) of the top-k edges, or of `edges`.
+
+        Measures the `pool` (default 4k) edges with the largest |estimate| and
+        reports Spearman and MAE over them, and recall@k: how many of the k
+        largest *measured* effects in the pool are among the k largest
+        estimates. That recall is relative to the pool; for the recall over
+        every edge, compare with `exhaustive_edges()` (short prompts).
+        """
+        method = self.method if method is None else method
+        effects = self._effects(method)
+        if edges is None:
+            if not isinstance(k, int) or k < 1:
+                raise NbinterpError(f"k must be a positive integer, not {k!r}")
+            pool = 4 * k if pool is None else pool
+            keys = [e[:4] for e in self.top_edges(max(pool, k), method)]
+            scope = f"the top {len(keys)} edges by |{method} estimate|"
+        else:
+            keys = [tuple(int(x) for x in e[:4]) for e in edges]
+            scope = f"{len(keys)} chosen edges"
+        started = time.perf_counter()
+        clean = knockout_batch.clean_metric(self.model, self.run.input_ids, self._metric())
+        measured = knockout_batch.knockout_metrics(self.model, self.run.input_ids, keys, self._metric()) - clean
+        seconds = time.perf_counter() - started
+        estimate = np.array([float(effects[key]) for key in keys])
+        estimate = np.nan_to_num(estimate)  # a no-op knockout (masked key) estimates 0
+        summary = Summary.of(estimate, measured.numpy(), k, scope)
+        return Verification("edge knockout", method, list(keys), estimate, measured.numpy(), summary, clean, seconds)
+
+    def verify_heads(self, k: int = 10, heads: Sequence[tuple[int, int]] | None = None) -> Verification:
+        """Exact zero ablation of every head (or `heads`): estimate vs measured."""
+        if heads is None:
+            heads = [(l, h) for l in range(self.model.n_layers) for h in range(self.model.n_heads)]
+        keys = [(int(l), int(h)) for l, h in heads]
+        started = time.perf_counter()
+        clean = knockout_batch.clean_metric(self.model, self.run.input_ids, self._metric())
+        measured = knockout_batch.ablation_metrics(self.model, self.run.input_ids, keys, self._metric()) - clean
+        seconds = time.perf_counter() - started
+        estimate = np.array([float(self.heads[key]) for key in keys])
+        summary = Summary.of(estimate, measured.numpy(), k, f"{len(keys)} heads")
+        return Verification("head ablation", "gradient x activation", keys, estimate, measured.numpy(), summary,
+                            clean, seconds)
+
+    def exhaustive_edges(self, rows: int | None = None) -> "ExactEdges":
+        """The reference: every edge knocked out exactly, many per forward.
+
+        Edges that provably cannot reach the metric (queries after `position`;
+        last-layer queries other than `position`) are 0 without a forward.
+        Costs about L*H*T^2/2 / rows forwards: for short prompts.
+        """
+        n_tokens = len(self.run)
+        valid = ~self.edge_effects["linear"].isnan()
+        zero = causally_zero(self.model.n_layers, n_tokens, self.position % n_tokens)
+        to_run = valid & ~zero
+        keys = [tuple(x) for x in to_run.nonzero().tolist()]
+        started = time.perf_counter()
+        clean = knockout_batch.clean_metric(self.model, self.run.input_ids, self._metric())
+        measured = knockout_batch.knockout_metrics(self.model, self.run.input_ids, keys, self._metric(), rows) - clean
+        seconds = time.perf_counter() - started
+        effects = torch.full(valid.shape, float("nan"), dtype=torch.float64)
+        effects[valid] = 0.0
+        if keys:
+            effects[tuple(torch.tensor(keys).T)] = measured
+        rows = rows or knockout_batch.batch_rows(self.model, n_tokens)
+        return ExactEdges(effects, seconds, len(keys), int((valid & zero).sum()), -(-len(keys) // rows), clean)
+
+    def compare(self, exact: "ExactEdges", k: int = 10, method: str | None = None) -> Summary:
+        """Estimate vs the exhaustive reference over every edge."""
+        method = self.method if method is None else method
+        valid = ~exact.effects.isnan()
+        estimate = self._effects(method)[valid].numpy()
+        return Summary.of(np.nan_to_num(estimate), exact.effects[valid].numpy(), k, f"all {int(valid.sum())} edges")
+
+    # --------------------------------------------------------------- qk
+    def qk(self, layer: int, head: int, query: int, key: int) -> Any:
+        """Why this head attends from `query` to `key`: see `nbinterp.qk.qk`."""
+        from .qk import qk
+
+        return qk(self.model, self.run, layer, head, query, key)
+
+    def __repr__(self) -> str:
+        top = self.top_edges(5)
+        shown = "\n".join(f"  L{e.layer}.H{e.head} {e.query}->{e.key}: {e.estimate:+.4g}" for e in top)
+        heads = self.heads.flatten()
+        best = int(heads.abs().argmax())
+        return (
+            f"<Attribution {self.model.name}: logit diff {self.metric:.3f} ({self.target!r} vs {self.foil!r}), "
+            f"{len(self.run)} tokens, {self.method}; top head L{best // self.model.n_heads}.H{best % self.model.n_heads} "
+            f"{float(heads[best]):+.4g}; top edges:\n{shown}>"
+        )
+
+
+@dataclass
+class ExactEdges:
+    """Exact knockout effect of every edge [L, H, T, T] (NaN: no knockout exists)."""
+
+    effects: torch.Tensor
+    seconds: float
+    n_measured: int
+    n_causally_zero: int
+    n_forwards: int
+    clean_metric: float
+
+
+def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | None = None, *,
+              position: int = -1, method: str = "qk_fix", n_top: int = DEFAULT_TOP) -> Attribution:
+    """Estimated effect of ablating each head and knocking out each attention
+    edge on logit(target) - logit(foil), from one forward + one backward.
+
+    `prompt` is text, token ids, or a `Run` made with gradients for the same
+    target / foil / position.
+    """
+    if method not in METHODS:
+        raise NbinterpError(f"method must be one of {METHODS}, not {method!r}")
+    if target is None:
+        raise NbinterpError("attribution needs a target token, e.g. attribute(model, prompt, target=' Mary', foil=' John')")
+    started = time.perf_counter()
+    from .run import Run
+
+    if isinstance(prompt, Run):
+        run = prompt
+        if run._metric is None:
+            raise NbinterpError("this run has no gradients: pass the prompt, or a run made with gradients=True")
+        n_tokens = len(run)
+        expected = knockout_batch.metric_of(model, target, foil, position, n_tokens)
+        if run._metric != expected:
+            raise NbinterpError("the run's gradients are of another target / foil / position: pass the prompt instead")
+    else:
+        run = model.run(prompt, target=target, foil=foil, position=position, gradients=True)
+    heads = -run.head_attribution().double()
+    per_layer = [edge_estimates(run.attention_scores(l), run.grad_attention(l)) for l in range(model.n_layers)]
+    edge_effects = {m: torch.stack([layer[m] for layer in per_layer]) for m in METHODS}
+    seconds = time.perf_counter() - started
+    return Attribution(model, run, target, foil, position, heads, edge_effects, method, n_top, seconds)
