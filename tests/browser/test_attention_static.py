@@ -1,0 +1,119 @@
+"""AttentionView's front end at 1,024 tokens on the static harness (no
+Jupyter): first paint, hover values, zoom and mode reaching Python, and
+redraw cost. Python and validation are real; only the kernel is replaced."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Iterator
+
+import pytest
+import torch
+import transformers as tf
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+import nbinterp as ni
+from harness import open_view, push_state
+from nbinterp.widgets import attention
+
+N_TOKENS = 1024
+
+
+@pytest.fixture(scope="module")
+def long_view() -> Any:
+    vocab = {f"t{i}": i for i in range(N_TOKENS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="t0")
+    torch.manual_seed(0)
+    config = tf.GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=N_TOKENS, vocab_size=N_TOKENS)
+    hf = tf.GPT2LMHeadModel(copy.deepcopy(config)).eval()
+    model = ni.load(hf, tokenizer=tokenizer)
+    prompt = " ".join(f"t{(i * 7919) % N_TOKENS}" for i in range(N_TOKENS))
+    return attention(model, prompt, layer=1, head=2)
+
+
+@pytest.fixture
+def page(browser: Any, long_view: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    started = time.perf_counter()
+    comm = open_view(page, long_view)
+    page.first_paint_s = time.perf_counter() - started
+    page.comm = comm
+    yield page
+    assert errors == []
+    context.close()
+
+
+def geometry(page: Any) -> dict[str, float]:
+    return page.evaluate("""() => {
+      const c = document.querySelector('canvas.nbi-heatmap'); const r = c.getBoundingClientRect();
+      return { x: r.left, y: r.top, ...Object.fromEntries(Object.entries(c.dataset).map(([k, v]) => [k, Number(v)])) };
+    }""")
+
+
+def test_first_paint_at_1024_tokens(page: Any, long_view: Any) -> None:
+    assert len(long_view.tokens) == N_TOKENS
+    assert page.first_paint_s < 5, f"first paint took {page.first_paint_s:.2f} s"
+    painted = page.evaluate("""() => {
+      const c = document.querySelector('canvas.nbi-heatmap');
+      const { data } = c.getContext('2d').getImageData(0, 0, c.width, c.height);
+      let n = 0; for (let i = 3; i < data.length; i += 4) n += data[i] > 0; return n / (data.length / 4);
+    }""")
+    assert painted > 0.5
+
+
+def test_hover_at_1024_tokens_reads_the_exact_cell(page: Any, long_view: Any) -> None:
+    g = geometry(page)
+    px = g["plotWidth"] / N_TOKENS
+    query, key = 1000, 17
+    page.mouse.move(g["x"] + g["marginLeft"] + (key + 0.5) * px, g["y"] + g["marginTop"] + (query + 0.5) * px)
+    tip = page.locator(".nbi-tooltip")
+    tip.wait_for(state="visible")
+    assert tip.locator(".nbi-tip-query").text_content().startswith(f"{query} ")
+    assert tip.locator(".nbi-tip-key").text_content().startswith(f"{key} ")
+    truth = float(long_view.run.attention(1)[2, query, key])
+    assert float(tip.locator(".nbi-tip-value").text_content()) == pytest.approx(truth, rel=1.1e-3, abs=1e-7)
+
+
+def test_wheel_zoom_redraws_fast_and_reaches_python(page: Any, long_view: Any) -> None:
+    g = geometry(page)
+    centre = (g["x"] + g["marginLeft"] + g["plotWidth"] / 2, g["y"] + g["marginTop"] + g["plotHeight"] / 2)
+    page.mouse.move(*centre)
+    redraw_ms = page.evaluate("""async () => {
+      const c = document.querySelector('canvas.nbi-heatmap'); const r = c.getBoundingClientRect();
+      const at = { clientX: r.left + Number(c.dataset.marginLeft) + 200, clientY: r.top + Number(c.dataset.marginTop) + 200 };
+      const t0 = performance.now();
+      for (let i = 0; i < 10; i++) c.dispatchEvent(new WheelEvent('wheel', { deltaY: -100, bubbles: true, cancelable: true, ...at }));
+      return (performance.now() - t0) / 10;
+    }""")
+    assert redraw_ms < 150, f"a zoom step took {redraw_ms:.0f} ms at 1,024 tokens"
+    page.wait_for_timeout(400)  # zoom is saved debounced
+    zoom = long_view.zoom
+    assert zoom and zoom["query_stop"] - zoom["query_start"] < 200
+    assert zoom["query_start"] <= 512 < zoom["query_stop"]
+    page.mouse.dblclick(*centre)
+    page.wait_for_timeout(400)
+    assert long_view.zoom == {}
+
+
+def test_mode_toggle_fetches_value_weighted_norms(page: Any, long_view: Any) -> None:
+    page.locator('button[data-value="value_weighted"]').click()
+    page.wait_for_selector('[data-pattern="1:2:value_weighted"]')
+    assert long_view.mode == "value_weighted" and long_view._pattern["mode"] == "value_weighted"
+    assert "value-weighted" in page.locator(".nbi-legend").text_content()
+    long_view.mode = "probabilities"
+    long_view.head = 0
+    push_state(page, page.comm)
+    page.wait_for_selector('[data-pattern="1:0:probabilities"]')
+    assert page.locator(".nbi-status").text_content().startswith("layer 1 \u00b7 head 0")
+
+
+def test_render_returns_a_cleanup_that_removes_the_view(page: Any) -> None:
+    left = page.evaluate("""async () => { await window.nbiCleanup(); return document.querySelectorAll('#host *').length; }""")
+    assert left == 0
