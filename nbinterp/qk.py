@@ -1,0 +1,231 @@
+"""Why a head attends from one query to one key: the pre-softmax score of one
+cell split into query-side x key-side contributions of the residual stream's
+components (token and position embeddings, each earlier head, each earlier
+attention bias, each earlier MLP, and the norm's / projection's biases).
+
+The input norm is nonlinear only through its scale. We freeze that scale at
+the value the actual run had at each position ("frozen LayerNorm"); then the
+norm, the query/key projections and (for rotary models) the rotation at each
+position are linear, and the score is a bilinear form of the components:
+
+    score = scale * <sum_i q_i, sum_j k_j> = sum_ij scale * <q_i, k_j>
+
+The `remainder` is the captured score minus the sum of the parts (float
+rounding, and anything the decomposition missed), so that parts + remainder
+equal the actual score; it is reported, never hidden, and tested to be tiny.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .adapters import get_path
+from .errors import NbinterpError, UnsupportedArchitectureError
+
+if TYPE_CHECKING:
+    from .model import Model
+    from .run import Run
+
+
+@dataclass(frozen=True)
+class _Layout:
+    norm: str  # the block's input norm, relative to a block
+    projection: str  # "gpt2_conv1d" | "neox_fused" | "split"
+    position_embedding: str | None = None  # learned absolute positions
+    rotary: str | None = None  # the model's rotary module (gives cos, sin)
+
+
+_LLAMA_LIKE = _Layout(norm="input_layernorm", projection="split", rotary="model.rotary_emb")
+LAYOUTS = {
+    "gpt2": _Layout(norm="ln_1", projection="gpt2_conv1d", position_embedding="transformer.wpe"),
+    "gpt_neox": _Layout(norm="input_layernorm", projection="neox_fused", rotary="gpt_neox.rotary_emb"),
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+}
+
+
+@dataclass
+class QKDecomposition:
+    """score(layer, head, query, key) = contributions.sum() + remainder.
+
+    contributions [n_query_components, n_key_components], float64; row i is
+    what query-side component `query_labels[i]` contributes with each
+    key-side component.
+    """
+
+    layer: int
+    head: int
+    query: int
+    key: int
+    query_token: str
+    key_token: str
+    query_labels: list[str]
+    key_labels: list[str]
+    contributions: torch.Tensor
+    score: float
+    remainder: float
+
+    def by_query_component(self) -> dict[str, float]:
+        """Each query-side component's total (summed over key components)."""
+        return dict(zip(self.query_labels, self.contributions.sum(1).tolist()))
+
+    def by_key_component(self) -> dict[str, float]:
+        """Each key-side component's total (summed over query components)."""
+        return dict(zip(self.key_labels, self.contributions.sum(0).tolist()))
+
+    def top(self, n: int = 10) -> list[tuple[str, str, float]]:
+        """The n (query component, key component) pairs of largest |contribution|."""
+        flat = self.contributions.flatten()
+        order = flat.abs().argsort(descending=True)[:n].tolist()
+        width = self.contributions.shape[1]
+        return [(self.query_labels[i // width], self.key_labels[i % width], float(flat[i])) for i in order]
+
+    def __repr__(self) -> str:
+        def best(parts: dict[str, float]) -> str:
+            ranked = sorted(parts.items(), key=lambda kv: -abs(kv[1]))[:4]
+            return ", ".join(f"{name} {value:+.3g}" for name, value in ranked)
+
+        return (
+            f"<QK L{self.layer}.H{self.head} query {self.query} {self.query_token!r} -> key {self.key} "
+            f"{self.key_token!r}: score {self.score:.4g} = {self.contributions.shape[0]}x"
+            f"{self.contributions.shape[1]} parts + remainder {self.remainder:.2g}\n"
+            f"  query side: {best(self.by_query_component())}\n  key side:   {best(self.by_key_component())}>"
+        )
+
+
+def layout_for(model: "Model") -> _Layout:
+    model_type = getattr(model.hf.config, "model_type", None)
+    if model_type not in LAYOUTS:
+        raise UnsupportedArchitectureError(
+            f"the QK decomposition supports GPT-2, GPT-NeoX, Llama, Mistral and Qwen2, not {model_type!r}: "
+            "Gemma scales embeddings and normalises after attention and soft-caps scores, and Qwen3 / OLMo2 "
+            "normalise q and k per head, none of which is decomposed yet. Attribution and knockouts still work."
+        )
+    return LAYOUTS[model_type]
+
+
+def residual_components(model: "Model", run: "Run", layer: int, positions: list[int]) -> tuple[list[str], torch.Tensor]:
+    """The parts that add up to the residual stream entering `layer`, at
+    `positions`: labels and [n_components, len(positions), d_model] float64."""
+    hf, arch = model.hf, model.arch
+    layout = layout_for(model)
+    ids = run.input_ids[0, positions].to(next(hf.parameters()).device)
+    labels = ["embed"]
+    parts = [get_path(hf, arch.embed).weight[ids].detach().double().cpu()]
+    if layout.position_embedding is not None:
+        labels.append("pos_embed")
+        position_ids = torch.tensor(positions, device=ids.device)
+        parts.append(get_path(hf, layout.position_embedding).weight[position_ids].detach().double().cpu())
+    blocks = get_path(hf, arch.layers)
+    for l in range(layer):
+        heads = run.head_outputs(l)[:, positions].double()
+        for h in range(model.n_heads):
+            labels.append(f"L{l}.H{h}")
+            parts.append(heads[h])
+        bias = get_path(blocks[l], f"{arch.attention}.{arch.out_proj}").bias
+        if bias is not None:
+            labels.append(f"L{l}.attn_bias")
+            parts.append(bias.detach().double().cpu().expand(len(positions), -1))
+        labels.append(f"L{l}.mlp")
+        parts.append(run.mlp_out(l)[positions].double())
+    return labels, torch.stack(parts)
+
+
+def _frozen_norm(norm: Any, components: torch.Tensor, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's input norm as a per-position linear map, its scale frozen at
+    the run's actual residual `resid` [P, d]. Returns (normed components
+    [n, P, d], the constant part [P, d])."""
+    weight = norm.weight.detach().double().cpu()
+    eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", None)
+    if isinstance(norm, torch.nn.LayerNorm):
+        scale = (resid.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+        centred = components - components.mean(-1, keepdim=True)
+        bias = norm.bias.detach().double().cpu() if norm.bias is not None else torch.zeros_like(weight)
+        return centred / scale * weight, bias.expand_as(resid)
+    if type(norm).__name__.endswith("RMSNorm") and eps is not None:
+        scale = (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        return components / scale * weight, torch.zeros_like(resid)
+    raise UnsupportedArchitectureError(f"cannot freeze the input norm {type(norm).__name__}: only LayerNorm and RMSNorm")
+
+
+def _project(model: "Model", attention: Any, layout: _Layout, x: torch.Tensor, head: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query or key projection of `head` without its bias: (x W [..., D], bias [D])."""
+    d_head, n_heads = model.head_dim, model.n_heads
+    if layout.projection == "gpt2_conv1d":
+        width = n_heads * d_head
+        offset = (0 if side == "query" else width) + head * d_head
+        weight = attention.c_attn.weight[:, offset : offset + d_head]  # Conv1D: [in, out]
+        bias = attention.c_attn.bias[offset : offset + d_head]
+    elif layout.projection == "neox_fused":
+        offset = head * 3 * d_head + (0 if side == "query" else d_head)
+        weight = attention.query_key_value.weight[offset : offset + d_head].T
+        bias = attention.query_key_value.bias
+        bias = None if bias is None else bias[offset : offset + d_head]
+    else:
+        proj = attention.q_proj if side == "query" else attention.k_proj
+        index = head if side == "query" else head // (n_heads // model.n_kv_heads)
+        weight = proj.weight[index * d_head : (index + 1) * d_head].T
+        bias = None if proj.bias is None else proj.bias[index * d_head : (index + 1) * d_head]
+        if any(hasattr(attention, name) for name in ("q_norm", "k_norm")):
+            raise UnsupportedArchitectureError("per-head q/k norms are not decomposed yet")
+    weight = weight.detach().double().cpu()
+    bias = torch.zeros(d_head, dtype=torch.float64) if bias is None else bias.detach().double().cpu()
+    return x @ weight, bias
+
+
+def _rotate(model: "Model", layout: _Layout, x: torch.Tensor, position: int) -> torch.Tensor:
+    """Rotary embedding at one position, applied to [n, D] (linear in x)."""
+    if layout.rotary is None:
+        return x
+    rotary = get_path(model.hf, layout.rotary)
+    probe = torch.zeros(1, 1, model.d_model, dtype=next(model.hf.parameters()).dtype,
+                        device=next(model.hf.parameters()).device)
+    cos, sin = rotary(probe, torch.tensor([[position]], device=probe.device))
+    cos, sin = cos[0, 0].double().cpu(), sin[0, 0].double().cpu()
+    n_rot = cos.shape[-1]  # NeoX rotates only the first rotary_ndims dims
+    rot, rest = x[..., :n_rot], x[..., n_rot:]
+    half = n_rot // 2
+    rotated_half = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    return torch.cat((rot * cos + rotated_half * sin, rest), dim=-1)
+
+
+def qk(model: "Model", prompt_or_run: Any, layer: int, head: int, query: int, key: int) -> QKDecomposition:
+    """The attention score of (layer, head, query, key) split into
+    query-component x key-component contributions; see the module docstring."""
+    from .run import Run
+
+    run = prompt_or_run if isinstance(prompt_or_run, Run) else model.run(prompt_or_run)
+    layer, head = model._check_layer(layer), model._check_head(head)
+    n_tokens = len(run)
+    for name, pos in (("query", query), ("key", key)):
+        if not isinstance(pos, int) or isinstance(pos, bool) or not 0 <= pos < n_tokens:
+            raise NbinterpError(f"{name} position {pos!r} is outside the prompt's 0..{n_tokens - 1}")
+    score = float(run.attention_scores(layer)[head, query, key])
+    if key > query or not score > torch.finfo(torch.float32).min / 2:
+        raise NbinterpError(f"query {query} cannot attend to key {key} in L{layer}.H{head} (masked: causal order or sliding window): pick a key the query can see")
+    layout = layout_for(model)
+    _, _, _, _, kwargs = run._capture("qkv", layer)
+    if kwargs.get("softcap"):
+        raise UnsupportedArchitectureError("soft-capped attention scores are not decomposed")
+    scaling = kwargs.get("scaling") or model.head_dim ** -0.5
+    block = get_path(model.hf, model.arch.layers)[layer]
+    attention = get_path(block, model.arch.attention)
+    norm = get_path(block, layout.norm)
+    labels, components = residual_components(model, run, layer, [query, key])
+    resid = run.residual(layer)[[query, key]].double()
+    normed, constant = _frozen_norm(norm, components, resid)
+    sides = {}
+    for index, (side, position) in enumerate((("query", query), ("key", key))):
+        projected, bias = _project(model, attention, layout, normed[:, index], head, side)
+        constant_part, _ = _project(model, attention, layout, constant[index : index + 1], head, side)
+        vectors = torch.cat([projected, constant_part + bias])  # last row: the "bias" component
+        sides[side] = _rotate(model, layout, vectors, position)
+    contributions = scaling * sides["query"] @ sides["key"].T
+    return QKDecomposition(
+        layer, head, query, key, run.tokens[query], run.tokens[key], labels + ["bias"], labels + ["bias"],
+        contributions, score, score - float(contributions.sum()),
+    )
