@@ -155,6 +155,7 @@ def test_static_png_fallback_and_figure_of_what_is_on_screen(view):
     assert ax.get_title().endswith("layer 1 head 2")
     assert [t.get_text() for t in ax.get_yticklabels()] == view.tokens[2:6]
     assert len(ax.patches) == 1
+    assert figure._repr_png_().startswith(b"\x89PNG")
 
 
 def test_bad_constructor_arguments_say_what_to_do(model):

@@ -183,6 +183,24 @@ def _refuse(message: str) -> Any:
     raise FrontendError(message)
 
 
+_figure_class: Any = None
+
+
+def new_figure(**kwargs: Any) -> Any:
+    """A matplotlib Figure outside pyplot's global state that shows itself
+    as a PNG in any notebook, with or without `%matplotlib inline`."""
+    global _figure_class
+    if _figure_class is None:
+        from matplotlib.figure import Figure
+
+        class ViewFigure(Figure):
+            def _repr_png_(self) -> bytes:
+                return figure_png(self, dpi=100)
+
+        _figure_class = ViewFigure
+    return _figure_class(**kwargs)
+
+
 def figure_png(figure: Any, dpi: int = 80) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")

@@ -15,7 +15,7 @@ import torch
 import traitlets
 
 from ..errors import NbinterpError
-from ._base import FrontendError, InterpWidget, choice_value, dict_value, int_value, rpc
+from ._base import FrontendError, InterpWidget, choice_value, dict_value, int_value, new_figure, rpc
 from ._buffers import encode, pack
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -196,14 +196,12 @@ class AttentionView(InterpWidget):
     def to_figure(self, *, dpi: int = 100) -> Any:
         """A matplotlib Figure of the head on screen (zoom window, selection
         and mode included), independent of pyplot's global state."""
-        from matplotlib.figure import Figure
-
         values = self._values(self.layer, self.mode)[self.head].float().numpy()
         n = values.shape[0]
         z = self.zoom or {"query_start": 0, "query_stop": n, "key_start": 0, "key_stop": n}
         q0, q1, k0, k1 = z["query_start"], z["query_stop"], z["key_start"], z["key_stop"]
         window = values[q0:q1, k0:k1]
-        figure = Figure(figsize=(6.4, 5.6), dpi=dpi)
+        figure = new_figure(figsize=(6.4, 5.6), dpi=dpi)
         ax = figure.add_subplot()
         image = ax.imshow(window, cmap="viridis", vmin=0.0, vmax=max(float(values.max()), 1e-12),
                           interpolation="nearest", extent=(k0 - 0.5, k1 - 0.5, q1 - 0.5, q0 - 0.5))
