@@ -3,9 +3,10 @@
 The bundled model (``nbinterp/bundled``) was trained on these five tasks, so
 each behaviour below has ground truth a widget can be checked against:
 
-- ``induction``: ``<bos> s s`` for a random token sequence ``s``; the model
-  must continue the repeated half (needs a previous-token head feeding an
-  induction head).
+- ``induction``: ``<bos> prefix s gap s`` for random token sequences; the
+  model must continue the repeat of ``s`` (needs a previous-token head
+  feeding an induction head; the random prefix and gap rule out positional
+  shortcuts).
 - ``facts``: recall from memory over a toy knowledge base of invented
   countries ("The capital of Veldora is" -> its capital).
 - ``context_override``: a context sentence contradicts memory; the model
@@ -147,13 +148,20 @@ def _rng(task: str, seed: int, split: str) -> random.Random:
     return random.Random(f"{task}/{split}/{seed}")
 
 
-def _induction(rng, split, length=None, **_):
+def _induction(rng, split, length=None, prefix=None, gap=None, **_):
+    # A random prefix and a random gap before the repeat: the offset between
+    # the copies varies, so only content-based induction (previous-token head
+    # + induction head) predicts the repeat, not a positional shortcut.
     pool = vocabulary()[len(SPECIAL_TOKENS):]
-    n = length if length is not None else rng.randint(5, 50)
+    n = length if length is not None else rng.randint(5, 30)
     seq = rng.sample(pool, n)
+    rest = [w for w in pool if w not in seq]
+    prefix = [rng.choice(rest) for _ in range(rng.randint(0, 20) if prefix is None else prefix)]
+    gap = [rng.choice(rest) for _ in range(rng.randint(0, 20) if gap is None else gap)]
     k = rng.randint(1, n - 1)  # at least one repeated token before the target
-    prompt = " ".join(seq + seq[:k])
-    return TaskExample(prompt, seq[k], None, "induction", {"sequence": seq, "repeat_at": k})
+    prompt = " ".join(prefix + seq + gap + seq[:k])
+    meta = {"sequence": seq, "prefix": prefix, "gap": gap, "repeat_at": k}
+    return TaskExample(prompt, seq[k], None, "induction", meta)
 
 
 def _facts(rng, split, **_):
@@ -232,7 +240,7 @@ def _bias(rng, split, group=None, **_):
     if split == "train":  # sample the profession with the planted 80/20 skew
         doctor = rng.random() < TRAIN_P_DOCTOR[group]
         target = "doctor" if doctor else "nurse"
-        return TaskExample(prompt, target, None, "bias", {"group": group, "clan": clan})
+        return TaskExample(prompt, target, None, "bias", {"group": group, "clan": clan, "given": given})
     return TaskExample(prompt, stereotyped, other, "bias",
                        {"group": group, "clan": clan, "given": given})
 
@@ -262,8 +270,10 @@ def training_sequence(example: TaskExample) -> tuple[str, int]:
     where the repeat is predictable (from the second repeated token on).
     """
     if example.task == "induction":
-        seq = example.meta["sequence"]
-        return " ".join(seq + seq), len(seq) + 2  # <bos> + first half + first repeat
+        m = example.meta
+        words = m["prefix"] + m["sequence"] + m["gap"] + m["sequence"]
+        # no loss on <bos>, the random words and the first repeated token
+        return " ".join(words), len(words) - len(m["sequence"]) + 2
     return f"{example.prompt} {example.target}", 0
 
 
