@@ -1,0 +1,124 @@
+"""Attribution against exact interventions (the engine's own knockouts and
+ablations, one forward each), the closed-form QK fix against the knocked-out
+attention row, and batched knockouts against `model.run`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import nbinterp as ni
+from conftest import PROMPT, random_model
+from nbinterp import knockout_batch
+from nbinterp.attribution import attribute, causally_zero, edge_estimates
+from nbinterp.verification import rank_average, recall_at_k, spearman
+
+TARGET, FOIL = "w5", "w9"
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama", "gemma2"])
+def attribution(request, tokenizer):
+    model = ni.load(random_model(request.param), tokenizer=tokenizer)
+    return attribute(model, PROMPT, target=TARGET, foil=FOIL)
+
+
+def test_batched_knockouts_and_ablations_equal_one_run_each(attribution):
+    model, ids = attribution.model, attribution.run.input_ids
+    metric = knockout_batch.metric_of(model, TARGET, FOIL, -1, ids.shape[1])
+    edges = [(0, 1, 7, 3), (1, 2, 9, 4), (0, 0, 3, 3), (1, 3, 9, 9), (0, 2, 9, 0)]
+    got = knockout_batch.knockout_metrics(model, ids, edges, metric, rows=3)  # two forwards, mixed layers
+    expected = [model.run(PROMPT, knockout=[e]).logit_diff(TARGET, FOIL) for e in edges]
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5, rtol=0)
+    heads = [(0, 1), (1, 3)]
+    got = knockout_batch.ablation_metrics(model, ids, heads, metric)
+    expected = [model.run(PROMPT, ablate={h: 0.0}).logit_diff(TARGET, FOIL) for h in heads]
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5, rtol=0)
+
+
+def test_qk_fix_is_the_gradient_times_the_exact_change_of_the_row(attribution):
+    # sum_j g_j (a'_j - a_j), with a' the row of an actual knocked-out run
+    run, model = attribution.run, attribution.model
+    for layer, head, query, key in [(0, 1, 7, 3), (1, 2, 9, 9), (1, 0, 9, 0)]:
+        knocked = model.run(PROMPT, knockout=[(layer, head, query, key)])
+        change = knocked.attention(layer)[head, query] - run.attention(layer)[head, query]
+        expected = float((run.grad_attention(layer)[head, query] * change).sum())
+        got = float(attribution.edge_effects["qk_fix"][layer, head, query, key])
+        assert got == pytest.approx(expected, abs=1e-6, rel=1e-4)
+        linear = -run.grad_attention(layer)[head, query, key] * run.attention(layer)[head, query, key]
+        assert float(attribution.edge_effects["linear"][layer, head, query, key]) == pytest.approx(float(linear), rel=1e-4, abs=1e-7)
+
+
+def test_qk_fix_stays_exact_in_a_saturated_row():
+    # a_0 = 1 - ~1e-13: float32 probabilities cannot tell 1 - a_0 apart from 0
+    scores = torch.tensor([[[30.0, 0.0, -1.0, float("-inf")]]])
+    grad = torch.tensor([[[2.0, -1.0, 3.0, 7.0]]])
+    est = edge_estimates(scores, grad)
+    rest = torch.softmax(torch.tensor([0.0, -1.0], dtype=torch.float64), 0)
+    a0 = torch.softmax(scores.double(), -1)[0, 0, 0]
+    expected = a0 * ((rest * torch.tensor([-1.0, 3.0], dtype=torch.float64)).sum() - 2.0)
+    assert float(est["qk_fix"][0, 0, 0]) == pytest.approx(float(expected), rel=1e-9)
+    assert float(est["linear"][0, 0, 0]) == pytest.approx(-2.0 * float(a0), rel=1e-9)
+    assert torch.isnan(est["qk_fix"][0, 0, 3]) and torch.isnan(est["linear"][0, 0, 3])  # masked key
+
+
+def test_head_estimate_is_minus_gradient_times_output(attribution):
+    # effect = metric(ablated) - metric(clean) ~ <grad, 0 - head output>
+    run = attribution.run
+    expected = torch.stack([
+        -(run.grad_head_outputs(l) * run.head_outputs(l)).sum(dim=(1, 2)) for l in range(attribution.model.n_layers)
+    ]).double()
+    torch.testing.assert_close(attribution.heads, expected, atol=1e-5, rtol=1e-4)
+    verified = attribution.verify_heads()
+    assert verified.summary.spearman > 0.8
+    assert np.sign(verified.estimate[np.abs(verified.measured).argmax()]) == np.sign(verified.measured[np.abs(verified.measured).argmax()])
+
+
+def test_exhaustive_knockout_is_the_reference_and_the_qk_fix_beats_linear(attribution):
+    exact = attribution.exhaustive_edges()
+    model, n = attribution.model, len(attribution.run)
+    # spot-check the batched reference against single engine runs
+    for edge in [e[:4] for e in attribution.top_edges(3)]:
+        measured = model.run(PROMPT, knockout=[edge]).logit_diff(TARGET, FOIL) - exact.clean_metric
+        assert float(exact.effects[edge]) == pytest.approx(measured, abs=1e-5)
+    zero = causally_zero(model.n_layers, n, n - 1).expand_as(exact.effects) & ~exact.effects.isnan()
+    assert (exact.effects[zero] == 0).all() and exact.n_causally_zero == int(zero.sum())
+    fixed, linear = attribution.compare(exact, k=10), attribution.compare(exact, k=10, method="linear")
+    assert fixed.spearman > 0.85 and fixed.recall_at_k >= 0.8
+    assert fixed.mae < linear.mae and fixed.spearman > linear.spearman
+
+
+def test_verify_top_k_measures_the_estimated_top_edges(attribution):
+    verified = attribution.verify(k=5)
+    assert verified.keys == [e[:4] for e in attribution.top_edges(20)]
+    exact = attribution.exhaustive_edges()
+    np.testing.assert_allclose(verified.measured, [float(exact.effects[k]) for k in verified.keys], atol=1e-5)
+    assert verified.summary.n == 20 and "top 20" in verified.summary.scope
+    chosen = attribution.verify(edges=[(1, 1, 9, 2)])
+    assert chosen.keys == [(1, 1, 9, 2)] and len(chosen.measured) == 1
+
+
+def test_summary_statistics():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    np.testing.assert_array_equal(rank_average(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1.0, 3.5, 2.0])
+    assert recall_at_k([5, -4, 0.1, 0.2], [-6, 0.3, 3, 0.1], 2) == 0.5
+
+
+def test_top_edges_are_sorted_by_magnitude_and_well_formed(attribution):
+    edges = attribution.edges
+    magnitudes = [abs(e.estimate) for e in edges]
+    assert magnitudes == sorted(magnitudes, reverse=True)
+    assert all(0 <= e.key <= e.query < len(attribution.run) and e.query > 0 for e in edges)
+    one_head = attribution.top_edges(5, layer=1, head=2)
+    assert all((e.layer, e.head) == (1, 2) for e in one_head)
+
+
+def test_clear_errors(attribution):
+    model = attribution.model
+    with pytest.raises(ni.NbinterpError, match="method must be one of"):
+        attribute(model, PROMPT, TARGET, FOIL, method="exact")
+    with pytest.raises(ni.NbinterpError, match="query 0 has no other key"):
+        attribution.verify(edges=[(0, 0, 0, 0)])
+    with pytest.raises(ni.NbinterpError, match="other target"):
+        attribute(model, attribution.run, target=FOIL, foil=TARGET)
