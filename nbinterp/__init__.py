@@ -10,3 +10,4 @@ __all__ = ["load", "bundled_card", "Model", "Run", "NbinterpError", "RemoteError
 
 # widgets (the engine above never imports them)
 from .widgets.attention import attention  # noqa: E402
+from .widgets.attribution import attribute  # noqa: E402

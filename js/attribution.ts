@@ -1,0 +1,355 @@
+// AttributionView front end: a signed head-effect grid (one colour per head),
+// the chosen head's edge-effect matrix (query rows x key columns) with its
+// attention pattern drawn over it as dots, a ranked edge list, and "verify":
+// exact knockouts / ablations requested from Python, whose result arrives as
+// the `_verification` trait (so a reloaded page shows it again).
+
+import type { RenderProps } from "@anywidget/types";
+import { decodeTensor, type EncodedTensor, type Tensor } from "./lib/codec";
+import { cssColor, divergingScale, formatValue, renderLegend, textColorOn } from "./lib/colors";
+import { describeError, ErrorBox } from "./lib/errors";
+import { HeadGrid, thumbSize } from "./lib/head_grid";
+import { Heatmap, type Cell } from "./lib/heatmap";
+import { RpcClient, RpcError } from "./lib/rpc";
+import { injectStyle, toggleGroup } from "./lib/style";
+import { displayToken } from "./lib/tokens";
+
+type Method = "qk_fix" | "linear";
+
+interface Summary { spearman: number | null; recall_at_k: number | null; k: number; mae: number | null; n: number; scope: string }
+
+/** Mirrors the synced traits of nbinterp.widgets.attribution.AttributionView. */
+export interface AttributionModel {
+  model_name: string;
+  tokens: string[];
+  n_layers: number;
+  n_heads: number;
+  target: string;
+  foil: string;
+  metric: number;
+  method: Method;
+  layer: number;
+  head: number;
+  selected: { query?: number; key?: number };
+  error: string;
+  _heads: { tensor?: EncodedTensor };
+  _edge_matrix: { layer: number; head: number; method: Method; effect: EncodedTensor; attention: EncodedTensor } | null;
+  _edges: { method: Method; tensor: EncodedTensor } | null;
+  _verification: { kind: string; method: string; seconds: number; clean_metric: number; summary: Summary; rows: EncodedTensor } | null;
+}
+
+const METHOD_LABEL: Record<Method, string> = { qk_fix: "QK fix (AtP*)", linear: "linear" };
+const PLOT_PX = 380;
+const SHOWN_ROWS = 20;
+
+const EXTRA_CSS = `
+.nbi-attribution .nbi-table { border-collapse: collapse; font-family: ui-monospace, monospace; font-size: 11px; }
+.nbi-attribution .nbi-table td, .nbi-attribution .nbi-table th { padding: 1px 6px; text-align: right; border-bottom: 1px solid #eee; }
+.nbi-attribution .nbi-table tbody tr { cursor: pointer; }
+.nbi-attribution .nbi-table tbody tr:hover { background: #f0f4ff; }
+.nbi-attribution .nbi-list { max-height: 300px; overflow-y: auto; }
+.nbi-attribution .nbi-summary { margin: 4px 0; font-weight: 600; }
+.nbi-attribution .nbi-k { width: 4em; font: inherit; }
+.nbi-attribution .nbi-overlay { position: absolute; left: 0; top: 0; pointer-events: none; }
+.nbi-attribution .nbi-map-box { position: relative; }
+`;
+
+function render({ model, el }: RenderProps<AttributionModel>): () => void {
+  const doc = el.ownerDocument;
+  const root = doc.createElement("div");
+  root.className = "nbi-root nbi-attribution";
+  el.append(root);
+  injectStyle(root, EXTRA_CSS);
+  const rpc = new RpcClient(model, 300_000);
+  const cleanups: Array<() => void> = [() => rpc.dispose()];
+  const errors = new ErrorBox(root, () => save({ error: "" }));
+  const guard = (fn: () => void) => {
+    try {
+      fn();
+    } catch (err) {
+      errors.show(describeError(err));
+    }
+  };
+  const listen = (event: string, handler: () => void) => {
+    const guarded = () => guard(handler);
+    model.on(event, guarded);
+    cleanups.push(() => model.off(event, guarded));
+  };
+  const save = (changes: Partial<AttributionModel>) => {
+    for (const [k, v] of Object.entries(changes)) model.set(k as keyof AttributionModel, v as never);
+    model.save_changes();
+  };
+  const el_ = <K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text = "") => {
+    const node = doc.createElement(tag);
+    if (cls) node.className = cls;
+    if (text) node.textContent = text;
+    return node;
+  };
+  const button = (text: string, onClick: () => void) => {
+    const b = el_("button", "nbi-button", text);
+    b.type = "button";
+    b.addEventListener("click", onClick);
+    return b;
+  };
+  const tokenLabel = (i: number) => `${i} ${JSON.stringify(displayToken(model.get("tokens")[i] ?? ""))}`;
+
+  // ---------------------------------------------------------------- toolbar
+  const toolbar = el_("div", "nbi-toolbar");
+  const title = el_("strong");
+  const methodToggle = toggleGroup<Method>(doc, "estimate", [["qk_fix", METHOD_LABEL.qk_fix], ["linear", "linear"]], (method) => save({ method }));
+  const kInput = el_("input", "nbi-k");
+  kInput.type = "number";
+  kInput.min = "1";
+  kInput.max = "500";
+  kInput.value = "20";
+  kInput.setAttribute("aria-label", "k");
+  const status = el_("span", "nbi-status");
+  let pending: AbortController | null = null;
+  const verify = (params: Record<string, unknown>, what: string) => {
+    pending?.abort();
+    const controller = new AbortController();
+    pending = controller;
+    status.textContent = `verifying ${what}\u2026`;
+    rpc.request<{ n: number; seconds: number }>("verify", params, { signal: controller.signal })
+      .then(({ result }) => { status.textContent = `verified ${result.n} in ${result.seconds.toFixed(2)} s`; })
+      .catch((err) => {
+        if (!(err instanceof RpcError && err.failure === "cancelled")) {
+          status.textContent = "";
+          errors.show(describeError(err));
+        }
+      });
+  };
+  const verifyTop = button("verify top k", () => verify({ what: "top_k", k: Number(kInput.value) }, `the top ${kInput.value} edges`));
+  const verifyHead = button("verify head", () => verify({ what: "head", layer: model.get("layer"), head: model.get("head") }, "the head"));
+  const verifyHeads = button("verify all heads", () => verify({ what: "heads" }, "every head"));
+  const verifyEdge = button("verify edge", () => {
+    const s = model.get("selected");
+    if (s.query === undefined || s.key === undefined) return errors.show("click a cell of the edge matrix first");
+    verify({ what: "edge", edge: [model.get("layer"), model.get("head"), s.query, s.key] }, "the edge");
+  });
+  toolbar.append(title, methodToggle.element, kInput, verifyTop, verifyEdge, verifyHead, verifyHeads, status);
+  root.append(toolbar);
+
+  // ----------------------------------------------------------------- panels
+  const panels = el_("div", "nbi-panels");
+  const gridBox = el_("div");
+  const gridCaption = el_("div", "nbi-strip-caption", "head effects (click a head)");
+  const gridLegend = el_("div", "nbi-legend");
+  const mapBox = el_("div", "nbi-map-box");
+  const mapLegend = el_("div", "nbi-legend");
+  const listBox = el_("div", "nbi-list");
+  panels.append(gridBox, mapBox, listBox);
+  root.append(panels);
+  const verifyBox = el_("div");
+  root.append(verifyBox);
+  const tooltip = el_("div", "nbi-tooltip");
+  tooltip.hidden = true;
+  root.append(tooltip);
+  const showTooltip = (lines: string[], event: MouseEvent) => {
+    tooltip.replaceChildren(...lines.map((line) => el_("div", "", line)));
+    const box = root.getBoundingClientRect();
+    tooltip.style.left = `${event.clientX - box.left + 14}px`;
+    tooltip.style.top = `${event.clientY - box.top + 14}px`;
+    tooltip.hidden = false;
+  };
+
+  const nLayers = model.get("n_layers");
+  const nHeads = model.get("n_heads");
+  let heads: Tensor | null = null;
+  const grid = new HeadGrid(gridBox, {
+    nLayers, nHeads, thumbPx: thumbSize(nLayers, nHeads, 240),
+    onClick: (ref) => save({ layer: ref.layer, head: ref.head, selected: {} }),
+    onHover: (ref, event) => {
+      if (!ref || !heads) return void (tooltip.hidden = true);
+      showTooltip([`layer ${ref.layer} head ${ref.head}`, `est. effect of ablating: ${formatValue(heads.values[ref.layer * nHeads + ref.head])}`], event);
+    },
+  });
+  gridBox.append(gridCaption, gridLegend);
+  cleanups.push(() => grid.destroy());
+
+  let matrix: { effect: Tensor; attention: Tensor; key: string } | null = null;
+  const heatmap = new Heatmap(mapBox, {
+    plotWidth: PLOT_PX, plotHeight: PLOT_PX, marginLeft: 92, marginTop: 72, cornerLabel: "query \u2193 key \u2192",
+    onHover: (cell, event) => guard(() => {
+      if (!cell || !matrix) return void (tooltip.hidden = true);
+      const n = matrix.effect.shape[1];
+      showTooltip([
+        `L${model.get("layer")}.H${model.get("head")} \u00b7 query ${tokenLabel(cell.row)} \u2192 key ${tokenLabel(cell.col)}`,
+        `est. knockout effect: ${formatValue(matrix.effect.values[cell.row * n + cell.col])}`,
+        `attention: ${formatValue(matrix.attention.values[cell.row * n + cell.col])}`,
+      ], event);
+    }),
+    onClick: (cell: Cell) => save({ selected: { query: cell.row, key: cell.col } }),
+    onWindowChange: () => drawOverlay(),
+  });
+  cleanups.push(() => heatmap.destroy());
+  const overlay = el_("canvas", "nbi-overlay");
+  mapBox.append(overlay, mapLegend);
+
+  // ----------------------------------------------------------------- drawing
+  function drawGrid() {
+    const h = model.get("_heads");
+    if (!h?.tensor) return;
+    heads = decodeTensor(h.tensor);
+    let max = 0;
+    for (const v of heads.values) max = Math.max(max, Math.abs(v));
+    const scale = divergingScale(max);
+    grid.setThumbnails(heads.values, 1, scale);
+    grid.setSelected({ layer: model.get("layer"), head: model.get("head") });
+    grid.draw();
+    renderLegend(gridLegend, scale, "ablation effect (blue: head helps the target)");
+  }
+
+  let lastMatrix: AttributionModel["_edge_matrix"] = null;
+  function drawMatrix() {
+    const m = model.get("_edge_matrix");
+    if (!m) return;
+    if (m !== lastMatrix) {
+      matrix = { effect: decodeTensor(m.effect), attention: decodeTensor(m.attention), key: `${m.layer}:${m.head}:${m.method}` };
+      lastMatrix = m;
+    }
+    if (!matrix) return;
+    const [rows, cols] = matrix.effect.shape;
+    let max = 0;
+    for (const v of matrix.effect.values) max = Math.max(max, Math.abs(v));
+    const scale = divergingScale(max);
+    heatmap.setData(matrix.effect.values, rows, cols, scale);
+    const tokens = model.get("tokens").map(displayToken);
+    heatmap.setLabels(tokens, tokens);
+    const s = model.get("selected");
+    heatmap.setMarker(s.query !== undefined && s.key !== undefined ? { row: s.query, col: s.key } : null);
+    heatmap.draw();
+    renderLegend(mapLegend, scale, `est. knockout effect, ${METHOD_LABEL[m.method]} \u00b7 dots: attention`);
+    drawOverlay();
+    root.dataset.matrix = matrix.key;
+  }
+
+  /** Attention probability as dot area in each visible cell, over the effects. */
+  function drawOverlay() {
+    const dpr = doc.defaultView?.devicePixelRatio || 1;
+    const c = heatmap.canvas;
+    overlay.style.width = c.style.width;
+    overlay.style.height = c.style.height;
+    overlay.width = c.width;
+    overlay.height = c.height;
+    const ctx = overlay.getContext("2d");
+    if (!ctx || !matrix) return;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, overlay.width, overlay.height);
+    const win = heatmap.window;
+    const left = Number(c.dataset.marginLeft), top = Number(c.dataset.marginTop);
+    const cw = Number(c.dataset.plotWidth) / (win.col1 - win.col0);
+    const ch = Number(c.dataset.plotHeight) / (win.row1 - win.row0);
+    if (Math.min(cw, ch) < 4) return; // too dense for dots: the tooltip still tells
+    const n = matrix.attention.shape[1];
+    ctx.fillStyle = "rgba(20, 20, 20, 0.55)";
+    for (let r = win.row0; r < win.row1; r++) {
+      for (let k = win.col0; k < Math.min(win.col1, r + 1); k++) {
+        const a = matrix.attention.values[r * n + k];
+        if (a < 0.02) continue;
+        const radius = 0.5 * Math.min(cw, ch) * Math.sqrt(a) * 0.9;
+        ctx.beginPath();
+        ctx.arc(left + (k - win.col0 + 0.5) * cw, top + (r - win.row0 + 0.5) * ch, radius, 0, 2 * Math.PI);
+        ctx.fill();
+      }
+    }
+  }
+
+  function table(headers: string[], rows: Array<Array<string | number>>, onRow?: (i: number) => void, colorCols: number[] = [], scale = divergingScale(1)) {
+    const t = el_("table", "nbi-table");
+    const head = el_("thead");
+    const tr = el_("tr");
+    for (const h of headers) tr.append(el_("th", "", h));
+    head.append(tr);
+    const body = el_("tbody");
+    rows.forEach((row, i) => {
+      const r = el_("tr");
+      row.forEach((cell, j) => {
+        const td = el_("td", "", typeof cell === "number" ? formatValue(cell) : cell);
+        if (colorCols.includes(j) && typeof cell === "number") {
+          td.style.backgroundColor = cssColor(scale, cell);
+          td.style.color = textColorOn(scale, cell);
+        }
+        r.append(td);
+      });
+      if (onRow) r.addEventListener("click", () => onRow(i));
+      body.append(r);
+    });
+    t.append(head, body);
+    return t;
+  }
+
+  function drawList() {
+    const e = model.get("_edges");
+    if (!e) return;
+    const t = decodeTensor(e.tensor);
+    const n = t.shape[0];
+    let max = 0;
+    for (let i = 0; i < n; i++) max = Math.max(max, Math.abs(t.values[i * 5 + 4]));
+    const rows = Array.from({ length: n }, (_, i) => {
+      const v = t.values.subarray(i * 5, i * 5 + 5);
+      return [`L${v[0]}.H${v[1]}`, tokenLabel(v[2]), tokenLabel(v[3]), v[4]];
+    });
+    listBox.replaceChildren(el_("div", "nbi-strip-caption", `top edges by |estimate| (${METHOD_LABEL[e.method]}); click to show`),
+      table(["head", "query", "key", "estimate"], rows, (i) => {
+        const v = t.values.subarray(i * 5, i * 5 + 5);
+        save({ layer: v[0], head: v[1], selected: { query: v[2], key: v[3] } });
+      }, [3], divergingScale(max)));
+  }
+
+  function drawVerification() {
+    const v = model.get("_verification");
+    if (!v) return verifyBox.replaceChildren(el_("div", "nbi-strip-caption", "verify runs exact knockouts / ablations and compares them with the estimate"));
+    const t = decodeTensor(v.rows);
+    const [n, width] = t.shape;
+    const s = v.summary;
+    const num = (x: number | null, digits = 3) => (x === null ? "n/a" : x.toFixed(digits));
+    const summary = el_("div", "nbi-summary",
+      `${v.kind}: ${v.method} estimate vs exact \u00b7 Spearman ${num(s.spearman)} \u00b7 recall@${s.k} ${num(s.recall_at_k, 2)} \u00b7 MAE ${s.mae === null ? "n/a" : formatValue(s.mae)} over ${s.scope} \u00b7 clean logit diff ${formatValue(v.clean_metric)} \u00b7 ${v.seconds.toFixed(2)} s`);
+    let max = 0;
+    for (let i = 0; i < n; i++) max = Math.max(max, Math.abs(t.values[i * width + width - 1]), Math.abs(t.values[i * width + width - 2]));
+    const rows = Array.from({ length: Math.min(n, SHOWN_ROWS) }, (_, i) => {
+      const r = t.values.subarray(i * width, (i + 1) * width);
+      const where = width === 6 ? [`L${r[0]}.H${r[1]}`, tokenLabel(r[2]), tokenLabel(r[3])] : [`L${r[0]}.H${r[1]}`];
+      return [...where, r[width - 2], r[width - 1], r[width - 2] - r[width - 1]];
+    });
+    const headers = width === 6 ? ["head", "query", "key", "estimate", "measured", "error"] : ["head", "estimate", "measured", "error"];
+    const k = width === 6 ? 3 : 1;
+    const caption = el_("div", "nbi-strip-caption", n > SHOWN_ROWS ? `first ${SHOWN_ROWS} of ${n} rows` : `${n} rows`);
+    verifyBox.replaceChildren(summary, table(headers, rows, undefined, [k, k + 1], divergingScale(max)), caption);
+  }
+
+  function updateStatus() {
+    title.textContent = `Attribution \u00b7 ${model.get("model_name")} \u00b7 logit(${JSON.stringify(model.get("target"))})${model.get("foil") ? ` \u2212 logit(${JSON.stringify(model.get("foil"))})` : ""} = ${formatValue(model.get("metric"))}`;
+    methodToggle.set(model.get("method"));
+    gridCaption.textContent = `head effects \u00b7 selected L${model.get("layer")}.H${model.get("head")}`;
+  }
+
+  function redrawAll() {
+    updateStatus();
+    drawGrid();
+    drawMatrix();
+    drawList();
+    drawVerification();
+  }
+
+  guard(() => {
+    errors.show(model.get("error"));
+    redrawAll();
+  });
+  listen("change:_heads", drawGrid);
+  listen("change:_edge_matrix", drawMatrix);
+  listen("change:_edges", drawList);
+  listen("change:_verification", drawVerification);
+  listen("change:selected", drawMatrix);
+  for (const name of ["layer", "head", "method"]) listen(`change:${name}`, () => { updateStatus(); drawGrid(); });
+  listen("change:error", () => errors.show(model.get("error")));
+
+  return () => {
+    pending?.abort();
+    for (const fn of cleanups.reverse()) fn();
+    root.remove();
+  };
+}
+
+export default { render };
