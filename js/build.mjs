@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
 // One entry per view; the shared drawing code lives in lib/.
-const views = ["attention"];
+const views = ["attention", "ablation", "patching", "logit_lens", "attribution"];
 
 if (process.argv.includes("--tests")) {
   const tests = readdirSync(join(here, "test")).filter((f) => f.endsWith(".test.ts"));

@@ -11,3 +11,6 @@ __all__ = ["load", "bundled_card", "Model", "Run", "NbinterpError", "RemoteError
 # widgets (the engine above never imports them)
 from .widgets.attention import attention  # noqa: E402
 from .widgets.attribution import attribute  # noqa: E402
+from .widgets.ablation import ablate  # noqa: E402
+from .widgets.patching import patch  # noqa: E402
+from .widgets.logit_lens import logit_lens  # noqa: E402

@@ -13,7 +13,7 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-VIEWS = ("attention",)
+VIEWS = ("attention", "ablation", "patching", "logit_lens", "attribution")
 SOURCE_SUFFIXES = {".ts", ".mjs", ".json"}
 
 

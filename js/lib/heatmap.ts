@@ -4,7 +4,7 @@
 // painted through ImageData and scaled up without smoothing. Wheel zooms
 // around the cursor, drag pans, double-click resets.
 
-import type { ColorScale } from "./colors";
+import { type ColorScale, textColorOn } from "./colors";
 import { truncateLabel } from "./tokens";
 
 /** Half-open index ranges of the visible rows and columns. */
@@ -41,26 +41,38 @@ export function aggregateMax(
       const c0 = colStart[x];
       const c1 = colStart[x + 1];
       let best = -Infinity;
+      let any = false;
       for (let r = r0; r < r1; r++) {
         const base = r * cols;
         for (let c = c0; c < c1; c++) {
           const v = values[base + c];
           if (v > best) best = v;
+          if (v === v) any = true; // NaN marks "no value yet" and never wins
         }
       }
-      out[y * outW + x] = best;
+      out[y * outW + x] = any || r0 === r1 || c0 === c1 ? best : NaN;
     }
   }
   return out;
 }
 
-/** Maps values through the scale into RGBA pixels (length values.length*4). */
+/** RGB of cells without a value (NaN): light grey, distinct from every scale. */
+export const MISSING_RGB = [230, 230, 230] as const;
+
+/** Maps values through the scale into RGBA pixels (length values.length*4); NaN is MISSING_RGB. */
 export function paintPixels(values: Float32Array, scale: ColorScale, out?: Uint8ClampedArray): Uint8ClampedArray {
   const px = out ?? new Uint8ClampedArray(values.length * 4);
   const lut = scale.lut;
   for (let i = 0; i < values.length; i++) {
-    const j = scale.index(values[i]) * 4;
     const k = i * 4;
+    if (values[i] !== values[i]) {
+      px[k] = MISSING_RGB[0];
+      px[k + 1] = MISSING_RGB[1];
+      px[k + 2] = MISSING_RGB[2];
+      px[k + 3] = 255;
+      continue;
+    }
+    const j = scale.index(values[i]) * 4;
     px[k] = lut[j];
     px[k + 1] = lut[j + 1];
     px[k + 2] = lut[j + 2];
@@ -102,6 +114,8 @@ export interface HeatmapOptions {
   marginLeft: number;
   marginTop: number;
   cornerLabel?: string;
+  /** Text drawn inside a cell (e.g. a logit-lens top token) where cells are large enough. */
+  cellLabel?(cell: Cell): string;
   onHover?(cell: Cell | null, event: PointerEvent): void;
   onClick?(cell: Cell): void;
   onWindowChange?(win: MatrixWindow): void;
@@ -223,7 +237,30 @@ export class Heatmap {
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(this.offscreen, 0, 0, outW, outH, opts.marginLeft, opts.marginTop, opts.plotWidth, opts.plotHeight);
     this.drawLabels();
+    this.drawCellLabels();
     this.drawMarker();
+  }
+
+  private drawCellLabels(): void {
+    const label = this.opts.cellLabel;
+    if (!label || !this.values || !this.scale) return;
+    const { ctx, opts } = this;
+    const { row0, row1, col0, col1 } = this.win;
+    const cellH = opts.plotHeight / (row1 - row0);
+    const cellW = opts.plotWidth / (col1 - col0);
+    if (cellH < 11 || cellW < 22) return;
+    const maxChars = Math.max(2, Math.floor(cellW / 6.5));
+    ctx.font = `${Math.min(11, Math.floor(cellH) - 2)}px sans-serif`;
+    ctx.textAlign = "center";
+    ctx.textBaseline = "middle";
+    for (let r = row0; r < row1; r++) {
+      for (let c = col0; c < col1; c++) {
+        const text = label({ row: r, col: c });
+        if (!text) continue;
+        ctx.fillStyle = textColorOn(this.scale, this.values[r * this.cols + c]);
+        ctx.fillText(truncateLabel(text, maxChars), opts.marginLeft + (c - col0 + 0.5) * cellW, opts.marginTop + (r - row0 + 0.5) * cellH);
+      }
+    }
   }
 
   destroy(): void {

@@ -1,0 +1,381 @@
+// AblationPanel front end: a layer x head grid of scale sliders plus one per
+// MLP, zero/mean toggle, reset and "copy as code"; the output side shows
+// the top-k next tokens before vs after and the logit difference. Slider
+// moves go to Python as "run" requests through a latest-only runner, so
+// rapid moves never queue stale runs; the output is drawn from the `result`
+// trait, whoever changed it (a slider or Python code).
+
+import type { RenderProps } from "@anywidget/types";
+import { formatValue } from "./lib/colors";
+import { describeError, ErrorBox } from "./lib/errors";
+import { LatestOnly } from "./lib/latest";
+import { RpcClient } from "./lib/rpc";
+import { injectStyle, toggleGroup } from "./lib/style";
+import { displayToken } from "./lib/tokens";
+
+type Mode = "zero" | "mean";
+type Ablations = Record<string, number>;
+
+interface TokenProbability {
+  token: string;
+  id: number;
+  probability: number;
+  before: number;
+}
+
+interface Summary {
+  ablations: Ablations;
+  ablation: Mode;
+  top_k: TokenProbability[];
+  logit_diff: number | null;
+  target_probability: number | null;
+  foil_probability: number | null;
+  seq: number;
+  compute_ms: number;
+  code: string;
+}
+
+/** Mirrors the synced traits of nbinterp.widgets.ablation.AblationPanel. */
+export interface AblationModel {
+  model_name: string;
+  prompt: string;
+  tokens: string[];
+  n_layers: number;
+  n_heads: number;
+  target: string | null;
+  foil: string | null;
+  ablations: Ablations;
+  ablation: Mode;
+  result: Summary | Record<string, never>;
+  baseline: Summary | Record<string, never>;
+  error: string;
+}
+
+const SCALE_MAX = 1.5;
+const SCALE_STEP = 0.05;
+
+const CSS = `
+.nbi-ablation .nbi-controls { border-collapse: collapse; }
+.nbi-ablation .nbi-controls th { font-weight: 500; color: #444; padding: 0 2px; }
+.nbi-ablation .nbi-controls td { padding: 1px 2px; text-align: center; border-radius: 3px; }
+.nbi-ablation .nbi-controls td[data-changed="true"] { background: #fdecea; }
+.nbi-ablation .nbi-controls td[data-changed="boost"] { background: #e3ecfa; }
+.nbi-ablation .nbi-controls input[type=range] { width: 56px; margin: 0; display: block; }
+.nbi-ablation .nbi-scale { font: 10px ui-monospace, monospace; color: #555; }
+.nbi-ablation .nbi-out { min-width: 320px; }
+.nbi-ablation .nbi-ld { margin-bottom: 8px; }
+.nbi-ablation .nbi-ld-bar { position: relative; height: 10px; width: 300px; background: #f1f1f1; margin-top: 3px; }
+.nbi-ablation .nbi-ld-bar span { position: absolute; top: 0; height: 10px; }
+.nbi-ablation .nbi-ld-bar .nbi-zero { left: 150px; width: 1px; background: #888; }
+.nbi-ablation .nbi-topk { display: flex; gap: 16px; }
+.nbi-ablation .nbi-topk-col { min-width: 150px; }
+.nbi-ablation .nbi-row { display: grid; grid-template-columns: 80px 100px 44px; gap: 4px; align-items: center; }
+.nbi-ablation .nbi-tok { font-family: ui-monospace, monospace; white-space: pre; overflow: hidden; text-overflow: ellipsis; }
+.nbi-ablation .nbi-bar { position: relative; height: 10px; background: #f1f1f1; }
+.nbi-ablation .nbi-bar .nbi-fill { position: absolute; left: 0; top: 0; height: 10px; }
+.nbi-ablation .nbi-bar .nbi-tick { position: absolute; top: -2px; width: 2px; height: 14px; background: #222; }
+.nbi-ablation .nbi-prob { font: 11px ui-monospace, monospace; text-align: right; }
+.nbi-ablation .nbi-code { font: 11px ui-monospace, monospace; background: #f6f6f6; border: 1px solid #ddd; padding: 4px 6px; white-space: pre-wrap; word-break: break-all; margin-top: 6px; }
+`;
+
+function render({ model, el, signal }: RenderProps<AblationModel>): () => void {
+  const doc = el.ownerDocument;
+  const root = doc.createElement("div");
+  root.className = "nbi-root nbi-ablation";
+  el.append(root);
+  injectStyle(root, CSS);
+  const rpc = new RpcClient(model);
+  const cleanups: Array<() => void> = [() => rpc.dispose()];
+  const errors = new ErrorBox(root, () => {
+    model.set("error", "");
+    model.save_changes();
+  });
+  const guard = (fn: () => void) => {
+    try {
+      fn();
+    } catch (err) {
+      errors.show(describeError(err));
+    }
+  };
+  const listen = (event: string, handler: () => void) => {
+    const guarded = () => guard(handler);
+    model.on(event, guarded);
+    cleanups.push(() => model.off(event, guarded));
+  };
+
+  const nLayers = model.get("n_layers");
+  const nHeads = model.get("n_heads");
+  // What the sliders show; differs from the trait only while runs are pending.
+  let local: Ablations = { ...model.get("ablations") };
+  let mode: Mode = model.get("ablation");
+
+  const runner = new LatestOnly<{ ablations: Ablations; ablation: Mode }>(
+    async (params) => {
+      status.textContent = "running\u2026";
+      root.dataset.busy = "true";
+      await rpc.request("run", params);
+    },
+    (err) => errors.show(describeError(err)),
+    () => guard(() => {
+      // Settled on the final values: show Python's state (a refused value snaps back).
+      adoptTraits();
+      const result = model.get("result") as Summary;
+      status.textContent = result.compute_ms === undefined ? "" : `computed in ${result.compute_ms.toFixed(1)} ms`;
+      root.dataset.busy = "false";
+    }),
+  );
+  cleanups.push(() => runner.dispose());
+  const submit = () => runner.submit({ ablations: { ...local }, ablation: mode });
+
+  // Toolbar
+  const toolbar = doc.createElement("div");
+  toolbar.className = "nbi-toolbar";
+  const title = doc.createElement("strong");
+  title.textContent = `Ablation \u00b7 ${model.get("model_name")}`;
+  const modeToggle = toggleGroup<Mode>(doc, "ablation", [["zero", "zero"], ["mean", "mean"]], (value) => {
+    mode = value;
+    modeToggle.set(mode);
+    submit();
+  });
+  modeToggle.element.title = "heads move towards zero, or towards their mean output over the reference prompts (MLPs always towards zero)";
+  const button = (text: string, cls: string, onClick: () => void) => {
+    const b = doc.createElement("button");
+    b.type = "button";
+    b.className = `nbi-button ${cls}`;
+    b.textContent = text;
+    b.addEventListener("click", () => guard(onClick));
+    return b;
+  };
+  const codeBox = doc.createElement("pre");
+  codeBox.className = "nbi-code";
+  codeBox.hidden = true;
+  const reset = button("reset", "nbi-reset", () => {
+    local = {};
+    syncSliders();
+    submit();
+  });
+  const copy = button("copy as code", "nbi-copy", () => {
+    const code = (model.get("result") as Summary).code ?? "";
+    codeBox.textContent = code;
+    codeBox.hidden = false;
+    const clipboard = doc.defaultView?.navigator.clipboard;
+    clipboard?.writeText(code).then(
+      () => (copyStatus.textContent = "copied"),
+      () => (copyStatus.textContent = "select the code below to copy it"),
+    );
+  });
+  const copyStatus = doc.createElement("span");
+  copyStatus.className = "nbi-status";
+  const status = doc.createElement("span");
+  status.className = "nbi-status nbi-run-status";
+  toolbar.append(title, modeToggle.element, reset, copy, copyStatus, status);
+  root.append(toolbar);
+
+  const prompt = doc.createElement("div");
+  prompt.className = "nbi-status nbi-prompt";
+  const target = model.get("target");
+  const foil = model.get("foil");
+  prompt.textContent = `prompt: ${JSON.stringify(model.get("prompt"))}` + (target !== null ? ` \u00b7 target ${JSON.stringify(target)}` : "") + (foil !== null ? ` vs ${JSON.stringify(foil)}` : "");
+  root.append(prompt);
+
+  // Panels: control grid | output
+  const panels = doc.createElement("div");
+  panels.className = "nbi-panels";
+  const table = doc.createElement("table");
+  table.className = "nbi-controls";
+  const output = doc.createElement("div");
+  output.className = "nbi-out";
+  panels.append(table, output);
+  root.append(panels, codeBox);
+
+  const sliders = new Map<string, { input: HTMLInputElement; label: HTMLSpanElement; cell: HTMLTableCellElement }>();
+  const header = table.insertRow();
+  header.append(doc.createElement("th"));
+  for (let h = 0; h < nHeads; h++) {
+    const th = doc.createElement("th");
+    th.textContent = `H${h}`;
+    header.append(th);
+  }
+  const mlpHead = doc.createElement("th");
+  mlpHead.textContent = "MLP";
+  header.append(mlpHead);
+  for (let l = 0; l < nLayers; l++) {
+    const row = table.insertRow();
+    const th = doc.createElement("th");
+    th.textContent = `L${l}`;
+    row.append(th);
+    for (let h = 0; h <= nHeads; h++) {
+      const key = h === nHeads ? `L${l}.mlp` : `L${l}.H${h}`;
+      const cell = row.insertCell();
+      const input = doc.createElement("input");
+      input.type = "range";
+      input.min = "0";
+      input.max = String(SCALE_MAX);
+      input.step = String(SCALE_STEP);
+      input.value = "1";
+      input.dataset.component = key;
+      input.setAttribute("aria-label", `scale of ${key}`);
+      input.title = `${key}: scale its output (0 removes it, 1 leaves it)`;
+      const label = doc.createElement("span");
+      label.className = "nbi-scale";
+      cell.append(input, label);
+      sliders.set(key, { input, label, cell });
+    }
+  }
+  const onSlide = (event: Event) => guard(() => {
+    const input = event.target as HTMLInputElement;
+    const key = input.dataset.component;
+    if (!key) return;
+    const value = Number(input.value);
+    if (value === 1) delete local[key];
+    else local[key] = value;
+    paintSlider(key);
+    submit();
+  });
+  table.addEventListener("input", onSlide);
+  cleanups.push(() => table.removeEventListener("input", onSlide));
+
+  function paintSlider(key: string) {
+    const s = sliders.get(key);
+    if (!s) return;
+    const value = local[key] ?? 1;
+    s.label.textContent = value === 1 ? "1" : formatValue(value);
+    s.cell.dataset.changed = value === 1 ? "false" : value < 1 ? "true" : "boost";
+  }
+
+  function syncSliders() {
+    for (const [key, s] of sliders) {
+      const value = local[key] ?? 1;
+      if (Number(s.input.value) !== value) s.input.value = String(value);
+      paintSlider(key);
+    }
+    modeToggle.set(mode);
+  }
+
+  function probabilityRows(entries: TokenProbability[], withBefore: boolean, colour: string): HTMLElement[] {
+    return entries.map((e) => {
+      const row = doc.createElement("div");
+      row.className = "nbi-row";
+      row.dataset.token = String(e.id);
+      const tok = doc.createElement("span");
+      tok.className = "nbi-tok";
+      tok.textContent = displayToken(e.token);
+      tok.title = JSON.stringify(e.token);
+      const bar = doc.createElement("span");
+      bar.className = "nbi-bar";
+      const fill = doc.createElement("span");
+      fill.className = "nbi-fill";
+      fill.style.width = `${(100 * Math.min(1, Math.max(0, e.probability))).toFixed(1)}%`;
+      fill.style.background = colour;
+      bar.append(fill);
+      if (withBefore) {
+        const tick = doc.createElement("span");
+        tick.className = "nbi-tick";
+        tick.style.left = `${(100 * Math.min(1, Math.max(0, e.before))).toFixed(1)}%`;
+        tick.title = `before: ${formatValue(e.before)}`;
+        bar.append(tick);
+      }
+      const prob = doc.createElement("span");
+      prob.className = "nbi-prob";
+      prob.textContent = e.probability.toFixed(4);
+      row.append(tok, bar, prob);
+      return row;
+    });
+  }
+
+  function drawOutput() {
+    const result = model.get("result") as Summary;
+    const baseline = model.get("baseline") as Summary;
+    if (!result || !result.top_k || !baseline || !baseline.top_k) return;
+    const parts: HTMLElement[] = [];
+    if (result.logit_diff !== null && baseline.logit_diff !== null) {
+      const ld = doc.createElement("div");
+      ld.className = "nbi-ld";
+      const what = foil !== null ? `logit(${JSON.stringify(target)}) \u2212 logit(${JSON.stringify(foil)})` : `logit(${JSON.stringify(target)})`;
+      const before = doc.createElement("span");
+      before.className = "nbi-ld-before";
+      before.textContent = result.logit_diff === null ? "" : baseline.logit_diff.toFixed(4);
+      const after = doc.createElement("strong");
+      after.className = "nbi-ld-after";
+      after.textContent = result.logit_diff.toFixed(4);
+      ld.append(`${what}: `, before, " \u2192 ", after);
+      const bar = doc.createElement("div");
+      bar.className = "nbi-ld-bar";
+      const span = Math.max(Math.abs(result.logit_diff), Math.abs(baseline.logit_diff), 1e-6);
+      const barFor = (value: number, cls: string, colour: string, height: number) => {
+        const s = doc.createElement("span");
+        s.className = cls;
+        const w = (150 * Math.abs(value)) / span;
+        s.style.left = `${value >= 0 ? 150 : 150 - w}px`;
+        s.style.width = `${w}px`;
+        s.style.background = colour;
+        s.style.height = `${height}px`;
+        return s;
+      };
+      const zero = doc.createElement("span");
+      zero.className = "nbi-zero";
+      bar.append(barFor(baseline.logit_diff, "nbi-ld-bar-before", "#c5cbd6", 10), barFor(result.logit_diff, "nbi-ld-bar-after", result.logit_diff >= 0 ? "#b2182b" : "#2166ac", 6), zero);
+      ld.append(bar);
+      parts.push(ld);
+    }
+    const topk = doc.createElement("div");
+    topk.className = "nbi-topk";
+    const column = (cls: string, heading: string, rows: HTMLElement[]) => {
+      const col = doc.createElement("div");
+      col.className = `nbi-topk-col ${cls}`;
+      const h = doc.createElement("div");
+      h.className = "nbi-status";
+      h.textContent = heading;
+      col.append(h, ...rows);
+      return col;
+    };
+    const changed = Object.keys(result.ablations).length > 0;
+    topk.append(
+      column("nbi-topk-before", "before (no ablation)", probabilityRows(baseline.top_k, false, "#9aa5b8")),
+      column("nbi-topk-after", changed ? "after (| = before)" : "after (nothing ablated)", probabilityRows(result.top_k, true, "#3b518b")),
+    );
+    parts.push(topk);
+    output.replaceChildren(...parts);
+    root.dataset.seq = String(result.seq);
+    root.dataset.ablations = JSON.stringify(result.ablations);
+    root.dataset.ablation = result.ablation;
+    if (!codeBox.hidden) codeBox.textContent = result.code;
+    if (!runner.busy) {
+      status.textContent = `computed in ${result.compute_ms.toFixed(1)} ms`;
+      root.dataset.busy = "false";
+    }
+    root.dataset.drawn = "true";
+  }
+
+  /** Python's ablations win unless the user is mid-gesture (runs pending). */
+  function adoptTraits() {
+    if (runner.busy) return;
+    local = { ...model.get("ablations") };
+    mode = model.get("ablation");
+    syncSliders();
+  }
+
+  guard(() => {
+    syncSliders();
+    errors.show(model.get("error"));
+    drawOutput();
+  });
+  listen("change:result", () => {
+    drawOutput();
+    adoptTraits();
+  });
+  listen("change:ablations", adoptTraits);
+  listen("change:ablation", adoptTraits);
+  listen("change:baseline", drawOutput);
+  listen("change:error", () => errors.show(model.get("error")));
+
+  const dispose = () => {
+    for (const fn of cleanups.reverse()) fn();
+    cleanups.length = 0;
+    root.remove();
+  };
+  signal?.addEventListener("abort", dispose, { once: true });
+  return dispose;
+}
+
+export default { render };

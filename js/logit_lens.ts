@@ -1,0 +1,131 @@
+// LogitLensView front end: residual streams (rows) x positions (columns),
+// coloured by the target's probability or the top token's, each cell
+// labelled with the top token; hover shows all three numbers.
+
+import type { RenderProps } from "@anywidget/types";
+import { decodeTensor, type EncodedTensor, type Tensor } from "./lib/codec";
+import { formatValue, renderLegend, sequentialScale } from "./lib/colors";
+import { describeError, ErrorBox } from "./lib/errors";
+import { Heatmap } from "./lib/heatmap";
+import { injectStyle, toggleGroup } from "./lib/style";
+import { displayToken } from "./lib/tokens";
+
+type Colour = "target" | "top";
+
+/** Mirrors the synced traits of nbinterp.widgets.logit_lens.LogitLensView. */
+export interface LogitLensModel {
+  model_name: string;
+  tokens: string[];
+  row_labels: string[];
+  target: string | null;
+  top_tokens: string[][];
+  error: string;
+  _lens: { top_probabilities: EncodedTensor; target_probabilities?: EncodedTensor };
+}
+
+function render({ model, el }: RenderProps<LogitLensModel>): () => void {
+  const doc = el.ownerDocument;
+  const root = doc.createElement("div");
+  root.className = "nbi-root nbi-logit-lens";
+  el.append(root);
+  injectStyle(root);
+  const cleanups: Array<() => void> = [];
+  const errors = new ErrorBox(root, () => {
+    model.set("error", "");
+    model.save_changes();
+  });
+  const guard = (fn: () => void) => {
+    try {
+      fn();
+    } catch (err) {
+      errors.show(describeError(err));
+    }
+  };
+
+  const target = model.get("target");
+  let colour: Colour = target !== null ? "target" : "top";
+  const toolbar = doc.createElement("div");
+  toolbar.className = "nbi-toolbar";
+  const title = doc.createElement("strong");
+  title.textContent = `Logit lens \u00b7 ${model.get("model_name")}`;
+  const toggle = toggleGroup<Colour>(doc, "colour by", [["target", `p(${JSON.stringify(target)})`], ["top", "p(top token)"]], (value) => {
+    colour = value;
+    guard(draw);
+  });
+  toolbar.append(title);
+  if (target !== null) toolbar.append(toggle.element);
+  root.append(toolbar);
+
+  const tokens = model.get("tokens");
+  const rows = model.get("row_labels");
+  const cellW = Math.max(12, Math.min(64, Math.floor(900 / Math.max(tokens.length, 1))));
+  const cellH = 20;
+  const box = doc.createElement("div");
+  const legend = doc.createElement("div");
+  legend.className = "nbi-legend";
+  const tooltip = doc.createElement("div");
+  tooltip.className = "nbi-tooltip";
+  tooltip.hidden = true;
+  root.append(box, legend, tooltip);
+
+  let top: Tensor | null = null;
+  let targetP: Tensor | null = null;
+  const topTokens = () => model.get("top_tokens");
+  const heatmap = new Heatmap(box, {
+    plotWidth: cellW * tokens.length, plotHeight: cellH * rows.length, marginLeft: 52, marginTop: 70,
+    cornerLabel: "after \u2193",
+    cellLabel: (cell) => displayToken(topTokens()[cell.row]?.[cell.col] ?? ""),
+    onHover: (cell, event) => guard(() => {
+      if (!cell || !top) return void (tooltip.hidden = true);
+      const i = cell.row * tokens.length + cell.col;
+      const lines: Array<[string, string]> = [
+        ["nbi-tip-where", `${rows[cell.row]} \u00b7 position ${cell.col} ${JSON.stringify(tokens[cell.col] ?? "")}`],
+        ["nbi-tip-top", `top ${JSON.stringify(topTokens()[cell.row]?.[cell.col] ?? "")} ${formatValue(top.values[i])}`],
+      ];
+      if (targetP) lines.push(["nbi-tip-value", `p(${JSON.stringify(target)}) ${formatValue(targetP.values[i])}`]);
+      tooltip.replaceChildren(...lines.map(([cls, text]) => {
+        const line = doc.createElement("div");
+        line.className = cls;
+        line.textContent = text;
+        return line;
+      }));
+      const r = root.getBoundingClientRect();
+      tooltip.style.left = `${event.clientX - r.left + 14}px`;
+      tooltip.style.top = `${event.clientY - r.top + 14}px`;
+      tooltip.hidden = false;
+    }),
+  });
+  heatmap.setLabels(rows, tokens.map(displayToken));
+  cleanups.push(() => heatmap.destroy());
+
+  function draw() {
+    const lens = model.get("_lens");
+    top = decodeTensor(lens.top_probabilities);
+    targetP = lens.target_probabilities ? decodeTensor(lens.target_probabilities) : null;
+    const shown = colour === "target" && targetP ? targetP : top;
+    const scale = sequentialScale(0, 1);
+    heatmap.setData(shown.values, shown.shape[0], shown.shape[1], scale);
+    heatmap.draw();
+    toggle.set(colour);
+    renderLegend(legend, scale, colour === "target" && targetP ? `p(${JSON.stringify(target)})` : "p(top token)");
+    root.dataset.colour = colour;
+    root.dataset.drawn = "true";
+  }
+
+  guard(() => {
+    errors.show(model.get("error"));
+    draw();
+  });
+  const onLens = () => guard(draw);
+  const onError = () => errors.show(model.get("error"));
+  model.on("change:_lens", onLens);
+  model.on("change:error", onError);
+  cleanups.push(() => model.off("change:_lens", onLens), () => model.off("change:error", onError));
+
+  return () => {
+    for (const fn of cleanups.reverse()) fn();
+    root.remove();
+  };
+}
+
+export default { render };

@@ -1,0 +1,209 @@
+"""AblationPanel: a layer x head grid of scale sliders (plus one per MLP),
+zero or mean ablation; every change re-runs the model and shows the top-k
+next tokens before vs after and the target-minus-foil logit difference.
+
+The browser coalesces slider moves (one run in flight, the latest value
+waiting), so the kernel never works through a queue of stale values; the
+front end always ends on the result of the final values."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import traitlets
+
+from ..ablation import ABLATION_MODES, ablated_run, ablation_code, canonical_ablations, summarize
+from ..errors import NbinterpError
+from ..lens import display_text
+from ._base import FrontendError, InterpWidget, choice_value, rpc
+from ._model_lock import model_lock
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+SCALE_RANGE = (0.0, 1.5)  # the sliders' range; Python may set any finite scale
+
+
+class AblationPanel(InterpWidget):
+    """Live head / MLP ablation of one prompt; see `nbinterp.ablate`."""
+
+    _esm = STATIC / "ablation.js"
+
+    model_name = traitlets.Unicode("").tag(sync=True)
+    prompt = traitlets.Unicode("").tag(sync=True)
+    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    n_layers = traitlets.Int(1).tag(sync=True)
+    n_heads = traitlets.Int(1).tag(sync=True)
+    target = traitlets.Unicode(None, allow_none=True).tag(sync=True)
+    foil = traitlets.Unicode(None, allow_none=True).tag(sync=True)
+    ablations = traitlets.Dict().tag(sync=True)
+    ablation = traitlets.Unicode("zero").tag(sync=True)
+    result = traitlets.Dict().tag(sync=True)
+    baseline = traitlets.Dict().tag(sync=True)
+
+    def __init__(self, model: Any, prompt: str, *, target: Any = None, foil: Any = None, k: int = 10,
+                 ablations: dict | None = None, ablation: str = "zero", reference: Sequence[str] | None = None) -> None:
+        if not isinstance(prompt, str):
+            raise NbinterpError("the ablation panel takes the prompt as text, e.g. ni.ablate(model, 'When Mary and John ...')")
+        if not isinstance(k, numbers.Integral) or not 1 <= k <= 50:
+            raise NbinterpError(f"k (how many next tokens to show) must be an integer from 1 to 50, not {k!r}")
+        self._model = model
+        self._input_ids = model.tokenize(prompt)
+        self._k = int(k)
+        self._reference = list(reference) if reference else [prompt]
+        self._target, self._foil = target, foil
+        self._seq = 0
+        self._quiet = False  # set while an RPC sets traits, so observers don't run twice
+        for token in (target, foil):
+            if token is not None:
+                model.token_id(token)
+        if foil is not None and target is None:
+            raise NbinterpError("a foil needs a target: ni.ablate(model, prompt, target=' Mary', foil=' John')")
+        names = lambda t: None if t is None else (t if isinstance(t, str) else model.tokenizer.decode([t]))  # noqa: E731
+        super().__init__(
+            model_name=str(getattr(model, "name", "")), prompt=prompt,
+            tokens=display_text(model.tokenizer, self._input_ids[0].tolist()),
+            n_layers=model.n_layers, n_heads=model.n_heads, target=names(target), foil=names(foil),
+        )
+        with model_lock(model):
+            self._baseline_run = ablated_run(model, self._input_ids, {})
+        self.baseline = self._summary(self._baseline_run, {}, "zero", 0.0)
+        self._quiet = True
+        try:
+            self.ablation = ablation
+            self.ablations = ablations or {}
+        finally:
+            self._quiet = False
+        self._rerun()
+
+    # ------------------------------------------------------------ public
+    @property
+    def model(self) -> Any:
+        return self._model
+
+    @property
+    def code(self) -> str:
+        """The `model.run(...)` call that reproduces the current result."""
+        return ablation_code(self.prompt, self.ablations, self.ablation, self._reference)
+
+    def reset(self) -> None:
+        """Back to the unablated model."""
+        self.ablations = {}
+
+    # -------------------------------------------------------- validation
+    @traitlets.validate("ablations")
+    def _valid_ablations(self, proposal: Any) -> dict[str, float]:
+        return canonical_ablations(self._model, proposal["value"])
+
+    @traitlets.validate("ablation")
+    def _valid_mode(self, proposal: Any) -> str:
+        return proposal["value"] if proposal["value"] in ABLATION_MODES else _bad_mode(proposal["value"])
+
+    def _frontend_fields(self) -> dict[str, Any]:
+        fields = super()._frontend_fields()
+        fields.update(ablations=self._check_from_browser, ablation=lambda v: choice_value(v, "ablation", ABLATION_MODES))
+        return fields
+
+    def _check_from_browser(self, value: Any) -> dict[str, float]:
+        """The sliders' values: known components, numbers within the slider range."""
+        if not isinstance(value, dict):
+            raise FrontendError(f"ablations must be an object, got {type(value).__name__}")
+        if len(value) > self.n_layers * (self.n_heads + 1):
+            raise FrontendError(f"ablations has {len(value)} entries; this model has only {self.n_layers * (self.n_heads + 1)} components")
+        low, high = SCALE_RANGE
+        for key, scale in value.items():
+            try:
+                self._model._parse_component(key)
+            except NbinterpError as exc:
+                raise FrontendError(str(exc)) from None
+            if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (math.isfinite(scale) and low <= scale <= high):
+                raise FrontendError(f"the scale of {key!r} must be a number from {low:g} to {high:g}, got {scale!r}")
+        try:
+            return canonical_ablations(self._model, value)
+        except NbinterpError as exc:
+            raise FrontendError(str(exc)) from None
+
+    # ------------------------------------------------------------ running
+    @traitlets.observe("ablations", "ablation")
+    def _on_change(self, _change: Any) -> None:
+        if not self._quiet:
+            self._rerun()
+
+    def _rerun(self) -> None:
+        ablations, mode = dict(self.ablations), self.ablation
+        start = time.perf_counter()
+        with model_lock(self._model):
+            run = ablated_run(self._model, self._input_ids, ablations, mode, self._reference)
+        self._run = run
+        self.result = self._summary(run, ablations, mode, (time.perf_counter() - start) * 1000)
+        if self.error:
+            self.error = ""
+
+    def _summary(self, run: Any, ablations: dict[str, float], mode: str, compute_ms: float) -> dict[str, Any]:
+        summary = summarize(self._model, run, getattr(self, "_baseline_run", None), k=self._k, target=self._target,
+                            foil=self._foil, ablations=ablations, ablation=mode).to_dict()
+        self._seq += 1
+        summary.update(seq=self._seq, compute_ms=round(compute_ms, 2),
+                       code=ablation_code(self.prompt, ablations, mode, self._reference))
+        return summary
+
+    @rpc("run")
+    def _rpc_run(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
+        """Re-run with the sliders' values: {"ablations": {...}, "ablation": "zero" | "mean"}."""
+        ablations = self._check_from_browser(params.get("ablations"))
+        mode = choice_value(params.get("ablation", self.ablation), "ablation", ABLATION_MODES)
+        self._quiet = True
+        try:
+            self.ablation = mode
+            self.ablations = ablations
+        finally:
+            self._quiet = False
+        self._rerun()
+        return {"seq": self.result["seq"]}, []
+
+    # ------------------------------------------------------------- export
+    def to_figure(self, *, dpi: int = 100) -> Any:
+        """Top-k bars before vs after, and the logit difference in the title."""
+        from matplotlib.figure import Figure
+
+        before, after = self.baseline["top_k"], self.result["top_k"]
+        figure = Figure(figsize=(9, 0.35 * max(len(after), 4) + 1.2), dpi=dpi)
+        for column, (entries, title, colour) in enumerate(((before, "before", "#9aa5b8"), (after, "after", "#3b518b"))):
+            ax = figure.add_subplot(1, 2, column + 1)
+            labels = [repr(e["token"]) for e in entries][::-1]
+            ax.barh(range(len(entries)), [e["probability"] for e in entries][::-1], color=colour)
+            if column == 1:
+                ax.scatter([e["before"] for e in entries][::-1], range(len(entries)), marker="|", color="#222", s=120, label="before")
+                ax.legend(loc="lower right", fontsize=7)
+            ax.set_yticks(range(len(entries)), labels, fontsize=8)
+            ax.set_xlim(0, 1)
+            ax.set_xlabel("probability of the next token")
+            ax.set_title(title)
+        ablated = ", ".join(f"{k}={v:g}" for k, v in self.ablations.items()) or "nothing"
+        title = f"{self.model_name} \u00b7 ablated: {ablated} ({self.ablation})"
+        if self.result.get("logit_diff") is not None:
+            what = f"logit({self.target!r}) - logit({self.foil!r})" if self.foil is not None else f"logit({self.target!r})"
+            title += f"\n{what}: {self.baseline['logit_diff']:.3f} \u2192 {self.result['logit_diff']:.3f}"
+        figure.suptitle(title, fontsize=9)
+        figure.tight_layout()
+        return figure
+
+    def __repr__(self) -> str:
+        return f"AblationPanel({self.model_name!r}, {len(self.tokens)} tokens, ablations={self.ablations!r}, ablation={self.ablation!r})"
+
+
+def _bad_mode(value: Any) -> str:
+    raise NbinterpError(f"ablation must be 'zero' or 'mean' (towards the reference prompts' mean), not {value!r}")
+
+
+def ablate(model: Any, prompt: str, target: Any = None, foil: Any = None, *, k: int = 10,
+           ablations: dict | None = None, ablation: str = "zero", reference: Sequence[str] | None = None) -> AblationPanel:
+    """Sliders that scale every head (0..1.5) and MLP of `model` on `prompt`:
+    `panel = ni.ablate(model, "When Mary and John went to the store, John gave a drink to", " Mary", " John")`.
+
+    ablation="mean" moves heads towards their mean output over `reference`
+    prompts (default: the prompt itself) instead of zero; MLPs always scale
+    towards zero. `panel.ablations` is two-way; `panel.result` the latest run."""
+    return AblationPanel(model, prompt, target=target, foil=foil, k=k, ablations=ablations, ablation=ablation, reference=reference)

@@ -1,0 +1,250 @@
+"""PatchingView: activation-patching heatmaps (residual stream, attention
+output and MLP output per layer x position; heads per layer x head) that
+fill in while the sweep runs, with progress and a cancel. Clicking a cell
+opens that component in the attention view or the ablation panel.
+
+The sweep runs in a background thread so the view shows up at once and the
+kernel stays free to take the cancel; `grid.effects` waits for it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import anywidget
+import torch
+import traitlets
+
+from ..errors import NbinterpError
+from ..lens import display_text
+from ..patching_sweep import KIND_LABELS, SWEEP_KINDS, PatchingSweep, prepare
+from ._base import InterpWidget, choice_value, int_value, rpc
+from ._buffers import encode
+from ._model_lock import model_lock
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+OPEN_IN = ("attention", "ablation")
+PUBLISH_EVERY_S = 0.1  # streaming granularity: at most ~10 redraws a second
+
+
+class PatchingView(InterpWidget):
+    """Activation patching of clean into corrupted; see `nbinterp.patch`."""
+
+    _esm = STATIC / "patching.js"
+
+    model_name = traitlets.Unicode("").tag(sync=True)
+    clean_tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    corrupted_tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    n_layers = traitlets.Int(1).tag(sync=True)
+    n_heads = traitlets.Int(1).tag(sync=True)
+    target = traitlets.Unicode("").tag(sync=True)
+    foil = traitlets.Unicode(None, allow_none=True).tag(sync=True)
+    clean_logit_diff = traitlets.Float(0.0).tag(sync=True)
+    corrupted_logit_diff = traitlets.Float(0.0).tag(sync=True)
+    kinds = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    progress = traitlets.Dict().tag(sync=True)  # {done, total, state: running|done|cancelled|error, elapsed_s}
+    open_in = traitlets.Unicode("attention").tag(sync=True)
+    selected = traitlets.Dict().tag(sync=True)  # {kind, layer, index}: the cell last opened
+    _effects = traitlets.Dict().tag(sync=True)  # kind -> {tensor (float32, 0 where not done), done}
+    _opened = anywidget.WidgetTrait().tag(sync=True)  # "anywidget:<id>" of the opened view
+
+    def __init__(self, model: Any, clean: str, corrupted: str, target: Any, foil: Any = None, *,
+                 kinds: Sequence[str] = SWEEP_KINDS, position: int = -1, batch_size: int | None = None,
+                 background: bool = True) -> None:
+        with model_lock(model):
+            setup = prepare(model, clean, corrupted, target, foil, position)
+        self._model, self._clean_prompt = model, clean
+        self._target, self._foil = target, foil
+        self._sweep = PatchingSweep(setup, tuple(kinds), batch_size)
+        self._thread: threading.Thread | None = None
+        self._started = time.perf_counter()
+        self.opened: Any = None  # the widget the last click opened
+        tokens = lambda ids: display_text(model.tokenizer, ids[0].tolist())  # noqa: E731
+        name = lambda t: t if isinstance(t, str) else model.tokenizer.decode([t])  # noqa: E731
+        super().__init__(
+            model_name=str(getattr(model, "name", "")), clean_tokens=tokens(setup.clean.input_ids),
+            corrupted_tokens=tokens(setup.corrupted_ids), n_layers=model.n_layers, n_heads=model.n_heads,
+            target=name(target), foil=None if foil is None else name(foil),
+            clean_logit_diff=setup.clean_logit_diff, corrupted_logit_diff=setup.corrupted_logit_diff,
+            kinds=list(self._sweep.kinds),
+        )
+        self._publish("running")
+        self._start(background)
+
+    # ------------------------------------------------------------ public
+    @property
+    def effects(self) -> dict[str, torch.Tensor]:
+        """kind -> [layer, position] (or [layer, head]) effects; waits for a
+        running sweep. NaN marks cells a cancel left out."""
+        self.wait()
+        return {kind: values.clone() for kind, values in self._sweep.effects.items()}
+
+    @property
+    def setup(self) -> Any:
+        return self._sweep.setup
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks until the sweep stops; True if it finished every cell."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        return self._sweep.finished
+
+    def cancel(self) -> None:
+        """Stops after the batch in flight; `resume()` picks up from there."""
+        self._sweep.cancel()
+
+    def resume(self, background: bool = True) -> None:
+        if self._sweep.finished or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._sweep._stop.clear()
+        self._start(background)
+
+    def top_cells(self, kind: str = "head", n: int = 5) -> list[tuple[int, int, float]]:
+        """The n cells of `kind` with the largest effect: [(layer, index, effect), ...]."""
+        values = self.effects[kind]
+        flat = torch.nan_to_num(values, nan=-float("inf")).flatten()
+        order = flat.argsort(descending=True)[:n].tolist()
+        cols = values.shape[1]
+        return [(i // cols, i % cols, float(flat[i])) for i in order]
+
+    # ------------------------------------------------------------ sweeping
+    def _start(self, background: bool) -> None:
+        self._started = time.perf_counter() - self.progress.get("elapsed_s", 0.0)
+        if background:
+            self._thread = threading.Thread(target=self._work, name="nbinterp-patching", daemon=True)
+            self._thread.start()
+        else:
+            self._work()
+
+    def _work(self) -> None:
+        last = 0.0
+        try:
+            iterator = iter(self._sweep)
+            while True:
+                with model_lock(self._model):  # one batch at a time; other views may run in between
+                    cell = next(iterator, None)
+                if cell is None:
+                    break
+                now = time.perf_counter()
+                if now - last > PUBLISH_EVERY_S:
+                    self._publish("running")
+                    last = now
+            self._publish("done" if self._sweep.finished else "cancelled")
+        except Exception as exc:  # noqa: BLE001 - shown in the view; the kernel is not ours to crash
+            self._publish("error")
+            self._show_exception(exc)
+
+    def _publish(self, state: str) -> None:
+        sweep = self._sweep
+        done_before = 0
+        payload = {}
+        for kind in sweep.kinds:
+            values = sweep.effects[kind]
+            n = values.numel()
+            done = min(max(sweep.done - done_before, 0), n)
+            done_before += n
+            payload[kind] = {"tensor": encode(torch.nan_to_num(values, nan=0.0), "float32"), "done": done}
+        self._effects = payload
+        self.progress = {"done": sweep.done, "total": sweep.total, "state": state,
+                         "elapsed_s": round(time.perf_counter() - self._started, 3)}
+
+    # ------------------------------------------------------------ browser
+    def _frontend_fields(self) -> dict[str, Any]:
+        fields = super()._frontend_fields()
+        fields.update(open_in=lambda v: choice_value(v, "open_in", OPEN_IN))
+        return fields
+
+    @rpc("cancel")
+    def _rpc_cancel(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
+        self.cancel()
+        return {"cancelled": True}, []
+
+    @rpc("resume")
+    def _rpc_resume(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
+        self.resume()
+        return {"resumed": True}, []
+
+    @rpc("open")
+    def _rpc_open(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
+        kind = choice_value(params.get("kind"), "kind", tuple(self._sweep.kinds))
+        rows, cols = self._sweep.effects[kind].shape
+        layer = int_value(params.get("layer"), "layer", 0, rows)
+        index = int_value(params.get("index"), "index", 0, cols)
+        where = choice_value(params.get("open_in", self.open_in), "open_in", OPEN_IN)
+        self.open_cell(kind, layer, index, where)
+        return {"opened": type(self.opened).__name__}, []
+
+    def open_cell(self, kind: str, layer: int, index: int, where: str = "attention") -> Any:
+        """Opens the component of one cell: heads and positions in the attention
+        view (at that head, or focused on that token), heads / attention / MLPs
+        in the ablation panel with that component ablated. Returns the widget."""
+        from .ablation import AblationPanel
+        from .attention import attention
+
+        if where not in OPEN_IN:
+            raise NbinterpError(f"open in 'attention' or 'ablation', not {where!r}")
+        with model_lock(self._model):
+            if where == "ablation" and kind != "resid_pre":
+                components = {
+                    "head": {f"L{layer}.H{index}": 0.0},
+                    "attn_out": {f"L{layer}.H{h}": 0.0 for h in range(self.n_heads)},
+                    "mlp_out": {f"L{layer}.mlp": 0.0},
+                }[kind]
+                widget = AblationPanel(self._model, self._clean_prompt, target=self._target, foil=self._foil, ablations=components)
+            else:
+                widget = attention(self._model, self._clean_prompt, layer=layer, head=index if kind == "head" else 0)
+                widget.focus_token = self._sweep.setup.metric.position if kind == "head" else index
+                if kind != "head":
+                    widget.strip_scope = "layer"
+        self.opened = widget
+        self._opened = widget
+        self.selected = {"kind": kind, "layer": layer, "index": index}
+        return widget
+
+    # ------------------------------------------------------------- export
+    def to_figure(self, *, dpi: int = 100) -> Any:
+        """One heatmap per kind (diverging, 0 = no effect), token labels on positions."""
+        from matplotlib.figure import Figure
+
+        kinds = self._sweep.kinds
+        figure = Figure(figsize=(4.2 * len(kinds), 0.3 * self.n_layers + 2.6), dpi=dpi)
+        effects = self._sweep.effects
+        finite = [v[~v.isnan()].abs().max().item() for v in effects.values() if (~v.isnan()).any()]
+        vmax = max([1.0, *finite])
+        for i, kind in enumerate(kinds):
+            ax = figure.add_subplot(1, len(kinds), i + 1)
+            values = effects[kind].numpy()
+            image = ax.imshow(values, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+            ax.set_title(KIND_LABELS[kind], fontsize=9)
+            ax.set_ylabel("layer")
+            ax.set_yticks(range(self.n_layers))
+            if kind == "head":
+                ax.set_xlabel("head")
+                ax.set_xticks(range(self.n_heads))
+            elif len(self.clean_tokens) <= 48:
+                ax.set_xticks(range(len(self.clean_tokens)), [repr(t)[1:-1] for t in self.clean_tokens], rotation=90, fontsize=7)
+        figure.colorbar(image, ax=figure.axes, label="patching effect (1 = clean restored)", shrink=0.8)
+        foil = f" - logit({self.foil!r})" if self.foil is not None else ""
+        figure.suptitle(f"{self.model_name} \u00b7 logit({self.target!r}){foil}: clean {self.clean_logit_diff:.3f}, "
+                        f"corrupted {self.corrupted_logit_diff:.3f}", fontsize=9)
+        return figure
+
+    def __repr__(self) -> str:
+        p = self.progress
+        return f"PatchingView({self.model_name!r}, {len(self.clean_tokens)} tokens, {p.get('done')}/{p.get('total')} cells, {p.get('state')})"
+
+
+def patch(model: Any, clean: str, corrupted: str, target: Any, foil: Any = None, *,
+          kinds: Sequence[str] = SWEEP_KINDS, position: int = -1, batch_size: int | None = None,
+          background: bool = True) -> PatchingView:
+    """Activation patching from `clean` into `corrupted` (same token length):
+    `grid = ni.patch(model, clean=..., corrupted=..., target=" Mary", foil=" John")`.
+    Heatmaps fill in as cells are computed; `grid.effects` waits and returns
+    {kind: tensor}. background=False computes everything before returning."""
+    if isinstance(kinds, str):
+        raise NbinterpError("kinds is a list, e.g. kinds=['resid_pre', 'head']")
+    return PatchingView(model, clean, corrupted, target, foil, kinds=kinds, position=position,
+                        batch_size=batch_size, background=background)
