@@ -1,0 +1,50 @@
+"""Logit lens against the model's own output (last row) and against the
+plain HF final norm + unembedding applied to the engine's residual stream."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import nbinterp as ni
+from conftest import PROMPT
+from nbinterp.lens import logit_lens
+from nbinterp.widgets._buffers import decode
+
+
+def test_rows_read_the_residual_stream_through_the_final_norm_and_unembedding(arch_model):
+    _, hf, model = arch_model
+    lens = logit_lens(model, PROMPT, target="w5")
+    run = model.run(PROMPT)
+    assert lens.shape == (model.n_layers + 1, len(run)) and lens.row_labels == ["embed", "L0", "L1"]
+    final_norm, unembed = hf.get_submodule(model.arch.final_norm), hf.get_submodule(model.arch.unembed)
+    for layer in range(model.n_layers):
+        with torch.no_grad():
+            probabilities = torch.softmax(unembed(final_norm(run.residual(layer))).float(), dim=-1)
+        torch.testing.assert_close(lens.top_probabilities[layer], probabilities.max(-1).values, atol=1e-5, rtol=0)
+        torch.testing.assert_close(lens.target_probabilities[layer], probabilities[:, 5], atol=1e-5, rtol=0)
+    # the last row is the model's own prediction
+    final = torch.softmax(run.logits, dim=-1)
+    torch.testing.assert_close(lens.top_probabilities[-1], final.max(-1).values, atol=1e-6, rtol=0)
+    assert torch.equal(lens.top_token_ids[-1], final.argmax(-1))
+    assert lens.top_tokens[-1] == [model.tokenizer.decode([i]) for i in final.argmax(-1).tolist()]
+
+
+def test_view_sends_the_lens_and_draws_a_figure(arch_model):
+    _, _, model = arch_model
+    view = ni.logit_lens(model, PROMPT, target="w5")
+    lens = view.lens
+    np.testing.assert_array_equal(decode(view._lens["target_probabilities"]), lens.target_probabilities.numpy())
+    np.testing.assert_array_equal(decode(view._lens["top_probabilities"]), lens.top_probabilities.numpy())
+    assert view.top_tokens == lens.top_tokens and view.tokens == PROMPT.split() and view.target == "w5"
+    ax = view.to_figure().axes[0]
+    np.testing.assert_array_equal(ax.images[0].get_array(), lens.target_probabilities.numpy())
+    assert len(ax.texts) == lens.top_probabilities.numel()
+    assert "_lens" not in ni.logit_lens(model, PROMPT).keys or ni.logit_lens(model, PROMPT)._lens.keys() == {"top_probabilities"}
+
+
+def test_bad_target_is_a_clear_error(arch_model):
+    _, _, model = arch_model
+    with pytest.raises(ni.NbinterpError, match="not one"):
+        ni.logit_lens(model, PROMPT, target="w5 w6")

@@ -1,0 +1,109 @@
+"""PatchingView without a browser: what it streams equals the sweep, the
+background sweep can be cancelled and resumed, clicks open the component,
+errors are clear."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nbinterp as ni
+from conftest import PROMPT, random_model
+from nbinterp.patching_sweep import sweep
+from nbinterp.widgets import AblationPanel, AttentionView
+from nbinterp.widgets._buffers import decode
+
+CORRUPTED = "w5 w17 w3 w42 w9 w5 w17 w4 w28 w11"
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return ni.load(random_model("gpt2"), tokenizer=tokenizer)
+
+
+def sent(view):
+    view.sent = []
+    view.send = lambda content, buffers=None: view.sent.append(content)
+    return view
+
+
+def test_effects_and_streamed_tensors_equal_the_sweep(model):
+    grid = ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", foil="w9", background=False)
+    expected = sweep(model, PROMPT, CORRUPTED, "w5", "w9").run()
+    effects = grid.effects
+    for kind, values in expected.items():
+        np.testing.assert_allclose(effects[kind].numpy(), values.numpy(), atol=1e-5)
+        assert grid._effects[kind]["done"] == values.numel()
+        np.testing.assert_array_equal(decode(grid._effects[kind]["tensor"]), effects[kind].numpy())
+    assert grid.progress["state"] == "done" and grid.progress["done"] == grid.progress["total"] == 3 * 2 * 10 + 2 * 4
+    assert grid.clean_tokens == PROMPT.split() and grid.corrupted_tokens == CORRUPTED.split()
+    layer, head, value = grid.top_cells("head", 1)[0]
+    assert value == effects["head"].max().item() == effects["head"][layer, head].item()
+
+
+def test_background_sweep_cancels_after_the_batch_and_resumes(model):
+    grid = ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", foil="w9", batch_size=1)
+    grid.cancel()
+    assert grid.wait(timeout=30) is False
+    assert grid.progress["state"] == "cancelled" and grid.progress["done"] < grid.progress["total"]
+    partial = grid.effects
+    done = grid.progress["done"]
+    assert int(sum((~v.isnan()).sum() for v in partial.values())) == done
+    grid.resume()
+    assert grid.wait(timeout=60) is True and grid.progress["state"] == "done"
+    assert not any(v.isnan().any() for v in grid.effects.values())
+
+
+def test_the_browser_cancel_request_is_answered(model):
+    grid = sent(ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", batch_size=1))
+    grid._on_frontend_msg(grid, {"kind": "request", "id": "c1", "method": "cancel", "params": {}}, [])
+    assert grid.sent[-1] == {"kind": "response", "id": "c1", "ok": True, "result": {"cancelled": True}}
+    grid.wait(30)
+    assert grid.progress["state"] in ("cancelled", "done")
+
+
+@pytest.mark.parametrize("kind, index, where, opened", [
+    ("head", 2, "attention", AttentionView), ("attn_out", 7, "attention", AttentionView),
+    ("head", 2, "ablation", AblationPanel), ("mlp_out", 3, "ablation", AblationPanel),
+    ("resid_pre", 3, "ablation", AttentionView),
+])
+def test_clicking_a_cell_opens_that_component(model, kind, index, where, opened):
+    grid = sent(ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", foil="w9", background=False))
+    grid._on_frontend_msg(grid, {"kind": "request", "id": "o1", "method": "open",
+                                 "params": {"kind": kind, "layer": 1, "index": index, "open_in": where}}, [])
+    assert grid.sent[-1]["ok"] is True, grid.sent[-1]
+    view = grid.opened
+    assert isinstance(view, opened) and grid._opened is view
+    assert grid.selected == {"kind": kind, "layer": 1, "index": index}
+    if isinstance(view, AttentionView):
+        assert view.layer == 1 and view.head == (index if kind == "head" else 0)
+        assert view.focus_token == (9 if kind == "head" else index)
+    else:
+        assert view.ablations == ({"L1.H2": 0.0} if kind == "head" else {"L1.mlp": 0.0})
+        assert view.result["logit_diff"] == pytest.approx(
+            model.run(PROMPT, ablate=view.ablations).logit_diff("w5", "w9"), abs=1e-6)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"kind": "head", "layer": 1, "index": 99}, "index 99 is out of range 0..3"),
+    ({"kind": "neuron", "layer": 0, "index": 0}, "kind must be one of"),
+    ({"kind": "head", "layer": "1", "index": 0}, "layer must be an integer"),
+    ({"kind": "head", "layer": 1, "index": 0, "open_in": "tab"}, "open_in must be one of"),
+])
+def test_bad_open_requests_get_error_responses(model, params, message):
+    grid = sent(ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", background=False))
+    grid._on_frontend_msg(grid, {"kind": "request", "id": "o1", "method": "open", "params": params}, [])
+    assert grid.sent[-1]["ok"] is False and message in grid.sent[-1]["error"]
+    assert grid.opened is None
+
+
+def test_unequal_lengths_and_figure(model):
+    with pytest.raises(ni.NbinterpError, match="same number of tokens"):
+        ni.patch(model, clean=PROMPT, corrupted="w1 w2", target="w5")
+    grid = ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", foil="w9", kinds=["resid_pre", "head"], background=False)
+    figure = grid.to_figure()
+    images = [ax.images[0].get_array() for ax in figure.axes if ax.images]
+    np.testing.assert_array_equal(images[0], grid.effects["resid_pre"].numpy())
+    np.testing.assert_array_equal(images[1], grid.effects["head"].numpy())
+    data, _ = grid._repr_mimebundle_()
+    assert data["image/png"].startswith(b"\x89PNG")
