@@ -2,10 +2,11 @@
 `attention_heads` (all layers) on the same 12 x 12 random-init GPT-2.
 
 For each tool and prompt length T, one fresh headless Chromium loads the
-page the tool produces, with everything served locally through Playwright
-routes (bertviz's CDN require.js / jQuery / d3 from npm copies; CircuitsVis
-with its inlined bundle; nbinterp's bundle plus its widget state and binary
-buffers as a kernel would send them, static PNG included). Printed per tool
+page the tool produces from a local HTTP server on 127.0.0.1 (bertviz's CDN
+require.js / jQuery / d3 answered from npm copies through a Playwright
+route, anything else from outside refused; CircuitsVis with its inlined
+bundle; nbinterp's bundle plus its widget state and binary buffers as a
+kernel would send them, static PNG included). Printed per tool
 and T: Python time to build what is sent, bytes sent before first paint,
 time to first paint (navigation start -> the view's drawn condition -> next
 animation frame), and peak memory (PSS) of all browser processes.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -109,6 +111,7 @@ def bertviz_page(run: Any, n_layers: int) -> tuple[dict[str, bytes], str]:
     npm = NPM_DIR / "node_modules"
     files = {
         "/index.html": ("<!doctype html><meta charset='utf-8'><body>" + html).encode(),
+        # fetched from cdnjs by the page; answered from npm copies (see bertviz_cdn)
         "/cdn/require.min.js": (npm / "requirejs" / "require.js").read_bytes(),
         "/cdn/d3.min.js": (npm / "d3" / "dist" / "d3.min.js").read_bytes(),
         "/cdn/jquery.min.js": (npm / "jquery" / "dist" / "jquery.min.js").read_bytes(),
@@ -171,22 +174,58 @@ class PeakMemory:
         self._thread.join()
 
 
-def measure(playwright: Any, files: dict[str, bytes], drawn: str, cap_s: float, cdn: Callable[[str], str | None] | None = None) -> dict[str, Any]:
-    served = {"bytes": 0, "blocked": []}
+class LocalServer:
+    """Serves a page's files from memory on 127.0.0.1, counting bytes sent,
+    as a Jupyter server would serve them (no base64 through the driver)."""
 
-    def handle(route: Any) -> None:
-        url = route.request.url
-        path = url[len(ORIGIN):] if url.startswith(ORIGIN) else (cdn(url) if cdn else None)
+    def __init__(self, files: dict[str, bytes]) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.sent = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                body = files.get(self.path.split("?")[0])
+                if body is None:
+                    self.send_error(404)
+                    return
+                ctype = "text/html" if self.path.endswith(".html") else "text/javascript" if self.path.endswith(".js") else "application/octet-stream"
+                self.send_response(200)
+                self.send_header("content-type", ctype)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                server.sent += len(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def measure(playwright: Any, files: dict[str, bytes], drawn: str, cap_s: float, cdn: Callable[[str], str | None] | None = None) -> dict[str, Any]:
+    blocked: list[str] = []
+    local = LocalServer(files)
+
+    def outside(route: Any) -> None:
+        # Nothing may come from the internet: CDN URLs get local npm copies.
+        path = cdn(route.request.url) if cdn else None
         if path in files:
-            served["bytes"] += len(files[path])
-            ctype = "text/html" if path.endswith(".html") else "application/javascript" if path.endswith(".js") else "application/octet-stream"
-            route.fulfill(status=200, body=files[path], headers={"content-type": ctype})
+            local.sent += len(files[path])
+            route.fulfill(status=200, body=files[path], headers={"content-type": "text/javascript"})
         else:
-            served["blocked"].append(url)
+            blocked.append(route.request.url)
             route.abort()
 
     browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"paint_s": None}
     try:
         with PeakMemory() as memory:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -198,18 +237,21 @@ def measure(playwright: Any, files: dict[str, bytes], drawn: str, cap_s: float, 
               }};
               requestAnimationFrame(check);
             }})()""")
-            page.route("**/*", handle)
-            page.goto(f"{ORIGIN}/index.html", wait_until="commit")
+            page.route(re.compile(r"^(?!http://127\.0\.0\.1)"), outside)
+            started = time.monotonic()
             try:
-                page.wait_for_function("() => window.__drawnAt !== undefined", timeout=cap_s * 1000, polling=100)
+                page.goto(f"{local.url}/index.html", wait_until="commit", timeout=cap_s * 1000)
+                left = max(1.0, cap_s - (time.monotonic() - started))
+                page.wait_for_function("() => window.__drawnAt !== undefined", timeout=left * 1000, polling=100)
                 result["paint_s"] = page.evaluate("() => window.__drawnAt") / 1000
             except Exception:
-                result["paint_s"] = None
-            result["bytes"] = served["bytes"]
+                pass
+            result["bytes"] = local.sent
         result["memory_mb"] = memory.peak / 2**20
-        result["blocked"] = served["blocked"]
+        result["blocked"] = blocked
     finally:
         browser.close()
+        local.close()
     return result
 
 
