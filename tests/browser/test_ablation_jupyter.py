@@ -2,7 +2,9 @@
 model and the numbers on screen equal `model.run(prompt, ablate=...)` in the
 kernel; 50 rapid slider events end on the final value's result after a few
 runs (not 50); bad values from the browser show an error in the widget and
-the kernel keeps working."""
+the kernel keeps working. PatchingView in the same notebook: heatmaps fill
+in from the background sweep, and a click opens that head's attention view
+below them."""
 
 from __future__ import annotations
 
@@ -32,7 +34,9 @@ with torch.no_grad():  # sharper attention, so every head matters
 model = ni.load(hf, tokenizer=tokenizer)
 prompt = "When Mary and John went to the store , John gave a drink to"
 panel = ni.ablate(model, prompt, target="Mary", foil="John", k=5)
-panel
+display(panel)
+grid = ni.patch(model, clean=prompt, corrupted=prompt.replace("John gave", "Mary gave"), target="Mary", foil="John", batch_size=4)
+grid
 '''
 VIEW = ".nbi-ablation"
 SHOWN = """(sel) => {
@@ -161,3 +165,36 @@ def test_copy_as_code_shows_the_call_that_reproduces_it(notebook: NotebookPage) 
     code = root.locator(".nbi-code").text_content()
     assert code == "model.run('When Mary and John went to the store , John gave a drink to', ablate={'L0.H2': 0.0, 'L1.mlp': 0.5})"
     assert notebook.execute(f"print(f\"{{({code}).logit_diff('Mary', 'John'):.4f}}\")").strip() == root.locator(".nbi-ld-after").text_content()
+
+
+PATCHING = ".nbi-patching"
+
+
+def test_patching_heatmaps_fill_in_and_a_click_opens_the_head(notebook: NotebookPage) -> None:
+    page = notebook.page
+    page.wait_for_selector(f"{PATCHING}[data-state='done']", timeout=60_000)
+    total = int(notebook.execute("print(grid.progress['total'])"))
+    assert page.locator(PATCHING).get_attribute("data-done") == str(total)
+    layer, head, _ = (float(v) for v in notebook.execute("print(*grid.top_cells('head', 1)[0])").split())
+    layer, head = int(layer), int(head)
+    canvas = f"{PATCHING} canvas[data-kind='head']"
+    page.locator(canvas).scroll_into_view_if_needed()
+    g = page.evaluate("""(sel) => {
+      const c = document.querySelector(sel); const r = c.getBoundingClientRect();
+      return { x: r.left, y: r.top, ...Object.fromEntries(Object.entries(c.dataset).map(([k, v]) => [k, Number(v)])) };
+    }""", canvas)
+    n_layers, n_heads = 2, 4
+    x = g["x"] + g["marginLeft"] + (head + 0.5) * g["plotWidth"] / n_heads
+    y = g["y"] + g["marginTop"] + (layer + 0.5) * g["plotHeight"] / n_layers
+    page.mouse.move(x, y)
+    tip = page.locator(f"{PATCHING} .nbi-tooltip")
+    tip.wait_for(state="visible")
+    shown = float(tip.locator(".nbi-tip-value").text_content().split()[-1])
+    truth = float(notebook.execute(f"print(repr(grid.effects['head'][{layer}, {head}].item()))"))
+    assert shown == pytest.approx(truth, rel=1e-3, abs=1e-6)
+    page.mouse.click(x, y)
+    opened = page.locator(f"{PATCHING} .nbi-opened .nbi-attention[data-drawn]")
+    opened.wait_for(timeout=20_000)
+    assert opened.get_attribute("data-pattern") == f"{layer}:{head}:probabilities"
+    assert notebook.execute("print(type(grid.opened).__name__, grid.opened.layer, grid.opened.head)").split() == [
+        "AttentionView", str(layer), str(head)]
