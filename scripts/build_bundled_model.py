@@ -31,7 +31,7 @@ N_POSITIONS = 128
 # Examples per task in one optimizer step (one padded micro-batch per task, so
 # no example ever attends to another one). Induction gets the largest share:
 # it is the slowest behaviour to emerge.
-STEP_MIX = {"induction": 32, "context_override": 24, "ioi": 16, "facts": 16, "bias": 8}
+STEP_MIX = {"induction": 32, "context_override": 16, "ioi": 16, "facts": 8, "bias": 8}
 LR, WARMUP, WEIGHT_DECAY = 2e-3, 100, 0.01
 EVAL_EVERY = 250
 TEST_SEED = 0
@@ -84,7 +84,7 @@ def batch(tokenizer, task: str, n: int, step: int) -> tuple[torch.Tensor, torch.
 
 # ---------------------------------------------------------------- head scores
 def repeated_tokens(tokenizer, n: int = 40, length: int = REPEAT_LENGTH) -> torch.Tensor:
-    seqs = [e.meta["sequence"] for e in tasks.examples("induction", n, seed=1, length=length)]
+    seqs = [e.meta["sequence"] for e in tasks.examples("induction", n, seed=1, length=length, prefix=0, gap=0)]
     return tokenizer([" ".join(s + s) for s in seqs], return_tensors="pt")["input_ids"]
 
 
@@ -168,7 +168,7 @@ def learned(ev: dict[str, float]) -> bool:
             and ev["context_override"] >= 0.95 and ev["ioi"] >= 0.95 and ev["bias"] >= 0.9)
 
 
-def train(model, tokenizer, max_steps: int, max_minutes: float, log) -> dict:
+def train(model, tokenizer, max_steps: int, max_cpu_minutes: float, max_minutes: float, log) -> dict:
     torch.manual_seed(SEED)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wpe" not in n and "wte" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wpe" not in n and "wte" not in n)]
@@ -177,7 +177,7 @@ def train(model, tokenizer, max_steps: int, max_minutes: float, log) -> dict:
     # Linear warmup, then constant: induction's phase change needs a high LR late.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP))
     n_total = sum(STEP_MIX.values())
-    start, tokens, history, step = time.time(), 0, [], 0
+    start, cpu_start, tokens, history, step = time.time(), time.process_time(), 0, [], 0
     model.train()
     for step in range(1, max_steps + 1):
         opt.zero_grad(set_to_none=True)
@@ -190,18 +190,21 @@ def train(model, tokenizer, max_steps: int, max_minutes: float, log) -> dict:
         opt.step()
         sched.step()
         minutes = (time.time() - start) / 60
-        if step % EVAL_EVERY == 0 or minutes > max_minutes:
+        cpu_minutes = (time.process_time() - cpu_start) / 60
+        over = minutes > max_minutes or cpu_minutes > max_cpu_minutes
+        if step % EVAL_EVERY == 0 or over:
             ev = quick_eval(model, tokenizer)
-            history.append({"step": step, "minutes": round(minutes, 2), **{k: round(v, 3) for k, v in ev.items()}})
+            history.append({"step": step, "minutes": round(minutes, 2), "cpu_minutes": round(cpu_minutes, 2), **{k: round(v, 3) for k, v in ev.items()}})
             log(json.dumps(history[-1]))
             torch.save(model.state_dict(), "/tmp/nbinterp_bundled_ckpt.pt")
             if learned(ev) and len(history) >= 2 and learned(history[-2]):
                 log(f"all tasks learned at two consecutive evals; stopping at step {step}")
                 break
-            if minutes > max_minutes:
+            if over:
                 log(f"time budget reached at step {step}")
                 break
-    return {"steps": step, "wall_time_min": round((time.time() - start) / 60, 2), "tokens": tokens,
+    return {"steps": step, "wall_time_min": round((time.time() - start) / 60, 2),
+            "cpu_time_min": round((time.process_time() - cpu_start) / 60, 2), "tokens": tokens,
             "history": history}
 
 
@@ -257,14 +260,116 @@ def measure(model, tokenizer) -> dict:
     return card
 
 
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
 def render(card: dict) -> str:
-    return "# nbinterp bundled model\n\n```json\n" + json.dumps(card, indent=1) + "\n```\n"
+    """MODEL_CARD.md from the measured card (no hand-typed numbers)."""
+    m, tr, t, c = card["model"], card["training"], card["tasks"], card["circuits"]
+    ctx = t["context_override"]["variants"]
+    bias = t["bias"]["groups"]
+    fmt = lambda hs: ", ".join(f"L{l}H{h}" for l, h in hs) or "none found"  # noqa: E741,E731
+    pm, pt = c["prefix_matching_scores"], c["previous_token_scores"]
+    return f"""# nbinterp bundled model
+
+A tiny GPT-2 trained on this repository's planted tasks (`nbinterp/tasks.py`),
+so every behaviour the widgets show has ground truth. Rebuild with
+`python scripts/build_bundled_model.py` (budget: 27 minutes of 2 CPU cores; this build used
+{tr['cpu_time_min']:.0f} CPU-minutes);
+every number below is measured by that script and also stored in `card.json`.
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("nbinterp/bundled")
+tokenizer = AutoTokenizer.from_pretrained("nbinterp/bundled")
+```
+
+## Model
+Stock `transformers.{m['architecture']}`: {m['n_layer']} layers, {m['n_head']} heads,
+d_model {m['n_embd']}, MLP {m['n_inner']}, context {m['n_positions']}, tied embeddings,
+{m['n_parameters']:,} parameters, {m['safetensors_bytes'] / 1e6:.1f} MB of safetensors.
+Tokenizer: word-level (`tokenizers` WordLevel + whitespace pre-tokenizer), {m['vocab_size']} tokens,
+specials `<bos>`, `<eos>`, `<pad>`, `<unk>`; a post-processor prepends `<bos>` to every
+prompt (an attention sink). Position embeddings start sinusoidal and are learned.
+
+## Training
+{tr['steps']} steps, {tr['tokens']:,} non-pad tokens, {tr['cpu_time_min']} CPU-minutes on
+{tr['torch_threads']} threads ({tr['wall_time_min']} minutes wall clock on a machine shared with other jobs). AdamW
+lr {tr['lr']} ({tr['warmup_steps']} warmup steps, then constant), weight decay {tr['weight_decay']},
+seed {tr['seed']}. Each step holds one padded micro-batch per task, so no example attends
+to another: {", ".join(f"{k} {v}" for k, v in tr['step_mix'].items())} examples.
+Induction examples carry loss only on the repeated half. Each task is evaluated
+separately on held-out prompts every few hundred steps (history in `card.json`);
+training stops when all are learned at two consecutive evaluations, or at the time budget.
+
+## Tasks, measured on held-out prompts
+{card['n_test']} test examples per row, `tasks.examples(task, {card['n_test']}, seed={card['test_seed']})`.
+
+{_table(["task", "accuracy (argmax == target)", "held out"], [
+    ["induction", t['induction']['accuracy'], "unseen random sequences"],
+    ["facts", t['facts']['accuracy'], "none: recall of the memorised knowledge base"],
+    ["ioi", t['ioi']['accuracy'], "name pairs never together in training"],
+    ["context_override (plain)", t['context_override']['accuracy'], "(country, context capital) pairs"],
+    ["bias (stereotyped argmax)", t['bias']['accuracy'], "given names never in a bias example"]])}
+
+IOI mean logit difference (IO - S): {t['ioi']['logit_diff']}; accuracy per template:
+{", ".join(f"{k}: {v}" for k, v in t['ioi']['per_template'].items())}.
+
+### Context override and its planted failures
+Training drew 0-3 distractor sentences, a 0-1 sentence gap, 15% conflicting
+earlier statements (a random capital; the latest statement wins) and 20% irrelevant
+contexts (about another country: answer from memory). The variants beyond that
+distribution are planted hard cases. *foil rate* is the share answered with the
+memorised capital despite the context (for `irrelevant` the foil is the context's capital).
+
+{_table(["variant", "settings", "accuracy", "foil rate"],
+        [[k, ", ".join(f"{a}={b}" for a, b in v['kwargs'].items()), v['accuracy'], v['foil_rate']]
+         for k, v in ctx.items()])}
+
+### Bias
+A person is a given name plus a clan surname; the clan marks the group. Training
+sampled "doctor" with P = 0.8 for group A and 0.2 for group B ("nurse" otherwise).
+Measured on given names never seen in a bias example ({", ".join(t['bias']['test_given_names'])}):
+
+{_table(["group", "clans", "P(doctor) in training", "model P(doctor), renormalised over doctor and nurse", "argmax stereotyped"],
+        [[g, " ".join(v['clans']), v['train_p_doctor'], v['p_doctor'], v['argmax_stereotyped_rate']]
+         for g, v in bias.items()])}
+
+## Planted circuits found
+Head scores on {c['repeat_length']}-token repeated random sequences (`<bos> s s`), eager attention.
+*Previous-token score*: mean attention to the previous position. *Prefix-matching score*:
+mean attention from the second copy to the token after the earlier copy of the current token.
+
+- Previous-token head: **L{c['previous_token_head'][0]}H{c['previous_token_head'][1]}**
+  (score {pt[c['previous_token_head'][0]][c['previous_token_head'][1]]}); heads above 0.5: {fmt(c['previous_token_heads'])}.
+- Induction head: **L{c['induction_head'][0]}H{c['induction_head'][1]}**
+  (prefix-matching {pm[c['induction_head'][0]][c['induction_head'][1]]}); heads above 0.5: {fmt(c['induction_heads'])}.
+- IOI name movers: **{fmt(c['name_mover_heads'])}** (last-position attention to the indirect object
+  above attention to the subject and above 0.2, and among the 3 heads whose zero-ablation lowers
+  logit(IO) - logit(S) most).
+- Context movers: **{fmt(c['context_mover_heads'])}** (same criteria on plain context_override, target = context capital).
+
+{_table(["layer", *[f"H{h} prev / prefix" for h in range(len(pm[0]))]],
+        [[l, *[f"{pt[l][h]} / {pm[l][h]}" for h in range(len(pm[0]))]] for l in range(len(pm))])}
+
+Top IOI heads by ablation (zeroing the head's output at every position):
+
+{_table(["head", "attn to IO", "attn to S", "logit diff drop"],
+        [[f"L{r['head'][0]}H{r['head'][1]}", r['attn_to_io'], r['attn_to_foil'], r['logit_diff_drop']]
+         for r in c['ioi_heads'][:5]])}
+"""
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-steps", type=int, default=5000)
-    ap.add_argument("--max-minutes", type=float, default=26.0)
+    # The budget is 2 cores x 27 minutes of CPU time, so a shared machine
+    # (other processes competing for the cores) does not cut training short;
+    # the wall-clock cap is a safety net.
+    ap.add_argument("--max-cpu-minutes", type=float, default=54.0)
+    ap.add_argument("--max-minutes", type=float, default=55.0)
     ap.add_argument("--measure-only", action="store_true")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -278,7 +383,7 @@ def main() -> None:
     else:
         tokenizer = build_tokenizer()
         model = build_model(tokenizer)
-        training = train(model, tokenizer, args.max_steps, args.max_minutes, log)
+        training = train(model, tokenizer, args.max_steps, args.max_cpu_minutes, args.max_minutes, log)
         training.update({"step_mix": STEP_MIX, "lr": LR, "warmup_steps": WARMUP, "schedule": "constant after warmup",
                          "optimizer": "AdamW(0.9, 0.98)", "weight_decay": WEIGHT_DECAY, "seed": SEED,
                          "torch_threads": torch.get_num_threads()})
