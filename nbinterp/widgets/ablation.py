@@ -154,13 +154,15 @@ class AblationPanel(InterpWidget):
         """Re-run with the sliders' values: {"ablations": {...}, "ablation": "zero" | "mean"}."""
         ablations = self._check_from_browser(params.get("ablations"))
         mode = choice_value(params.get("ablation", self.ablation), "ablation", ABLATION_MODES)
-        self._quiet = True
-        try:
-            self.ablation = mode
-            self.ablations = ablations
-        finally:
-            self._quiet = False
-        self._rerun()
+        # One state message for the three traits, then the reply: fewer hops on a busy machine.
+        with self.hold_sync():
+            self._quiet = True
+            try:
+                self.ablation = mode
+                self.ablations = ablations
+            finally:
+                self._quiet = False
+            self._rerun()
         return {"seq": self.result["seq"]}, []
 
     # ------------------------------------------------------------- export

@@ -192,3 +192,23 @@ class NotebookPage:
 
     def unexpected_page_errors(self) -> list[str]:
         return [e for e in self.page_errors if not any(k in e for k in KNOWN_PAGE_ERRORS)]
+
+
+def _reexport_parent_helpers() -> None:
+    """tests/conftest.py and this file both import as the module "conftest",
+    and `from conftest import ...` finds whichever pytest loaded last (this
+    one, as "browser" sorts before "test_*.py"). Re-export the parent's plain
+    helpers (PROMPT, random_model, ...; not its fixtures) so tests in either
+    folder find theirs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_nbinterp_tests_conftest", REPO / "tests" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    parent = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parent)
+    for name, value in vars(parent).items():
+        if not name.startswith("_") and name not in globals() and not hasattr(value, "_fixture_function_marker"):
+            globals()[name] = value
+
+
+_reexport_parent_helpers()
