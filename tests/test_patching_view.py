@@ -5,6 +5,7 @@ errors are clear."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 import nbinterp as ni
@@ -107,3 +108,18 @@ def test_unequal_lengths_and_figure(model):
     np.testing.assert_array_equal(images[1], grid.effects["head"].numpy())
     data, _ = grid._repr_mimebundle_()
     assert data["image/png"].startswith(b"\x89PNG")
+
+
+def test_the_kernel_can_run_the_model_while_the_sweep_computes(model):
+    """nnsight can't trace one model from two threads at once: the sweep and
+    model.run in the kernel take turns, and both get the right numbers."""
+    expected = ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", foil="w9", background=False).effects
+    ablated = model.run(PROMPT, ablate={"L0.H1": 0.0}).logits
+    grid = ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", foil="w9", batch_size=2)
+    runs = 0
+    while grid._thread.is_alive() or runs == 0:
+        assert torch.equal(model.run(PROMPT, ablate={"L0.H1": 0.0}).logits, ablated)
+        runs += 1
+    assert grid.wait(30) and grid.error == ""
+    for kind, values in expected.items():
+        torch.testing.assert_close(grid.effects[kind], values, atol=1e-5, rtol=0)

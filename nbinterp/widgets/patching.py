@@ -22,7 +22,7 @@ from ..lens import display_text
 from ..patching_sweep import KIND_LABELS, SWEEP_KINDS, PatchingSweep, prepare
 from ._base import InterpWidget, choice_value, int_value, rpc
 from ._buffers import encode
-from ._model_lock import model_lock
+from ._model_lock import guard_model, model_lock
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 OPEN_IN = ("attention", "ablation")
@@ -53,7 +53,7 @@ class PatchingView(InterpWidget):
     def __init__(self, model: Any, clean: str, corrupted: str, target: Any, foil: Any = None, *,
                  kinds: Sequence[str] = SWEEP_KINDS, position: int = -1, batch_size: int | None = None,
                  background: bool = True) -> None:
-        with model_lock(model):
+        with guard_model(model):  # the sweep runs beside the user's own model.run calls
             setup = prepare(model, clean, corrupted, target, foil, position)
         self._model, self._clean_prompt = model, clean
         self._target, self._foil = target, foil
