@@ -19,7 +19,7 @@ import traitlets
 from ..ablation import ABLATION_MODES, ablated_run, ablation_code, canonical_ablations, summarize
 from ..errors import NbinterpError
 from ..lens import display_text
-from ._base import FrontendError, InterpWidget, choice_value, rpc
+from ._base import FrontendError, InterpWidget, choice_value, new_figure, rpc
 from ._model_lock import model_lock
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -168,10 +168,8 @@ class AblationPanel(InterpWidget):
     # ------------------------------------------------------------- export
     def to_figure(self, *, dpi: int = 100) -> Any:
         """Top-k bars before vs after, and the logit difference in the title."""
-        from matplotlib.figure import Figure
-
         before, after = self.baseline["top_k"], self.result["top_k"]
-        figure = Figure(figsize=(9, 0.35 * max(len(after), 4) + 1.2), dpi=dpi)
+        figure = new_figure(figsize=(9, 0.35 * max(len(after), 4) + 1.2), dpi=dpi)
         for column, (entries, title, colour) in enumerate(((before, "before", "#9aa5b8"), (after, "after", "#3b518b"))):
             ax = figure.add_subplot(1, 2, column + 1)
             labels = [repr(e["token"]) for e in entries][::-1]

@@ -10,7 +10,7 @@ from typing import Any
 import traitlets
 
 from ..lens import LogitLens, logit_lens as compute_logit_lens
-from ._base import InterpWidget
+from ._base import InterpWidget, new_figure
 from ._buffers import encode
 from ._model_lock import model_lock
 
@@ -39,12 +39,10 @@ class LogitLensView(InterpWidget):
 
     def to_figure(self, *, dpi: int = 100) -> Any:
         """The same heatmap, top tokens written in the cells where they fit."""
-        from matplotlib.figure import Figure
-
         lens = self.lens
         values = (lens.target_probabilities if lens.target_probabilities is not None else lens.top_probabilities).numpy()
         rows, cols = values.shape
-        figure = Figure(figsize=(max(6.0, 0.75 * cols + 1.5), 0.45 * rows + 1.8), dpi=dpi)
+        figure = new_figure(figsize=(max(6.0, 0.75 * cols + 1.5), 0.45 * rows + 1.8), dpi=dpi)
         ax = figure.add_subplot()
         image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
         label = f"p({lens.target!r})" if lens.target is not None else "p(top token)"

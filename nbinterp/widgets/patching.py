@@ -20,7 +20,7 @@ import traitlets
 from ..errors import NbinterpError
 from ..lens import display_text
 from ..patching_sweep import KIND_LABELS, SWEEP_KINDS, PatchingSweep, prepare
-from ._base import InterpWidget, choice_value, int_value, rpc
+from ._base import InterpWidget, choice_value, int_value, new_figure, rpc
 from ._buffers import encode
 from ._model_lock import guard_model, model_lock
 
@@ -207,10 +207,8 @@ class PatchingView(InterpWidget):
     # ------------------------------------------------------------- export
     def to_figure(self, *, dpi: int = 100) -> Any:
         """One heatmap per kind (diverging, 0 = no effect), token labels on positions."""
-        from matplotlib.figure import Figure
-
         kinds = self._sweep.kinds
-        figure = Figure(figsize=(4.2 * len(kinds), 0.3 * self.n_layers + 2.6), dpi=dpi)
+        figure = new_figure(figsize=(4.2 * len(kinds), 0.3 * self.n_layers + 2.6), dpi=dpi)
         effects = self._sweep.effects
         finite = [v[~v.isnan()].abs().max().item() for v in effects.values() if (~v.isnan()).any()]
         vmax = max([1.0, *finite])
