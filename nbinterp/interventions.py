@@ -28,6 +28,10 @@ class Plan:
 
     z' = z_baseline + z_scale * (z - z_baseline) on the output projection's input
     (per head: zero ablation has baseline 0, mean ablation the reference mean).
+
+    Every tensor broadcasts against the batch: [H*D] / [T, width] / [1, H, T, T]
+    apply to every row; [B, 1, H*D] / [B, T, width] / [B, H, T, T] give row b
+    its own intervention (many single interventions in one forward).
     """
 
     z_scale: dict[int, torch.Tensor] = field(default_factory=dict)  # [H*D]
@@ -80,17 +84,23 @@ def execute(
     capture: dict[str, set[int]],
     metric: Metric | None = None,
     remote: bool | str = False,
+    gradients: bool | None = None,
 ) -> dict[str, Any]:
-    """Run one forward (and, with a metric, one backward) and return plain tensors.
+    """Run one forward (and, with gradients, one backward) and return plain tensors.
 
-    `capture` maps each name in CAPTURES to the layers to read. Returns a dict:
-    "logits" [T, V], per-capture {layer: tensor} (batch dim dropped, detached),
-    and with a metric: "metric" and per-layer lists "grad_probs" [H, T, T],
-    "grad_z" [T, H*D] and "grad_out_proj" [T, d_model].
+    `capture` maps each name in CAPTURES to the layers to read (batch row 0).
+    Returns a dict: "logits" [T, V], per-capture {layer: tensor} (detached),
+    and with a metric: "metric" ([B] when the batch has several rows: then
+    only the metric's position is unembedded and no logits are returned);
+    with gradients (the default when a metric is given to a one-row batch):
+    per-layer lists "grad_probs" [H, T, T], "grad_z" [T, H*D] and
+    "grad_out_proj" [T, d_model].
     """
     layers = get_path(nn_model, arch.layers)
     n_layers = shape.n_layers
-    want_grads = metric is not None
+    rows = input_ids.shape[0]
+    want_grads = metric is not None and rows == 1 if gradients is None else gradients
+    metric_rows = metric is not None and not want_grads
     override = set(plan.knockout) | (set(range(n_layers)) if want_grads else set())
     read_attention_inputs = override | capture.get("qkv", set())
     calls = {l: attention_call(get_path(layers[l], arch.attention)) for l in read_attention_inputs}
@@ -105,7 +115,7 @@ def execute(
                 resid = block.input
                 if l in plan.patch_resid:
                     where, values = plan.patch_resid[l]
-                    resid = torch.where(where.to(resid.device), values.to(resid), resid[0])[None]
+                    resid = torch.where(where.to(resid.device), values.to(resid), resid)
                     block.input = resid
                 if l in capture.get("resid_pre", ()):
                     saved["resid_pre"][l] = resid[0].detach()
@@ -138,7 +148,7 @@ def execute(
                 z = out_proj.input
                 if l in plan.patch_z:
                     where, values = plan.patch_z[l]
-                    z = torch.where(where.to(z.device), values.to(z), z[0])[None]
+                    z = torch.where(where.to(z.device), values.to(z), z)
                 if l in plan.z_scale:
                     baseline = plan.z_baseline[l].to(z)
                     z = baseline + plan.z_scale[l].to(z) * (z - baseline)
@@ -153,7 +163,7 @@ def execute(
                 attn_out = attention.output[0]
                 if l in plan.patch_attn:
                     where, values = plan.patch_attn[l]
-                    attn_out = torch.where(where.to(attn_out.device), values.to(attn_out), attn_out[0])[None]
+                    attn_out = torch.where(where.to(attn_out.device), values.to(attn_out), attn_out)
                     attention.output = (attn_out, *attention.output[1:])
                 if l in capture.get("attn_out", ()):
                     saved["attn_out"][l] = attn_out[0].detach()
@@ -165,15 +175,25 @@ def execute(
                 mlp_out = mlp.output
                 if l in plan.patch_mlp:
                     where, values = plan.patch_mlp[l]
-                    mlp_out = torch.where(where.to(mlp_out.device), values.to(mlp_out), mlp_out[0])[None]
+                    mlp_out = torch.where(where.to(mlp_out.device), values.to(mlp_out), mlp_out)
                 if l in plan.mlp_scale:
                     mlp_out = mlp_out * plan.mlp_scale[l]
                 if l in plan.mlp_scale or l in plan.patch_mlp:
                     mlp.output = mlp_out
                 if l in capture.get("mlp_out", ()):
                     saved["mlp_out"][l] = mlp_out[0].detach()
-        logits = unembed.output[0]
-        saved["logits"] = logits.detach().float()
+        if metric_rows:
+            # Only the metric's position is read: unembed just that one (a large
+            # vocabulary makes the unembedding a third of a small model's cost).
+            unembed.input = unembed.input[:, metric.position : metric.position + 1]
+            last = unembed.output[:, 0].float()
+            value = last[:, metric.target]
+            if metric.foil is not None:
+                value = value - last[:, metric.foil]
+            saved["metric"] = value.detach()
+        else:
+            logits = unembed.output[0]
+            saved["logits"] = logits.detach().float()
         if want_grads:
             value = logits[metric.position, metric.target]
             if metric.foil is not None:

@@ -34,6 +34,12 @@ class Model:
         self.arch: Architecture = architecture_for(self.hf)
         self.shape: ModelShape = read_shape(self.hf.config)
         self._reference_means: dict[tuple, dict[int, torch.Tensor]] = {}
+        if remote:
+            # NDIF does not have nbinterp installed: ship the helpers the trace
+            # body calls (attention math, the Plan) by value with each request.
+            import nnsight
+
+            nnsight.register("nbinterp")
         self._weights: dict[int, torch.Tensor] = {}
 
     # ---------------------------------------------------------------- figures
