@@ -20,7 +20,7 @@ TARGET, FOIL = "w5", "w9"
 
 def engine_effect(model, setup, site):
     """The same cell through model.run(patch_from=...), normalised by plain runs."""
-    run = model.run(CORRUPTED, patch_from=PROMPT, patch=[site], capture=())
+    run = model.run(CORRUPTED, patch_from=setup.clean, patch=[site], capture=())
     return (run.logit_diff(TARGET, FOIL) - setup.corrupted_logit_diff) / (setup.clean_logit_diff - setup.corrupted_logit_diff)
 
 
