@@ -109,13 +109,22 @@ function render({ model, el, signal }: RenderProps<AblationModel>): () => void {
   let local: Ablations = { ...model.get("ablations") };
   let mode: Mode = model.get("ablation");
 
+  // A refused request's message stays up until a request succeeds.
+  let requestFailed = false;
   const runner = new LatestOnly<{ ablations: Ablations; ablation: Mode }>(
     async (params) => {
       status.textContent = "running\u2026";
       root.dataset.busy = "true";
       await rpc.request("run", params);
+      if (requestFailed) {
+        requestFailed = false;
+        errors.show(model.get("error"));
+      }
     },
-    (err) => errors.show(describeError(err)),
+    (err) => {
+      requestFailed = true;
+      errors.show(describeError(err));
+    },
     () => guard(() => {
       // Settled on the final values: show Python's state (a refused value snaps back).
       adoptTraits();

@@ -152,6 +152,7 @@ def test_bad_values_show_an_error_and_the_kernel_keeps_working(notebook: Noteboo
     # and the panel still works: reset runs and the error clears on the next good run
     root.locator("button.nbi-reset").click()
     shown = wait_settled(notebook, {})
+    assert error.is_hidden()
     assert {k: shown[k] for k in ("logit_diff", "probabilities")} == {k: python_truth(notebook, {})[k] for k in ("logit_diff", "probabilities")}
     assert notebook.execute("print(panel.error == '', panel.ablations)").strip().split(maxsplit=1) == ["True", "{}"]
 
