@@ -245,12 +245,19 @@ def measure(playwright: Any, files: dict[str, bytes], drawn: str, cap_s: float, 
                 page.wait_for_function("() => window.__drawnAt !== undefined", timeout=left * 1000, polling=100)
                 result["paint_s"] = page.evaluate("() => window.__drawnAt") / 1000
             except Exception:
-                pass
+                # A renderer stuck in a long script also blocks browser.close():
+                # end this browser's own processes (by pid) first.
+                for child in memory.me.children(recursive=True):
+                    if "chrom" in child.name():
+                        child.kill()
             result["bytes"] = local.sent
         result["memory_mb"] = memory.peak / 2**20
         result["blocked"] = blocked
     finally:
-        browser.close()
+        try:
+            browser.close()
+        except Exception:
+            pass
         local.close()
     return result
 

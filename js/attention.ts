@@ -310,7 +310,6 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   listen("change:zoom", () => { heatmap.setWindow(zoomWindow()); heatmap.draw(); });
   listen("change:error", () => errors.show(model.get("error")));
   listen("change:tokens", () => { strip.setTokens(model.get("tokens")); redrawAll(); });
-  listen("change:n_layers", () => errors.show("the model changed shape: re-run the cell to redraw"));
 
   return () => {
     stripRequest?.abort();
