@@ -5,21 +5,19 @@ metric comes back per row.
 `Model.run` does one intervention set per forward. Verifying an attribution
 needs hundreds to hundreds of thousands of *separate* interventions on the
 same prompt; on a small model the per-trace overhead dominates, so stacking
-them along the batch dimension is the honest speed-up. Each row is computed
-exactly as `model.run(prompt, knockout=[edge])` / `ablate={(l, h): 0}` would
-(tested against it).
+them along the batch dimension of the engine's (batch-aware) trace is the
+honest speed-up. Each row equals `model.run(prompt, knockout=[edge])` /
+`ablate={(l, h): 0}` (tested against it).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from .adapters import get_path
-from .attention_math import attention_output, attention_probabilities
 from .errors import NbinterpError
-from .interventions import Metric, attention_call
+from .interventions import Metric, Plan, execute
 
 if TYPE_CHECKING:
     from .model import Model
@@ -76,11 +74,6 @@ def clean_metric(model: "Model", input_ids: torch.Tensor, metric: Metric) -> flo
 
 
 def _batched(model: "Model", input_ids: torch.Tensor, items: list, kind: str, metric: Metric, rows: int | None) -> torch.Tensor:
-    if model.remote is True:
-        raise NbinterpError(
-            "batched exact knockouts run on a local model only; on NDIF verify a few edges with "
-            "model.run(prompt, knockout=[edge]) instead"
-        )
     n_tokens = input_ids.shape[1]
     rows = rows or batch_rows(model, n_tokens)
     out = torch.empty(len(items), dtype=torch.float64)
@@ -94,54 +87,20 @@ def _batched(model: "Model", input_ids: torch.Tensor, items: list, kind: str, me
 
 
 def _one_forward(model: "Model", input_ids: torch.Tensor, items: list, kind: str, metric: Metric) -> torch.Tensor:
-    arch, nn_model = model.arch, model.nn
+    """One forward of len(items) rows through the engine's trace; row b carries items[b]."""
     n_rows, n_tokens = len(items), input_ids.shape[1]
-    device = model._device()
-    knock: dict[int, torch.Tensor] = {}
-    z_scale: dict[int, torch.Tensor] = {}
+    plan = Plan()
     if kind == "knockout":
         for row, (layer, head, query, key) in enumerate(items):
-            mask = knock.setdefault(layer, torch.zeros(n_rows, model.n_heads, n_tokens, n_tokens, dtype=torch.bool))
+            mask = plan.knockout.setdefault(layer, torch.zeros(n_rows, model.n_heads, n_tokens, n_tokens, dtype=torch.bool))
             mask[row, head, query, key] = True
     elif kind == "ablate":
         width = model.n_heads * model.head_dim
         for row, (layer, head) in enumerate(items):
-            scale = z_scale.setdefault(layer, torch.ones(n_rows, 1, width))
-            scale[row, 0, head * model.head_dim : (head + 1) * model.head_dim] = 0.0
-    layers = get_path(nn_model, arch.layers)
-    calls = {l: attention_call(get_path(layers[l], arch.attention)) for l in knock}
-    unembed = get_path(nn_model, arch.unembed)
-    batch = input_ids.to(device).expand(n_rows, -1)
-    with torch.no_grad(), nn_model.trace(batch):
-        for l in range(model.n_layers):
-            if l in knock:
-                call = calls[l]
-                args, kwargs = call.inputs
-                query, key, value, mask = args[1], args[2], args[3], args[4]
-                probs = attention_probabilities(
-                    query, key, mask, kwargs.get("scaling") or query.shape[-1] ** -0.5,
-                    kwargs.get("softcap"), kwargs.get("sliding_window"), knock[l].to(query.device),
-                )
-                call.output = (attention_output(probs, value), probs)
-            if l in z_scale:
-                out_proj = get_path(get_path(layers[l], arch.attention), arch.out_proj)
-                out_proj.input = out_proj.input * z_scale[l].to(out_proj.input)
-        # Only the metric's position is read: unembed just that one (a large
-        # vocabulary makes the unembedding a third of a small model's cost).
-        unembed.input = unembed.input[:, metric.position : metric.position + 1]
-        logits = unembed.output[:, 0]  # [rows, V]
-        value = logits[:, metric.target].float()
-        if metric.foil is not None:
-            value = value - logits[:, metric.foil].float()
-        value = value.detach().save()
-    return value.cpu().double()
-
-
-def valid_edges(model: "Model", n_tokens: int, layers: Iterable[int] | None = None) -> list[Edge]:
-    """Every edge a knockout can remove: key <= query, and the query keeps at
-    least one other key (so query 0 has none)."""
-    layers = range(model.n_layers) if layers is None else layers
-    return [
-        (l, h, q, k)
-        for l in layers for h in range(model.n_heads) for q in range(1, n_tokens) for k in range(q + 1)
-    ]
+            if layer not in plan.z_scale:
+                plan.z_scale[layer] = torch.ones(n_rows, 1, width)
+                plan.z_baseline[layer] = torch.zeros(width)
+            plan.z_scale[layer][row, 0, head * model.head_dim : (head + 1) * model.head_dim] = 0.0
+    batch = input_ids.to(model._device()).expand(n_rows, -1)
+    saved = execute(model.nn, model.arch, model.shape, batch, plan, {}, metric, model.remote, gradients=False)
+    return saved["metric"].reshape(n_rows).cpu().double()
