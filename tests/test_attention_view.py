@@ -163,3 +163,16 @@ def test_bad_constructor_arguments_say_what_to_do(model):
         attention(model, PROMPT, layer=5)
     with pytest.raises(ni.NbinterpError, match="mode must be one of"):
         AttentionView(model.run(PROMPT), mode="raw")
+
+
+def test_nbconvert_html_without_widget_state_shows_the_picture(view):
+    import base64
+
+    from nbconvert import HTMLExporter
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    data, metadata = view._repr_mimebundle_()
+    data = dict(data, **{"image/png": base64.b64encode(data["image/png"]).decode()})
+    notebook = new_notebook(cells=[new_code_cell("view", outputs=[new_output("display_data", data=data, metadata=metadata)])])
+    html, _ = HTMLExporter().from_notebook_node(notebook)
+    assert html.count(f'src="data:image/png;base64,{data["image/png"][:40]}') == 1
