@@ -222,6 +222,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     renderLegend(mapLegend, scale, `est. knockout effect, ${METHOD_LABEL[m.method]} \u00b7 dots: attention`);
     drawOverlay();
     root.dataset.matrix = matrix.key;
+    root.dataset.drawn = "true";
   }
 
   /** Attention probability as dot area in each visible cell, over the effects. */
