@@ -123,7 +123,7 @@ def main() -> None:
             print(_line(row), file=sys.stderr, flush=True)
     print(f"\nattribution (1 forward + 1 backward, all edges) vs exhaustive exact knockout; torch threads {torch.get_num_threads()}")
     print("accuracy vs exhaustive over every edge where it ran; otherwise over a pool of the largest estimates (scope column)\n")
-    header = f"{'model':<11}{'T':>4}{'edges':>9}{'attr s':>8}{'exhaustive s':>17}{'speed-up':>10}   " \
+    header = f"{'model':<11}{'T':>4}{'edges':>9}{'attr s':>8}{'exhaustive s':>20}{'speed-up':>10}   " \
              f"{'Spearman lin/fix':>17}{'recall@10 lin/fix':>19}{'MAE lin/fix':>21}   scope"
     print(header)
     print("-" * len(header))
@@ -134,7 +134,7 @@ def main() -> None:
 def _line(row: dict) -> str:
     lin, fix = row["linear"], row["qk_fix"]
     exh = f"{row['t_exh']:.1f}" + ("" if row["exh_measured"] else " (extrap.)")
-    return (f"{row['model']:<11}{row['T']:>4}{row['edges']:>9}{row['t_attr']:>8.3f}{exh:>17}"
+    return (f"{row['model']:<11}{row['T']:>4}{row['edges']:>9}{row['t_attr']:>8.3f}{exh:>20}"
             f"{row['t_exh'] / row['t_attr']:>9.0f}x   {lin.spearman:>8.3f}/{fix.spearman:<8.3f}"
             f"{lin.recall_at_k:>10.2f}/{fix.recall_at_k:<8.2f}{lin.mae:>10.2e}/{fix.mae:<10.2e}   {fix.scope}")
 

@@ -242,11 +242,16 @@ class Attribution:
         return ExactEdges(effects, seconds, len(keys), int((valid & zero).sum()), -(-len(keys) // rows), clean)
 
     def compare(self, exact: "ExactEdges", k: int = 10, method: str | None = None) -> Summary:
-        """Estimate vs the exhaustive reference over every edge."""
+        """Estimate vs the exhaustive reference over every edge that can reach the metric."""
         method = self.method if method is None else method
-        valid = ~exact.effects.isnan()
+        # Edges that cannot reach the metric are exactly 0 on both sides:
+        # counting them would inflate the rank correlation with ties.
+        n_tokens = len(self.run)
+        zero = causally_zero(self.model.n_layers, n_tokens, self.position % n_tokens).expand_as(exact.effects)
+        valid = ~exact.effects.isnan() & ~zero
         estimate = self._effects(method)[valid].numpy()
-        return Summary.of(np.nan_to_num(estimate), exact.effects[valid].numpy(), k, f"all {int(valid.sum())} edges")
+        return Summary.of(np.nan_to_num(estimate), exact.effects[valid].numpy(), k,
+                          f"all {int(valid.sum())} edges that can reach the metric")
 
     # --------------------------------------------------------------- qk
     def qk(self, layer: int, head: int, query: int, key: int) -> Any:
