@@ -2,9 +2,9 @@
 
 A patching sweep asks the same question hundreds of times ("what if this one
 site came from the clean run?"). Row b of the batch is the corrupted prompt
-with patch set b applied; every site is a `torch.where` on a [B, T, width]
-mask, prepared before the trace, so the request also runs remotely. Only the
-metric of each row comes back.
+with patch set b applied, as row b of [B, T, width] patch masks in an engine
+`Plan`; the engine's batch-aware trace runs them in one forward and returns
+only each row's metric (so the request also runs remotely).
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from .adapters import get_path
-from .interventions import Metric
+from .interventions import Metric, Plan
 from .patching import PATCH_SITES, _parse_site
 
 if TYPE_CHECKING:
@@ -57,45 +56,25 @@ def patched_metrics(
     """metric (logit diff at metric.position) of each patched copy of `input_ids`, float32 [B].
 
     `source` is a run of the prompt to copy from (same token length); its
-    activations are read per (kind, layer) once and shared by every row.
+    activations are read per (kind, layer) once and shared by every row. The
+    forward is the engine's own (batch-aware) trace: row b's masks are row b
+    of the plan's [B, T, width] patch masks.
     """
-    n_tokens = input_ids.shape[1]
-    masks = _masks(model, patch_sets, n_tokens)
-    values = {key: source._capture(PATCH_SITES[key[0]][0], key[1]).float() for key in masks}
-    arch, nn_model = model.arch, model.nn
-    layers = get_path(nn_model, arch.layers)
-    unembed = get_path(nn_model, arch.unembed)
-    device = model._device()
-    batch_ids = input_ids.to(device).expand(len(patch_sets), -1)
-    with torch.no_grad(), nn_model.trace(batch_ids, remote=model.remote):
-        for layer in range(model.n_layers):
-            block = layers[layer]
-            key = ("resid_pre", layer)
-            if key in masks:
-                resid = block.input
-                block.input = torch.where(masks[key].to(resid.device), values[key].to(resid), resid)
-            attention = get_path(block, arch.attention)
-            key = ("head", layer)
-            if key in masks:
-                out_proj = get_path(attention, arch.out_proj)
-                z = out_proj.input
-                out_proj.input = torch.where(masks[key].to(z.device), values[key].to(z), z)
-            key = ("attn_out", layer)
-            if key in masks:
-                attn_out = attention.output[0]
-                patched = torch.where(masks[key].to(attn_out.device), values[key].to(attn_out), attn_out)
-                attention.output = (patched, *attention.output[1:])
-            key = ("mlp_out", layer)
-            if key in masks:
-                mlp = get_path(block, arch.mlp)
-                mlp_out = mlp.output
-                mlp.output = torch.where(masks[key].to(mlp_out.device), values[key].to(mlp_out), mlp_out)
-        # Unembed only the metric's position: at GPT-2 size the unembedding
-        # of every position costs a third of the forward.
-        unembed.input = unembed.input[:, metric.position : metric.position + 1, :]
-        row = unembed.output[:, 0, :].float()
-        value = row[:, metric.target]
-        if metric.foil is not None:
-            value = value - row[:, metric.foil]
-        value = value.detach().cpu().save()
-    return value
+    plan = Plan()
+    for (kind, layer), mask in _masks(model, patch_sets, input_ids.shape[1]).items():
+        capture_name, field = PATCH_SITES[kind]
+        getattr(plan, field)[layer] = (mask, source._capture(capture_name, layer).float())
+    batch = input_ids.expand(len(patch_sets), -1)
+    if len(patch_sets) == 1:  # a one-row batch would take gradients: keep it a batch
+        batch = input_ids.expand(2, -1)
+        plan = _duplicate_row(plan)
+    saved = model._execute(batch, plan, {}, metric)
+    return saved["metric"].reshape(-1)[: len(patch_sets)].float()
+
+
+def _duplicate_row(plan: Plan) -> Plan:
+    for field in ("patch_resid", "patch_z", "patch_attn", "patch_mlp"):
+        table = getattr(plan, field)
+        for layer, (mask, values) in table.items():
+            table[layer] = (mask.expand(2, -1, -1), values)
+    return plan
