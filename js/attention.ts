@@ -1,7 +1,8 @@
 // AttentionView front end: a layer x head grid of thumbnails, the selected
 // head large (query rows x key columns), a token strip, and a mode toggle.
-// Python sends the thumbnails (uint8, block max) and the on-screen head
-// (float16) as traits; layer-summed token rows are fetched on demand.
+// Python sends the thumbnails (uint8, block max) and the first head (float16)
+// as traits; heads the user picks and layer-summed token rows are fetched
+// on demand through requests.
 
 import type { RenderProps } from "@anywidget/types";
 import { decodeTensor, tensorFromMessage, type EncodedTensor, type Tensor } from "./lib/codec";
@@ -10,6 +11,7 @@ import { describeError, ErrorBox } from "./lib/errors";
 import { HeadGrid, thumbSize, type HeadRef } from "./lib/head_grid";
 import { Heatmap, fullWindow, type Cell, type MatrixWindow } from "./lib/heatmap";
 import { RpcClient, RpcError } from "./lib/rpc";
+import { ByteLru } from "./lib/lru";
 import { injectStyle, toggleGroup } from "./lib/style";
 import { displayToken, TokenStrip } from "./lib/tokens";
 
@@ -36,6 +38,11 @@ export interface AttentionModel {
   _pattern: { layer: number; head: number; mode: Mode; tensor: EncodedTensor } | null;
 }
 
+type HeadData = { tensor: Tensor; vmax: number };
+const headKey = (r: { layer: number; head: number; mode: Mode }) => `${r.layer}:${r.head}:${r.mode}`;
+// 64 MB of float32: sixteen heads at 1,024 tokens.
+const HEAD_CACHE_BYTES = 64 * 2 ** 20;
+const PREFETCH_DWELL_MS = 150;
 const MODE_LABEL: Record<Mode, string> = { probabilities: "probabilities", value_weighted: "value-weighted norms" };
 const PLOT_PX = 420;
 
@@ -117,7 +124,6 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   const nLayers = model.get("n_layers");
   const nHeads = model.get("n_heads");
   let thumbs: { tensor: Tensor; side: number; headMax: number[]; mode: Mode } | null = null;
-  let pattern: { tensor: Tensor; layer: number; head: number; mode: Mode; vmax: number } | null = null;
   let hoverToken: number | null = null;
   let stripRequest: AbortController | null = null;
   let zoomTimer: ReturnType<typeof setTimeout> | undefined;
@@ -125,30 +131,66 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
 
   const tokenLabel = (i: number) => `${i} ${JSON.stringify(displayToken(model.get("tokens")[i] ?? ""))}`;
   const current = (): HeadRef & { mode: Mode } => ({ layer: model.get("layer"), head: model.get("head"), mode: model.get("mode") });
-  const patternIsCurrent = () => {
-    const c = current();
-    const p = model.get("_pattern");
-    return !!p && p.layer === c.layer && p.head === c.head && p.mode === c.mode;
+  // Heads on screen or seen recently, decoded. Python pushes a head it
+  // changed itself (the `_pattern` trait); the view pulls one the user picked
+  // (request "head_pattern"), so no head crosses the wire twice.
+  const heads = new ByteLru<HeadData>(HEAD_CACHE_BYTES);
+  const inFlight = new Map<string, AbortController>();
+  let lastPatternTrait: AttentionModel["_pattern"] = null;
+  cleanups.push(() => inFlight.forEach((c) => c.abort()));
+
+  const headData = (tensor: Tensor): HeadData => {
+    let vmax = 0;
+    for (const v of tensor.values) if (v > vmax) vmax = v;
+    return { tensor, vmax };
   };
-  let lastPattern: AttentionModel["_pattern"] = null;
-  /** The on-screen head, decoded once per trait value. */
-  const currentPattern = () => {
+  const remember = (key: string, data: HeadData) => heads.set(key, data, data.tensor.values.byteLength);
+  /** The on-screen head if it is here, else null (and the caller fetches it). */
+  const currentPattern = (): HeadData | null => {
     const p = model.get("_pattern");
-    if (p && p !== lastPattern) {
-      const tensor = decodeTensor(p.tensor);
-      let vmax = 0;
-      for (const v of tensor.values) if (v > vmax) vmax = v;
-      pattern = { tensor, layer: p.layer, head: p.head, mode: p.mode, vmax };
-      lastPattern = p;
+    if (p && p !== lastPatternTrait) {
+      lastPatternTrait = p;
+      remember(headKey(p), headData(decodeTensor(p.tensor)));
     }
-    return patternIsCurrent() ? pattern : null;
+    return heads.get(headKey(current())) ?? null;
   };
+  const patternIsCurrent = () => currentPattern() !== null;
+
+  function fetchHead(ref: HeadRef & { mode: Mode }): void {
+    const key = headKey(ref);
+    if (heads.has(key) || inFlight.has(key)) return;
+    const controller = new AbortController();
+    inFlight.set(key, controller);
+    rpc.request<{ pattern: unknown }>("head_pattern", { ...ref }, { signal: controller.signal })
+      .then(({ result, buffers }) => {
+        remember(key, headData(tensorFromMessage(result.pattern, buffers)));
+        if (headKey(current()) === key) guard(() => { updateStatus(); drawHeatmap(); updateStrip(); });
+      })
+      .catch((err) => {
+        if (!(err instanceof RpcError && err.failure === "cancelled")) errors.show(describeError(err));
+      })
+      .finally(() => inFlight.delete(key));
+  }
+
+  /** Drops fetches for heads no longer wanted (the user clicked on). */
+  function cancelFetchesExcept(...keep: string[]): void {
+    for (const [key, controller] of inFlight) if (!keep.includes(key)) controller.abort();
+  }
+  let prefetchTimer: ReturnType<typeof setTimeout> | undefined;
+  cleanups.push(() => clearTimeout(prefetchTimer));
 
   const grid = new HeadGrid(gridBox, {
     nLayers, nHeads, thumbPx: thumbSize(nLayers, nHeads),
     onClick: (ref) => save({ layer: ref.layer, head: ref.head }),
     onHover: (ref, event) => {
+      clearTimeout(prefetchTimer);
       if (!ref) return void (tooltip.hidden = true);
+      // Resting on a thumbnail fetches that head, so a click shows it at once.
+      const target = { ...ref, mode: model.get("mode") };
+      prefetchTimer = setTimeout(() => {
+        cancelFetchesExcept(headKey(current()), headKey(target));
+        fetchHead(target);
+      }, PREFETCH_DWELL_MS);
       const max = thumbs?.headMax[ref.layer * nHeads + ref.head];
       showTooltip([["nbi-tip-head", "", `layer ${ref.layer} head ${ref.head}`], ["nbi-tip-max", "max ", max === undefined ? "?" : formatValue(max)]], event);
     },
@@ -235,8 +277,16 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
       const tokens = model.get("tokens");
       heatmap.setLabels(tokens.map(displayToken), tokens.map(displayToken));
       heatmap.setWindow(zoomWindow());
-      renderLegend(legend, scale, MODE_LABEL[pattern.mode]);
-    } else if (thumbs) {
+      renderLegend(legend, scale, MODE_LABEL[c.mode]);
+    } else {
+      // After this task: a click sets layer and head one after the other.
+      queueMicrotask(() => {
+        if (patternIsCurrent()) return;
+        cancelFetchesExcept(headKey(current()));
+        fetchHead(current());
+      });
+    }
+    if (!pattern && thumbs) {
       // Placeholder until the full-resolution head arrives: its thumbnail.
       const side = thumbs.side;
       const start = (c.layer * nHeads + c.head) * side * side;

@@ -176,3 +176,17 @@ def test_nbconvert_html_without_widget_state_shows_the_picture(view):
     notebook = new_notebook(cells=[new_code_cell("view", outputs=[new_output("display_data", data=data, metadata=metadata)])])
     html, _ = HTMLExporter().from_notebook_node(notebook)
     assert html.count(f'src="data:image/png;base64,{data["image/png"][:40]}') == 1
+
+
+def test_a_head_picked_in_the_browser_is_pulled_not_pushed(view):
+    before = view._pattern
+    view.set_state({"layer": 0, "head": 3})
+    assert (view.layer, view.head) == (0, 3) and view._pattern is before  # nothing pushed twice
+    content, buffers = request(view, "head_pattern", {"layer": 0, "head": 3, "mode": "probabilities"})
+    meta = content["result"]["pattern"]
+    assert meta["dtype"] == "float16" and meta["shape"] == [len(view.tokens)] * 2
+    expected = view.run.attention(0)[3].numpy()
+    np.testing.assert_array_equal(decode(meta, buffers[meta["buffer"]]), expected.astype(np.float16).astype(np.float32))
+    assert request(view, "head_pattern", {"layer": 0, "head": 4, "mode": "probabilities"})[0]["error"] == "head 4 is out of range 0..3"
+    view.head = 1  # a change made in Python is pushed with its data
+    assert (view._pattern["layer"], view._pattern["head"]) == (0, 1)

@@ -78,3 +78,16 @@ test("token labels show whitespace and are truncated by characters", () => {
   assert.equal(truncateLabel("abcdef", 4), "abc\u2026");
   assert.equal(truncateLabel("\u{1F600}\u{1F600}", 2), "\u{1F600}\u{1F600}");
 });
+
+test("the byte-bounded LRU evicts the least recently used first and keeps the newest", async () => {
+  const { ByteLru } = await import("../lib/lru");
+  const lru = new ByteLru<string>(10);
+  lru.set("a", "A", 4);
+  lru.set("b", "B", 4);
+  assert.equal(lru.get("a"), "A"); // a is now the most recent
+  lru.set("c", "C", 4);
+  assert.deepEqual([lru.has("a"), lru.has("b"), lru.has("c")], [true, false, true]);
+  assert.equal(lru.bytes, 8);
+  lru.set("huge", "H", 100);
+  assert.deepEqual([lru.size, lru.get("huge")], [1, "H"]);
+});

@@ -76,6 +76,7 @@ class InterpWidget(anywidget.AnyWidget):
     error = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, **kwargs: Any) -> None:
+        self._in_frontend_update = False
         super().__init__(**kwargs)
         self._cancelled: deque[str] = deque(maxlen=256)
         self._rpc_handlers: dict[str, Callable[[dict[str, Any]], RpcResult]] = {}
@@ -106,15 +107,24 @@ class InterpWidget(anywidget.AnyWidget):
                 problems.append(str(exc))
                 refused.append(name)
         if accepted:
+            self._in_frontend_update = True
             try:
                 super().set_state(accepted)
             except Exception as exc:  # an observer failed: show it, keep the kernel clean
                 self._show_exception(exc)
+            finally:
+                self._in_frontend_update = False
         if problems:
             self.error = "The view sent a value that was refused: " + "; ".join(problems)
             known = [name for name in refused if name in self.keys]
             if known:
                 self.send_state(known)  # put the browser back on Python's values
+
+    @property
+    def changed_by_frontend(self) -> bool:
+        """True inside observers run for a change the browser made (the
+        browser then fetches what it needs itself)."""
+        return self._in_frontend_update
 
     # --------------------------------------------------------------- messages
     def _on_frontend_msg(self, _widget: Any, content: Any, buffers: list[Any]) -> None:

@@ -171,13 +171,31 @@ class AttentionView(InterpWidget):
         values = self._values(self.layer, self.mode)[self.head]
         self._pattern = {"layer": self.layer, "head": self.head, "mode": self.mode, "tensor": encode(values, "float16")}
 
+    def notify_change(self, change: Any) -> None:
+        # One message for a new head and its data: the view never sees the
+        # head change without the pattern and asks for it a second time.
+        if change.get("name") in ("layer", "head", "mode"):
+            with self.hold_sync():
+                super().notify_change(change)
+        else:
+            super().notify_change(change)
+
     @traitlets.observe("layer", "head", "mode")
     def _on_head_change(self, change: Any) -> None:
         if self._thumbnails is not None and self._thumbnails["mode"] != self.mode:
             self._send_thumbnails()
+        if self.changed_by_frontend:
+            return  # the view requests the head it picked ("head_pattern")
         p = self._pattern
         if p is None or (p["layer"], p["head"], p["mode"]) != (self.layer, self.head, self.mode):
             self._send_pattern()
+
+    @rpc("head_pattern")
+    def _rpc_head_pattern(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
+        layer = int_value(params.get("layer"), "layer", 0, self.n_layers)
+        head = int_value(params.get("head"), "head", 0, self.n_heads)
+        mode = choice_value(params.get("mode"), "mode", MODES)
+        return pack({"pattern": encode(self._values(layer, mode)[head], "float16")})
 
     @rpc("token_weights")
     def _rpc_token_weights(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:

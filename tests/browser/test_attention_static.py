@@ -105,8 +105,16 @@ def test_wheel_zoom_redraws_fast_and_reaches_python(page: Any, long_view: Any) -
 def test_mode_toggle_fetches_value_weighted_norms(page: Any, long_view: Any) -> None:
     page.locator('button[data-value="value_weighted"]').click()
     page.wait_for_selector('[data-pattern="1:2:value_weighted"]')
-    assert long_view.mode == "value_weighted" and long_view._pattern["mode"] == "value_weighted"
+    assert long_view.mode == "value_weighted"
+    assert long_view._pattern["mode"] == "probabilities"  # pulled by the view, not pushed again
     assert "value-weighted" in page.locator(".nbi-legend").text_content()
+    g = geometry(page)
+    px = g["plotWidth"] / N_TOKENS
+    query, key = 700, 650
+    page.mouse.move(g["x"] + g["marginLeft"] + (key + 0.5) * px, g["y"] + g["marginTop"] + (query + 0.5) * px)
+    truth = float(long_view.run.value_weighted(1)[2, query, key])
+    shown = float(page.locator(".nbi-tip-value").text_content())
+    assert shown == pytest.approx(truth, rel=1.1e-3, abs=1e-7)
     long_view.mode = "probabilities"
     long_view.head = 0
     push_state(page, page.comm)
@@ -117,3 +125,20 @@ def test_mode_toggle_fetches_value_weighted_norms(page: Any, long_view: Any) -> 
 def test_render_returns_a_cleanup_that_removes_the_view(page: Any) -> None:
     left = page.evaluate("""async () => { await window.nbiCleanup(); return document.querySelectorAll('#host *').length; }""")
     assert left == 0
+
+
+def test_resting_on_a_thumbnail_prefetches_that_head_once(page: Any, long_view: Any) -> None:
+    g = page.evaluate("""() => {
+      const c = document.querySelector('canvas.nbi-head-grid'); const r = c.getBoundingClientRect();
+      return { x: r.left, y: r.top, ...Object.fromEntries(Object.entries(c.dataset).map(([k, v]) => [k, Number(v)])) };
+    }""")
+    step = g["thumbPx"] + g["gap"]
+    at = (g["x"] + g["marginLeft"] + 3 * step + g["thumbPx"] / 2, g["y"] + g["marginTop"] + 0 * step + g["thumbPx"] / 2)
+    page.mouse.move(*at)
+    page.wait_for_timeout(400)
+    requests = lambda: page.evaluate("() => window.nbiSent.filter((m) => m.method === 'head_pattern').map((m) => m.params)")  # noqa: E731
+    assert requests() == [{"layer": 0, "head": 3, "mode": "probabilities"}]
+    page.mouse.click(*at)
+    page.wait_for_selector('[data-pattern="0:3:probabilities"]')
+    assert (long_view.layer, long_view.head) == (0, 3)
+    assert len(requests()) == 1  # the click used the prefetched head
