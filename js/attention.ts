@@ -116,9 +116,12 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
       return line;
     }));
     const box = root.getBoundingClientRect();
-    tooltip.style.left = `${event.clientX - box.left + 14}px`;
-    tooltip.style.top = `${event.clientY - box.top + 14}px`;
     tooltip.hidden = false;
+    // Keep it inside the widget: flip to the cursor's left near the right edge.
+    const x = event.clientX - box.left;
+    const left = x + 14 + tooltip.offsetWidth > box.width ? x - 14 - tooltip.offsetWidth : x + 14;
+    tooltip.style.left = `${Math.max(0, left)}px`;
+    tooltip.style.top = `${event.clientY - box.top + 14}px`;
   };
 
   const nLayers = model.get("n_layers");

@@ -16,7 +16,7 @@ const BASE_CSS = `
 .nbi-root .nbi-legend-bar { width: 160px; height: 10px; image-rendering: pixelated; }
 .nbi-root .nbi-strip-caption { margin: 6px 0 2px; color: #555; min-height: 1.4em; }
 .nbi-root .nbi-strip { max-height: 120px; overflow-y: auto; border: 1px solid #ddd; padding: 4px; line-height: 1.9; }
-.nbi-root .nbi-token { white-space: pre; padding: 1px 0; margin-right: 1px; border-radius: 2px; cursor: pointer; font-family: ui-monospace, monospace; }
+.nbi-root .nbi-token { display: inline-block; white-space: pre; padding: 0 1px; line-height: 1.5; margin-right: 1px; border-radius: 2px; cursor: pointer; font-family: ui-monospace, monospace; }
 .nbi-root .nbi-token-active { outline: 2px solid #e0115f; }
 .nbi-root .nbi-tooltip { position: absolute; pointer-events: none; background: rgba(255,255,255,0.96); border: 1px solid #999; border-radius: 3px; padding: 4px 6px; z-index: 10; white-space: pre; box-shadow: 0 1px 4px rgba(0,0,0,0.2); }
 .nbi-root .nbi-tip-value { font-weight: 600; }
