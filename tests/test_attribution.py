@@ -122,3 +122,12 @@ def test_clear_errors(attribution):
         attribution.verify(edges=[(0, 0, 0, 0)])
     with pytest.raises(ni.NbinterpError, match="other target"):
         attribute(model, attribution.run, target=FOIL, foil=TARGET)
+
+
+def test_without_a_foil_the_metric_is_the_target_logit(attribution):
+    model = attribution.model
+    att = attribute(model, PROMPT, target=TARGET)
+    assert att.metric == pytest.approx(model.run(PROMPT).logits[-1, model.token_id(TARGET)].item(), abs=1e-5)
+    edge = att.top_edges(1)[0]
+    measured = model.run(PROMPT, knockout=[edge[:4]]).logits[-1, model.token_id(TARGET)].item() - att.metric
+    assert att.verify(edges=[edge[:4]]).measured[0] == pytest.approx(measured, abs=1e-5)
