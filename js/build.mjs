@@ -7,8 +7,9 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-// One entry per view; the shared drawing code lives in lib/.
-const views = ["attention", "ablation", "patching", "logit_lens", "attribution"];
+// Every top-level .ts file is one view (js/attention.ts -> static/attention.js);
+// the shared drawing code lives in lib/. scripts/hatch_build.py uses the same rule.
+const views = readdirSync(here).filter((f) => f.endsWith(".ts") && !f.endsWith(".d.ts")).map((f) => f.slice(0, -3));
 
 if (process.argv.includes("--tests")) {
   const tests = readdirSync(join(here, "test")).filter((f) => f.endsWith(".test.ts"));

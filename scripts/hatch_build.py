@@ -13,7 +13,9 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-VIEWS = ("attention", "ablation", "patching", "logit_lens", "attribution")
+# Every top-level js/*.ts is one view, bundled to nbinterp/static/<view>.js (as in js/build.mjs).
+JS_DIR = Path(__file__).resolve().parent.parent / "js"
+VIEWS = tuple(sorted(p.stem for p in JS_DIR.glob("*.ts") if not p.name.endswith(".d.ts")))
 SOURCE_SUFFIXES = {".ts", ".mjs", ".json"}
 
 
