@@ -253,6 +253,20 @@ class Attribution:
         return Summary.of(np.nan_to_num(estimate), exact.effects[valid].numpy(), k,
                           f"all {int(valid.sum())} edges that can reach the metric")
 
+    def candidate_recall(self, exact: "ExactEdges", k: int = 10, pool: int | None = None,
+                         method: str | None = None) -> float:
+        """Share of the true top-k edges among the top `pool` (default 4k)
+        estimates: when it is 1, `verify(k)` (which measures that pool)
+        finds the true top-k exactly."""
+        from .verification import top_k_by_magnitude
+
+        pool = 4 * k if pool is None else pool
+        effects = exact.effects.nan_to_num()
+        true_top = {tuple(int(i) for i in divmod_index(j, effects.shape))
+                    for j in top_k_by_magnitude(effects.flatten().numpy(), k)}
+        estimated = {e[:4] for e in self.top_edges(pool, method)}
+        return len(true_top & estimated) / k
+
     # --------------------------------------------------------------- qk
     def qk(self, layer: int, head: int, query: int, key: int) -> Any:
         """Why this head attends from `query` to `key`: see `nbinterp.qk.qk`."""
@@ -270,6 +284,15 @@ class Attribution:
             f"{len(self.run)} tokens, {self.method}; top head L{best // self.model.n_heads}.H{best % self.model.n_heads} "
             f"{float(heads[best]):+.4g}; top edges:\n{shown}>"
         )
+
+
+def divmod_index(flat: int, shape: Sequence[int]) -> tuple[int, ...]:
+    """Flat index -> multi-index in a C-ordered tensor of `shape`."""
+    out = []
+    for size in reversed(shape):
+        flat, rest = divmod(flat, size)
+        out.append(rest)
+    return tuple(reversed(out))
 
 
 @dataclass

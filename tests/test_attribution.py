@@ -131,3 +131,14 @@ def test_without_a_foil_the_metric_is_the_target_logit(attribution):
     edge = att.top_edges(1)[0]
     measured = model.run(PROMPT, knockout=[edge[:4]]).logits[-1, model.token_id(TARGET)].item() - att.metric
     assert att.verify(edges=[edge[:4]]).measured[0] == pytest.approx(measured, abs=1e-5)
+
+
+def test_candidate_recall_counts_the_true_top_k_in_the_estimated_pool(attribution):
+    exact = attribution.exhaustive_edges()
+    flat = exact.effects.nan_to_num().flatten().abs()
+    true_top = flat.argsort(descending=True)[:5]
+    pool = {e[:4] for e in attribution.top_edges(20)}
+    shape = exact.effects.shape
+    expected = sum(tuple(torch.tensor(list(torch.unravel_index(i, shape))).tolist()) in pool for i in true_top) / 5
+    assert attribution.candidate_recall(exact, k=5) == expected
+    assert attribution.candidate_recall(exact, k=5, pool=len(attribution.top_edges())) == 1.0
