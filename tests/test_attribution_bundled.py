@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 N_PROMPTS = 2
-MAX_TOKENS = 24  # exhaustive knockout costs ~L*H*T^2/2 knockouts: keep prompts short
+MAX_TOKENS = 20  # exhaustive knockout costs ~L*H*T^2/2 knockouts: keep prompts short
 SATURATED = 0.9
 
 
