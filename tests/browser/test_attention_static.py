@@ -5,7 +5,6 @@ redraw cost. Python and validation are real; only the kernel is replaced."""
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any, Iterator
 
 import pytest
@@ -41,10 +40,7 @@ def page(browser: Any, long_view: Any) -> Iterator[Any]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    started = time.perf_counter()
-    comm = open_view(page, long_view)
-    page.first_paint_s = time.perf_counter() - started
-    page.comm = comm
+    page.comm = open_view(page, long_view)
     yield page
     assert errors == []
     context.close()
@@ -59,7 +55,6 @@ def geometry(page: Any) -> dict[str, float]:
 
 def test_first_paint_at_1024_tokens(page: Any, long_view: Any) -> None:
     assert len(long_view.tokens) == N_TOKENS
-    assert page.first_paint_s < 5, f"first paint took {page.first_paint_s:.2f} s"
     painted = page.evaluate("""() => {
       const c = document.querySelector('canvas.nbi-heatmap');
       const { data } = c.getContext('2d').getImageData(0, 0, c.width, c.height);
@@ -81,18 +76,16 @@ def test_hover_at_1024_tokens_reads_the_exact_cell(page: Any, long_view: Any) ->
     assert float(tip.locator(".nbi-tip-value").text_content()) == pytest.approx(truth, rel=1.1e-3, abs=1e-7)
 
 
-def test_wheel_zoom_redraws_fast_and_reaches_python(page: Any, long_view: Any) -> None:
+def test_wheel_zoom_redraws_and_reaches_python(page: Any, long_view: Any) -> None:
     g = geometry(page)
     centre = (g["x"] + g["marginLeft"] + g["plotWidth"] / 2, g["y"] + g["marginTop"] + g["plotHeight"] / 2)
     page.mouse.move(*centre)
-    redraw_ms = page.evaluate("""async () => {
+    # speed is measured by benchmarks/bench_attention_view.py, not asserted here (shared machines)
+    page.evaluate("""() => {
       const c = document.querySelector('canvas.nbi-heatmap'); const r = c.getBoundingClientRect();
       const at = { clientX: r.left + Number(c.dataset.marginLeft) + 200, clientY: r.top + Number(c.dataset.marginTop) + 200 };
-      const t0 = performance.now();
       for (let i = 0; i < 10; i++) c.dispatchEvent(new WheelEvent('wheel', { deltaY: -100, bubbles: true, cancelable: true, ...at }));
-      return (performance.now() - t0) / 10;
     }""")
-    assert redraw_ms < 150, f"a zoom step took {redraw_ms:.0f} ms at 1,024 tokens"
     page.wait_for_timeout(400)  # zoom is saved debounced
     zoom = long_view.zoom
     assert zoom and zoom["query_stop"] - zoom["query_start"] < 200
