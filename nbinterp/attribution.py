@@ -334,6 +334,7 @@ def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | 
         run = model.run(prompt, target=target, foil=foil, position=position, gradients=True)
     heads = -run.head_attribution().double()
     per_layer = [edge_estimates(run.attention_scores(l), run.grad_attention(l)) for l in range(model.n_layers)]
-    edge_effects = {m: torch.stack([layer[m] for layer in per_layer]) for m in METHODS}
+    # computed in float64 per layer, kept in float32: L*H*T^2 values per method
+    edge_effects = {m: torch.stack([layer[m].float() for layer in per_layer]) for m in METHODS}
     seconds = time.perf_counter() - started
     return Attribution(model, run, target, foil, position, heads, edge_effects, method, n_top, seconds)
