@@ -5,7 +5,8 @@
    the same prompt, interleaved, medians over many updates.
 2. End to end in a real JupyterLab in headless Chromium: from the slider's
    release (its input + change events) to the output DOM showing the result
-   for the new value, plus the next animation frame (the paint).
+   for the new value, plus the next animation frame (the paint); once with
+   the stock server and once with TCP_NODELAY on its kernel websocket.
 
 For the bundled model (when built) and a GPT-2-small-sized random-init model
 (12 layers, 12 heads, d_model 768, vocabulary 50,257). Targets: under 100 ms
@@ -114,7 +115,21 @@ MEASURE = """async ([index, value]) => {
 }"""
 
 
-def browser_times(names: list[str], updates: int, threads: int) -> dict[str, float]:
+# jupyter_server does not set TCP_NODELAY on the kernel websocket, so small
+# messages on loopback wait out Nagle + delayed ACK (~40 ms a round trip,
+# measured here). This server config sets it, to show what the view costs
+# apart from that.
+NODELAY_CONFIG = """
+from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
+_open = KernelWebsocketHandler.open
+async def open(self, kernel_id):
+    self.set_nodelay(True)
+    return await _open(self, kernel_id)
+KernelWebsocketHandler.open = open
+"""
+
+
+def browser_times(names: list[str], updates: int, threads: int, nodelay: bool = False) -> dict[str, float]:
     """Median ms from slider release to the updated output, per panel, in real JupyterLab."""
     sys.path.insert(0, str(REPO / "tests" / "browser"))
     from conftest import CHROMIUM, JupyterServer, NotebookPage, write_notebook  # noqa: E402
@@ -125,6 +140,9 @@ def browser_times(names: list[str], updates: int, threads: int) -> dict[str, flo
         root.mkdir()
         home.mkdir()
         write_notebook(root / "bench.ipynb", [kernel_setup(threads)])
+        if nodelay:
+            (home / "jupyter_config_dir").mkdir()  # JupyterServer points JUPYTER_CONFIG_DIR here
+            (home / "jupyter_config_dir" / "jupyter_server_config.py").write_text(NODELAY_CONFIG)
         server = JupyterServer("lab", root, home)
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
@@ -163,18 +181,23 @@ def main() -> None:
     for name, panel in panels.items():
         rows[name] = compute_times(panel, args.updates)
     e2e = {} if args.no_browser else browser_times(list(panels), args.updates, args.threads)
+    e2e_nodelay = {} if args.no_browser else browser_times(list(panels), args.updates, args.threads, nodelay=True)
 
     print(f"AblationPanel, one slider move ({args.updates} updates, medians, torch threads {args.threads}, "
           f"prompt of {panels[next(iter(panels))]._input_ids.shape[1]} tokens)")
-    header = f"{'model':<28} {'layers x heads':>14} {'bare forward':>13} {'panel compute':>14} {'ratio':>6} {'release -> output':>18}"
+    header = (f"{'model':<28} {'layers x heads':>14} {'bare forward':>13} {'panel compute':>14} {'ratio':>6} "
+              f"{'release -> output':>18} {'(websocket nodelay)':>20}")
     print(header)
     print("-" * len(header))
     for name, (update_ms, bare_ms) in rows.items():
         model = panels[name].model
         browser = f"{e2e[name]:.1f} ms" if name in e2e else "-"
+        nodelay = f"{e2e_nodelay[name]:.1f} ms" if name in e2e_nodelay else "-"
         print(f"{name:<28} {f'{model.n_layers} x {model.n_heads}':>14} {bare_ms:>10.1f} ms {update_ms:>11.1f} ms "
-              f"{update_ms / bare_ms:>5.2f}x {browser:>18}")
+              f"{update_ms / bare_ms:>5.2f}x {browser:>18} {nodelay:>20}")
     print("\ntargets: release -> output < 100 ms on the bundled model; compute <= 1.3x a bare forward on gpt2-small")
+    print("release -> output: input + change events on the slider until the output DOM shows the new result, plus one frame;")
+    print("(websocket nodelay): the same with TCP_NODELAY on jupyter_server's kernel websocket (stock server: Nagle + delayed ACK)")
 
 
 if __name__ == "__main__":
