@@ -104,3 +104,18 @@ def test_logit_of_target_alone_without_a_foil(arch_model):
                       - setup.corrupted_logit_diff) / (setup.clean_logit_diff - setup.corrupted_logit_diff)),
         atol=1e-4, rtol=1e-4,
     )
+
+
+def test_sweep_and_logit_lens_run_through_nnsight_remote_serialisation(tokenizer):
+    """remote="local" serialises each request as NDIF would and runs it here."""
+    from conftest import random_model
+    from nbinterp.lens import logit_lens
+
+    hf = random_model("llama")
+    local, remote = ni.load(hf, tokenizer=tokenizer), ni.load(hf, tokenizer=tokenizer, remote="local")
+    expected = sweep(local, PROMPT, CORRUPTED, TARGET, FOIL, kinds=["head", "mlp_out"]).run()
+    got = sweep(remote, PROMPT, CORRUPTED, TARGET, FOIL, kinds=["head", "mlp_out"]).run()
+    for kind in expected:
+        torch.testing.assert_close(got[kind], expected[kind], atol=1e-6, rtol=0)
+    torch.testing.assert_close(logit_lens(remote, PROMPT, TARGET).target_probabilities,
+                               logit_lens(local, PROMPT, TARGET).target_probabilities, atol=1e-6, rtol=0)
