@@ -1,4 +1,4 @@
-"""AblationPanel end to end in real JupyterLab: a dragged slider re-runs the
+"""AblationPanel end to end in real JupyterLab and Notebook 7: a dragged slider re-runs the
 model and the numbers on screen equal `model.run(prompt, ablate=...)` in the
 kernel; 50 rapid slider events end on the final value's result after a few
 runs (not 50); bad values from the browser show an error in the widget and
@@ -54,9 +54,9 @@ SETTLED = """([sel, expected]) => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def notebook(browser: Any, jupyter_factory: Any) -> Iterator[NotebookPage]:
-    server = jupyter_factory("lab", "ablation.ipynb", [SETUP_CELL])
+@pytest.fixture(scope="module", params=["lab", "notebook"])
+def notebook(request: Any, browser: Any, jupyter_factory: Any) -> Iterator[NotebookPage]:
+    server = jupyter_factory(request.param, "ablation.ipynb", [SETUP_CELL])
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = NotebookPage(context.new_page(), server)
     page.open("ablation.ipynb")
