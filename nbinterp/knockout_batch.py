@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from .errors import NbinterpError
-from .interventions import Metric, Plan, execute
+from .interventions import Metric, Plan
 
 if TYPE_CHECKING:
     from .model import Model
@@ -101,6 +101,6 @@ def _one_forward(model: "Model", input_ids: torch.Tensor, items: list, kind: str
                 plan.z_scale[layer] = torch.ones(n_rows, 1, width)
                 plan.z_baseline[layer] = torch.zeros(width)
             plan.z_scale[layer][row, 0, head * model.head_dim : (head + 1) * model.head_dim] = 0.0
-    batch = input_ids.to(model._device()).expand(n_rows, -1)
-    saved = execute(model.nn, model.arch, model.shape, batch, plan, {}, metric, model.remote, gradients=False)
+    batch = input_ids.expand(n_rows, -1)
+    saved = model._execute(batch, plan, {}, metric, gradients=False)
     return saved["metric"].reshape(n_rows).cpu().double()

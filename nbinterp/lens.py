@@ -54,10 +54,11 @@ def logit_lens(model: "Model", prompt: Any, target: str | int | None = None) -> 
     arch, nn_model = model.arch, model.nn
     layers = get_path(nn_model, arch.layers)
     final_norm, unembed = get_path(nn_model, arch.final_norm), get_path(nn_model, arch.unembed)
-    with torch.no_grad(), nn_model.trace(input_ids.to(model._device()), remote=model.remote):
+    n_layers = model.n_layers  # read outside the trace: the body must not capture (and ship) the model
+    with model.lock, torch.no_grad(), nn_model.trace(input_ids.to(model._device()), remote=model.remote):
         top_p, top_id, target_p = [], [], []
         # block inputs in forward order, then the final norm's input (after the last block)
-        streams = [layers[layer].input for layer in range(model.n_layers)] + [final_norm.input]
+        streams = [layers[layer].input for layer in range(n_layers)] + [final_norm.input]
         for resid in streams:
             probabilities = torch.softmax(unembed(final_norm(resid))[0].float(), dim=-1)
             best = probabilities.max(dim=-1)

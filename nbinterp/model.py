@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -41,6 +42,9 @@ class Model:
 
             nnsight.register("nbinterp")
         self._weights: dict[int, torch.Tensor] = {}
+        # nnsight cannot trace one model from two threads at once (a view's
+        # background sweep and a cell's model.run): every forward holds this.
+        self.lock = threading.RLock()
 
     # ---------------------------------------------------------------- figures
     n_layers = property(lambda self: self.shape.n_layers)
@@ -193,9 +197,16 @@ class Model:
         }
         return Run(self, input_ids, plan, captured, metric, description)
 
-    def _execute(self, input_ids: torch.Tensor, plan: Plan, capture: dict[str, set[int]], metric: Metric | None = None) -> dict:
+    def _execute(
+        self, input_ids: torch.Tensor, plan: Plan, capture: dict[str, set[int]],
+        metric: Metric | None = None, gradients: bool | None = None,
+    ) -> dict:
+        """The engine's one trace (see interventions.execute), under the model's lock, results on CPU."""
         device = self._device()
-        saved = execute(self.nn, self.arch, self.shape, input_ids.to(device), plan, capture, metric, self.remote)
+        with self.lock:
+            saved = execute(
+                self.nn, self.arch, self.shape, input_ids.to(device), plan, capture, metric, self.remote, gradients
+            )
         return _to_cpu(dict(saved))
 
     def _device(self) -> torch.device:
@@ -306,7 +317,7 @@ class Model:
             if self.remote is True:
                 # meta weights here: read the real ones on the server
                 out_proj = get_path(get_path(self.nn, self.arch.layers)[layer], inner)
-                with self.nn.trace(torch.zeros(1, 1, dtype=torch.long), remote=True):
+                with self.lock, self.nn.trace(torch.zeros(1, 1, dtype=torch.long), remote=True):
                     weight = out_proj.weight.save()
             else:
                 weight = get_path(get_path(self.hf, self.arch.layers)[layer], inner).weight

@@ -20,7 +20,6 @@ from ..ablation import ABLATION_MODES, ablated_run, ablation_code, canonical_abl
 from ..errors import NbinterpError
 from ..lens import display_text
 from ._base import FrontendError, InterpWidget, choice_value, new_figure, rpc
-from ._model_lock import model_lock
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 SCALE_RANGE = (0.0, 1.5)  # the sliders' range; Python may set any finite scale
@@ -67,7 +66,7 @@ class AblationPanel(InterpWidget):
             tokens=display_text(model.tokenizer, self._input_ids[0].tolist()),
             n_layers=model.n_layers, n_heads=model.n_heads, target=names(target), foil=names(foil),
         )
-        with model_lock(model):
+        with model.lock:
             self._baseline_run = ablated_run(model, self._input_ids, {})
         self.baseline = self._summary(self._baseline_run, {}, "zero", 0.0)
         self._quiet = True
@@ -134,7 +133,7 @@ class AblationPanel(InterpWidget):
     def _rerun(self) -> None:
         ablations, mode = dict(self.ablations), self.ablation
         start = time.perf_counter()
-        with model_lock(self._model):
+        with self._model.lock:
             run = ablated_run(self._model, self._input_ids, ablations, mode, self._reference)
         self._run = run
         self.result = self._summary(run, ablations, mode, (time.perf_counter() - start) * 1000)

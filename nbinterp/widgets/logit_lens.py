@@ -12,7 +12,6 @@ import traitlets
 from ..lens import LogitLens, logit_lens as compute_logit_lens
 from ._base import InterpWidget, new_figure
 from ._buffers import encode
-from ._model_lock import model_lock
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
@@ -67,6 +66,6 @@ def logit_lens(model: Any, prompt: Any, target: Any = None) -> LogitLensView:
     """The top token and the target's probability at every layer and position:
     `lens = ni.logit_lens(model, "The capital of Veldora is", target=" Quorn")`;
     `lens.lens` holds the numbers."""
-    with model_lock(model):
+    with model.lock:
         lens = compute_logit_lens(model, prompt, target)
     return LogitLensView(lens, model_name=str(getattr(model, "name", "")))

@@ -22,7 +22,6 @@ from ..lens import display_text
 from ..patching_sweep import KIND_LABELS, SWEEP_KINDS, PatchingSweep, prepare
 from ._base import InterpWidget, choice_value, int_value, new_figure, rpc
 from ._buffers import encode
-from ._model_lock import guard_model, model_lock
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 OPEN_IN = ("attention", "ablation")
@@ -53,7 +52,7 @@ class PatchingView(InterpWidget):
     def __init__(self, model: Any, clean: str, corrupted: str, target: Any, foil: Any = None, *,
                  kinds: Sequence[str] = SWEEP_KINDS, position: int = -1, batch_size: int | None = None,
                  background: bool = True) -> None:
-        with guard_model(model):  # the sweep runs beside the user's own model.run calls
+        with model.lock:  # the sweep runs beside the user's own model.run calls
             setup = prepare(model, clean, corrupted, target, foil, position)
         self._model, self._clean_prompt = model, clean
         self._target, self._foil = target, foil
@@ -124,7 +123,7 @@ class PatchingView(InterpWidget):
         try:
             iterator = iter(self._sweep)
             while True:
-                with model_lock(self._model):  # one batch at a time; other views may run in between
+                with self._model.lock:  # one batch at a time; other views may run in between
                     cell = next(iterator, None)
                 if cell is None:
                     break
@@ -186,7 +185,7 @@ class PatchingView(InterpWidget):
 
         if where not in OPEN_IN:
             raise NbinterpError(f"open in 'attention' or 'ablation', not {where!r}")
-        with model_lock(self._model):
+        with self._model.lock:
             if where == "ablation" and kind != "resid_pre":
                 components = {
                     "head": {f"L{layer}.H{index}": 0.0},
