@@ -95,6 +95,7 @@ class ModelShape:
     d_model: int
     vocab_size: int
     max_positions: int | None
+    final_logit_softcap: float | None = None  # Gemma2 squashes logits after the unembedding
 
 
 def _config_value(config: Any, *names: str) -> Any:
@@ -131,6 +132,7 @@ def read_shape(config: Any) -> ModelShape:
         d_model=d_model,
         vocab_size=_config_value(config, "vocab_size"),
         max_positions=_config_value(config, "n_positions", "max_position_embeddings"),
+        final_logit_softcap=_config_value(config, "final_logit_softcapping"),
     )
 
 

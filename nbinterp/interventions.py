@@ -61,6 +61,11 @@ class Metric:
     position: int
 
 
+def softcap_logits(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """The model's final logit soft-cap (Gemma2), applied after the unembedding as HF does."""
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
 def attention_call(attention_envoy: Any) -> Any:
     """The attention-interface call inside an attention module's forward.
 
@@ -186,13 +191,13 @@ def execute(
             # Only the metric's position is read: unembed just that one (a large
             # vocabulary makes the unembedding a third of a small model's cost).
             unembed.input = unembed.input[:, metric.position : metric.position + 1]
-            last = unembed.output[:, 0].float()
+            last = softcap_logits(unembed.output[:, 0].float(), shape.final_logit_softcap)
             value = last[:, metric.target]
             if metric.foil is not None:
                 value = value - last[:, metric.foil]
             saved["metric"] = value.detach()
         else:
-            logits = unembed.output[0]
+            logits = softcap_logits(unembed.output[0], shape.final_logit_softcap)
             saved["logits"] = logits.detach().float()
         if want_grads:
             value = logits[metric.position, metric.target]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .adapters import get_path
+from .interventions import softcap_logits
 
 if TYPE_CHECKING:
     from .model import Model
@@ -54,13 +55,14 @@ def logit_lens(model: "Model", prompt: Any, target: str | int | None = None) -> 
     arch, nn_model = model.arch, model.nn
     layers = get_path(nn_model, arch.layers)
     final_norm, unembed = get_path(nn_model, arch.final_norm), get_path(nn_model, arch.unembed)
-    n_layers = model.n_layers  # read outside the trace: the body must not capture (and ship) the model
+    # read outside the trace: the body must not capture (and ship) the model
+    n_layers, cap = model.n_layers, model.shape.final_logit_softcap
     with model.lock, torch.no_grad(), nn_model.trace(input_ids.to(model._device()), remote=model.remote):
         top_p, top_id, target_p = [], [], []
         # block inputs in forward order, then the final norm's input (after the last block)
         streams = [layers[layer].input for layer in range(n_layers)] + [final_norm.input]
         for resid in streams:
-            probabilities = torch.softmax(unembed(final_norm(resid))[0].float(), dim=-1)
+            probabilities = torch.softmax(softcap_logits(unembed(final_norm(resid))[0].float(), cap), dim=-1)
             best = probabilities.max(dim=-1)
             top_p.append(best.values)
             top_id.append(best.indices)

@@ -21,7 +21,8 @@ CONFIGS = {
     "llama": lambda: tf.LlamaConfig(**_LLAMA_LIKE, **_COMMON),
     "mistral": lambda: tf.MistralConfig(**_LLAMA_LIKE, sliding_window=5, **_COMMON),
     "qwen2": lambda: tf.Qwen2Config(**_LLAMA_LIKE, **_COMMON),
-    "gemma2": lambda: tf.Gemma2Config(**_LLAMA_LIKE, head_dim=8, sliding_window=5, **_COMMON),
+    # a low final soft-cap so a missing one shows in the logits
+    "gemma2": lambda: tf.Gemma2Config(**_LLAMA_LIKE, head_dim=8, sliding_window=5, final_logit_softcapping=2.0, **_COMMON),
 }
 ARCHITECTURES = list(CONFIGS)
 

@@ -19,9 +19,12 @@ def test_rows_read_the_residual_stream_through_the_final_norm_and_unembedding(ar
     run = model.run(PROMPT)
     assert lens.shape == (model.n_layers + 1, len(run)) and lens.row_labels == ["embed", "L0", "L1"]
     final_norm, unembed = hf.get_submodule(model.arch.final_norm), hf.get_submodule(model.arch.unembed)
+    cap = getattr(hf.config, "final_logit_softcapping", None)  # Gemma2 squashes logits as HF's forward does
     for layer in range(model.n_layers):
         with torch.no_grad():
-            probabilities = torch.softmax(unembed(final_norm(run.residual(layer))).float(), dim=-1)
+            logits = unembed(final_norm(run.residual(layer))).float()
+            logits = logits if cap is None else torch.tanh(logits / cap) * cap
+            probabilities = torch.softmax(logits, dim=-1)
         torch.testing.assert_close(lens.top_probabilities[layer], probabilities.max(-1).values, atol=1e-5, rtol=0)
         torch.testing.assert_close(lens.target_probabilities[layer], probabilities[:, 5], atol=1e-5, rtol=0)
     # the last row is the model's own prediction
