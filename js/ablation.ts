@@ -7,11 +7,11 @@
 
 import type { RenderProps } from "@anywidget/types";
 import { formatValue } from "./lib/colors";
-import { describeError, ErrorBox } from "./lib/errors";
+import { describeError } from "./lib/errors";
 import { LatestOnly } from "./lib/latest";
-import { RpcClient } from "./lib/rpc";
-import { injectStyle, toggleGroup } from "./lib/style";
+import { toggleGroup } from "./lib/style";
 import { displayToken } from "./lib/tokens";
+import { mountView } from "./lib/view";
 
 type Mode = "zero" | "mean";
 type Ablations = Record<string, number>;
@@ -79,29 +79,7 @@ const CSS = `
 `;
 
 function render({ model, el, signal }: RenderProps<AblationModel>): () => void {
-  const doc = el.ownerDocument;
-  const root = doc.createElement("div");
-  root.className = "nbi-root nbi-ablation";
-  el.append(root);
-  injectStyle(root, CSS);
-  const rpc = new RpcClient(model);
-  const cleanups: Array<() => void> = [() => rpc.dispose()];
-  const errors = new ErrorBox(root, () => {
-    model.set("error", "");
-    model.save_changes();
-  });
-  const guard = (fn: () => void) => {
-    try {
-      fn();
-    } catch (err) {
-      errors.show(describeError(err));
-    }
-  };
-  const listen = (event: string, handler: () => void) => {
-    const guarded = () => guard(handler);
-    model.on(event, guarded);
-    cleanups.push(() => model.off(event, guarded));
-  };
+  const { doc, root, rpc, errors, cleanups, guard, listen, dispose } = mountView(model, el, "ablation", { css: CSS });
 
   const nLayers = model.get("n_layers");
   const nHeads = model.get("n_heads");
@@ -378,11 +356,6 @@ function render({ model, el, signal }: RenderProps<AblationModel>): () => void {
   listen("change:baseline", drawOutput);
   listen("change:error", () => errors.show(model.get("error")));
 
-  const dispose = () => {
-    for (const fn of cleanups.reverse()) fn();
-    cleanups.length = 0;
-    root.remove();
-  };
   signal?.addEventListener("abort", dispose, { once: true });
   return dispose;
 }

@@ -7,13 +7,14 @@
 import type { RenderProps } from "@anywidget/types";
 import { decodeTensor, tensorFromMessage, type EncodedTensor, type Tensor } from "./lib/codec";
 import { formatValue, renderLegend, sequentialScale } from "./lib/colors";
-import { describeError, ErrorBox } from "./lib/errors";
+import { describeError } from "./lib/errors";
 import { HeadGrid, thumbSize, type HeadRef } from "./lib/head_grid";
 import { Heatmap, fullWindow, type Cell, type MatrixWindow } from "./lib/heatmap";
-import { RpcClient, RpcError } from "./lib/rpc";
+import { RpcError } from "./lib/rpc";
 import { ByteLru } from "./lib/lru";
-import { injectStyle, toggleGroup } from "./lib/style";
+import { toggleGroup } from "./lib/style";
 import { displayToken, TokenStrip } from "./lib/tokens";
+import { mountView } from "./lib/view";
 
 type Mode = "probabilities" | "value_weighted";
 type Scope = "head" | "layer";
@@ -47,34 +48,7 @@ const MODE_LABEL: Record<Mode, string> = { probabilities: "probabilities", value
 const PLOT_PX = 420;
 
 function render({ model, el }: RenderProps<AttentionModel>): () => void {
-  const doc = el.ownerDocument;
-  const root = doc.createElement("div");
-  root.className = "nbi-root nbi-attention";
-  el.append(root);
-  injectStyle(root);
-  const rpc = new RpcClient(model);
-  const cleanups: Array<() => void> = [() => rpc.dispose()];
-  const listen = (event: string, handler: () => void) => {
-    const guarded = () => guard(handler);
-    model.on(event, guarded);
-    cleanups.push(() => model.off(event, guarded));
-  };
-
-  const errors = new ErrorBox(root, () => {
-    model.set("error", "");
-    model.save_changes();
-  });
-  const guard = (fn: () => void) => {
-    try {
-      fn();
-    } catch (err) {
-      errors.show(describeError(err));
-    }
-  };
-  const save = (changes: Partial<AttentionModel>) => {
-    for (const [k, v] of Object.entries(changes)) model.set(k as keyof AttentionModel, v as never);
-    model.save_changes();
-  };
+  const { doc, root, rpc, errors, cleanups, guard, listen, save, dispose } = mountView(model, el, "attention");
 
   // Toolbar
   const toolbar = doc.createElement("div");
@@ -366,8 +340,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
 
   return () => {
     stripRequest?.abort();
-    for (const fn of cleanups.reverse()) fn();
-    root.remove();
+    dispose();
   };
 }
 

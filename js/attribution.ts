@@ -7,12 +7,13 @@
 import type { RenderProps } from "@anywidget/types";
 import { decodeTensor, type EncodedTensor, type Tensor } from "./lib/codec";
 import { cssColor, divergingScale, formatValue, renderLegend, textColorOn } from "./lib/colors";
-import { describeError, ErrorBox } from "./lib/errors";
+import { describeError } from "./lib/errors";
 import { HeadGrid, thumbSize } from "./lib/head_grid";
 import { Heatmap, type Cell } from "./lib/heatmap";
-import { RpcClient, RpcError } from "./lib/rpc";
-import { injectStyle, toggleGroup } from "./lib/style";
+import { RpcError } from "./lib/rpc";
+import { toggleGroup } from "./lib/style";
 import { displayToken } from "./lib/tokens";
+import { mountView } from "./lib/view";
 
 type Method = "qk_fix" | "linear";
 
@@ -55,30 +56,7 @@ const EXTRA_CSS = `
 `;
 
 function render({ model, el }: RenderProps<AttributionModel>): () => void {
-  const doc = el.ownerDocument;
-  const root = doc.createElement("div");
-  root.className = "nbi-root nbi-attribution";
-  el.append(root);
-  injectStyle(root, EXTRA_CSS);
-  const rpc = new RpcClient(model, 300_000);
-  const cleanups: Array<() => void> = [() => rpc.dispose()];
-  const errors = new ErrorBox(root, () => save({ error: "" }));
-  const guard = (fn: () => void) => {
-    try {
-      fn();
-    } catch (err) {
-      errors.show(describeError(err));
-    }
-  };
-  const listen = (event: string, handler: () => void) => {
-    const guarded = () => guard(handler);
-    model.on(event, guarded);
-    cleanups.push(() => model.off(event, guarded));
-  };
-  const save = (changes: Partial<AttributionModel>) => {
-    for (const [k, v] of Object.entries(changes)) model.set(k as keyof AttributionModel, v as never);
-    model.save_changes();
-  };
+  const { doc, root, rpc, errors, cleanups, guard, listen, save, dispose } = mountView(model, el, "attribution", { css: EXTRA_CSS, rpcTimeoutMs: 300_000 });
   const el_ = <K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text = "") => {
     const node = doc.createElement(tag);
     if (cls) node.className = cls;
@@ -348,8 +326,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
 
   return () => {
     pending?.abort();
-    for (const fn of cleanups.reverse()) fn();
-    root.remove();
+    dispose();
   };
 }
 

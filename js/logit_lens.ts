@@ -5,10 +5,10 @@
 import type { RenderProps } from "@anywidget/types";
 import { decodeTensor, type EncodedTensor, type Tensor } from "./lib/codec";
 import { formatValue, renderLegend, sequentialScale } from "./lib/colors";
-import { describeError, ErrorBox } from "./lib/errors";
 import { Heatmap } from "./lib/heatmap";
-import { injectStyle, toggleGroup } from "./lib/style";
+import { toggleGroup } from "./lib/style";
 import { displayToken } from "./lib/tokens";
+import { mountView } from "./lib/view";
 
 type Colour = "target" | "top";
 
@@ -24,23 +24,7 @@ export interface LogitLensModel {
 }
 
 function render({ model, el }: RenderProps<LogitLensModel>): () => void {
-  const doc = el.ownerDocument;
-  const root = doc.createElement("div");
-  root.className = "nbi-root nbi-logit-lens";
-  el.append(root);
-  injectStyle(root);
-  const cleanups: Array<() => void> = [];
-  const errors = new ErrorBox(root, () => {
-    model.set("error", "");
-    model.save_changes();
-  });
-  const guard = (fn: () => void) => {
-    try {
-      fn();
-    } catch (err) {
-      errors.show(describeError(err));
-    }
-  };
+  const { doc, root, errors, cleanups, guard, dispose } = mountView(model, el, "logit-lens");
 
   const target = model.get("target");
   let colour: Colour = target !== null ? "target" : "top";
@@ -123,8 +107,7 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
   cleanups.push(() => model.off("change:_lens", onLens), () => model.off("change:error", onError));
 
   return () => {
-    for (const fn of cleanups.reverse()) fn();
-    root.remove();
+    dispose();
   };
 }
 

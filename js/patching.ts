@@ -7,11 +7,11 @@
 import type { RenderProps } from "@anywidget/types";
 import { decodeTensor, type EncodedTensor } from "./lib/codec";
 import { divergingScale, formatValue, renderLegend } from "./lib/colors";
-import { describeError, ErrorBox } from "./lib/errors";
+import { describeError } from "./lib/errors";
 import { Heatmap, type Cell } from "./lib/heatmap";
-import { RpcClient } from "./lib/rpc";
-import { injectStyle, toggleGroup } from "./lib/style";
+import { toggleGroup } from "./lib/style";
 import { displayToken } from "./lib/tokens";
+import { mountView } from "./lib/view";
 
 type Kind = "resid_pre" | "attn_out" | "mlp_out" | "head";
 type OpenIn = "attention" | "ablation";
@@ -58,29 +58,7 @@ export function withPending(values: Float32Array, done: number): Float32Array {
 }
 
 function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
-  const doc = el.ownerDocument;
-  const root = doc.createElement("div");
-  root.className = "nbi-root nbi-patching";
-  el.append(root);
-  injectStyle(root, CSS);
-  const rpc = new RpcClient(model);
-  const cleanups: Array<() => void> = [() => rpc.dispose()];
-  const errors = new ErrorBox(root, () => {
-    model.set("error", "");
-    model.save_changes();
-  });
-  const guard = (fn: () => void) => {
-    try {
-      fn();
-    } catch (err) {
-      errors.show(describeError(err));
-    }
-  };
-  const listen = (event: string, handler: () => void) => {
-    const guarded = () => guard(handler);
-    model.on(event, guarded);
-    cleanups.push(() => model.off(event, guarded));
-  };
+  const { doc, root, rpc, errors, cleanups, guard, listen, dispose } = mountView(model, el, "patching", { css: CSS });
   const call = (method: string, params: Record<string, unknown> = {}) =>
     rpc.request(method, params).catch((err) => errors.show(describeError(err)));
 
@@ -269,9 +247,7 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
   listen("change:error", () => errors.show(model.get("error")));
 
   return () => {
-    for (const fn of cleanups.reverse()) fn();
-    cleanups.length = 0;
-    root.remove();
+    dispose();
   };
 }
 
