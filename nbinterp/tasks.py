@@ -149,17 +149,15 @@ def _rng(task: str, seed: int, split: str) -> random.Random:
 
 
 def _induction(rng, split, length=None, prefix=None, gap=None, **_):
-    # A long random prefix and a random gap: the first copy usually sits in
-    # the later half of the context, at a varying distance from the repeat.
-    # That rules out positional shortcuts (e.g. heads that attend to position
-    # q/2, which a small model finds when every sequence is "<bos> s s") and
-    # leaves the content-based circuit: previous-token head + induction head.
+    # A random prefix and a random gap before the repeat: the offset between
+    # the copies varies, so only content-based induction (previous-token head
+    # + induction head) predicts the repeat, not a positional shortcut.
     pool = vocabulary()[len(SPECIAL_TOKENS):]
-    n = length if length is not None else rng.randint(4, 20)
+    n = length if length is not None else rng.randint(5, 24)
     seq = rng.sample(pool, n)
     rest = [w for w in pool if w not in seq]
-    prefix = [rng.choice(rest) for _ in range(rng.randint(0, 60) if prefix is None else prefix)]
-    gap = [rng.choice(rest) for _ in range(rng.randint(0, 20) if gap is None else gap)]
+    prefix = [rng.choice(rest) for _ in range(rng.randint(0, 12) if prefix is None else prefix)]
+    gap = [rng.choice(rest) for _ in range(rng.randint(0, 12) if gap is None else gap)]
     k = rng.randint(1, n - 1)  # at least one repeated token before the target
     prompt = " ".join(prefix + seq + gap + seq[:k])
     meta = {"sequence": seq, "prefix": prefix, "gap": gap, "repeat_at": k}

@@ -36,7 +36,6 @@ EVAL_EVERY = 250
 TEST_SEED = 0
 N_TEST = 300
 REPEAT_LENGTH = 25  # repeated random tokens used for head scores
-CHECKPOINT = "/tmp/nbinterp_bundled_ckpt.pt"
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -51,57 +50,23 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         unk_token="<unk>", model_max_length=N_POSITIONS, padding_side="right")
 
 
-def build_model(tokenizer, n_layer: int = 4, positions: str = "random",
-                position_scale: float = 0.1) -> GPT2LMHeadModel:
+def build_model(tokenizer) -> GPT2LMHeadModel:
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=N_POSITIONS, n_embd=128, n_layer=n_layer, n_head=4,
+        vocab_size=len(tokenizer), n_positions=N_POSITIONS, n_embd=128, n_layer=4, n_head=4,
         n_inner=512, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(SEED)
     model = GPT2LMHeadModel(config)
-    if positions == "sinusoidal":  # learned embeddings with a sinusoidal start
-        pos = torch.arange(N_POSITIONS)[:, None]
-        freq = torch.exp(-math.log(1000.0) * torch.arange(0, 128, 2) / 128)
-        with torch.no_grad():
-            model.transformer.wpe.weight[:, 0::2] = position_scale * torch.sin(pos * freq)
-            model.transformer.wpe.weight[:, 1::2] = position_scale * torch.cos(pos * freq)
-    return model
-
-
-def seed_previous_token_head(model, layer: int = 0, head: int = 0, n_pairs: int = 16, scale: float = 8.0,
-                             freeze: bool = True) -> None:
-    """Plant a previous-token head: hand-set query and key weights of one head.
-
-    With sinusoidal position embeddings, the query reads the first ``n_pairs``
-    (fastest) sin/cos pairs of its own position and the key reads its
-    position rotated one step forward, so q(t) . k(s) peaks at s = t - 1.
-    With ``freeze`` those query/key weights get no gradient (the head's value
-    and output weights, and every other weight, are trained): in our trials
-    an unfrozen seed faded within 500 steps, and without it no sharp
-    previous-token or induction head formed within the CPU budget.
-    """
-    d, n_head = model.config.n_embd, model.config.n_head
-    dh = d // n_head
-    freq = torch.exp(-math.log(1000.0) * torch.arange(0, d, 2) / d)
-    attn = model.transformer.h[layer].attn
-    w, b = attn.c_attn.weight, attn.c_attn.bias  # x @ w + b -> [q | k | v]
-    q0, k0 = head * dh, d + head * dh
+    # Sinusoidal start for the (still learned) position embeddings: relative
+    # offsets are then linear maps, which makes previous-token heads, and so
+    # induction, form sooner than from random positions.
+    pos = torch.arange(N_POSITIONS)[:, None]
+    freq = torch.exp(-math.log(1000.0) * torch.arange(0, 128, 2) / 128)
     with torch.no_grad():
-        w[:, q0:q0 + dh] = 0
-        w[:, k0:k0 + dh] = 0
-        b[q0:q0 + dh] = 0
-        b[k0:k0 + dh] = 0
-        for j in range(n_pairs):
-            c, s = math.cos(freq[j]), math.sin(freq[j])
-            w[2 * j, q0 + 2 * j] = w[2 * j + 1, q0 + 2 * j + 1] = scale
-            w[2 * j, k0 + 2 * j], w[2 * j + 1, k0 + 2 * j] = scale * c, scale * s
-            w[2 * j, k0 + 2 * j + 1], w[2 * j + 1, k0 + 2 * j + 1] = -scale * s, scale * c
-    if freeze:
-        planted = torch.zeros(3 * d, dtype=torch.bool)
-        planted[q0:q0 + dh] = planted[k0:k0 + dh] = True
-        w.register_hook(lambda g: g.masked_fill(planted, 0.0))
-        b.register_hook(lambda g: g.masked_fill(planted, 0.0))
+        model.transformer.wpe.weight[:, 0::2] = 0.1 * torch.sin(pos * freq)
+        model.transformer.wpe.weight[:, 1::2] = 0.1 * torch.cos(pos * freq)
+    return model
 
 
 def batch(tokenizer, task: str, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,51 +117,23 @@ def _zero_head_hook(head: int, d_head: int):
     return hook
 
 
-@torch.no_grad()
-def _last_position_heads(model, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention from the last position (layer, head, key) and each head's direct
-    contribution to the final residual there, through ln_f's scale (layer, head, d_model)."""
-    cfg = model.config
-    d_head = cfg.n_embd // cfg.n_head
-    head_inputs, final = [], []
-    hooks = [blk.attn.c_proj.register_forward_pre_hook(lambda m, a: head_inputs.append(a[0][0, -1]))
-             for blk in model.transformer.h]
-    hooks.append(model.transformer.ln_f.register_forward_pre_hook(lambda m, a: final.append(a[0][0, -1])))
-    try:
-        pattern = attention_patterns(model, torch.tensor([ids]))[:, 0, :, -1]
-    finally:
-        for h in hooks:
-            h.remove()
-    resid = final[0]
-    ln = model.transformer.ln_f
-    scale = ln.weight / (resid.var(unbiased=False) + ln.eps).sqrt()
-    direct = []
-    for layer, z in enumerate(head_inputs):
-        w = model.transformer.h[layer].attn.c_proj.weight.view(cfg.n_head, d_head, cfg.n_embd)
-        out = torch.einsum("hd,hde->he", z.view(cfg.n_head, d_head), w)
-        direct.append((out - out.mean(-1, keepdim=True)) * scale)
-    return pattern, torch.stack(direct)
-
-
 def mover_heads(model, tokenizer, examples, attend_to: str) -> list[dict]:
-    """Per head: last-position attention to the target and to the foil token, the
-    head's direct logit attribution to logit(target) - logit(foil), and the drop
-    of that logit difference when the head's output is zeroed."""
+    """Per head: last-position attention to the target vs the foil token, and the
+    drop of logit(target) - logit(foil) when the head's output is zeroed."""
     cfg = model.config
     d_head = cfg.n_embd // cfg.n_head
-    unembed = model.get_output_embeddings().weight
     base = tasks.logit_diff(model, tokenizer, examples)
+    rows = []
+    enc = [tokenizer(e.prompt)["input_ids"] for e in examples]
     attn_target = torch.zeros(cfg.n_layer, cfg.n_head)
     attn_foil = torch.zeros(cfg.n_layer, cfg.n_head)
-    dla = torch.zeros(cfg.n_layer, cfg.n_head)
-    for e in examples:
-        ids = tokenizer(e.prompt)["input_ids"]
-        pat, direct = _last_position_heads(model, ids)
+    for e, ids in zip(examples, enc):
+        pat = attention_patterns(model, torch.tensor([ids]))[:, 0, :, -1]  # (layer, head, key)
         t_id, f_id = tokenizer.convert_tokens_to_ids([e.target, e.foil])
-        attn_target += pat[..., [i for i, t in enumerate(ids) if t == t_id]].sum(-1) / len(examples)
-        attn_foil += pat[..., [i for i, t in enumerate(ids) if t == f_id]].sum(-1) / len(examples)
-        dla += direct @ (unembed[t_id] - unembed[f_id]) / len(examples)
-    rows = []
+        attn_target += pat[..., [i for i, t in enumerate(ids) if t == t_id]].sum(-1)
+        attn_foil += pat[..., [i for i, t in enumerate(ids) if t == f_id]].sum(-1)
+    attn_target /= len(examples)
+    attn_foil /= len(examples)
     for layer in range(cfg.n_layer):
         for head in range(cfg.n_head):
             proj = model.transformer.h[layer].attn.c_proj
@@ -207,7 +144,6 @@ def mover_heads(model, tokenizer, examples, attend_to: str) -> list[dict]:
                 handle.remove()
             rows.append({"head": [layer, head], f"attn_to_{attend_to}": round(attn_target[layer, head].item(), 3),
                          "attn_to_foil": round(attn_foil[layer, head].item(), 3),
-                         "direct_logit_diff": round(dla[layer, head].item(), 3),
                          "logit_diff_drop": round(base - ablated, 3)})
     return sorted(rows, key=lambda r: -r["logit_diff_drop"])
 
@@ -259,7 +195,7 @@ def train(model, tokenizer, max_steps: int, max_cpu_minutes: float, max_minutes:
             ev = quick_eval(model, tokenizer)
             history.append({"step": step, "minutes": round(minutes, 2), "cpu_minutes": round(cpu_minutes, 2), **{k: round(v, 3) for k, v in ev.items()}})
             log(json.dumps(history[-1]))
-            torch.save(model.state_dict(), CHECKPOINT)
+            torch.save(model.state_dict(), "/tmp/nbinterp_bundled_ckpt.pt")
             if learned(ev) and len(history) >= 2 and learned(history[-2]):
                 log(f"all tasks learned at two consecutive evals; stopping at step {step}")
                 break
@@ -305,23 +241,14 @@ def measure(model, tokenizer) -> dict:
     ioi_rows = mover_heads(model, tokenizer, ex("ioi")[:100], "io")
     ctx_rows = mover_heads(model, tokenizer, ex("context_override", **tasks.CONTEXT_VARIANTS["plain"])[:100],
                            "context_answer")
-    ioi_base = card["tasks"]["ioi"]["logit_diff"]
-
-    def movers(rows, key, to_foil=False):
-        # Heads that matter (ablation costs > 10% of the IOI logit difference),
-        # attend from the last position mainly to the target (movers) or to
-        # the foil (suppressors), and raise logit(target) - logit(foil) directly.
-        attended = (lambda r: r["attn_to_foil"] > max(0.2, r[key])) if to_foil else \
-            (lambda r: r[key] > max(0.2, r["attn_to_foil"]))
-        return [r["head"] for r in rows if attended(r) and r["direct_logit_diff"] > 0.5
-                and r["logit_diff_drop"] > 0.1 * ioi_base]
+    movers = lambda rows, key: [r["head"] for r in rows[:3]  # noqa: E731
+                                if r[key] > r["attn_to_foil"] and r[key] > 0.2 and r["logit_diff_drop"] > 0.5]
     card["circuits"] = {
         "previous_token_head": best(scores["previous_token"]),
         "previous_token_heads": heads(scores["previous_token"]),
         "induction_head": best(scores["prefix_matching"]),
         "induction_heads": heads(scores["prefix_matching"]),
         "name_mover_heads": movers(ioi_rows, "attn_to_io"),
-        "subject_suppression_heads": movers(ioi_rows, "attn_to_io", to_foil=True),
         "context_mover_heads": movers(ctx_rows, "attn_to_context_answer"),
         "previous_token_scores": [[round(v, 3) for v in r] for r in scores["previous_token"].tolist()],
         "prefix_matching_scores": [[round(v, 3) for v in r] for r in scores["prefix_matching"].tolist()],
@@ -344,15 +271,6 @@ def render(card: dict) -> str:
     bias = t["bias"]["groups"]
     fmt = lambda hs: ", ".join(f"L{l}H{h}" for l, h in hs) or "none found"  # noqa: E741,E731
     pm, pt = c["prefix_matching_scores"], c["previous_token_scores"]
-    seeded = tr.get("seeded_previous_token_head")
-    seeded = (f"\nPosition embeddings start {tr.get('position_init', 'random')}"
-              + (f". **Planted by hand:** head L{seeded[0]}H{seeded[1]}'s query and key weights are set so"
-                 " it attends to the previous position (they read the fastest sinusoid pairs of the"
-                 " position embedding, the key rotated one position forward; see"
-                 " `seed_previous_token_head`) and get no gradient; its value/output weights and every"
-                 " other weight are trained. Without this, our trials found no sharp previous-token or"
-                 " induction head within the CPU budget (an unfrozen seed faded in ~500 steps); the"
-                 " induction head below is learned." if seeded else "."))
     return f"""# nbinterp bundled model
 
 A tiny GPT-2 trained on this repository's planted tasks (`nbinterp/tasks.py`),
@@ -373,7 +291,7 @@ d_model {m['n_embd']}, MLP {m['n_inner']}, context {m['n_positions']}, tied embe
 {m['n_parameters']:,} parameters, {m['safetensors_bytes'] / 1e6:.1f} MB of safetensors.
 Tokenizer: word-level (`tokenizers` WordLevel + whitespace pre-tokenizer), {m['vocab_size']} tokens,
 specials `<bos>`, `<eos>`, `<pad>`, `<unk>`; a post-processor prepends `<bos>` to every
-prompt (an attention sink). Position embeddings are learned.
+prompt (an attention sink). Position embeddings start sinusoidal and are learned.
 
 ## Training
 {tr['steps']} steps, {tr['tokens']:,} non-pad tokens, {tr['cpu_time_min']} CPU-minutes on
@@ -381,7 +299,7 @@ prompt (an attention sink). Position embeddings are learned.
 lr {tr['lr']} ({tr['warmup_steps']} warmup steps, then constant), weight decay {tr['weight_decay']},
 seed {tr['seed']}. Each step holds one padded micro-batch per task, so no example attends
 to another: {", ".join(f"{k} {v}" for k, v in tr['step_mix'].items())} examples.
-Induction examples carry loss only on the repeated copy.{seeded} Each task is evaluated
+Induction examples carry loss only on the repeated half. Each task is evaluated
 separately on held-out prompts every few hundred steps (history in `card.json`);
 training stops when all are learned at two consecutive evaluations, or at the time budget.
 
@@ -427,29 +345,19 @@ mean attention from the second copy to the token after the earlier copy of the c
   (score {pt[c['previous_token_head'][0]][c['previous_token_head'][1]]}); heads above 0.5: {fmt(c['previous_token_heads'])}.
 - Induction head: **L{c['induction_head'][0]}H{c['induction_head'][1]}**
   (prefix-matching {pm[c['induction_head'][0]][c['induction_head'][1]]}); heads above 0.5: {fmt(c['induction_heads'])}.
-- IOI name movers: **{fmt(c['name_mover_heads'])}**: from the last position they attend mainly to the
-  indirect object (above 0.2 and above the subject), their direct effect raises logit(IO) - logit(S)
-  by more than 0.5, and zero-ablating them costs more than 10% of the logit difference.
-- IOI subject-suppression heads: **{fmt(c['subject_suppression_heads'])}**: same criteria, but they attend to the
-  subject (the repeated name) and write against it, which raises logit(IO) - logit(S).
-- Context movers: **{fmt(c['context_mover_heads'])}** (the name-mover criteria on plain context_override:
-  attend to the context's capital, raise logit(context) - logit(memory)).
+- IOI name movers: **{fmt(c['name_mover_heads'])}** (last-position attention to the indirect object
+  above attention to the subject and above 0.2, and among the 3 heads whose zero-ablation lowers
+  logit(IO) - logit(S) most).
+- Context movers: **{fmt(c['context_mover_heads'])}** (same criteria on plain context_override, target = context capital).
 
 {_table(["layer", *[f"H{h} prev / prefix" for h in range(len(pm[0]))]],
         [[l, *[f"{pt[l][h]} / {pm[l][h]}" for h in range(len(pm[0]))]] for l in range(len(pm))])}
 
-Top IOI heads by ablation (zeroing the head's output at every position; *direct logit diff*:
-the head's output at the last position through ln_f's scale onto the unembedding of IO minus S):
+Top IOI heads by ablation (zeroing the head's output at every position):
 
-{_table(["head", "attn to IO", "attn to S", "direct logit diff", "logit diff drop"],
-        [[f"L{r['head'][0]}H{r['head'][1]}", r['attn_to_io'], r['attn_to_foil'], r['direct_logit_diff'],
-          r['logit_diff_drop']] for r in c['ioi_heads'][:6]])}
-
-Top context_override heads (plain variant; target = context capital, foil = memorised capital):
-
-{_table(["head", "attn to context capital", "attn to memory capital", "direct logit diff", "logit diff drop"],
-        [[f"L{r['head'][0]}H{r['head'][1]}", r['attn_to_context_answer'], r['attn_to_foil'],
-          r['direct_logit_diff'], r['logit_diff_drop']] for r in c['context_heads'][:6]])}
+{_table(["head", "attn to IO", "attn to S", "logit diff drop"],
+        [[f"L{r['head'][0]}H{r['head'][1]}", r['attn_to_io'], r['attn_to_foil'], r['logit_diff_drop']]
+         for r in c['ioi_heads'][:5]])}
 """
 
 
@@ -462,14 +370,8 @@ def main() -> None:
     ap.add_argument("--max-cpu-minutes", type=float, default=27.0)
     ap.add_argument("--max-minutes", type=float, default=55.0)
     ap.add_argument("--measure-only", action="store_true")
-    ap.add_argument("--n-layer", type=int, default=4)
-    ap.add_argument("--positions", choices=["random", "sinusoidal"], default="random")
-    ap.add_argument("--seed-previous-token-head", action="store_true")
-    ap.add_argument("--position-scale", type=float, default=0.1)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    global CHECKPOINT
-    CHECKPOINT = f"/tmp/nbinterp_bundled_ckpt_{args.out.name}.pt"
     # One thread: on a shared machine, two OpenMP threads spin-wait on each
     # other and cost 1.7x the CPU time per step for little wall-clock gain.
     torch.set_num_threads(1)
@@ -481,15 +383,11 @@ def main() -> None:
         training = json.loads((args.out / "card.json").read_text())["training"]
     else:
         tokenizer = build_tokenizer()
-        model = build_model(tokenizer, args.n_layer, args.positions, args.position_scale)
-        if args.seed_previous_token_head:
-            seed_previous_token_head(model)
+        model = build_model(tokenizer)
         training = train(model, tokenizer, args.max_steps, args.max_cpu_minutes, args.max_minutes, log)
         training.update({"step_mix": STEP_MIX, "lr": LR, "warmup_steps": WARMUP, "schedule": "constant after warmup",
                          "optimizer": "AdamW(0.9, 0.98)", "weight_decay": WEIGHT_DECAY, "seed": SEED,
-                         "torch_threads": torch.get_num_threads(),
-                         "position_init": args.positions, "position_scale": args.position_scale,
-                         "seeded_previous_token_head": [0, 0] if args.seed_previous_token_head else None})
+                         "torch_threads": torch.get_num_threads()})
         model.save_pretrained(args.out)
         tokenizer.save_pretrained(args.out)
     card = measure(model, tokenizer)
