@@ -34,15 +34,6 @@ def model() -> Any:
     return ni.load(random_model("gpt2"), tokenizer=word_tokenizer())
 
 
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    yield page
-    assert errors == []
-    context.close()
 
 
 def slow_batches(monkeypatch: Any, seconds: float) -> None:
