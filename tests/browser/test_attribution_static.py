@@ -5,7 +5,7 @@ top k" runs the exact knockouts and shows the summary Python computed."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

@@ -7,7 +7,7 @@ top token and its tooltip shows the engine's numbers."""
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
