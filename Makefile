@@ -25,8 +25,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) js/package.json js/package-lock.json
 js: $(STAMP)
 	cd js && (test -d node_modules || npm ci --no-audit --no-fund) && npm run build
 
+# jupyter refuses to run as root without --allow-root (containers, CI-like machines)
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 demo: $(STAMP) js
-	$(BIN)/jupyter lab notebooks/quickstart.ipynb
+	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/quickstart.ipynb
 
 test: system-deps $(STAMP) js
 	cd js && npm run typecheck && npm test
