@@ -13,6 +13,7 @@ import { Heatmap, type Cell } from "./lib/heatmap";
 import { RpcError } from "./lib/rpc";
 import { toggleGroup } from "./lib/style";
 import { displayToken } from "./lib/tokens";
+import { Tooltip } from "./lib/tooltip";
 import { mountView } from "./lib/view";
 
 type Method = "qk_fix" | "linear";
@@ -120,16 +121,9 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   root.append(panels);
   const verifyBox = el_("div");
   root.append(verifyBox);
-  const tooltip = el_("div", "nbi-tooltip");
-  tooltip.hidden = true;
-  root.append(tooltip);
-  const showTooltip = (lines: string[], event: MouseEvent) => {
-    tooltip.replaceChildren(...lines.map((line) => el_("div", "", line)));
-    const box = root.getBoundingClientRect();
-    tooltip.style.left = `${event.clientX - box.left + 14}px`;
-    tooltip.style.top = `${event.clientY - box.top + 14}px`;
-    tooltip.hidden = false;
-  };
+  const tooltip = new Tooltip(root);
+  root.append(tooltip.el);
+  const showTooltip = (lines: string[], event: MouseEvent) => tooltip.show(lines, event);
 
   const nLayers = model.get("n_layers");
   const nHeads = model.get("n_heads");
@@ -138,7 +132,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     nLayers, nHeads, thumbPx: thumbSize(nLayers, nHeads, 240),
     onClick: (ref) => save({ layer: ref.layer, head: ref.head, selected: {} }),
     onHover: (ref, event) => {
-      if (!ref || !heads) return void (tooltip.hidden = true);
+      if (!ref || !heads) return tooltip.hide();
       showTooltip([`layer ${ref.layer} head ${ref.head}`, `est. effect of ablating: ${formatValue(heads.values[ref.layer * nHeads + ref.head])}`], event);
     },
   });
@@ -149,7 +143,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   const heatmap = new Heatmap(mapBox, {
     plotWidth: PLOT_PX, plotHeight: PLOT_PX, marginLeft: 92, marginTop: 72, cornerLabel: "query \u2193 key \u2192",
     onHover: (cell, event) => guard(() => {
-      if (!cell || !matrix) return void (tooltip.hidden = true);
+      if (!cell || !matrix) return tooltip.hide();
       const n = matrix.effect.shape[1];
       showTooltip([
         `L${model.get("layer")}.H${model.get("head")} \u00b7 query ${tokenLabel(cell.row)} \u2192 key ${tokenLabel(cell.col)}`,

@@ -8,6 +8,7 @@ import { formatValue, renderLegend, sequentialScale } from "./lib/colors";
 import { Heatmap } from "./lib/heatmap";
 import { toggleGroup } from "./lib/style";
 import { displayToken } from "./lib/tokens";
+import { Tooltip, type TooltipLine } from "./lib/tooltip";
 import { mountView } from "./lib/view";
 
 type Colour = "target" | "top";
@@ -47,10 +48,8 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
   const box = doc.createElement("div");
   const legend = doc.createElement("div");
   legend.className = "nbi-legend";
-  const tooltip = doc.createElement("div");
-  tooltip.className = "nbi-tooltip";
-  tooltip.hidden = true;
-  root.append(box, legend, tooltip);
+  const tooltip = new Tooltip(root);
+  root.append(box, legend, tooltip.el);
 
   let top: Tensor | null = null;
   let targetP: Tensor | null = null;
@@ -60,23 +59,14 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
     cornerLabel: "after \u2193",
     cellLabel: (cell) => displayToken(topTokens()[cell.row]?.[cell.col] ?? ""),
     onHover: (cell, event) => guard(() => {
-      if (!cell || !top) return void (tooltip.hidden = true);
+      if (!cell || !top) return tooltip.hide();
       const i = cell.row * tokens.length + cell.col;
-      const lines: Array<[string, string]> = [
+      const lines: TooltipLine[] = [
         ["nbi-tip-where", `${rows[cell.row]} \u00b7 position ${cell.col} ${JSON.stringify(tokens[cell.col] ?? "")}`],
         ["nbi-tip-top", `top ${JSON.stringify(topTokens()[cell.row]?.[cell.col] ?? "")} ${formatValue(top.values[i])}`],
       ];
       if (targetP) lines.push(["nbi-tip-value", `p(${JSON.stringify(target)}) ${formatValue(targetP.values[i])}`]);
-      tooltip.replaceChildren(...lines.map(([cls, text]) => {
-        const line = doc.createElement("div");
-        line.className = cls;
-        line.textContent = text;
-        return line;
-      }));
-      const r = root.getBoundingClientRect();
-      tooltip.style.left = `${event.clientX - r.left + 14}px`;
-      tooltip.style.top = `${event.clientY - r.top + 14}px`;
-      tooltip.hidden = false;
+      tooltip.show(lines, event);
     }),
   });
   heatmap.setLabels(rows, tokens.map(displayToken));

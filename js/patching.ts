@@ -11,6 +11,7 @@ import { describeError } from "./lib/errors";
 import { Heatmap, type Cell } from "./lib/heatmap";
 import { toggleGroup } from "./lib/style";
 import { displayToken } from "./lib/tokens";
+import { Tooltip } from "./lib/tooltip";
 import { mountView } from "./lib/view";
 
 type Kind = "resid_pre" | "attn_out" | "mlp_out" | "head";
@@ -99,13 +100,11 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
   const legend = doc.createElement("div");
   legend.className = "nbi-legend";
   root.append(maps, legend);
-  const tooltip = doc.createElement("div");
-  tooltip.className = "nbi-tooltip";
-  tooltip.hidden = true;
+  const tooltip = new Tooltip(root);
   const opened = doc.createElement("div");
   opened.className = "nbi-opened";
   opened.hidden = true;
-  root.append(opened, tooltip);
+  root.append(opened, tooltip.el);
 
   const nLayers = model.get("n_layers");
   const nHeads = model.get("n_heads");
@@ -135,19 +134,10 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
     const heatmap = new Heatmap(box, {
       plotWidth: cols * cellPx, plotHeight: nLayers * cellPx, marginLeft: 34, marginTop: kind === "head" ? 28 : 70,
       onHover: (cell, event) => guard(() => {
-        if (!cell) return void (tooltip.hidden = true);
+        if (!cell) return tooltip.hide();
         const value = heatmap.valueAt(cell);
-        const lines = [TITLES[kind], describe(kind, cell), Number.isNaN(value) ? "not computed yet" : `effect ${formatValue(value)}`];
-        tooltip.replaceChildren(...lines.map((text, i) => {
-          const line = doc.createElement("div");
-          if (i === 2) line.className = "nbi-tip-value";
-          line.textContent = text;
-          return line;
-        }));
-        const r = root.getBoundingClientRect();
-        tooltip.style.left = `${event.clientX - r.left + 14}px`;
-        tooltip.style.top = `${event.clientY - r.top + 14}px`;
-        tooltip.hidden = false;
+        tooltip.show([TITLES[kind], describe(kind, cell),
+          ["nbi-tip-value", Number.isNaN(value) ? "not computed yet" : `effect ${formatValue(value)}`]], event);
       }),
       onClick: (cell) => {
         if (Number.isNaN(heatmap.valueAt(cell))) return;

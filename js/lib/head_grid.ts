@@ -1,6 +1,7 @@
 // A layer x head grid of small heatmaps on one canvas (144 thumbnails are
 // 144 drawImage calls, not 144 DOM nodes). Click picks a head.
 
+import { hidpiCanvas } from "./canvas";
 import type { ColorScale } from "./colors";
 import { paintPixels } from "./heatmap";
 
@@ -39,23 +40,14 @@ export class HeadGrid {
 
   constructor(container: HTMLElement, private readonly opts: HeadGridOptions) {
     const doc = container.ownerDocument;
-    this.dpr = doc.defaultView?.devicePixelRatio || 1;
-    this.canvas = doc.createElement("canvas");
-    this.canvas.className = "nbi-head-grid";
     const w = MARGIN_LEFT + opts.nHeads * (opts.thumbPx + GAP);
     const h = MARGIN_TOP + opts.nLayers * (opts.thumbPx + GAP);
-    this.canvas.style.width = `${w}px`;
-    this.canvas.style.height = `${h}px`;
-    this.canvas.width = Math.round(w * this.dpr);
-    this.canvas.height = Math.round(h * this.dpr);
+    ({ canvas: this.canvas, ctx: this.ctx, dpr: this.dpr } = hidpiCanvas(doc, "nbi-head-grid", w, h));
     // Geometry for scripts and tests that point at a thumbnail.
     Object.assign(this.canvas.dataset, {
       layers: String(opts.nLayers), heads: String(opts.nHeads), thumbPx: String(opts.thumbPx),
       gap: String(GAP), marginLeft: String(MARGIN_LEFT), marginTop: String(MARGIN_TOP),
     });
-    const ctx = this.canvas.getContext("2d");
-    if (!ctx) throw new Error("this browser gives no 2D canvas context");
-    this.ctx = ctx;
     this.tile = doc.createElement("canvas");
     this.canvas.addEventListener("click", this.onClickEvent);
     this.canvas.addEventListener("pointermove", this.onMove);

@@ -4,6 +4,7 @@
 // painted through ImageData and scaled up without smoothing. Wheel zooms
 // around the cursor, drag pans, double-click resets.
 
+import { hidpiCanvas } from "./canvas";
 import { type ColorScale, textColorOn } from "./colors";
 import { truncateLabel } from "./tokens";
 
@@ -138,22 +139,13 @@ export class Heatmap {
 
   constructor(container: HTMLElement, private readonly opts: HeatmapOptions) {
     const doc = container.ownerDocument;
-    this.dpr = doc.defaultView?.devicePixelRatio || 1;
-    this.canvas = doc.createElement("canvas");
-    this.canvas.className = "nbi-heatmap";
     const w = opts.marginLeft + opts.plotWidth;
     const h = opts.marginTop + opts.plotHeight;
-    this.canvas.style.width = `${w}px`;
-    this.canvas.style.height = `${h}px`;
-    this.canvas.width = Math.round(w * this.dpr);
-    this.canvas.height = Math.round(h * this.dpr);
+    ({ canvas: this.canvas, ctx: this.ctx, dpr: this.dpr } = hidpiCanvas(doc, "nbi-heatmap", w, h));
     Object.assign(this.canvas.dataset, {
       marginLeft: String(opts.marginLeft), marginTop: String(opts.marginTop),
       plotWidth: String(opts.plotWidth), plotHeight: String(opts.plotHeight),
     });
-    const ctx = this.canvas.getContext("2d");
-    if (!ctx) throw new Error("this browser gives no 2D canvas context");
-    this.ctx = ctx;
     this.offscreen = doc.createElement("canvas");
     this.canvas.addEventListener("pointermove", this.onPointerMove);
     this.canvas.addEventListener("pointerleave", this.onPointerLeave);

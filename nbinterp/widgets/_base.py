@@ -193,6 +193,42 @@ def _refuse(message: str) -> Any:
     raise FrontendError(message)
 
 
+class HeadWidget(InterpWidget):
+    """A view of one run's tokens with a chosen (layer, head) and a selected
+    (query, key) cell; subclasses say which model they show (`_model`)."""
+
+    model_name = traitlets.Unicode("").tag(sync=True)
+    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    n_layers = traitlets.Int(1).tag(sync=True)
+    n_heads = traitlets.Int(1).tag(sync=True)
+    layer = traitlets.Int(0).tag(sync=True)
+    head = traitlets.Int(0).tag(sync=True)
+    selected = traitlets.Dict().tag(sync=True)
+
+    @property
+    def _model(self) -> Any:
+        raise NotImplementedError
+
+    def _frontend_fields(self) -> dict[str, Callable[[Any], Any]]:
+        n_tokens = len(self.tokens)
+        position = lambda what: lambda v: int_value(v, what, 0, n_tokens)  # noqa: E731
+        fields = super()._frontend_fields()
+        fields.update(
+            layer=lambda v: int_value(v, "layer", 0, self.n_layers),
+            head=lambda v: int_value(v, "head", 0, self.n_heads),
+            selected=lambda v: dict_value(v, "selected", {"query": position("query"), "key": position("key")}),
+        )
+        return fields
+
+    @traitlets.validate("layer")
+    def _valid_layer(self, proposal: Any) -> int:
+        return self._model._check_layer(proposal["value"])
+
+    @traitlets.validate("head")
+    def _valid_head(self, proposal: Any) -> int:
+        return self._model._check_head(proposal["value"])
+
+
 _figure_class: Any = None
 
 

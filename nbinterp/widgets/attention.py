@@ -15,7 +15,7 @@ import torch
 import traitlets
 
 from ..errors import NbinterpError
-from ._base import FrontendError, InterpWidget, choice_value, dict_value, int_value, new_figure, rpc
+from ._base import FrontendError, HeadWidget, choice_value, dict_value, int_value, new_figure, rpc
 from ._buffers import encode, pack
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -69,19 +69,12 @@ def display_tokens(run: Any) -> list[str]:
         return list(run.tokens)
 
 
-class AttentionView(InterpWidget):
+class AttentionView(HeadWidget):
     """Attention of every layer and head of one run; see `nbinterp.attention`."""
 
     _esm = STATIC / "attention.js"
 
-    model_name = traitlets.Unicode("").tag(sync=True)
-    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    n_layers = traitlets.Int(1).tag(sync=True)
-    n_heads = traitlets.Int(1).tag(sync=True)
-    layer = traitlets.Int(0).tag(sync=True)
-    head = traitlets.Int(0).tag(sync=True)
     mode = traitlets.Unicode("probabilities").tag(sync=True)
-    selected = traitlets.Dict().tag(sync=True)
     focus_token = traitlets.Int(-1).tag(sync=True)
     strip_scope = traitlets.Unicode("head").tag(sync=True)
     strip_direction = traitlets.Unicode("attends_to").tag(sync=True)
@@ -108,16 +101,16 @@ class AttentionView(InterpWidget):
     def run(self) -> Any:
         return self._run
 
+    @property
+    def _model(self) -> Any:
+        return self._run.model
+
     # ----------------------------------------------------------- validation
     def _frontend_fields(self) -> dict[str, Any]:
         n_tokens = len(self.tokens)
-        position = lambda what: lambda v: int_value(v, what, 0, n_tokens)  # noqa: E731
         fields = super()._frontend_fields()
         fields.update(
-            layer=lambda v: int_value(v, "layer", 0, self.n_layers),
-            head=lambda v: int_value(v, "head", 0, self.n_heads),
             mode=lambda v: choice_value(v, "mode", MODES),
-            selected=lambda v: dict_value(v, "selected", {"query": position("query"), "key": position("key")}),
             focus_token=lambda v: -1 if v == -1 else int_value(v, "focus_token", 0, n_tokens),
             strip_scope=lambda v: choice_value(v, "strip_scope", STRIP_SCOPES),
             strip_direction=lambda v: choice_value(v, "strip_direction", STRIP_DIRECTIONS),
@@ -132,14 +125,6 @@ class AttentionView(InterpWidget):
         if zoom and not (zoom["query_start"] < zoom["query_stop"] and zoom["key_start"] < zoom["key_stop"]):
             raise FrontendError(f"zoom window is empty: {zoom}")
         return zoom
-
-    @traitlets.validate("layer")
-    def _valid_layer(self, proposal: Any) -> int:
-        return self._run.model._check_layer(proposal["value"])
-
-    @traitlets.validate("head")
-    def _valid_head(self, proposal: Any) -> int:
-        return self._run.model._check_head(proposal["value"])
 
     @traitlets.validate("mode")
     def _valid_mode(self, proposal: Any) -> str:

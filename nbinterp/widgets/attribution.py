@@ -19,7 +19,7 @@ import traitlets
 from ..attribution import METHODS, Attribution, attribute as compute_attribution
 from ..errors import NbinterpError
 from ..verification import Verification
-from ._base import InterpWidget, choice_value, dict_value, int_value, new_figure, rpc
+from ._base import HeadWidget, choice_value, int_value, new_figure, rpc
 from ._buffers import encode
 from .attention import display_tokens
 
@@ -53,23 +53,16 @@ def verification_state(v: Verification) -> dict[str, Any]:
     }
 
 
-class AttributionView(InterpWidget):
+class AttributionView(HeadWidget):
     """Head and edge effects of one prompt on logit(target) - logit(foil);
     see `nbinterp.attribute`."""
 
     _esm = STATIC / "attribution.js"
 
-    model_name = traitlets.Unicode("").tag(sync=True)
-    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    n_layers = traitlets.Int(1).tag(sync=True)
-    n_heads = traitlets.Int(1).tag(sync=True)
     target = traitlets.Unicode("").tag(sync=True)
     foil = traitlets.Unicode("").tag(sync=True)
     metric = traitlets.Float(0.0).tag(sync=True)
     method = traitlets.Unicode("qk_fix").tag(sync=True)
-    layer = traitlets.Int(0).tag(sync=True)
-    head = traitlets.Int(0).tag(sync=True)
-    selected = traitlets.Dict().tag(sync=True)
     _heads = traitlets.Dict().tag(sync=True)
     _edge_matrix = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
     _edges = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
@@ -141,25 +134,14 @@ class AttributionView(InterpWidget):
         return self._attribution.qk(layer, head, query, key)
 
     # ----------------------------------------------------------- validation
+    @property
+    def _model(self) -> Any:
+        return self._attribution.model
+
     def _frontend_fields(self) -> dict[str, Any]:
-        n_tokens = len(self.tokens)
-        position = lambda what: lambda v: int_value(v, what, 0, n_tokens)  # noqa: E731
         fields = super()._frontend_fields()
-        fields.update(
-            layer=lambda v: int_value(v, "layer", 0, self.n_layers),
-            head=lambda v: int_value(v, "head", 0, self.n_heads),
-            method=lambda v: choice_value(v, "method", METHODS),
-            selected=lambda v: dict_value(v, "selected", {"query": position("query"), "key": position("key")}),
-        )
+        fields.update(method=lambda v: choice_value(v, "method", METHODS))
         return fields
-
-    @traitlets.validate("layer")
-    def _valid_layer(self, proposal: Any) -> int:
-        return self._attribution.model._check_layer(proposal["value"])
-
-    @traitlets.validate("head")
-    def _valid_head(self, proposal: Any) -> int:
-        return self._attribution.model._check_head(proposal["value"])
 
     @traitlets.validate("method")
     def _valid_method(self, proposal: Any) -> str:
