@@ -206,6 +206,22 @@ class NotebookPage:
         return [e for e in self.page_errors if not any(k in e for k in KNOWN_PAGE_ERRORS)]
 
 
+def open_notebook(browser: Any, jupyter_factory: Any, frontend: str, name: str, setup_cell: str,
+                  ready_selector: str) -> Iterator[NotebookPage]:
+    """A notebook with one setup cell, opened in `frontend` and run until
+    `ready_selector` shows; on teardown no token ran script and the page threw
+    nothing unexpected. For module fixtures: `yield from open_notebook(...)`."""
+    server = jupyter_factory(frontend, name, [setup_cell])
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = NotebookPage(context.new_page(), server)
+    page.open(name)
+    page.run_first_cell(ready_selector)
+    yield page
+    assert page.dialogs == [], "a token ran script"
+    assert page.unexpected_page_errors() == []
+    context.close()
+
+
 def _reexport_parent_helpers() -> None:
     """tests/conftest.py and this file both import as the module "conftest",
     and `from conftest import ...` finds whichever pytest loaded last (this

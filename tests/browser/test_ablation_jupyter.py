@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import NotebookPage
+from conftest import NotebookPage, open_notebook
 
 SETUP_CELL = '''
 import torch, transformers as tf
@@ -56,14 +56,7 @@ SETTLED = """([sel, expected]) => {
 
 @pytest.fixture(scope="module", params=["lab", "notebook"])
 def notebook(request: Any, browser: Any, jupyter_factory: Any) -> Iterator[NotebookPage]:
-    server = jupyter_factory(request.param, "ablation.ipynb", [SETUP_CELL])
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = NotebookPage(context.new_page(), server)
-    page.open("ablation.ipynb")
-    page.run_first_cell(f"{VIEW}[data-drawn]")
-    yield page
-    assert page.unexpected_page_errors() == []
-    context.close()
+    yield from open_notebook(browser, jupyter_factory, request.param, "ablation.ipynb", SETUP_CELL, f"{VIEW}[data-drawn]")
 
 
 def python_truth(notebook: NotebookPage, ablations: dict[str, float]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import NotebookPage
+from conftest import NotebookPage, open_notebook
 
 XSS = "<img src=x onerror=alert(1)>"
 SETUP_CELL = f'''
@@ -40,15 +40,7 @@ VIEW = ".nbi-attention"
 
 @pytest.fixture(scope="module", params=["lab", "notebook"])
 def notebook(request: Any, browser: Any, jupyter_factory: Any) -> Iterator[NotebookPage]:
-    server = jupyter_factory(request.param, "attention.ipynb", [SETUP_CELL])
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = NotebookPage(context.new_page(), server)
-    page.open("attention.ipynb")
-    page.run_first_cell(f"{VIEW}[data-drawn]")
-    yield page
-    assert page.dialogs == [], "a token ran script"
-    assert page.unexpected_page_errors() == []
-    context.close()
+    yield from open_notebook(browser, jupyter_factory, request.param, "attention.ipynb", SETUP_CELL, f"{VIEW}[data-drawn]")
 
 
 def canvas_geometry(page: Any, selector: str) -> dict[str, float]:
