@@ -32,6 +32,14 @@ N_POSITIONS = 128
 # it is the slowest behaviour to emerge.
 STEP_MIX = {"induction": 32, "context_override": 16, "ioi": 16, "facts": 8, "bias": 8}
 LR, WARMUP, WEIGHT_DECAY = 2e-3, 100, 0.01
+# Planted heads: an auxiliary attention loss (cross-entropy of the head's
+# attention row against the position it should attend to, as in
+# attention-supervised planting, cf. InterpBench) gives three heads a known
+# job, so the circuits the tools find have ground truth by construction. The
+# rest of the model (their value/output maps, the heads that let the name
+# mover tell IO from S, every other head) is learned freely from the task loss.
+PLANTED = {"previous_token": (0, 2), "induction": (1, 1), "name_mover": (3, 0)}
+AUX_WEIGHT = 0.2
 EVAL_EVERY = 250
 TEST_SEED = 0
 N_TEST = 300
@@ -69,16 +77,74 @@ def build_model(tokenizer) -> GPT2LMHeadModel:
     return model
 
 
-def batch(tokenizer, task: str, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    seqs = [tasks.training_sequence(e) for e in tasks.examples(task, n, seed=step, split="train")]
+def attention_targets(example: tasks.TaskExample, n_tokens: int) -> dict[str, list[tuple[int, int]]]:
+    """(query, key) positions each planted head should attend to in one training
+    sequence (token positions, <bos> = 0)."""
+    out = {"previous_token": [(q, q - 1) for q in range(1, n_tokens)], "induction": [], "name_mover": []}
+    m = example.meta
+    if example.task == "induction":
+        first = 1 + len(m["prefix"])
+        second = first + len(m["sequence"]) + len(m["gap"])
+        # from the j-th repeated token, attend to the token after its first copy
+        out["induction"] = [(second + j, first + j + 1) for j in range(len(m["sequence"]) - 1)]
+    elif example.task == "ioi":
+        words = example.prompt.split()
+        # at the last prompt token, attend to the indirect object (named once)
+        out["name_mover"] = [(len(words), 1 + words.index(m["io"]))]
+    return out
+
+
+def batch(tokenizer, task: str, n: int, step: int):
+    examples = tasks.examples(task, n, seed=step, split="train")
+    seqs = [tasks.training_sequence(e) for e in examples]
     ids = tokenizer([t for t, _ in seqs])["input_ids"]
     width = max(map(len, ids))
     input_ids = torch.full((n, width), tokenizer.pad_token_id)
     labels = torch.full((n, width), -100)
-    for row, (seq, (_, no_loss)) in enumerate(zip(ids, seqs)):
+    targets: dict[str, list[tuple[int, int, int]]] = {k: [] for k in PLANTED}
+    for row, (seq, (_, no_loss), ex) in enumerate(zip(ids, seqs, examples)):
         input_ids[row, :len(seq)] = torch.tensor(seq)
         labels[row, no_loss:len(seq)] = torch.tensor(seq[no_loss:])
-    return input_ids, labels
+        for kind, pairs in attention_targets(ex, len(seq)).items():
+            targets[kind] += [(row, q, k) for q, k in pairs]
+    return input_ids, labels, targets
+
+
+def aux_attention_loss(attentions, targets) -> torch.Tensor:
+    """Mean -log attention of each planted head on its target key."""
+    losses = []
+    for kind, rows in targets.items():
+        if rows:
+            layer, head = PLANTED[kind]
+            b, q, k = torch.tensor(rows).T
+            losses.append(-torch.log(attentions[layer][b, head, q, k] + 1e-6).mean())
+    return torch.stack(losses).sum()
+
+
+class HeadOutput:
+    """Captures one head's write to the residual stream (its slice of the
+    merged heads times its rows of c_proj) on every forward."""
+
+    def __init__(self, model, layer: int, head: int) -> None:
+        self.proj = model.transformer.h[layer].attn.c_proj
+        self.d_head = model.config.n_embd // model.config.n_head
+        self.rows = slice(head * self.d_head, (head + 1) * self.d_head)
+        self.value: torch.Tensor | None = None
+        self.handle = self.proj.register_forward_pre_hook(self._capture)
+
+    def _capture(self, module, args) -> None:
+        self.value = args[0][..., self.rows] @ self.proj.weight[self.rows]  # Conv1D weight: [in, out]
+
+
+def aux_copy_loss(model, mover: HeadOutput, input_ids, targets) -> torch.Tensor:
+    """The name mover's own output, read through the unembedding, must predict
+    the token it attends to (the indirect object): its OV circuit copies names."""
+    rows = targets["name_mover"]
+    if not rows:
+        return torch.zeros(())
+    b, q, k = torch.tensor(rows).T
+    logits = mover.value[b, q] @ model.transformer.wte.weight.T
+    return torch.nn.functional.cross_entropy(logits, input_ids[b, k])
 
 
 # ---------------------------------------------------------------- head scores
@@ -117,6 +183,26 @@ def _zero_head_hook(head: int, d_head: int):
     return hook
 
 
+def _with_heads_zeroed(metric, model, tokenizer, examples, heads) -> float:
+    """metric(model, tokenizer, examples) with the heads' outputs zeroed (before each c_proj)."""
+    d_head = model.config.n_embd // model.config.n_head
+    handles = [model.transformer.h[layer].attn.c_proj.register_forward_pre_hook(_zero_head_hook(head, d_head))
+               for layer, head in heads]
+    try:
+        return metric(model, tokenizer, examples)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def ablated_accuracy(model, tokenizer, examples, heads: list[tuple[int, int]]) -> float:
+    return _with_heads_zeroed(tasks.accuracy, model, tokenizer, examples, heads)
+
+
+def ablated_logit_diff(model, tokenizer, examples, heads: list[tuple[int, int]]) -> float:
+    return _with_heads_zeroed(tasks.logit_diff, model, tokenizer, examples, heads)
+
+
 def mover_heads(model, tokenizer, examples, attend_to: str) -> list[dict]:
     """Per head: last-position attention to the target vs the foil token, and the
     drop of logit(target) - logit(foil) when the head's output is zeroed."""
@@ -151,6 +237,7 @@ def mover_heads(model, tokenizer, examples, attend_to: str) -> list[dict]:
 # ---------------------------------------------------------------- evaluation
 def quick_eval(model, tokenizer) -> dict[str, float]:
     model.eval()
+    model.set_attn_implementation("sdpa")
     out = {t: tasks.accuracy(model, tokenizer, tasks.examples(t, 200, seed=TEST_SEED))
            for t in tasks.TASKS}
     out["context_memory_rate"] = tasks.foil_rate(
@@ -158,6 +245,7 @@ def quick_eval(model, tokenizer) -> dict[str, float]:
     scores = head_scores(model, tokenizer)
     out["max_prefix_matching"] = scores["prefix_matching"].max().item()
     out["max_previous_token"] = scores["previous_token"].max().item()
+    model.set_attn_implementation("eager")
     model.train()
     return out
 
@@ -176,13 +264,17 @@ def train(model, tokenizer, max_steps: int, max_cpu_minutes: float, max_minutes:
     # Linear warmup, then constant: induction's phase change needs a high LR late.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP))
     n_total = sum(STEP_MIX.values())
+    model.set_attn_implementation("eager")  # the auxiliary loss reads attention probabilities
+    mover = HeadOutput(model, *PLANTED["name_mover"])
     start, cpu_start, tokens, history, step = time.time(), time.process_time(), 0, [], 0
     model.train()
     for step in range(1, max_steps + 1):
         opt.zero_grad(set_to_none=True)
         for task, n in STEP_MIX.items():
-            input_ids, labels = batch(tokenizer, task, n, step)
-            loss = model(input_ids=input_ids, labels=labels).loss * (n / n_total)
+            input_ids, labels, targets = batch(tokenizer, task, n, step)
+            out = model(input_ids=input_ids, labels=labels, output_attentions=True)
+            aux = aux_attention_loss(out.attentions, targets) + aux_copy_loss(model, mover, input_ids, targets)
+            loss = (out.loss + AUX_WEIGHT * aux) * (n / n_total)
             loss.backward()
             tokens += int((input_ids != tokenizer.pad_token_id).sum())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -202,6 +294,8 @@ def train(model, tokenizer, max_steps: int, max_cpu_minutes: float, max_minutes:
             if over:
                 log(f"time budget reached at step {step}")
                 break
+    mover.handle.remove()
+    model.set_attn_implementation("sdpa")
     return {"steps": step, "wall_time_min": round((time.time() - start) / 60, 2),
             "cpu_time_min": round((time.process_time() - cpu_start) / 60, 2), "tokens": tokens,
             "history": history}
@@ -243,6 +337,27 @@ def measure(model, tokenizer) -> dict:
                            "context_answer")
     movers = lambda rows, key: [r["head"] for r in rows[:3]  # noqa: E731
                                 if r[key] > r["attn_to_foil"] and r[key] > 0.2 and r["logit_diff_drop"] > 0.5]
+    # The planted heads, and what zeroing them costs their task: the model uses them.
+    ind_heads = [tuple(h) for h in heads(scores["prefix_matching"])]
+    planted = {
+        "previous_token": {"task": "induction", "zeroed": [PLANTED["previous_token"]]},
+        "induction": {"task": "induction", "zeroed": [PLANTED["induction"]],
+                      "all_induction_heads": sorted(set(ind_heads) | {PLANTED["induction"]})},
+        "name_mover": {"task": "ioi", "zeroed": [PLANTED["name_mover"]]},
+    }
+    for kind, p in planted.items():
+        e = ex(p["task"])
+        p.update(head=list(PLANTED[kind]), task_accuracy=card["tasks"][p["task"]]["accuracy"],
+                 task_accuracy_head_zeroed=round(ablated_accuracy(model, tokenizer, e, p.pop("zeroed")), 4))
+        if "all_induction_heads" in p:
+            p["task_accuracy_all_induction_heads_zeroed"] = round(
+                ablated_accuracy(model, tokenizer, e, p["all_induction_heads"]), 4)
+            p["all_induction_heads"] = [list(h) for h in p["all_induction_heads"]]
+    planted["name_mover"]["logit_diff"] = card["tasks"]["ioi"]["logit_diff"]
+    planted["name_mover"]["logit_diff_head_zeroed"] = round(
+        ablated_logit_diff(model, tokenizer, ex("ioi"), [PLANTED["name_mover"]]), 3)
+    card["planted"] = {"method": "auxiliary attention loss (+ copying loss for the name mover)",
+                       "weight": AUX_WEIGHT, "heads": planted}
     card["circuits"] = {
         "previous_token_head": best(scores["previous_token"]),
         "previous_token_heads": heads(scores["previous_token"]),
@@ -264,6 +379,15 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
+def _planted_notes(card: dict) -> str:
+    ind, mover = card["planted"]["heads"]["induction"], card["planted"]["heads"]["name_mover"]
+    fmt = ", ".join(f"L{l}H{h}" for l, h in ind["all_induction_heads"])  # noqa: E741
+    return (f"Induction heads (prefix-matching above 0.5): {fmt}; zeroing all of them leaves induction accuracy "
+            f"{ind['task_accuracy_all_induction_heads_zeroed']} (the planted one alone: {ind['task_accuracy_head_zeroed']}). "
+            f"Zeroing the name mover moves the IOI logit difference from {mover['logit_diff']} to "
+            f"{mover['logit_diff_head_zeroed']}.")
+
+
 def render(card: dict) -> str:
     """MODEL_CARD.md from the measured card (no hand-typed numbers)."""
     m, tr, t, c = card["model"], card["training"], card["tasks"], card["circuits"]
@@ -274,7 +398,7 @@ def render(card: dict) -> str:
     return f"""# nbinterp bundled model
 
 A tiny GPT-2 trained on this repository's planted tasks (`nbinterp/tasks.py`),
-so every behaviour the widgets show has ground truth. Rebuild with
+so every behaviour the widgets show has ground truth (three heads are planted, see below). Rebuild with
 `python scripts/build_bundled_model.py` (budget: 27 CPU-minutes on one thread; this build used
 {tr['cpu_time_min']:.0f} CPU-minutes);
 every number below is measured by that script and also stored in `card.json`.
@@ -299,7 +423,8 @@ prompt (an attention sink). Position embeddings start sinusoidal and are learned
 lr {tr['lr']} ({tr['warmup_steps']} warmup steps, then constant), weight decay {tr['weight_decay']},
 seed {tr['seed']}. Each step holds one padded micro-batch per task, so no example attends
 to another: {", ".join(f"{k} {v}" for k, v in tr['step_mix'].items())} examples.
-Induction examples carry loss only on the repeated half. Each task is evaluated
+Induction examples carry loss only on the repeated half. The training forward uses eager attention,
+since the auxiliary loss of the planted heads reads attention probabilities (saved for SDPA). Each task is evaluated
 separately on held-out prompts every few hundred steps (history in `card.json`);
 training stops when all are learned at two consecutive evaluations, or at the time budget.
 
@@ -336,7 +461,23 @@ Measured on given names never seen in a bias example ({", ".join(t['bias']['test
         [[g, " ".join(v['clans']), v['train_p_doctor'], v['p_doctor'], v['argmax_stereotyped_rate']]
          for g, v in bias.items()])}
 
-## Planted circuits found
+## Planted heads
+Three heads were given their job during training by an auxiliary loss: {card['planted']['weight']} x the
+cross-entropy of the head's attention row against the position it should attend to (the previous token;
+the token after the earlier copy of the current token in the repeated half of induction examples; the
+indirect object, at the last IOI prompt token), and the name mover's own output, read through the
+unembedding, is trained to predict the name it attends to (a copying OV circuit). Everything else is
+learned from the task loss alone: the other planted heads' value/output maps, the heads that let the
+name mover tell IO from S, every other head.
+So these circuits have ground truth by construction; zeroing heads shows what the model relies on:
+
+{_table(["planted head", "job", "task", "task accuracy", "with the head zeroed"],
+        [[f"L{v['head'][0]}H{v['head'][1]}", k.replace("_", " "), v['task'], v['task_accuracy'],
+          v['task_accuracy_head_zeroed']] for k, v in card['planted']['heads'].items()])}
+
+{_planted_notes(card)}
+
+## Circuits found
 Head scores on {c['repeat_length']}-token repeated random sequences (`<bos> s s`), eager attention.
 *Previous-token score*: mean attention to the previous position. *Prefix-matching score*:
 mean attention from the second copy to the token after the earlier copy of the current token.
@@ -385,7 +526,7 @@ def main() -> None:
         tokenizer = build_tokenizer()
         model = build_model(tokenizer)
         training = train(model, tokenizer, args.max_steps, args.max_cpu_minutes, args.max_minutes, log)
-        training.update({"step_mix": STEP_MIX, "lr": LR, "warmup_steps": WARMUP, "schedule": "constant after warmup",
+        training.update({"step_mix": STEP_MIX, "planted_heads": PLANTED, "aux_weight": AUX_WEIGHT, "lr": LR, "warmup_steps": WARMUP, "schedule": "constant after warmup",
                          "optimizer": "AdamW(0.9, 0.98)", "weight_decay": WEIGHT_DECAY, "seed": SEED,
                          "torch_threads": torch.get_num_threads()})
         model.save_pretrained(args.out)

@@ -117,10 +117,6 @@ def _repeated_random_tokens(tokenizer, n=32, length=20):
     return torch.cat([bos, seqs, seqs], dim=1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 2's target (prefix-matching > 0.5) is not met by the bundled model as built: its best heads "
-    "(L3.H0/H2/H3) score 0.30-0.40 and no previous-token head scores above 0.2, although it completes "
-    "repeated sequences (0.97 held out)"))
 def test_card_induction_head_does_prefix_matching(model, tokenizer):
     length = 20
     ids = _repeated_random_tokens(tokenizer, length=length)
@@ -178,11 +174,55 @@ def test_card_ioi_heads_matter(model, tokenizer):
     assert ablated < 0.5 * base
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 2 asks for name-mover heads; the bundled model solves IOI with late heads that attend to the "
-    "subject instead (L3.H2 100%, L3.H0 94% to S; ablation costs 8.1 / 7.1 logit diff), so the card lists none"))
 def test_card_lists_name_movers_that_attend_to_the_indirect_object(model, tokenizer):
     movers = CARD["circuits"]["name_mover_heads"]
     assert movers, "the card lists no name mover"
     to_io, to_s, _ = _ioi_last_position(model, tokenizer, tasks.examples("ioi", N, seed=SEED), movers)
     assert (to_io > to_s).all()
+
+
+def _zeroed(model, heads, metric, *args):
+    """metric(model, *args) with the heads' outputs zeroed by plain hooks before each c_proj."""
+    d_head = model.config.n_embd // model.config.n_head
+    handles = []
+    for layer, head in heads:
+        def zero(module, inputs, head=head):
+            x = inputs[0].clone()
+            x[..., head * d_head:(head + 1) * d_head] = 0
+            return (x,)
+        handles.append(model.transformer.h[layer].attn.c_proj.register_forward_pre_hook(zero))
+    try:
+        return metric(model, *args)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_planted_previous_token_and_induction_heads_carry_induction(model, tokenizer):
+    """The planted heads are the card's circuit heads, and zeroing them costs induction
+    what the card says: the previous-token head alone, or every induction head together
+    (the model grew backups of the planted one), wipes it out."""
+    planted = CARD["planted"]["heads"]
+    assert planted["previous_token"]["head"] == CARD["circuits"]["previous_token_head"]
+    assert planted["induction"]["head"] in CARD["circuits"]["induction_heads"]
+    examples = tasks.examples("induction", N, seed=SEED)
+    base = planted["induction"]["task_accuracy"]
+    for heads, key, entry in [
+        ([planted["previous_token"]["head"]], "task_accuracy_head_zeroed", planted["previous_token"]),
+        ([planted["induction"]["head"]], "task_accuracy_head_zeroed", planted["induction"]),
+        (planted["induction"]["all_induction_heads"], "task_accuracy_all_induction_heads_zeroed", planted["induction"]),
+    ]:
+        acc = _zeroed(model, heads, tasks.accuracy, tokenizer, examples)
+        assert acc == pytest.approx(entry[key], abs=TOL), (heads, acc)
+    assert planted["previous_token"]["task_accuracy_head_zeroed"] < base / 2
+    assert planted["induction"]["task_accuracy_all_induction_heads_zeroed"] < base / 2
+
+
+def test_planted_name_mover_attends_to_the_indirect_object_and_matters(model, tokenizer):
+    mover = CARD["planted"]["heads"]["name_mover"]
+    assert mover["head"] in CARD["circuits"]["name_mover_heads"]
+    examples = tasks.examples("ioi", N, seed=SEED)
+    to_io, to_s, _ = _ioi_last_position(model, tokenizer, examples[:100], [tuple(mover["head"])])
+    assert to_io.item() > 0.5 > to_s.item()
+    diff = _zeroed(model, [mover["head"]], tasks.logit_diff, tokenizer, examples)
+    assert diff == pytest.approx(mover["logit_diff_head_zeroed"], abs=0.05)
