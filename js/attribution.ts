@@ -16,7 +16,7 @@ import { displayToken } from "./lib/tokens";
 import { Tooltip } from "./lib/tooltip";
 import { mountView } from "./lib/view";
 
-type Method = "qk_fix" | "linear";
+type Method = "hybrid" | "qk_fix" | "linear";
 
 interface Summary { spearman: number | null; recall_at_k: number | null; k: number; mae: number | null; n: number; scope: string }
 
@@ -35,12 +35,16 @@ export interface AttributionModel {
   selected: { query?: number; key?: number };
   error: string;
   _heads: { tensor?: EncodedTensor };
-  _edge_matrix: { layer: number; head: number; method: Method; effect: EncodedTensor; attention: EncodedTensor } | null;
+  _edge_matrix: {
+    layer: number; head: number; method: Method; effect: EncodedTensor; measured: EncodedTensor; attention: EncodedTensor;
+  } | null;
   _edges: { method: Method; tensor: EncodedTensor } | null;
   _verification: { kind: string; method: string; seconds: number; clean_metric: number; summary: Summary; rows: EncodedTensor } | null;
 }
 
-const METHOD_LABEL: Record<Method, string> = { qk_fix: "QK fix (AtP*)", linear: "linear" };
+const METHOD_LABEL: Record<Method, string> = {
+  hybrid: "QK fix + exact dominant edges", qk_fix: "QK fix (AtP*)", linear: "linear",
+};
 const PLOT_PX = 380;
 const SHOWN_ROWS = 20;
 
@@ -75,7 +79,8 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   // ---------------------------------------------------------------- toolbar
   const toolbar = el_("div", "nbi-toolbar");
   const title = el_("strong");
-  const methodToggle = toggleGroup<Method>(doc, "estimate", [["qk_fix", METHOD_LABEL.qk_fix], ["linear", "linear"]], (method) => save({ method }));
+  const methodToggle = toggleGroup<Method>(doc, "estimate",
+    [["hybrid", "QK fix + exact"], ["qk_fix", METHOD_LABEL.qk_fix], ["linear", "linear"]], (method) => save({ method }));
   const kInput = el_("input", "nbi-k");
   kInput.type = "number";
   kInput.min = "1";
@@ -139,7 +144,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   gridBox.append(gridCaption, gridLegend);
   cleanups.push(() => grid.destroy());
 
-  let matrix: { effect: Tensor; attention: Tensor; key: string } | null = null;
+  let matrix: { effect: Tensor; measured: Tensor; attention: Tensor; key: string } | null = null;
   const heatmap = new Heatmap(mapBox, {
     plotWidth: PLOT_PX, plotHeight: PLOT_PX, marginLeft: 92, marginTop: 72, cornerLabel: "query \u2193 key \u2192",
     onHover: (cell, event) => guard(() => {
@@ -147,7 +152,9 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
       const n = matrix.effect.shape[1];
       showTooltip([
         `L${model.get("layer")}.H${model.get("head")} \u00b7 query ${tokenLabel(cell.row)} \u2192 key ${tokenLabel(cell.col)}`,
-        `est. knockout effect: ${formatValue(matrix.effect.values[cell.row * n + cell.col])}`,
+        matrix.measured.values[cell.row * n + cell.col]
+          ? `knockout effect (measured exactly): ${formatValue(matrix.effect.values[cell.row * n + cell.col])}`
+          : `est. knockout effect: ${formatValue(matrix.effect.values[cell.row * n + cell.col])}`,
         `attention: ${formatValue(matrix.attention.values[cell.row * n + cell.col])}`,
       ], event);
     }),
@@ -177,7 +184,10 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     const m = model.get("_edge_matrix");
     if (!m) return;
     if (m !== lastMatrix) {
-      matrix = { effect: decodeTensor(m.effect), attention: decodeTensor(m.attention), key: `${m.layer}:${m.head}:${m.method}` };
+      matrix = {
+        effect: decodeTensor(m.effect), measured: decodeTensor(m.measured), attention: decodeTensor(m.attention),
+        key: `${m.layer}:${m.head}:${m.method}`,
+      };
       lastMatrix = m;
     }
     if (!matrix) return;
@@ -191,7 +201,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     const s = model.get("selected");
     heatmap.setMarker(s.query !== undefined && s.key !== undefined ? { row: s.query, col: s.key } : null);
     heatmap.draw();
-    renderLegend(mapLegend, scale, `est. knockout effect, ${METHOD_LABEL[m.method]} \u00b7 dots: attention`);
+    renderLegend(mapLegend, scale, `knockout effect, ${METHOD_LABEL[m.method]} \u00b7 dots: attention`);
     drawOverlay();
     root.dataset.matrix = matrix.key;
     root.dataset.drawn = "true";
@@ -258,14 +268,15 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     const t = decodeTensor(e.tensor);
     const n = t.shape[0];
     let max = 0;
-    for (let i = 0; i < n; i++) max = Math.max(max, Math.abs(t.values[i * 5 + 4]));
+    const width = t.shape[1];
+    for (let i = 0; i < n; i++) max = Math.max(max, Math.abs(t.values[i * width + 4]));
     const rows = Array.from({ length: n }, (_, i) => {
-      const v = t.values.subarray(i * 5, i * 5 + 5);
-      return [`L${v[0]}.H${v[1]}`, tokenLabel(v[2]), tokenLabel(v[3]), v[4]];
+      const v = t.values.subarray(i * width, i * width + width);
+      return [`L${v[0]}.H${v[1]}`, tokenLabel(v[2]), tokenLabel(v[3]), v[4], v[5] ? "exact" : "estimate"];
     });
-    listBox.replaceChildren(el_("div", "nbi-strip-caption", `top edges by |estimate| (${METHOD_LABEL[e.method]}); click to show`),
-      table(["head", "query", "key", "estimate"], rows, (i) => {
-        const v = t.values.subarray(i * 5, i * 5 + 5);
+    listBox.replaceChildren(el_("div", "nbi-strip-caption", `top edges by |effect| (${METHOD_LABEL[e.method]}); click to show`),
+      table(["head", "query", "key", "effect", "from"], rows, (i) => {
+        const v = t.values.subarray(i * width, i * width + width);
         save({ layer: v[0], head: v[1], selected: { query: v[2], key: v[3] } });
       }, [3], divergingScale(max)));
   }

@@ -83,9 +83,29 @@ def test_exhaustive_knockout_is_the_reference_and_the_qk_fix_beats_linear(attrib
         assert float(exact.effects[edge]) == pytest.approx(measured, abs=1e-5)
     zero = causally_zero(model.n_layers, n, n - 1).expand_as(exact.effects) & ~exact.effects.isnan()
     assert (exact.effects[zero] == 0).all() and exact.n_causally_zero == int(zero.sum())
-    fixed, linear = attribution.compare(exact, k=10), attribution.compare(exact, k=10, method="linear")
+    fixed, linear = attribution.compare(exact, k=10, method="qk_fix"), attribution.compare(exact, k=10, method="linear")
     assert fixed.spearman > 0.85 and fixed.recall_at_k >= 0.8
     assert fixed.mae < linear.mae and fixed.spearman > linear.spearman
+
+
+def test_hybrid_measures_each_rows_dominant_edges_exactly(attribution):
+    """"hybrid": the exact knockout wherever an edge holds >= 0.3 of its row (and can
+    reach the metric), the QK-fix estimate everywhere else."""
+    exact = attribution.exhaustive_edges()
+    model, n = attribution.model, len(attribution.run)
+    probs = torch.stack([attribution.run.attention(l) for l in range(model.n_layers)])
+    reachable = ~exact.effects.isnan() & ~causally_zero(model.n_layers, n, n - 1).expand_as(exact.effects)
+    assert torch.equal(attribution.exact, reachable & (probs >= 0.3))
+    assert 0 < int(attribution.exact.sum()) <= 3 * model.n_layers * model.n_heads * n  # linear in T
+    hybrid, fixed = attribution.edge_effects["hybrid"], attribution.edge_effects["qk_fix"]
+    torch.testing.assert_close(hybrid[attribution.exact], exact.effects[attribution.exact].float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(hybrid[~attribution.exact], fixed[~attribution.exact], equal_nan=True)
+    assert attribution.compare(exact, k=10).mae < attribution.compare(exact, k=10, method="qk_fix").mae
+    capped = attribute(model, attribution.run, TARGET, FOIL, exact_budget=5)
+    assert int(capped.exact.sum()) == 5
+    chosen = probs[capped.exact]
+    assert chosen.min() >= probs[attribution.exact & ~capped.exact].max()  # the highest probabilities first
+    assert not attribute(model, attribution.run, TARGET, FOIL, exact_budget=0).exact.any()
 
 
 def test_verify_top_k_measures_the_estimated_top_edges(attribution):
@@ -118,6 +138,10 @@ def test_clear_errors(attribution):
     model = attribution.model
     with pytest.raises(ni.NbinterpError, match="method must be one of"):
         attribute(model, PROMPT, TARGET, FOIL, method="exact")
+    with pytest.raises(ni.NbinterpError, match="dominant must be a probability"):
+        attribute(model, attribution.run, TARGET, FOIL, dominant=0)
+    with pytest.raises(ni.NbinterpError, match="exact_budget must be a non-negative integer"):
+        attribute(model, attribution.run, TARGET, FOIL, exact_budget=-1)
     with pytest.raises(ni.NbinterpError, match="query 0 has no other key"):
         attribution.verify(edges=[(0, 0, 0, 0)])
     with pytest.raises(ni.NbinterpError, match="other target"):

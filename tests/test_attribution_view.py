@@ -45,8 +45,9 @@ def test_sends_the_estimates_it_holds(view):
     np.testing.assert_allclose(decode(view._heads["tensor"]), view.heads.numpy(), rtol=1e-6)
     m = view._edge_matrix
     assert (m["layer"], m["head"]) == view.edges[0][:2] == (view.layer, view.head)
-    effect = view.edge_effects["qk_fix"][view.layer, view.head].nan_to_num().numpy()
+    effect = view.edge_effects["hybrid"][view.layer, view.head].nan_to_num().numpy()
     np.testing.assert_allclose(decode(m["effect"]), effect, rtol=1e-6, atol=1e-12)
+    np.testing.assert_array_equal(decode(m["measured"]), view.attribution.exact[view.layer, view.head].numpy())
     np.testing.assert_allclose(decode(m["attention"]), view.run.attention(view.layer)[view.head].numpy(), atol=1e-3)
     ranked = decode(view._edges["tensor"])
     assert [tuple(int(x) for x in row[:4]) for row in ranked[:5]] == [e[:4] for e in view.edges[:5]]
@@ -74,7 +75,7 @@ def test_bad_requests_and_values_are_refused_in_the_widget(view):
     assert "out of range" in request(view, {"what": "top_k", "k": 0})["error"]
     assert request(view, {"what": "everything"})["ok"] is False
     view.set_state({"method": "exact"})
-    assert view.method == "qk_fix" and view.error.startswith("The view sent a value that was refused")
+    assert view.method == "hybrid" and view.error.startswith("The view sent a value that was refused")
     with pytest.raises(ni.NbinterpError):
         view.head = 9
 

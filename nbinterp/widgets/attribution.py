@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import traitlets
 
-from ..attribution import METHODS, Attribution, attribute as compute_attribution
+from ..attribution import DOMINANT, EXACT_BUDGET, METHODS, Attribution, attribute as compute_attribution
 from ..errors import NbinterpError
 from ..verification import Verification
 from ._base import HeadWidget, choice_value, int_value, new_figure, rpc
@@ -33,10 +33,18 @@ def edge_matrix(attribution: Attribution, layer: int, head: int, method: str) ->
     return torch.nan_to_num(attribution.edge_effects[method][layer, head], nan=0.0)
 
 
+def measured_mask(attribution: Attribution, method: str) -> torch.Tensor:
+    """bool [L, H, T, T]: the entries of `method` that are exact knockouts, not estimates."""
+    if method == "hybrid" and attribution.exact is not None:
+        return attribution.exact
+    return torch.zeros(attribution.edge_effects[method].shape, dtype=torch.bool)
+
+
 def ranked_edges(attribution: Attribution, method: str, k: int = RANKED_EDGES) -> torch.Tensor:
-    """[k, 5] rows (layer, head, query, key, estimate), largest |estimate| first."""
+    """[k, 6] rows (layer, head, query, key, effect, measured 0/1), largest |effect| first."""
     rows = attribution.top_edges(k, method)
-    return torch.tensor([list(r) for r in rows], dtype=torch.float64).reshape(-1, 5)
+    exact = measured_mask(attribution, method)
+    return torch.tensor([[*r, float(exact[r[:4]])] for r in rows], dtype=torch.float64).reshape(-1, 6)
 
 
 def verification_state(v: Verification) -> dict[str, Any]:
@@ -62,7 +70,7 @@ class AttributionView(HeadWidget):
     target = traitlets.Unicode("").tag(sync=True)
     foil = traitlets.Unicode("").tag(sync=True)
     metric = traitlets.Float(0.0).tag(sync=True)
-    method = traitlets.Unicode("qk_fix").tag(sync=True)
+    method = traitlets.Unicode("hybrid").tag(sync=True)
     _heads = traitlets.Dict().tag(sync=True)
     _edge_matrix = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
     _edges = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
@@ -155,6 +163,7 @@ class AttributionView(HeadWidget):
         self._edge_matrix = {
             "layer": layer, "head": head, "method": method,
             "effect": encode(edge_matrix(a, layer, head, method), "float32"),
+            "measured": encode(measured_mask(a, method)[layer, head].to(torch.uint8), "uint8"),
             "attention": encode(a.run.attention(layer)[head], "float16"),
         }
 
@@ -233,13 +242,16 @@ def _outline(col: int, row: int) -> Any:
 
 
 def attribute(model: Any, prompt: Any, target: str | int, foil: str | int | None = None, *, position: int = -1,
-              method: str = "qk_fix", layer: int | None = None, head: int | None = None) -> AttributionView:
+              method: str = "hybrid", dominant: float = DOMINANT, exact_budget: int = EXACT_BUDGET,
+              layer: int | None = None, head: int | None = None) -> AttributionView:
     """Which heads and attention edges change logit(target) - logit(foil), from
-    one forward + one backward pass, shown as a widget:
+    one forward + one backward pass (plus exact knockouts of each attention
+    row's dominant edges, method "hybrid"), shown as a widget:
 
         att = ni.attribute(model, "When Mary and John went to the store , John gave a drink to",
                            target="Mary", foil="John")
         att.heads; att.edges; att.verify(k=20); att.qk(layer, head, query, key)
     """
-    return AttributionView(compute_attribution(model, prompt, target, foil, position=position, method=method),
+    return AttributionView(compute_attribution(model, prompt, target, foil, position=position, method=method,
+                                               dominant=dominant, exact_budget=exact_budget),
                            layer=layer, head=head)

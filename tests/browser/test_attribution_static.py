@@ -37,7 +37,7 @@ def test_paints_selects_and_verifies(page: Any, model: Any) -> None:
     view = ni.attribute(model, PROMPT, target="w5", foil="w9")
     comm = open_view(page, view, bundle="attribution.js")
     root = page.locator(".nbi-attribution")
-    assert root.get_attribute("data-matrix") == f"{view.layer}:{view.head}:qk_fix"
+    assert root.get_attribute("data-matrix") == f"{view.layer}:{view.head}:hybrid"
     heads = view.heads
     grid = page.evaluate(COLOURED, ".nbi-head-grid")
     assert (grid["red"] > 0) == bool((heads > 0).any()) and (grid["blue"] > 0) == bool((heads < 0).any())
@@ -50,7 +50,7 @@ def test_paints_selects_and_verifies(page: Any, model: Any) -> None:
     assert (view.layer, view.head) == (third.layer, third.head)
     assert view.selected == {"query": third.query, "key": third.key}
     push_state(page, comm)
-    page.wait_for_function(f"document.querySelector('.nbi-attribution').dataset.matrix === '{third.layer}:{third.head}:qk_fix'")
+    page.wait_for_function(f"document.querySelector('.nbi-attribution').dataset.matrix === '{third.layer}:{third.head}:hybrid'")
 
     page.fill(".nbi-k", "3")
     page.get_by_role("button", name="verify top k").click()
@@ -61,6 +61,11 @@ def test_paints_selects_and_verifies(page: Any, model: Any) -> None:
     spearman = view._verification["summary"]["spearman"]
     assert f"Spearman {spearman:.3f}" in summary.inner_text()
     assert page.locator(".nbi-attribution table").nth(1).locator("tbody tr").count() == 12
+
+    # the list says which effects are exact knockouts and which are estimates
+    measured = [bool(view.attribution.exact[e[:4]]) for e in view.edges[:3]]
+    cells = [page.locator(".nbi-list tbody tr").nth(i).locator("td").nth(4).inner_text() for i in range(3)]
+    assert cells == ["exact" if m else "estimate" for m in measured]
 
     page.get_by_role("button", name="linear").click()
     assert view.method == "linear"
