@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import traitlets
 
-from ..attribution import DOMINANT, EXACT_BUDGET, METHODS, Attribution, attribute as compute_attribution
+from ..attribution import DOMINANT, METHODS, Attribution, attribute as compute_attribution
 from ..errors import NbinterpError
 from ..verification import Verification
 from ._base import HeadWidget, choice_value, int_value, new_figure, rpc
@@ -113,6 +113,11 @@ class AttributionView(HeadWidget):
     @property
     def edge_effects(self) -> dict[str, torch.Tensor]:
         return self._attribution.edge_effects
+
+    @property
+    def exact(self) -> torch.Tensor | None:
+        """bool [L, H, T, T]: the edges whose "hybrid" effect is an exact knockout."""
+        return self._attribution.exact
 
     @property
     def run(self) -> Any:
@@ -242,7 +247,7 @@ def _outline(col: int, row: int) -> Any:
 
 
 def attribute(model: Any, prompt: Any, target: str | int, foil: str | int | None = None, *, position: int = -1,
-              method: str = "hybrid", dominant: float = DOMINANT, exact_budget: int = EXACT_BUDGET,
+              method: str = "hybrid", dominant: float = DOMINANT, exact_budget: int | None = None,
               layer: int | None = None, head: int | None = None) -> AttributionView:
     """Which heads and attention edges change logit(target) - logit(foil), from
     one forward + one backward pass (plus exact knockouts of each attention
