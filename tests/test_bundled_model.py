@@ -7,6 +7,7 @@ output_attentions as the independent reference. Never retrains.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -134,19 +135,29 @@ def test_card_induction_head_does_prefix_matching(model, tokenizer):
     assert prev_layer < layer
 
 
-def _ioi_last_position(model, tokenizer, examples, heads, zero_heads=()):
-    """Attention from the last position to IO and to S for ``heads`` and the mean
-    logit(IO) - logit(S), with ``zero_heads`` zeroed before each layer's c_proj."""
+@contextlib.contextmanager
+def heads_zeroed(model, heads):
+    """The heads' outputs zeroed by plain hooks before each layer's c_proj."""
     d_head = model.config.n_embd // model.config.n_head
-    hooks = []
-    for layer, head in zero_heads:
-        def zero(module, args, head=head):
-            x = args[0].clone()
+    handles = []
+    for layer, head in heads:
+        def zero(module, inputs, head=head):
+            x = inputs[0].clone()
             x[..., head * d_head:(head + 1) * d_head] = 0
             return (x,)
-        hooks.append(model.transformer.h[layer].attn.c_proj.register_forward_pre_hook(zero))
-    to_io, to_s, diffs = torch.zeros(len(heads)), torch.zeros(len(heads)), []
+        handles.append(model.transformer.h[layer].attn.c_proj.register_forward_pre_hook(zero))
     try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _ioi_last_position(model, tokenizer, examples, heads, zero_heads=()):
+    """Attention from the last position to IO and to S for ``heads`` and the mean
+    logit(IO) - logit(S), with ``zero_heads`` zeroed."""
+    to_io, to_s, diffs = torch.zeros(len(heads)), torch.zeros(len(heads)), []
+    with heads_zeroed(model, zero_heads):
         for ex in examples:
             ids = tokenizer(ex.prompt, return_tensors="pt").input_ids
             with torch.no_grad():
@@ -157,9 +168,6 @@ def _ioi_last_position(model, tokenizer, examples, heads, zero_heads=()):
                 row = out.attentions[layer][0, head, -1]
                 to_io[i] += row[ids[0] == io_id].sum() / len(examples)
                 to_s[i] += row[ids[0] == s_id].sum() / len(examples)
-    finally:
-        for h in hooks:
-            h.remove()
     return to_io, to_s, sum(diffs) / len(diffs)
 
 
@@ -182,20 +190,9 @@ def test_card_lists_name_movers_that_attend_to_the_indirect_object(model, tokeni
 
 
 def _zeroed(model, heads, metric, *args):
-    """metric(model, *args) with the heads' outputs zeroed by plain hooks before each c_proj."""
-    d_head = model.config.n_embd // model.config.n_head
-    handles = []
-    for layer, head in heads:
-        def zero(module, inputs, head=head):
-            x = inputs[0].clone()
-            x[..., head * d_head:(head + 1) * d_head] = 0
-            return (x,)
-        handles.append(model.transformer.h[layer].attn.c_proj.register_forward_pre_hook(zero))
-    try:
+    """metric(model, *args) with the heads' outputs zeroed."""
+    with heads_zeroed(model, heads):
         return metric(model, *args)
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def test_planted_previous_token_and_induction_heads_carry_induction(model, tokenizer):
