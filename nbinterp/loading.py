@@ -100,7 +100,7 @@ def _load_remote(model_id: Any, timeout: float) -> Model:
     # The wrapper reads the config and tokenizer from the hub (no weights); a
     # network that drops packets would hang, so bound it.
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    future = pool.submit(nnsight.LanguageModel, model_id)
+    future = pool.submit(nnsight.TransformersModel, model_id, task="text-generation")
     try:
         nn_model = future.result(timeout=timeout)
     except concurrent.futures.TimeoutError as error:
