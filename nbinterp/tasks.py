@@ -263,6 +263,17 @@ def examples(task: str, n: int, seed: int = 0, split: str = "test", **variant) -
     return [_GENERATORS[task](rng, split, **variant) for _ in range(n)]
 
 
+def short_examples(task: str, n: int, max_tokens: int, seed: int = 5, **variant) -> list[TaskExample]:
+    """The first `n` held-out examples of `task` whose prompt (with <bos>) has at
+    most `max_tokens` tokens: prompts short enough to knock out every attention
+    edge exhaustively."""
+    pool = examples(task, 60, seed=seed, **variant)
+    chosen = [e for e in pool if len(e.prompt.split()) + 1 <= max_tokens][:n]
+    if len(chosen) < n:
+        raise ValueError(f"only {len(chosen)} {task} prompts of at most {max_tokens} tokens among 60")
+    return chosen
+
+
 def training_sequence(example: TaskExample) -> tuple[str, int]:
     """Text of a training example and how many leading tokens carry no loss.
 

@@ -27,10 +27,7 @@ SATURATED = 0.9
 
 
 def short_examples(task: str, **variant) -> list[tasks.TaskExample]:
-    pool = tasks.examples(task, 60, seed=5, **variant)
-    chosen = [e for e in pool if len(e.prompt.split()) + 1 <= MAX_TOKENS][:N_PROMPTS]
-    assert len(chosen) == N_PROMPTS, f"not enough short {task} prompts"
-    return chosen
+    return tasks.short_examples(task, N_PROMPTS, MAX_TOKENS, **variant)
 
 
 @pytest.fixture(scope="module")
