@@ -34,7 +34,7 @@ export interface AttributionModel {
   head: number;
   selected: { query?: number; key?: number };
   error: string;
-  _heads: { tensor?: EncodedTensor };
+  _heads: { method?: Method; tensor?: EncodedTensor; measured?: boolean };
   _edge_matrix: {
     layer: number; head: number; method: Method; effect: EncodedTensor; measured: EncodedTensor; attention: EncodedTensor;
   } | null;
@@ -138,7 +138,8 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     onClick: (ref) => save({ layer: ref.layer, head: ref.head, selected: {} }),
     onHover: (ref, event) => {
       if (!ref || !heads) return tooltip.hide();
-      showTooltip([`layer ${ref.layer} head ${ref.head}`, `est. effect of ablating: ${formatValue(heads.values[ref.layer * nHeads + ref.head])}`], event);
+      const how = model.get("_heads")?.measured ? "effect of ablating (measured)" : "est. effect of ablating";
+      showTooltip([`layer ${ref.layer} head ${ref.head}`, `${how}: ${formatValue(heads.values[ref.layer * nHeads + ref.head])}`], event);
     },
   });
   gridBox.append(gridCaption, gridLegend);
@@ -176,7 +177,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     grid.setThumbnails(heads.values, 1, scale);
     grid.setSelected({ layer: model.get("layer"), head: model.get("head") });
     grid.draw();
-    renderLegend(gridLegend, scale, "ablation effect (blue: head helps the target)");
+    renderLegend(gridLegend, scale, `${h.measured ? "measured" : "estimated"} ablation effect (blue: head helps the target)`);
   }
 
   let lastMatrix: AttributionModel["_edge_matrix"] = null;

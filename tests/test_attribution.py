@@ -68,7 +68,8 @@ def test_head_estimate_is_minus_gradient_times_output(attribution):
     expected = torch.stack([
         -(run.grad_head_outputs(l) * run.head_outputs(l)).sum(dim=(1, 2)) for l in range(attribution.model.n_layers)
     ]).double()
-    torch.testing.assert_close(attribution.heads, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(attribution.head_estimates, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(attribution.head_effects("qk_fix"), expected, atol=1e-5, rtol=1e-4)
     verified = attribution.verify_heads()
     assert verified.summary.spearman > 0.8
     assert np.sign(verified.estimate[np.abs(verified.measured).argmax()]) == np.sign(verified.measured[np.abs(verified.measured).argmax()])
@@ -88,6 +89,21 @@ def test_exhaustive_knockout_is_the_reference_and_the_qk_fix_beats_linear(attrib
     assert fixed.mae < linear.mae and fixed.spearman > linear.spearman
 
 
+def test_hybrid_measures_every_head_ablation_exactly(attribution):
+    model = attribution.model
+    clean = model.run(PROMPT).logit_diff(TARGET, FOIL)
+    for layer, head in [(0, 0), (1, 3), (model.n_layers - 1, 1)]:
+        measured = model.run(PROMPT, ablate={(layer, head): 0.0}).logit_diff(TARGET, FOIL) - clean
+        assert float(attribution.heads[layer, head]) == pytest.approx(measured, abs=1e-5)
+    assert torch.equal(attribution.heads, attribution.head_exact)
+    verified = attribution.verify_heads()  # always the gradient estimate against the exact ablation
+    np.testing.assert_allclose(verified.measured, attribution.head_exact.flatten().numpy(), atol=1e-5)
+    np.testing.assert_allclose(verified.estimate, attribution.head_estimates.flatten().numpy())
+    # a budget too small for every head leaves them estimated and spends it on edges
+    small = attribute(model, attribution.run, TARGET, FOIL, exact_budget=5)
+    assert small.head_exact is None and torch.equal(small.heads, small.head_estimates)
+
+
 def test_hybrid_measures_each_rows_dominant_edges_exactly(attribution):
     """"hybrid": the exact knockout wherever an edge holds >= 0.3 of its row (and can
     reach the metric), the QK-fix estimate everywhere else."""
@@ -101,7 +117,7 @@ def test_hybrid_measures_each_rows_dominant_edges_exactly(attribution):
     torch.testing.assert_close(hybrid[attribution.exact], exact.effects[attribution.exact].float(), atol=1e-5, rtol=0)
     torch.testing.assert_close(hybrid[~attribution.exact], fixed[~attribution.exact], equal_nan=True)
     assert attribution.compare(exact, k=10).mae < attribution.compare(exact, k=10, method="qk_fix").mae
-    capped = attribute(model, attribution.run, TARGET, FOIL, exact_budget=5)
+    capped = attribute(model, attribution.run, TARGET, FOIL, exact_budget=5)  # fewer than the heads: edges only
     assert int(capped.exact.sum()) == 5
     chosen = probs[capped.exact]
     assert chosen.min() >= probs[attribution.exact & ~capped.exact].max()  # the highest probabilities first

@@ -51,8 +51,11 @@ def test_sends_the_estimates_it_holds(view):
     np.testing.assert_allclose(decode(m["attention"]), view.run.attention(view.layer)[view.head].numpy(), atol=1e-3)
     ranked = decode(view._edges["tensor"])
     assert [tuple(int(x) for x in row[:4]) for row in ranked[:5]] == [e[:4] for e in view.edges[:5]]
+    assert view._heads["measured"] is True and view._heads["method"] == "hybrid"
     view.method = "linear"
-    assert view._edges["method"] == view._edge_matrix["method"] == "linear"
+    assert view._edges["method"] == view._edge_matrix["method"] == view._heads["method"] == "linear"
+    assert view._heads["measured"] is False
+    np.testing.assert_allclose(decode(view._heads["tensor"]), view.attribution.head_estimates.numpy(), rtol=1e-6)
     view.layer, view.head = 1, 3
     assert (view._edge_matrix["layer"], view._edge_matrix["head"]) == (1, 3)
 

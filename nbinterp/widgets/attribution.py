@@ -91,7 +91,7 @@ class AttributionView(HeadWidget):
             foil="" if attribution.foil is None else str(attribution.foil), metric=attribution.metric,
             method=attribution.method, layer=layer, head=head,
         )
-        self._heads = {"tensor": encode(attribution.heads, "float32")}
+        self._send_heads()
         self._send_edges()
         self._send_matrix()
 
@@ -102,8 +102,9 @@ class AttributionView(HeadWidget):
 
     @property
     def heads(self) -> torch.Tensor:
-        """[layers, heads] estimated effect of zero-ablating each head."""
-        return self._attribution.heads
+        """[layers, heads] effect of zero-ablating each head, for the view's
+        method: measured ("hybrid") or gradient x activation."""
+        return self._attribution.head_effects(self.method)
 
     @property
     def edges(self) -> list:
@@ -172,12 +173,18 @@ class AttributionView(HeadWidget):
             "attention": encode(a.run.attention(layer)[head], "float16"),
         }
 
+    def _send_heads(self) -> None:
+        a = self._attribution
+        self._heads = {"method": self.method, "tensor": encode(a.head_effects(self.method), "float32"),
+                       "measured": self.method == "hybrid" and a.head_exact is not None}
+
     def _send_edges(self) -> None:
         self._edges = {"method": self.method, "tensor": encode(ranked_edges(self._attribution, self.method), "float32")}
 
     @traitlets.observe("layer", "head", "method")
     def _on_change(self, change: Any) -> None:
         if change["name"] == "method":
+            self._send_heads()
             self._send_edges()
         m = self._edge_matrix
         if m is None or (m["layer"], m["head"], m["method"]) != (self.layer, self.head, self.method):
@@ -212,20 +219,22 @@ class AttributionView(HeadWidget):
     def to_figure(self, *, dpi: int = 100) -> Any:
         """Head-effect grid and the chosen head's edge effects, as a Figure."""
         a = self._attribution
-        heads = a.heads.float().numpy()
+        heads = self.heads.float().numpy()
         effect = edge_matrix(a, self.layer, self.head, self.method).float().numpy()
         figure = new_figure(figsize=(11, 4.8), dpi=dpi)
         left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
         m = max(float(np.abs(heads).max()), 1e-12)
         image = left.imshow(heads, cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
-        figure.colorbar(image, ax=left, label="est. effect of ablating the head")
+        figure.colorbar(image, ax=left, label=("measured" if self._heads.get("measured") else "est.") + " effect of ablating the head")
+        left.set_xticks(range(heads.shape[1]))
+        left.set_yticks(range(heads.shape[0]))
         left.set_xlabel("head")
         left.set_ylabel("layer")
         left.set_title(f"heads · logit diff {a.metric:.3f}")
         left.add_patch(_outline(self.head, self.layer))
         m = max(float(np.abs(effect).max()), 1e-12)
         image = right.imshow(effect, cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
-        figure.colorbar(image, ax=right, label=f"est. knockout effect ({self.method})")
+        figure.colorbar(image, ax=right, label=f"knockout effect ({self.method}{': dominant edges exact' if self.method == 'hybrid' else ' estimate'})")
         tokens = self.tokens
         if len(tokens) <= 48:
             right.set_yticks(range(len(tokens)), [repr(t)[1:-1] for t in tokens], fontsize=7)
