@@ -42,7 +42,7 @@ and a row has at most ``1 / dominant`` of them, so:
   measured. Every head's zero ablation is measured too (L*H ablations,
   batched, when they fit the same budget): gradient x activation misses heads
   that act through saturated heads downstream just as the edge estimates do
-  (the bundled model's previous-token head: about +1 estimated, -18 measured
+  (the bundled model's previous-token head: +1.4 estimated, -18.1 measured
   on the IOI prompt).
 """
 
