@@ -333,6 +333,8 @@ def measure(model, tokenizer) -> dict:
     heads = lambda s: [[l, h] for l, h in (s > 0.5).nonzero().tolist()]  # noqa: E741,E731
     best = lambda s: list(divmod(int(s.argmax()), s.shape[1]))  # noqa: E731
     ioi_rows = mover_heads(model, tokenizer, ex("ioi")[:100], "io")
+    by_order = {o: [e for e in ex("ioi") if e.meta["order"] == o] for o in ("ABB", "BAB")}
+    base_by_order = {o: tasks.logit_diff(model, tokenizer, e) for o, e in by_order.items()}
     ctx_rows = mover_heads(model, tokenizer, ex("context_override", **tasks.CONTEXT_VARIANTS["plain"])[:100],
                            "context_answer")
     movers = lambda rows, key: [r["head"] for r in rows[:3]  # noqa: E731
@@ -369,6 +371,13 @@ def measure(model, tokenizer) -> dict:
         "prefix_matching_scores": [[round(v, 3) for v in r] for r in scores["prefix_matching"].tolist()],
         "repeat_length": REPEAT_LENGTH,
         "ioi_heads": ioi_rows,
+        # The top IOI heads' drop per name order: ABB ("When Mary and John ..., John gave ... to")
+        # vs BAB ("When John and Mary ..., John gave ... to").
+        "ioi_heads_by_order": {
+            order: {f"L{r['head'][0]}H{r['head'][1]}": round(
+                base_by_order[order] - ablated_logit_diff(model, tokenizer, by_order[order], [tuple(r["head"])]), 3)
+                for r in ioi_rows[:4]}
+            for order in ("ABB", "BAB")},
         "context_heads": ctx_rows,
     }
     return card
@@ -494,10 +503,14 @@ mean attention from the second copy to the token after the earlier copy of the c
 {_table(["layer", *[f"H{h} prev / prefix" for h in range(len(pm[0]))]],
         [[l, *[f"{pt[l][h]} / {pm[l][h]}" for h in range(len(pm[0]))]] for l in range(len(pm))])}
 
-Top IOI heads by ablation (zeroing the head's output at every position):
+Top IOI heads by ablation (zeroing the head's output at every position; the last two columns split
+the drop by name order, ABB "When Mary and John ..., John gave ... to" vs BAB "When John and Mary ...,
+John gave ... to", all {card['n_test']} test prompts):
 
-{_table(["head", "attn to IO", "attn to S", "logit diff drop"],
-        [[f"L{r['head'][0]}H{r['head'][1]}", r['attn_to_io'], r['attn_to_foil'], r['logit_diff_drop']]
+{_table(["head", "attn to IO", "attn to S", "logit diff drop", "drop, ABB", "drop, BAB"],
+        [[f"L{r['head'][0]}H{r['head'][1]}", r['attn_to_io'], r['attn_to_foil'], r['logit_diff_drop'],
+          c['ioi_heads_by_order']['ABB'].get(f"L{r['head'][0]}H{r['head'][1]}", ""),
+          c['ioi_heads_by_order']['BAB'].get(f"L{r['head'][0]}H{r['head'][1]}", "")]
          for r in c['ioi_heads'][:5]])}
 """
 

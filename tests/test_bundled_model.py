@@ -223,3 +223,16 @@ def test_planted_name_mover_attends_to_the_indirect_object_and_matters(model, to
     assert to_io.item() > 0.5 > to_s.item()
     diff = _zeroed(model, [mover["head"]], tasks.logit_diff, tokenizer, examples)
     assert diff == pytest.approx(mover["logit_diff_head_zeroed"], abs=0.05)
+
+
+def test_ioi_head_drops_by_name_order_match_the_card(model, tokenizer):
+    """The card splits each top IOI head's ablation by name order (L2.H2 matters for
+    BAB prompts only); recompute both with plain hooks."""
+    examples = tasks.examples("ioi", N, seed=SEED)
+    for order, drops in CARD["circuits"]["ioi_heads_by_order"].items():
+        subset = [e for e in examples if e.meta["order"] == order]
+        base = tasks.logit_diff(model, tokenizer, subset)
+        for name, drop in drops.items():
+            layer, head = (int(x) for x in name[1:].split("H"))
+            ablated = _zeroed(model, [(layer, head)], tasks.logit_diff, tokenizer, subset)
+            assert base - ablated == pytest.approx(drop, abs=0.05), (order, name)
