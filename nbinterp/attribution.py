@@ -397,20 +397,21 @@ def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | 
     if exact_budget is None:
         exact_budget = EXACT_FORWARDS * knockout_batch.batch_rows(model, len(run))
     metric = knockout_batch.metric_of(model, target, foil, position, len(run))
+    # the clean value from the same batched path as the interventions (not the gradient run's)
+    clean = knockout_batch.clean_metric(model, run.input_ids, metric) if exact_budget else 0.0
     head_exact = None
     n_heads = model.n_layers * model.n_heads
     if n_heads <= exact_budget:
         all_heads = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
-        clean = knockout_batch.clean_metric(model, run.input_ids, metric)
         head_exact = (knockout_batch.ablation_metrics(model, run.input_ids, all_heads, metric) - clean).double()
         head_exact = head_exact.view(model.n_layers, model.n_heads)
-    exact = _measure_dominant(model, run, metric, position, edge_effects, dominant, exact_budget)
+    exact = _measure_dominant(model, run, metric, clean, position, edge_effects, dominant, exact_budget)
     seconds = time.perf_counter() - started
     return Attribution(model, run, target, foil, position, head_estimates, edge_effects, method, n_top, seconds,
                        exact, head_exact)
 
 
-def _measure_dominant(model: "Model", run: "Run", metric: Any, position: int,
+def _measure_dominant(model: "Model", run: "Run", metric: Any, clean: float, position: int,
                       edge_effects: dict[str, torch.Tensor], dominant: float, budget: int) -> torch.Tensor:
     """Adds edge_effects["hybrid"]: the QK-fix estimates with the dominant
     edges replaced by exact knockouts. Returns which entries were measured."""
@@ -421,7 +422,6 @@ def _measure_dominant(model: "Model", run: "Run", metric: Any, position: int,
     hybrid = edge_effects["qk_fix"].clone()
     keys = [tuple(x) for x in exact.nonzero().tolist()]
     if keys:
-        clean = knockout_batch.clean_metric(model, run.input_ids, metric)
         measured = knockout_batch.knockout_metrics(model, run.input_ids, keys, metric) - clean
         hybrid[exact] = measured.to(hybrid.dtype)
     edge_effects["hybrid"] = hybrid
