@@ -182,3 +182,16 @@ def test_candidate_recall_counts_the_true_top_k_in_the_estimated_pool(attributio
     expected = sum(tuple(torch.tensor(list(torch.unravel_index(i, shape))).tolist()) in pool for i in true_top) / 5
     assert attribution.candidate_recall(exact, k=5) == expected
     assert attribution.candidate_recall(exact, k=5, pool=len(attribution.top_edges())) == 1.0
+
+
+def test_attribution_runs_through_remote_serialisation(tokenizer):
+    """Gradients, batched head ablations and edge knockouts all go through nnsight's
+    remote="local" path (serialised as NDIF would get them) with the local numbers."""
+    hf = random_model("gpt2")
+    local = attribute(ni.load(hf, tokenizer=tokenizer), PROMPT, TARGET, FOIL)
+    remote = attribute(ni.load(hf, tokenizer=tokenizer, remote="local"), PROMPT, TARGET, FOIL)
+    assert torch.equal(remote.exact, local.exact) and int(remote.exact.sum()) > 0
+    torch.testing.assert_close(remote.heads, local.heads, atol=1e-4, rtol=1e-4)
+    for method in ("hybrid", "qk_fix"):
+        torch.testing.assert_close(remote.edge_effects[method], local.edge_effects[method], atol=1e-4, rtol=1e-4,
+                                   equal_nan=True)
