@@ -128,7 +128,6 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   root.append(verifyBox);
   const tooltip = new Tooltip(root);
   root.append(tooltip.el);
-  const showTooltip = (lines: string[], event: MouseEvent) => tooltip.show(lines, event);
 
   const nLayers = model.get("n_layers");
   const nHeads = model.get("n_heads");
@@ -139,7 +138,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     onHover: (ref, event) => {
       if (!ref || !heads) return tooltip.hide();
       const how = model.get("_heads")?.measured ? "effect of ablating (measured)" : "est. effect of ablating";
-      showTooltip([`layer ${ref.layer} head ${ref.head}`, `${how}: ${formatValue(heads.values[ref.layer * nHeads + ref.head])}`], event);
+      tooltip.show([`layer ${ref.layer} head ${ref.head}`, `${how}: ${formatValue(heads.values[ref.layer * nHeads + ref.head])}`], event);
     },
   });
   gridBox.append(gridCaption, gridLegend);
@@ -151,7 +150,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     onHover: (cell, event) => guard(() => {
       if (!cell || !matrix) return tooltip.hide();
       const n = matrix.effect.shape[1];
-      showTooltip([
+      tooltip.show([
         `L${model.get("layer")}.H${model.get("head")} \u00b7 query ${tokenLabel(cell.row)} \u2192 key ${tokenLabel(cell.col)}`,
         matrix.measured.values[cell.row * n + cell.col]
           ? `knockout effect (measured exactly): ${formatValue(matrix.effect.values[cell.row * n + cell.col])}`

@@ -65,16 +65,5 @@ def patched_metrics(
         capture_name, field = PATCH_SITES[kind]
         getattr(plan, field)[layer] = (mask, source._capture(capture_name, layer).float())
     batch = input_ids.expand(len(patch_sets), -1)
-    if len(patch_sets) == 1:  # a one-row batch would take gradients: keep it a batch
-        batch = input_ids.expand(2, -1)
-        plan = _duplicate_row(plan)
-    saved = model._execute(batch, plan, {}, metric)
-    return saved["metric"].reshape(-1)[: len(patch_sets)].float()
-
-
-def _duplicate_row(plan: Plan) -> Plan:
-    for field in ("patch_resid", "patch_z", "patch_attn", "patch_mlp"):
-        table = getattr(plan, field)
-        for layer, (mask, values) in table.items():
-            table[layer] = (mask.expand(2, -1, -1), values)
-    return plan
+    saved = model._execute(batch, plan, {}, metric, gradients=False)
+    return saved["metric"].reshape(-1).float()

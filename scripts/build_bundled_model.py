@@ -207,7 +207,6 @@ def mover_heads(model, tokenizer, examples, attend_to: str) -> list[dict]:
     """Per head: last-position attention to the target vs the foil token, and the
     drop of logit(target) - logit(foil) when the head's output is zeroed."""
     cfg = model.config
-    d_head = cfg.n_embd // cfg.n_head
     base = tasks.logit_diff(model, tokenizer, examples)
     rows = []
     enc = [tokenizer(e.prompt)["input_ids"] for e in examples]
@@ -222,12 +221,7 @@ def mover_heads(model, tokenizer, examples, attend_to: str) -> list[dict]:
     attn_foil /= len(examples)
     for layer in range(cfg.n_layer):
         for head in range(cfg.n_head):
-            proj = model.transformer.h[layer].attn.c_proj
-            handle = proj.register_forward_pre_hook(_zero_head_hook(head, d_head))
-            try:
-                ablated = tasks.logit_diff(model, tokenizer, examples)
-            finally:
-                handle.remove()
+            ablated = ablated_logit_diff(model, tokenizer, examples, [(layer, head)])
             rows.append({"head": [layer, head], f"attn_to_{attend_to}": round(attn_target[layer, head].item(), 3),
                          "attn_to_foil": round(attn_foil[layer, head].item(), 3),
                          "logit_diff_drop": round(base - ablated, 3)})
