@@ -24,9 +24,9 @@ import time
 import torch
 
 import nbinterp as ni
-from nbinterp import knockout_batch
-from nbinterp.attribution import METHODS, attribute, causally_zero
-from nbinterp.verification import Summary
+from nbinterp.interventions import batch
+from nbinterp.analysis.attribution import METHODS, attribute, causally_zero
+from nbinterp.analysis.estimate_stats import Summary
 
 K = 10
 QK_SHARPEN = 4.0
@@ -53,7 +53,7 @@ def gpt2_small_random() -> ni.Model:
 
 def bundled_prompt(model: ni.Model, n_tokens: int, rng: random.Random) -> tuple[torch.Tensor, int, int]:
     """<bos> s s[:k] with the right length: the induction task; target s[k]."""
-    from nbinterp import tasks
+    from nbinterp.bundled import tasks
 
     pool = tasks.vocabulary()[len(tasks.SPECIAL_TOKENS):]
     half = n_tokens // 2
@@ -84,13 +84,13 @@ def bench(model: ni.Model, name: str, n_tokens: int, prompt, budget: float, rng:
     valid = ~att.edge_effects["linear"].isnan()
     to_run = valid & ~causally_zero(model.n_layers, n_tokens, n_tokens - 1)
     n_edges, n_run = int(valid.sum()), int(to_run.sum())
-    rows = knockout_batch.batch_rows(model, n_tokens)
+    rows = batch.batch_rows(model, n_tokens)
     n_forwards = -(-n_run // rows)
     # per-forward time from two full batches
     metric = att._metric()
     sample = [tuple(e) for e in to_run.nonzero()[: 2 * rows].tolist()]
     started = time.perf_counter()
-    knockout_batch.knockout_metrics(model, ids, sample, metric, rows)
+    batch.knockout_metrics(model, ids, sample, metric, rows)
     per_forward = (time.perf_counter() - started) / max(1, -(-len(sample) // rows))
     projected = per_forward * n_forwards
     row = dict(model=name, T=n_tokens, edges=n_edges, run=n_run, rows=rows, t_attr=t_attr, t_hybrid=t_hybrid,
@@ -104,8 +104,8 @@ def bench(model: ni.Model, name: str, n_tokens: int, prompt, budget: float, rng:
         row.update(t_exh=projected, exh_measured=False)
         # No full reference: measure the union of the methods' top 100.
         keys = sorted({e[:4] for m in METHODS for e in att.top_edges(100, m)})
-        clean = knockout_batch.clean_metric(model, ids, metric)
-        measured = (knockout_batch.knockout_metrics(model, ids, keys, metric, rows) - clean).numpy()
+        clean = batch.clean_metric(model, ids, metric)
+        measured = (batch.knockout_metrics(model, ids, keys, metric, rows) - clean).numpy()
         for method in METHODS:
             est = [float(att.edge_effects[method][k]) for k in keys]
             row[method] = Summary.of(est, measured, K, f"pool of {len(keys)} top edges")

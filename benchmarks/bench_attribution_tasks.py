@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 import nbinterp as ni
-from nbinterp import tasks
-from nbinterp.attribution import METHODS, attribute
+from nbinterp.bundled import tasks
+from nbinterp.analysis.attribution import METHODS, attribute
 
 N_PROMPTS, MAX_TOKENS, K, SATURATED = 2, 20, 10, 0.9
 

@@ -21,7 +21,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from nbinterp import tasks
+from nbinterp.bundled import tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "nbinterp" / "bundled"

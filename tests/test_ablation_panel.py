@@ -9,7 +9,7 @@ import torch
 
 import nbinterp as ni
 from conftest import PROMPT, random_model
-from nbinterp.ablation import canonical_ablations
+from nbinterp.interventions.ablation import canonical_ablations
 from reference_hooks import blocks, hooks, scale_head_input
 
 TARGET, FOIL = "w5", "w9"

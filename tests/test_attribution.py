@@ -10,9 +10,9 @@ import torch
 
 import nbinterp as ni
 from conftest import PROMPT, random_model
-from nbinterp import knockout_batch
-from nbinterp.attribution import attribute, causally_zero, edge_estimates
-from nbinterp.verification import rank_average, recall_at_k, spearman
+from nbinterp.interventions import batch
+from nbinterp.analysis.attribution import attribute, causally_zero, edge_estimates
+from nbinterp.analysis.estimate_stats import rank_average, recall_at_k, spearman
 
 TARGET, FOIL = "w5", "w9"
 
@@ -25,13 +25,13 @@ def attribution(request, tokenizer):
 
 def test_batched_knockouts_and_ablations_equal_one_run_each(attribution):
     model, ids = attribution.model, attribution.run.input_ids
-    metric = knockout_batch.metric_of(model, TARGET, FOIL, -1, ids.shape[1])
+    metric = batch.metric_of(model, TARGET, FOIL, -1, ids.shape[1])
     edges = [(0, 1, 7, 3), (1, 2, 9, 4), (0, 0, 3, 3), (1, 3, 9, 9), (0, 2, 9, 0)]
-    got = knockout_batch.knockout_metrics(model, ids, edges, metric, rows=3)  # two forwards, mixed layers
+    got = batch.knockout_metrics(model, ids, edges, metric, rows=3)  # two forwards, mixed layers
     expected = [model.run(PROMPT, knockout=[e]).logit_diff(TARGET, FOIL) for e in edges]
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-5, rtol=0)
     heads = [(0, 1), (1, 3)]
-    got = knockout_batch.ablation_metrics(model, ids, heads, metric)
+    got = batch.ablation_metrics(model, ids, heads, metric)
     expected = [model.run(PROMPT, ablate={h: 0.0}).logit_diff(TARGET, FOIL) for h in heads]
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-5, rtol=0)
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import nbinterp as ni
-from nbinterp import tasks
-from nbinterp.attribution import attribute
-from nbinterp.loading import BUNDLED_DIR
+from nbinterp.bundled import tasks
+from nbinterp.analysis.attribution import attribute
+from nbinterp.engine.loading import BUNDLED_DIR
 
 pytestmark = pytest.mark.skipif(
     not (BUNDLED_DIR / "card.json").is_file(), reason="the bundled model is not built yet (scripts/build_bundled_model.py)"

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import nbinterp
-from nbinterp import tasks
+from nbinterp.bundled import tasks
 
 BUNDLED = Path(nbinterp.__file__).parent / "bundled"
 CARD = json.loads((BUNDLED / "card.json").read_text())

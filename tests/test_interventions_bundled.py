@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 import nbinterp as ni
-from nbinterp import tasks
-from nbinterp.loading import BUNDLED_DIR
-from nbinterp.patching_sweep import sweep
+from nbinterp.bundled import tasks
+from nbinterp.engine.loading import BUNDLED_DIR
+from nbinterp.analysis.patching_sweep import sweep
 
 pytestmark = pytest.mark.skipif(
     not (BUNDLED_DIR / "card.json").is_file() or not (BUNDLED_DIR / "model.safetensors").is_file(),

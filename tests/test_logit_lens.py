@@ -9,7 +9,7 @@ import torch
 
 import nbinterp as ni
 from conftest import PROMPT
-from nbinterp.lens import logit_lens
+from nbinterp.analysis.logit_lens import logit_lens
 from nbinterp.widgets._buffers import decode
 
 

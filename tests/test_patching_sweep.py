@@ -10,7 +10,7 @@ import torch
 
 import nbinterp as ni
 from conftest import PROMPT
-from nbinterp.patching_sweep import PatchingSweep, effects_of, patching_effect, prepare, sweep
+from nbinterp.analysis.patching_sweep import PatchingSweep, effects_of, patching_effect, prepare, sweep
 
 # One token changed (w3 -> w4 at position 7), within Mistral's and Gemma2's sliding window of the last token.
 CORRUPTED = "w5 w17 w3 w42 w9 w5 w17 w4 w28 w11"
@@ -109,7 +109,7 @@ def test_logit_of_target_alone_without_a_foil(arch_model):
 def test_sweep_and_logit_lens_run_through_nnsight_remote_serialisation(tokenizer):
     """remote="local" serialises each request as NDIF would and runs it here."""
     from conftest import random_model
-    from nbinterp.lens import logit_lens
+    from nbinterp.analysis.logit_lens import logit_lens
 
     hf = random_model("llama")
     local, remote = ni.load(hf, tokenizer=tokenizer), ni.load(hf, tokenizer=tokenizer, remote="local")
@@ -123,7 +123,7 @@ def test_sweep_and_logit_lens_run_through_nnsight_remote_serialisation(tokenizer
 
 def test_one_patch_set_is_one_row_without_gradients(arch_model):
     """patched_metrics with a single row (no batch to share) equals model.run(patch_from=...)."""
-    from nbinterp.batched_patching import parse_sites, patched_metrics
+    from nbinterp.interventions.batched_patching import parse_sites, patched_metrics
 
     _, _, model = arch_model
     setup = prepare(model, PROMPT, CORRUPTED, TARGET, FOIL)

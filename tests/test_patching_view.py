@@ -10,7 +10,7 @@ import pytest
 
 import nbinterp as ni
 from conftest import PROMPT, random_model
-from nbinterp.patching_sweep import sweep
+from nbinterp.analysis.patching_sweep import sweep
 from nbinterp.widgets import AblationPanel, AttentionView
 from nbinterp.widgets._buffers import decode
 

@@ -8,7 +8,7 @@ import torch
 
 import nbinterp as ni
 from conftest import PROMPT, random_model
-from nbinterp.qk import qk, residual_components
+from nbinterp.analysis.qk import qk, residual_components
 
 SUPPORTED = ["gpt2", "gpt_neox", "llama", "qwen2", "mistral"]
 CELLS = [(0, 1, 7, 3), (1, 2, 9, 6), (1, 3, 5, 5), (1, 0, 8, 0)]

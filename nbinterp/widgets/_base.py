@@ -20,7 +20,7 @@ from typing import Any, Callable
 import anywidget
 import traitlets
 
-from ..errors import NbinterpError
+from nbinterp.errors import NbinterpError
 
 log = logging.getLogger("nbinterp.widgets")
 

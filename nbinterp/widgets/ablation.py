@@ -16,9 +16,9 @@ from typing import Any, Sequence
 
 import traitlets
 
-from ..ablation import ABLATION_MODES, ablated_run, ablation_code, canonical_ablations, summarize
-from ..errors import NbinterpError
-from ..lens import display_text
+from nbinterp.interventions.ablation import ABLATION_MODES, ablated_run, ablation_code, canonical_ablations, summarize
+from nbinterp.errors import NbinterpError
+from nbinterp.analysis.logit_lens import display_text
 from ._base import FrontendError, InterpWidget, choice_value, new_figure, rpc
 
 STATIC = Path(__file__).resolve().parent.parent / "static"

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import traitlets
 
-from ..errors import NbinterpError
+from nbinterp.errors import NbinterpError
 from ._base import FrontendError, HeadWidget, choice_value, dict_value, int_value, new_figure, rpc
 from ._buffers import encode, pack
 

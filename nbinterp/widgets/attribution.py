@@ -3,7 +3,7 @@
 A signed head-effect grid, the chosen head's edge-effect matrix over its
 attention pattern, the ranked edges, and "verify": exact knockouts /
 ablations run on request, estimate vs measured with the summary errors.
-The computation lives in `nbinterp.attribution`; this is a thin view that
+The computation lives in `nbinterp.analysis.attribution`; this is a thin view that
 also answers `.heads`, `.edges`, `.verify(k)`, `.qk(...)` like the
 `Attribution` it holds."""
 
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import traitlets
 
-from ..attribution import DOMINANT, METHODS, Attribution, attribute as compute_attribution
-from ..errors import NbinterpError
-from ..verification import Verification
+from nbinterp.analysis.attribution import DOMINANT, METHODS, Attribution, attribute as compute_attribution
+from nbinterp.errors import NbinterpError
+from nbinterp.analysis.estimate_stats import Verification
 from ._base import HeadWidget, choice_value, int_value, new_figure, rpc
 from ._buffers import encode
 from .attention import display_tokens

@@ -9,7 +9,7 @@ from typing import Any
 
 import traitlets
 
-from ..lens import LogitLens, logit_lens as compute_logit_lens
+from nbinterp.analysis.logit_lens import LogitLens, logit_lens as compute_logit_lens
 from ._base import InterpWidget, new_figure
 from ._buffers import encode
 

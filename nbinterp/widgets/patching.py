@@ -17,9 +17,9 @@ import anywidget
 import torch
 import traitlets
 
-from ..errors import NbinterpError
-from ..lens import display_text
-from ..patching_sweep import KIND_LABELS, SWEEP_KINDS, PatchingSweep, prepare
+from nbinterp.errors import NbinterpError
+from nbinterp.analysis.logit_lens import display_text
+from nbinterp.analysis.patching_sweep import KIND_LABELS, SWEEP_KINDS, PatchingSweep, prepare
 from ._base import InterpWidget, choice_value, int_value, new_figure, rpc
 from ._buffers import encode
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import nbinterp as ni
-import nbinterp.patching_sweep as patching_sweep
+import nbinterp.analysis.patching_sweep as patching_sweep
 from conftest import PROMPT, random_model, word_tokenizer
 from harness import open_view, push_state
 

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from .errors import NbinterpError
-from .interventions import Metric, Plan
+from nbinterp.errors import NbinterpError
+from nbinterp.engine.trace import Metric, Plan
 
 if TYPE_CHECKING:
-    from .model import Model
+    from nbinterp.engine.model import Model
 
 Edge = tuple[int, int, int, int]  # (layer, head, query, key)
 

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
-from .batched_patching import Site, parse_sites, patched_metrics
-from .errors import NbinterpError
-from .interventions import Metric
+from nbinterp.interventions.batched_patching import Site, parse_sites, patched_metrics
+from nbinterp.errors import NbinterpError
+from nbinterp.engine.trace import Metric
 
 if TYPE_CHECKING:
-    from .model import Model
-    from .run import Run
+    from nbinterp.engine.model import Model
+    from nbinterp.engine.run import Run
 
 SWEEP_KINDS = ("resid_pre", "attn_out", "mlp_out", "head")
 KIND_LABELS = {

@@ -13,12 +13,12 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from . import attention_math
-from .adapters import Architecture, ModelShape, architecture_for, get_path, read_shape
-from .errors import NbinterpError
-from .interventions import CAPTURES, Metric, Plan, execute
-from .patching import build_patch
-from .run import Run
+from nbinterp.engine import attention_math
+from nbinterp.engine.architectures import Architecture, ModelShape, architecture_for, get_path, read_shape
+from nbinterp.errors import NbinterpError
+from nbinterp.engine.trace import CAPTURES, Metric, Plan, execute
+from nbinterp.interventions.patching import build_patch
+from nbinterp.engine.run import Run
 
 Prompt = "str | Sequence[int] | torch.Tensor"
 

@@ -10,12 +10,12 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import NbinterpError
-from .lens import display_text
+from nbinterp.errors import NbinterpError
+from nbinterp.analysis.logit_lens import display_text
 
 if TYPE_CHECKING:
-    from .model import Model
-    from .run import Run
+    from nbinterp.engine.model import Model
+    from nbinterp.engine.run import Run
 
 ABLATION_MODES = ("zero", "mean")
 

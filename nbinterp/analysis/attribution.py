@@ -55,13 +55,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from . import knockout_batch
-from .errors import NbinterpError
-from .verification import Summary, Verification
+from nbinterp.interventions import batch
+from nbinterp.errors import NbinterpError
+from nbinterp.analysis.estimate_stats import Summary, Verification
 
 if TYPE_CHECKING:
-    from .model import Model
-    from .run import Run
+    from nbinterp.engine.model import Model
+    from nbinterp.engine.run import Run
 
 METHODS = ("hybrid", "qk_fix", "linear")
 DEFAULT_TOP = 100
@@ -208,7 +208,7 @@ class Attribution:
 
     def _metric(self) -> Any:
         n_tokens = len(self.run)
-        return knockout_batch.metric_of(self.model, self.target, self.foil, self.position, n_tokens)
+        return batch.metric_of(self.model, self.target, self.foil, self.position, n_tokens)
 
     # ------------------------------------------------------------ verify
     def verify(self, k: int = 20, method: str | None = None, edges: Sequence[Sequence[int]] | None = None,
@@ -233,8 +233,8 @@ class Attribution:
             keys = [tuple(int(x) for x in e[:4]) for e in edges]
             scope = f"{len(keys)} chosen edges"
         started = time.perf_counter()
-        clean = knockout_batch.clean_metric(self.model, self.run.input_ids, self._metric())
-        measured = knockout_batch.knockout_metrics(self.model, self.run.input_ids, keys, self._metric()) - clean
+        clean = batch.clean_metric(self.model, self.run.input_ids, self._metric())
+        measured = batch.knockout_metrics(self.model, self.run.input_ids, keys, self._metric()) - clean
         seconds = time.perf_counter() - started
         estimate = np.array([float(effects[key]) for key in keys])
         estimate = np.nan_to_num(estimate)  # a no-op knockout (masked key) estimates 0
@@ -248,8 +248,8 @@ class Attribution:
             heads = [(l, h) for l in range(self.model.n_layers) for h in range(self.model.n_heads)]
         keys = [(int(l), int(h)) for l, h in heads]
         started = time.perf_counter()
-        clean = knockout_batch.clean_metric(self.model, self.run.input_ids, self._metric())
-        measured = knockout_batch.ablation_metrics(self.model, self.run.input_ids, keys, self._metric()) - clean
+        clean = batch.clean_metric(self.model, self.run.input_ids, self._metric())
+        measured = batch.ablation_metrics(self.model, self.run.input_ids, keys, self._metric()) - clean
         seconds = time.perf_counter() - started
         estimate = np.array([float(self.head_estimates[key]) for key in keys])
         summary = Summary.of(estimate, measured.numpy(), k, f"{len(keys)} heads")
@@ -269,14 +269,14 @@ class Attribution:
         to_run = valid & ~zero
         keys = [tuple(x) for x in to_run.nonzero().tolist()]
         started = time.perf_counter()
-        clean = knockout_batch.clean_metric(self.model, self.run.input_ids, self._metric())
-        measured = knockout_batch.knockout_metrics(self.model, self.run.input_ids, keys, self._metric(), rows) - clean
+        clean = batch.clean_metric(self.model, self.run.input_ids, self._metric())
+        measured = batch.knockout_metrics(self.model, self.run.input_ids, keys, self._metric(), rows) - clean
         seconds = time.perf_counter() - started
         effects = torch.full(valid.shape, float("nan"), dtype=torch.float64)
         effects[valid] = 0.0
         if keys:
             effects[tuple(torch.tensor(keys).T)] = measured
-        rows = rows or knockout_batch.batch_rows(self.model, n_tokens)
+        rows = rows or batch.batch_rows(self.model, n_tokens)
         return ExactEdges(effects, seconds, len(keys), int((valid & zero).sum()), -(-len(keys) // rows), clean)
 
     def compare(self, exact: "ExactEdges", k: int = 10, method: str | None = None) -> Summary:
@@ -296,7 +296,7 @@ class Attribution:
         """Share of the true top-k edges among the top `pool` (default 4k)
         estimates: when it is 1, `verify(k)` (which measures that pool)
         finds the true top-k exactly."""
-        from .verification import top_k_by_magnitude
+        from nbinterp.analysis.estimate_stats import top_k_by_magnitude
 
         pool = 4 * k if pool is None else pool
         effects = exact.effects.nan_to_num()
@@ -307,8 +307,8 @@ class Attribution:
 
     # --------------------------------------------------------------- qk
     def qk(self, layer: int, head: int, query: int, key: int) -> Any:
-        """Why this head attends from `query` to `key`: see `nbinterp.qk.qk`."""
-        from .qk import qk
+        """Why this head attends from `query` to `key`: see `nbinterp.analysis.qk.qk`."""
+        from nbinterp.analysis.qk import qk
 
         return qk(self.model, self.run, layer, head, query, key)
 
@@ -378,14 +378,14 @@ def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | 
     if exact_budget is not None and not (isinstance(exact_budget, int) and exact_budget >= 0):
         raise NbinterpError(f"exact_budget must be a non-negative integer, not {exact_budget!r} (0 turns exact knockouts off)")
     started = time.perf_counter()
-    from .run import Run
+    from nbinterp.engine.run import Run
 
     if isinstance(prompt, Run):
         run = prompt
         if run._metric is None:
             raise NbinterpError("this run has no gradients: pass the prompt, or a run made with gradients=True")
         n_tokens = len(run)
-        expected = knockout_batch.metric_of(model, target, foil, position, n_tokens)
+        expected = batch.metric_of(model, target, foil, position, n_tokens)
         if run._metric != expected:
             raise NbinterpError("the run's gradients are of another target / foil / position: pass the prompt instead")
     else:
@@ -395,15 +395,15 @@ def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | 
     # computed in float64 per layer, kept in float32: L*H*T^2 values per method
     edge_effects = {m: torch.stack([layer[m].float() for layer in per_layer]) for m in ("qk_fix", "linear")}
     if exact_budget is None:
-        exact_budget = EXACT_FORWARDS * knockout_batch.batch_rows(model, len(run))
-    metric = knockout_batch.metric_of(model, target, foil, position, len(run))
+        exact_budget = EXACT_FORWARDS * batch.batch_rows(model, len(run))
+    metric = batch.metric_of(model, target, foil, position, len(run))
     # the clean value from the same batched path as the interventions (not the gradient run's)
-    clean = knockout_batch.clean_metric(model, run.input_ids, metric) if exact_budget else 0.0
+    clean = batch.clean_metric(model, run.input_ids, metric) if exact_budget else 0.0
     head_exact = None
     n_heads = model.n_layers * model.n_heads
     if n_heads <= exact_budget:
         all_heads = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
-        head_exact = (knockout_batch.ablation_metrics(model, run.input_ids, all_heads, metric) - clean).double()
+        head_exact = (batch.ablation_metrics(model, run.input_ids, all_heads, metric) - clean).double()
         head_exact = head_exact.view(model.n_layers, model.n_heads)
     exact = _measure_dominant(model, run, metric, clean, position, edge_effects, dominant, exact_budget)
     seconds = time.perf_counter() - started
@@ -422,7 +422,7 @@ def _measure_dominant(model: "Model", run: "Run", metric: Any, clean: float, pos
     hybrid = edge_effects["qk_fix"].clone()
     keys = [tuple(x) for x in exact.nonzero().tolist()]
     if keys:
-        measured = knockout_batch.knockout_metrics(model, run.input_ids, keys, metric) - clean
+        measured = batch.knockout_metrics(model, run.input_ids, keys, metric) - clean
         hybrid[exact] = measured.to(hybrid.dtype)
     edge_effects["hybrid"] = hybrid
     return exact

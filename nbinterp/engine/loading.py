@@ -9,11 +9,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .adapters import architecture_for
-from .errors import NbinterpError, RemoteError
-from .model import Model
+from nbinterp.engine.architectures import architecture_for
+from nbinterp.errors import NbinterpError, RemoteError
+from nbinterp.engine.model import Model
 
-BUNDLED_DIR = Path(__file__).parent / "bundled"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
 BUNDLED_NAME = "nbinterp-tiny"
 REMOTE_TIMEOUT_S = 30.0
 

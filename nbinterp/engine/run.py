@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import attention_math
-from .interventions import Metric, Plan
+from nbinterp.engine import attention_math
+from nbinterp.engine.trace import Metric, Plan
 
 if TYPE_CHECKING:
-    from .model import Model
+    from nbinterp.engine.model import Model
 
 
 ATTENTION_CACHE_LAYERS = 4

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .adapters import get_path
-from .interventions import softcap_logits
+from nbinterp.engine.architectures import get_path
+from nbinterp.engine.trace import softcap_logits
 
 if TYPE_CHECKING:
-    from .model import Model
+    from nbinterp.engine.model import Model
 
 
 @dataclass

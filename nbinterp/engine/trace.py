@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .adapters import Architecture, ModelShape, get_path
-from .attention_math import attention_output, attention_probabilities
+from nbinterp.engine.architectures import Architecture, ModelShape, attention_call, get_path
+from nbinterp.engine.attention_math import attention_output, attention_probabilities
 
 # What a run can capture per layer.
 CAPTURES = ("qkv", "z", "resid_pre", "attn_out", "mlp_out")
@@ -64,20 +64,6 @@ class Metric:
 def softcap_logits(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     """The model's final logit soft-cap (Gemma2), applied after the unembedding as HF does."""
     return logits if cap is None else torch.tanh(logits / cap) * cap
-
-
-def attention_call(attention_envoy: Any) -> Any:
-    """The attention-interface call inside an attention module's forward.
-
-    nnsight names source operations by occurrence, and the names move between
-    versions (`_0` in 0.7, `_1` in 0.8.1), so look the call up by its name prefix.
-    """
-    names = [n for n in attention_envoy.source.names if n.startswith("attention_interface_")]
-    if not names:
-        raise RuntimeError(
-            f"no attention_interface call found in {type(attention_envoy._module).__name__}.forward"
-        )
-    return getattr(attention_envoy.source, names[-1])
 
 
 def execute(

@@ -7,10 +7,10 @@ Adding an architecture means adding one `Architecture` row below.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import UnsupportedArchitectureError
+from nbinterp.errors import UnsupportedArchitectureError
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,11 @@ class Architecture:
     unembed: str
     embed: str
     conv1d_out_proj: bool = False  # GPT-2's Conv1D stores weight as [in, out]
+    # What the QK decomposition needs to rebuild a score from residual parts:
+    input_norm: str | None = None  # the block's input norm, relative to a block
+    qk_projection: str | None = None  # "gpt2_conv1d" (c_attn) | "neox_fused" (query_key_value) | "split" (q_proj, k_proj)
+    position_embedding: str | None = None  # learned absolute positions, relative to the model root
+    rotary: str | None = None  # the model's rotary module (gives cos, sin), relative to the model root
 
 
 _LLAMA_LIKE = Architecture(
@@ -37,6 +42,9 @@ _LLAMA_LIKE = Architecture(
     final_norm="model.norm",
     unembed="lm_head",
     embed="model.embed_tokens",
+    input_norm="input_layernorm",
+    qk_projection="split",
+    rotary="model.rotary_emb",
 )
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -50,6 +58,9 @@ ARCHITECTURES: dict[str, Architecture] = {
         unembed="lm_head",
         embed="transformer.wte",
         conv1d_out_proj=True,
+        input_norm="ln_1",
+        qk_projection="gpt2_conv1d",
+        position_embedding="transformer.wpe",
     ),
     "gpt_neox": Architecture(
         layers="gpt_neox.layers",
@@ -60,10 +71,16 @@ ARCHITECTURES: dict[str, Architecture] = {
         final_norm="gpt_neox.final_layer_norm",
         unembed="lm_head",
         embed="gpt_neox.embed_in",
+        input_norm="input_layernorm",
+        qk_projection="neox_fused",
+        rotary="gpt_neox.rotary_emb",
     ),
+    **{name: _LLAMA_LIKE for name in ("llama", "mistral", "qwen2", "olmo")},
+    # Gemma scales embeddings, normalises after attention and soft-caps scores;
+    # Qwen3 / OLMo2 normalise q and k per head: their scores are not decomposed.
     **{
-        name: _LLAMA_LIKE
-        for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2")
+        name: replace(_LLAMA_LIKE, input_norm=None, qk_projection=None, rotary=None)
+        for name in ("qwen3", "gemma", "gemma2", "olmo2")
     },
 }
 
@@ -153,7 +170,7 @@ def architecture_for(hf_model: Any) -> Architecture:
         f"nbinterp has no adapter for model type {model_type!r} ({type(hf_model).__name__}). "
         f"The closest known layout lacks: {', '.join(best_missing)}. Supported: GPT-2, GPT-NeoX, "
         "Llama, Mistral, Qwen2/3, Gemma/Gemma2, OLMo; to add one, describe its module paths in "
-        "nbinterp.adapters.ARCHITECTURES."
+        "nbinterp.engine.architectures.ARCHITECTURES."
     )
 
 
@@ -166,3 +183,18 @@ def _missing_parts(hf_model: Any, arch: Architecture) -> list[str]:
         if not _has_path(block, path):
             missing.append(f"{arch.layers}[i].{path}")
     return missing
+
+
+def attention_call(attention_envoy: Any) -> Any:
+    """The attention-interface call inside an attention module's forward.
+
+    nnsight names source operations by occurrence, and the names move between
+    versions (`_0` in 0.7, `_1` in 0.8.1), so look the call up by its name prefix.
+    """
+    names = [n for n in attention_envoy.source.names if n.startswith("attention_interface_")]
+    if not names:
+        raise UnsupportedArchitectureError(
+            f"no attention_interface call found in {type(attention_envoy._module).__name__}.forward: "
+            "nbinterp reads q, k and v where transformers' attention interface is called"
+        )
+    return getattr(attention_envoy.source, names[-1])

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from .interventions import Metric, Plan
-from .patching import PATCH_SITES, _parse_site
+from nbinterp.engine.trace import Metric, Plan
+from nbinterp.interventions.patching import PATCH_SITES, _parse_site
 
 if TYPE_CHECKING:
-    from .model import Model
-    from .run import Run
+    from nbinterp.engine.model import Model
+    from nbinterp.engine.run import Run
 
 # (kind, layer, head or None, position or None), as patching._parse_site returns
 Site = tuple[str, int, "int | None", "int | None"]

@@ -22,30 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .adapters import get_path
-from .errors import NbinterpError, UnsupportedArchitectureError
+from nbinterp.engine.architectures import Architecture, get_path
+from nbinterp.errors import NbinterpError, UnsupportedArchitectureError
 
 if TYPE_CHECKING:
-    from .model import Model
-    from .run import Run
-
-
-@dataclass(frozen=True)
-class _Layout:
-    norm: str  # the block's input norm, relative to a block
-    projection: str  # "gpt2_conv1d" | "neox_fused" | "split"
-    position_embedding: str | None = None  # learned absolute positions
-    rotary: str | None = None  # the model's rotary module (gives cos, sin)
-
-
-_LLAMA_LIKE = _Layout(norm="input_layernorm", projection="split", rotary="model.rotary_emb")
-LAYOUTS = {
-    "gpt2": _Layout(norm="ln_1", projection="gpt2_conv1d", position_embedding="transformer.wpe"),
-    "gpt_neox": _Layout(norm="input_layernorm", projection="neox_fused", rotary="gpt_neox.rotary_emb"),
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-}
+    from nbinterp.engine.model import Model
+    from nbinterp.engine.run import Run
 
 
 @dataclass
@@ -97,15 +79,16 @@ class QKDecomposition:
         )
 
 
-def layout_for(model: "Model") -> _Layout:
-    model_type = getattr(model.hf.config, "model_type", None)
-    if model_type not in LAYOUTS:
+def layout_for(model: "Model") -> Architecture:
+    arch = model.arch
+    if arch.qk_projection is None or arch.input_norm is None:
+        model_type = getattr(model.hf.config, "model_type", None)
         raise UnsupportedArchitectureError(
-            f"the QK decomposition supports GPT-2, GPT-NeoX, Llama, Mistral and Qwen2, not {model_type!r}: "
+            f"the QK decomposition supports GPT-2, GPT-NeoX, Llama, Mistral, Qwen2 and OLMo, not {model_type!r}: "
             "Gemma scales embeddings and normalises after attention and soft-caps scores, and Qwen3 / OLMo2 "
             "normalise q and k per head, none of which is decomposed yet. Attribution and knockouts still work."
         )
-    return LAYOUTS[model_type]
+    return arch
 
 
 def residual_components(model: "Model", run: "Run", layer: int, positions: list[int]) -> tuple[list[str], torch.Tensor]:
@@ -152,15 +135,15 @@ def _frozen_norm(norm: Any, components: torch.Tensor, resid: torch.Tensor) -> tu
     raise UnsupportedArchitectureError(f"cannot freeze the input norm {type(norm).__name__}: only LayerNorm and RMSNorm")
 
 
-def _project(model: "Model", attention: Any, layout: _Layout, x: torch.Tensor, head: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _project(model: "Model", attention: Any, layout: Architecture, x: torch.Tensor, head: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Query or key projection of `head` without its bias: (x W [..., D], bias [D])."""
     d_head, n_heads = model.head_dim, model.n_heads
-    if layout.projection == "gpt2_conv1d":
+    if layout.qk_projection == "gpt2_conv1d":
         width = n_heads * d_head
         offset = (0 if side == "query" else width) + head * d_head
         weight = attention.c_attn.weight[:, offset : offset + d_head]  # Conv1D: [in, out]
         bias = attention.c_attn.bias[offset : offset + d_head]
-    elif layout.projection == "neox_fused":
+    elif layout.qk_projection == "neox_fused":
         offset = head * 3 * d_head + (0 if side == "query" else d_head)
         weight = attention.query_key_value.weight[offset : offset + d_head].T
         bias = attention.query_key_value.bias
@@ -177,7 +160,7 @@ def _project(model: "Model", attention: Any, layout: _Layout, x: torch.Tensor, h
     return x @ weight, bias
 
 
-def _rotate(model: "Model", layout: _Layout, x: torch.Tensor, position: int) -> torch.Tensor:
+def _rotate(model: "Model", layout: Architecture, x: torch.Tensor, position: int) -> torch.Tensor:
     """Rotary embedding at one position, applied to [n, D] (linear in x)."""
     if layout.rotary is None:
         return x
@@ -196,7 +179,7 @@ def _rotate(model: "Model", layout: _Layout, x: torch.Tensor, position: int) -> 
 def qk(model: "Model", prompt_or_run: Any, layer: int, head: int, query: int, key: int) -> QKDecomposition:
     """The attention score of (layer, head, query, key) split into
     query-component x key-component contributions; see the module docstring."""
-    from .run import Run
+    from nbinterp.engine.run import Run
 
     run = prompt_or_run if isinstance(prompt_or_run, Run) else model.run(prompt_or_run)
     layer, head = model._check_layer(layer), model._check_head(head)
@@ -214,7 +197,7 @@ def qk(model: "Model", prompt_or_run: Any, layer: int, head: int, query: int, ke
     scaling = kwargs.get("scaling") or model.head_dim ** -0.5
     block = get_path(model.hf, model.arch.layers)[layer]
     attention = get_path(block, model.arch.attention)
-    norm = get_path(block, layout.norm)
+    norm = get_path(block, layout.input_norm)
     labels, components = residual_components(model, run, layer, [query, key])
     resid = run.residual(layer)[[query, key]].double()
     normed, constant = _frozen_norm(norm, components, resid)

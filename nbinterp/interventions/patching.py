@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
-from .interventions import Plan
+from nbinterp.engine.trace import Plan
 
 if TYPE_CHECKING:
-    from .model import Model
+    from nbinterp.engine.model import Model
 
 # site name -> (capture that holds the source activation, Plan field it patches)
 PATCH_SITES = {
@@ -45,7 +45,7 @@ def _parse_site(model: "Model", site: Any, n_tokens: int) -> tuple[str, int, int
 
 def build_patch(model: "Model", plan: Plan, input_ids: torch.Tensor, source: Any, sites: Iterable) -> None:
     """Fill `plan`'s patch fields with the source run's activations at `sites`."""
-    from .run import Run
+    from nbinterp.engine.run import Run
 
     n_tokens = input_ids.shape[1]
     parsed = [_parse_site(model, site, n_tokens) for site in sites]
