@@ -123,12 +123,13 @@ def test_sweep_and_logit_lens_run_through_nnsight_remote_serialisation(tokenizer
 
 def test_one_patch_set_is_one_row_without_gradients(arch_model):
     """patched_metrics with a single row (no batch to share) equals model.run(patch_from=...)."""
-    from nbinterp.interventions.batched_patching import parse_sites, patched_metrics
+    from nbinterp.engine.plan import parse_site
+    from nbinterp.interventions.batch import patched_metrics
 
     _, _, model = arch_model
     setup = prepare(model, PROMPT, CORRUPTED, TARGET, FOIL)
     site = ("head", 1, 2, CHANGED)
     got = patched_metrics(model, setup.corrupted_ids, setup.clean,
-                          [parse_sites(model, [site], setup.corrupted_ids.shape[1])], setup.metric)
+                          [[parse_site(model.shape, site, setup.corrupted_ids.shape[1])]], setup.metric)
     expected = model.run(CORRUPTED, patch_from=setup.clean, patch=[site]).logit_diff(TARGET, FOIL)
     assert got.shape == (1,) and float(got[0]) == pytest.approx(expected, abs=1e-5)

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
-from nbinterp.interventions.batched_patching import Site, parse_sites, patched_metrics
+from nbinterp.engine.plan import parse_site
+from nbinterp.interventions.batch import Site, patched_metrics
 from nbinterp.errors import NbinterpError
-from nbinterp.engine.trace import Metric
+from nbinterp.engine.plan import Metric
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
@@ -80,7 +81,7 @@ def prepare(
     n_tokens = clean_ids.shape[1]
     if not -n_tokens <= position < n_tokens:
         raise NbinterpError(f"position {position} is outside the prompt's {n_tokens} tokens")
-    metric = Metric(model.token_id(target), None if foil is None else model.token_id(foil), position % n_tokens)
+    metric = Metric.of(model, target, foil, position, n_tokens)
     clean_run = model.run(clean_ids, capture=("resid_pre", "attn_out", "mlp_out", "z"))
     corrupted_run = model.run(corrupted_ids, capture=())
     ld = lambda run: float(_metric_of(run.logits, metric))  # noqa: E731
@@ -116,7 +117,7 @@ def patching_effect(
     """The normalised effect of patching `sites` (the engine's syntax, e.g.
     [("resid_pre", 0, None)] or [("head", 3, 1, None)]) from clean into corrupted."""
     setup = prepare(model, clean, corrupted, target, foil, position)
-    return float(effects_of(setup, [parse_sites(model, sites, setup.n_tokens)])[0])
+    return float(effects_of(setup, [[parse_site(model.shape, site, setup.n_tokens) for site in sites]])[0])
 
 
 @dataclass(frozen=True)

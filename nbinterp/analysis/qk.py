@@ -182,7 +182,7 @@ def qk(model: "Model", prompt_or_run: Any, layer: int, head: int, query: int, ke
     from nbinterp.engine.run import Run
 
     run = prompt_or_run if isinstance(prompt_or_run, Run) else model.run(prompt_or_run)
-    layer, head = model._check_layer(layer), model._check_head(head)
+    layer, head = model.check_layer(layer), model.check_head(head)
     n_tokens = len(run)
     for name, pos in (("query", query), ("key", key)):
         if not isinstance(pos, int) or isinstance(pos, bool) or not 0 <= pos < n_tokens:
@@ -191,7 +191,7 @@ def qk(model: "Model", prompt_or_run: Any, layer: int, head: int, query: int, ke
     if key > query or not score > torch.finfo(torch.float32).min / 2:
         raise NbinterpError(f"query {query} cannot attend to key {key} in L{layer}.H{head} (masked: causal order or sliding window): pick a key the query can see")
     layout = layout_for(model)
-    _, _, _, _, kwargs = run._capture("qkv", layer)
+    _, _, _, _, kwargs = run.captured("qkv", layer)
     if kwargs.get("softcap"):
         raise UnsupportedArchitectureError("soft-capped attention scores are not decomposed")
     scaling = kwargs.get("scaling") or model.head_dim ** -0.5

@@ -56,10 +56,16 @@ def attention_scores(
     softcap: float | None = None,
     sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """Pre-softmax scores [B, H, T_q, T_k], masked, as the model's eager path computes them."""
+    """Pre-softmax scores [B, H, T_q, T_k] in float32, masked, as the model's eager path computes them.
+
+    Always float32, whatever the model's dtype: a bf16 / fp16 score loses the
+    differences a softmax amplifies (and fp16 can overflow), and every
+    recompute (knocked-out layers and the clean reference alike) goes through
+    this one function, so a knockout of nothing equals the clean run.
+    """
     n_rep = query.shape[1] // key.shape[1]
-    key = repeat_kv(key, n_rep)
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    key = repeat_kv(key.float(), n_rep)
+    scores = torch.matmul(query.float(), key.transpose(-1, -2)) * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     mask = additive_mask(
@@ -77,7 +83,7 @@ def attention_probabilities(
     sliding_window: int | None = None,
     knockout: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """softmax of `attention_scores`, in float32.
+    """softmax of `attention_scores`, in float32 (scores and softmax alike).
 
     `knockout` is a boolean [H, T_q, T_k] (or broadcastable) tensor of edges to
     remove: their scores become -inf before the softmax, so the probability is
@@ -86,14 +92,17 @@ def attention_probabilities(
     scores = attention_scores(query, key, attention_mask, scaling, softcap, sliding_window)
     if knockout is not None:
         scores = scores.masked_fill(knockout, float("-inf"))
-    return torch.softmax(scores.float(), dim=-1)
+    return torch.softmax(scores, dim=-1)
 
 
 def attention_output(probabilities: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """probabilities [B, H, T_q, T_k] @ values -> [B, T_q, H, D], the layout the attention call returns."""
+    """probabilities [B, H, T_q, T_k] @ values -> [B, T_q, H, D], the layout the attention call returns.
+
+    Accumulated in float32, returned in the value's dtype (what the model's
+    output projection expects)."""
     n_rep = probabilities.shape[1] // value.shape[1]
-    value = repeat_kv(value, n_rep)
-    return torch.matmul(probabilities.to(value.dtype), value).transpose(1, 2).contiguous()
+    expanded = repeat_kv(value.float(), n_rep)
+    return torch.matmul(probabilities.float(), expanded).transpose(1, 2).contiguous().to(value.dtype)
 
 
 def per_head_output_weight(weight: torch.Tensor, n_heads: int, transposed: bool) -> torch.Tensor:

@@ -6,7 +6,6 @@ requested interventions and returns a `Run`; the model itself is never changed.
 
 from __future__ import annotations
 
-import math
 import numbers
 import threading
 from typing import Any, Iterable, Sequence
@@ -16,7 +15,9 @@ import torch
 from nbinterp.engine import attention_math
 from nbinterp.engine.architectures import Architecture, ModelShape, architecture_for, get_path, read_shape
 from nbinterp.errors import NbinterpError
-from nbinterp.engine.trace import CAPTURES, Metric, Plan, execute
+from nbinterp.engine import plan as plans
+from nbinterp.engine.plan import Metric, Plan
+from nbinterp.engine.trace import CAPTURES, execute
 from nbinterp.interventions.patching import build_patch
 from nbinterp.engine.run import Run
 
@@ -71,21 +72,17 @@ class Model:
     def _error(message: str) -> NbinterpError:
         return NbinterpError(message)
 
-    def _check_layer(self, layer: Any) -> int:
-        if not isinstance(layer, numbers.Integral) or isinstance(layer, bool) or not 0 <= layer < self.n_layers:
-            raise self._error(f"layer {layer!r} is out of range: this model has layers 0..{self.n_layers - 1}")
-        return int(layer)
+    def check_layer(self, layer: Any) -> int:
+        """`layer` as an int, or a clear error naming the model's range."""
+        return plans.check_layer(self.shape, layer)
 
-    def _check_head(self, head: Any) -> int:
-        if not isinstance(head, numbers.Integral) or isinstance(head, bool) or not 0 <= head < self.n_heads:
-            raise self._error(f"head {head!r} is out of range: this model has heads 0..{self.n_heads - 1} per layer")
-        return int(head)
+    def check_head(self, head: Any) -> int:
+        """`head` as an int, or a clear error naming the model's range."""
+        return plans.check_head(self.shape, head)
 
-    @staticmethod
-    def _check_scale(value: Any, what: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise NbinterpError(f"the scale for {what} must be a finite number (0 = ablate, 1 = unchanged), got {value!r}")
-        return float(value)
+    def parse_component(self, key: Any) -> tuple[int, int | str]:
+        """(layer, head) | (layer, "mlp") | "L3.H1" | "L2.mlp" -> (layer, head or "mlp")."""
+        return plans.parse_component(self.shape, key)
 
     def tokenize(self, prompt: Any) -> torch.Tensor:
         """Prompt text (or token ids) -> input ids [1, T], checked against the context length."""
@@ -171,9 +168,7 @@ class Model:
         if gradients:
             if target is None:
                 raise self._error("gradients=True needs a target token (and optionally a foil), e.g. target=' Paris'")
-            if not -n_tokens <= position < n_tokens:
-                raise self._error(f"position {position} is outside the prompt's {n_tokens} tokens")
-            metric = Metric(self.token_id(target), None if foil is None else self.token_id(foil), position % n_tokens)
+            metric = Metric.of(self, target, foil, position, n_tokens)
         elif target is not None or foil is not None:
             # validate now so a typo fails before the forward pass
             for token in (target, foil):
@@ -187,7 +182,7 @@ class Model:
             unknown = set(names) - set(CAPTURES)
             if unknown:
                 raise self._error(f"unknown capture {sorted(unknown)}: choose from {CAPTURES}")
-        captured = self._execute(input_ids, plan, {name: set(layers) for name in names}, metric)
+        captured = self.execute(input_ids, plan, {name: set(layers) for name in names}, metric)
         description = {
             k: v for k, v in dict(
                 ablate=ablate, ablation=ablation if ablate else None, reference=reference,
@@ -197,11 +192,14 @@ class Model:
         }
         return Run(self, input_ids, plan, captured, metric, description)
 
-    def _execute(
+    def execute(
         self, input_ids: torch.Tensor, plan: Plan, capture: dict[str, set[int]],
         metric: Metric | None = None, gradients: bool | None = None,
     ) -> dict:
-        """The engine's one trace (see interventions.execute), under the model's lock, results on CPU."""
+        """The engine's one trace (`nbinterp.engine.trace.execute`), under the model's lock, results on CPU.
+
+        The one execution path: every analysis builds a `Plan`, the captures it
+        needs per layer and its metric, and calls this once per forward."""
         device = self._device()
         with self.lock:
             saved = execute(
@@ -222,8 +220,8 @@ class Model:
             raise self._error(f"ablation must be 'zero' or 'mean', not {ablation!r}")
         heads: dict[int, dict[int, float]] = {}
         for key, value in ablate.items():
-            layer, head = self._parse_component(key)
-            scale = self._check_scale(value, f"{key!r}")
+            layer, head = self.parse_component(key)
+            scale = plans.check_scale(value, f"{key!r}")
             if head == "mlp":
                 plan.mlp_scale[layer] = scale
             else:
@@ -239,24 +237,6 @@ class Model:
             plan.z_scale[layer] = z_scale
             plan.z_baseline[layer] = means[layer] if means is not None else torch.zeros(width)
 
-    def _parse_component(self, key: Any) -> tuple[int, int | str]:
-        """(layer, head) | (layer, "mlp") | "L3.H1" | "L2.mlp" -> (layer, head or "mlp")."""
-        if isinstance(key, str):
-            parts = key.strip().split(".")
-            if len(parts) == 2 and parts[0][:1] in "Ll" and parts[0][1:].isdigit():
-                layer = self._check_layer(int(parts[0][1:]))
-                if parts[1].lower() == "mlp":
-                    return layer, "mlp"
-                if parts[1][:1] in "Hh" and parts[1][1:].isdigit():
-                    return layer, self._check_head(int(parts[1][1:]))
-            raise self._error(f"cannot read component {key!r}: write 'L3.H1' for a head or 'L2.mlp' for an MLP")
-        if isinstance(key, tuple) and len(key) == 2:
-            layer, head = key
-            if head == "mlp":
-                return self._check_layer(layer), "mlp"
-            return self._check_layer(layer), self._check_head(head)
-        raise self._error(f"cannot read component {key!r}: use (layer, head), (layer, 'mlp'), 'L3.H1' or 'L2.mlp'")
-
     def _mean_z(self, reference: Sequence[str] | None) -> dict[int, torch.Tensor]:
         """Mean of each head's output-projection input over every token of the reference prompts."""
         if not reference or isinstance(reference, str):
@@ -266,7 +246,7 @@ class Model:
             layers = set(range(self.n_layers))
             sums, count = {}, 0
             for prompt in reference:
-                z = self._execute(self.tokenize(prompt), Plan(), {"z": layers})["z"]
+                z = self.execute(self.tokenize(prompt), Plan(), {"z": layers})["z"]
                 for layer in layers:
                     sums[layer] = sums.get(layer, 0) + z[layer].float().sum(0)
                 count += z[0].shape[0]
@@ -278,25 +258,13 @@ class Model:
             raise self._error("ablate_neurons= takes a dict like {(layer, neuron): scale}")
         d_mlp = self.d_mlp if ablate_neurons else 0
         for key, value in ablate_neurons.items():
-            if not (isinstance(key, tuple) and len(key) == 2):
-                raise self._error(f"neuron {key!r}: use (layer, neuron)")
-            layer, neuron = self._check_layer(key[0]), key[1]
-            if not isinstance(neuron, numbers.Integral) or not 0 <= neuron < d_mlp:
-                raise self._error(f"neuron {neuron!r} is out of range: MLPs here have neurons 0..{d_mlp - 1}")
-            scale = self._check_scale(value, f"neuron {key!r}")
+            layer, neuron = plans.parse_neuron(self.shape, key, d_mlp)
+            scale = plans.check_scale(value, f"neuron {key!r}")
             plan.neuron_scale.setdefault(layer, torch.ones(d_mlp))[neuron] = scale
 
     def _plan_knockout(self, plan: Plan, knockout: Iterable, n_tokens: int) -> None:
         for edge in knockout:
-            if not (isinstance(edge, (tuple, list)) and len(edge) == 4):
-                raise self._error(f"knockout edge {edge!r}: use (layer, head, query_position, key_position)")
-            layer, head = self._check_layer(edge[0]), self._check_head(edge[1])
-            query, key = edge[2], edge[3]
-            for name, pos in (("query", query), ("key", key)):
-                if not isinstance(pos, numbers.Integral) or not 0 <= pos < n_tokens:
-                    raise self._error(f"knockout {name} position {pos!r} is outside the prompt's 0..{n_tokens - 1}")
-            if key > query:
-                raise self._error(f"knockout edge {tuple(edge)}: query {query} cannot attend to later key {key} anyway")
+            layer, head, query, key = plans.check_edge(self.shape, edge, n_tokens)
             mask = plan.knockout.setdefault(layer, torch.zeros(1, self.n_heads, n_tokens, n_tokens, dtype=torch.bool))
             mask[0, head, query, key] = True
         for layer, mask in plan.knockout.items():
@@ -311,7 +279,7 @@ class Model:
     # ---------------------------------------------------------------- weights
     def _head_weights(self, layer: int) -> torch.Tensor:
         """The output projection of `layer` split per head: [H, head_dim, d_model], float32."""
-        layer = self._check_layer(layer)
+        layer = self.check_layer(layer)
         if layer not in self._weights:
             inner = f"{self.arch.attention}.{self.arch.out_proj}"
             if self.remote is True:

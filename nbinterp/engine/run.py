@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nbinterp.engine import attention_math
-from nbinterp.engine.trace import Metric, Plan
+from nbinterp.engine.plan import Metric, Plan
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
@@ -79,15 +79,16 @@ class Run:
 
     # ------------------------------------------------------------ per layer
     def _layer(self, layer: int) -> int:
-        return self.model._check_layer(layer)
+        return self.model.check_layer(layer)
 
-    def _capture(self, name: str, layer: int) -> Any:
+    def captured(self, name: str, layer: int) -> Any:
+        """One layer's capture (`nbinterp.engine.trace.CAPTURES`), fetched if this run lacks it."""
         layer = self._layer(layer)
         store = self._captured.setdefault(name, {})
         if layer not in store:
             # Not captured up front (a remote run sends back only what is asked for):
             # re-run the same request for this one layer.
-            fetched = self.model._execute(self.input_ids, self.plan, {name: {layer}})
+            fetched = self.model.execute(self.input_ids, self.plan, {name: {layer}})
             store[layer] = fetched[name][layer]
         return store[layer]
 
@@ -107,7 +108,7 @@ class Run:
         return self._attention(layer, scores=True)
 
     def _attention(self, layer: int, scores: bool) -> torch.Tensor:
-        query, key, _, mask, kwargs = self._capture("qkv", layer)
+        query, key, _, mask, kwargs = self.captured("qkv", layer)
         args = (
             query[None].float(), key[None].float(), None if mask is None else mask[None],
             kwargs["scaling"] or query.shape[-1] ** -0.5, kwargs["softcap"], kwargs["sliding_window"],
@@ -119,27 +120,27 @@ class Run:
 
     def head_outputs(self, layer: int) -> torch.Tensor:
         """[heads, T, d_model]: each head's write to the residual stream (bias excluded)."""
-        z = self._capture("z", layer)
+        z = self.captured("z", layer)
         return attention_math.head_outputs(z.float(), self.model._head_weights(layer))
 
     def value_weighted(self, layer: int) -> torch.Tensor:
         """[heads, T, T]: ||a_ij v_j W_O^h||, what each head moves from key j to query i."""
-        _, _, value, _, _ = self._capture("qkv", layer)
+        _, _, value, _, _ = self.captured("qkv", layer)
         return attention_math.value_weighted_norms(
             self.attention(layer), value.float(), self.model._head_weights(layer)
         )
 
     def residual(self, layer: int) -> torch.Tensor:
         """[T, d_model]: the residual stream entering block `layer`."""
-        return self._capture("resid_pre", layer).float()
+        return self.captured("resid_pre", layer).float()
 
     def attention_out(self, layer: int) -> torch.Tensor:
         """[T, d_model]: the attention block's output (all heads, with bias)."""
-        return self._capture("attn_out", layer).float()
+        return self.captured("attn_out", layer).float()
 
     def mlp_out(self, layer: int) -> torch.Tensor:
         """[T, d_model]: the MLP's output."""
-        return self._capture("mlp_out", layer).float()
+        return self.captured("mlp_out", layer).float()
 
     # ------------------------------------------------------------ gradients
     def _grads(self) -> dict[str, Any]:
@@ -174,7 +175,7 @@ class Run:
         n_heads = self.model.n_heads
         rows = []
         for layer in range(self.model.n_layers):
-            z = self._capture("z", layer).float()
+            z = self.captured("z", layer).float()
             product = (grads[layer] * z).reshape(z.shape[0], n_heads, -1)
             rows.append(product.sum(dim=(0, 2)))
         return torch.stack(rows)

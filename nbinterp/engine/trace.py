@@ -10,55 +10,16 @@ or on NDIF.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from nbinterp.engine.architectures import Architecture, ModelShape, attention_call, get_path
 from nbinterp.engine.attention_math import attention_output, attention_probabilities
+from nbinterp.engine.plan import Metric, Plan
 
 # What a run can capture per layer.
 CAPTURES = ("qkv", "z", "resid_pre", "attn_out", "mlp_out")
-
-
-@dataclass
-class Plan:
-    """Interventions as per-layer tensors, ready for the trace body.
-
-    z' = z_baseline + z_scale * (z - z_baseline) on the output projection's input
-    (per head: zero ablation has baseline 0, mean ablation the reference mean).
-
-    Every tensor broadcasts against the batch: [H*D] / [T, width] / [1, H, T, T]
-    apply to every row; [B, 1, H*D] / [B, T, width] / [B, H, T, T] give row b
-    its own intervention (many single interventions in one forward).
-    """
-
-    z_scale: dict[int, torch.Tensor] = field(default_factory=dict)  # [H*D]
-    z_baseline: dict[int, torch.Tensor] = field(default_factory=dict)  # [H*D]
-    mlp_scale: dict[int, float] = field(default_factory=dict)
-    neuron_scale: dict[int, torch.Tensor] = field(default_factory=dict)  # [d_mlp]
-    knockout: dict[int, torch.Tensor] = field(default_factory=dict)  # bool [1, H, T, T]
-    # patching: layer -> (where [T, width] bool, values [T, width])
-    patch_resid: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    patch_z: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    patch_attn: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    patch_mlp: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-
-    def is_empty(self) -> bool:
-        return not any(
-            (self.z_scale, self.mlp_scale, self.neuron_scale, self.knockout,
-             self.patch_resid, self.patch_z, self.patch_attn, self.patch_mlp)
-        )
-
-
-@dataclass(frozen=True)
-class Metric:
-    """logit[target] - logit[foil] (or logit[target] alone) at one position."""
-
-    target: int
-    foil: int | None
-    position: int
 
 
 def softcap_logits(logits: torch.Tensor, cap: float | None) -> torch.Tensor:

@@ -34,7 +34,7 @@ def canonical_ablations(model: "Model", ablations: Any) -> dict[str, float]:
         raise NbinterpError("ablations is a dict like {'L3.H1': 0.0, 'L2.mlp': 0.5} (scale 0 removes, 1 keeps)")
     parsed: dict[tuple[int, float], tuple[str, float]] = {}
     for key, value in ablations.items():
-        layer, head = model._parse_component(key)
+        layer, head = model.parse_component(key)
         name = component_key(layer, head)
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise NbinterpError(f"the scale of {name} must be a finite number (0 = ablate, 1 = unchanged), got {value!r}")

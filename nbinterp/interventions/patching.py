@@ -2,53 +2,21 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
-from nbinterp.engine.trace import Plan
+from nbinterp.engine.plan import PATCH_SITES, Plan, parse_site
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
-
-# site name -> (capture that holds the source activation, Plan field it patches)
-PATCH_SITES = {
-    "resid_pre": ("resid_pre", "patch_resid"),
-    "attn_out": ("attn_out", "patch_attn"),
-    "mlp_out": ("mlp_out", "patch_mlp"),
-    "head": ("z", "patch_z"),
-}
-
-
-def _parse_site(model: "Model", site: Any, n_tokens: int) -> tuple[str, int, int | None, int | None]:
-    """-> (kind, layer, head or None, position or None)."""
-    usage = (
-        "a patch site is ('resid_pre' | 'attn_out' | 'mlp_out', layer, position or None) "
-        "or ('head', layer, head, position or None)"
-    )
-    if not isinstance(site, (tuple, list)) or not site or site[0] not in PATCH_SITES:
-        raise model._error(f"cannot read patch site {site!r}: {usage}")
-    kind = site[0]
-    expected = 4 if kind == "head" else 3
-    if len(site) not in (expected - 1, expected):
-        raise model._error(f"cannot read patch site {site!r}: {usage}")
-    layer = model._check_layer(site[1])
-    head = model._check_head(site[2]) if kind == "head" else None
-    position = site[expected - 1] if len(site) == expected else None
-    if position is not None:
-        if not isinstance(position, numbers.Integral) or not -n_tokens <= position < n_tokens:
-            raise model._error(f"patch position {position!r} is outside the prompt's {n_tokens} tokens")
-        position = int(position) % n_tokens
-    return kind, layer, head, position
-
 
 def build_patch(model: "Model", plan: Plan, input_ids: torch.Tensor, source: Any, sites: Iterable) -> None:
     """Fill `plan`'s patch fields with the source run's activations at `sites`."""
     from nbinterp.engine.run import Run
 
     n_tokens = input_ids.shape[1]
-    parsed = [_parse_site(model, site, n_tokens) for site in sites]
+    parsed = [parse_site(model.shape, site, n_tokens) for site in sites]
     if not isinstance(source, Run):
         source_ids = model.tokenize(source)
         if source_ids.shape[1] != n_tokens:
@@ -63,7 +31,7 @@ def build_patch(model: "Model", plan: Plan, input_ids: torch.Tensor, source: Any
     head_dim = model.head_dim
     for kind, layer, head, position in parsed:
         capture_name, field = PATCH_SITES[kind]
-        values = source._capture(capture_name, layer).float()
+        values = source.captured(capture_name, layer).float()
         table = getattr(plan, field)
         where = table[layer][0] if layer in table else torch.zeros_like(values, dtype=torch.bool)
         rows = slice(None) if position is None else slice(position, position + 1)

@@ -222,11 +222,11 @@ class HeadWidget(InterpWidget):
 
     @traitlets.validate("layer")
     def _valid_layer(self, proposal: Any) -> int:
-        return self._model._check_layer(proposal["value"])
+        return self._model.check_layer(proposal["value"])
 
     @traitlets.validate("head")
     def _valid_head(self, proposal: Any) -> int:
-        return self._model._check_head(proposal["value"])
+        return self._model.check_head(proposal["value"])
 
 
 _figure_class: Any = None

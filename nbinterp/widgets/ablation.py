@@ -114,7 +114,7 @@ class AblationPanel(InterpWidget):
         low, high = SCALE_RANGE
         for key, scale in value.items():
             try:
-                self._model._parse_component(key)
+                self._model.parse_component(key)
             except NbinterpError as exc:
                 raise FrontendError(str(exc)) from None
             if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (math.isfinite(scale) and low <= scale <= high):

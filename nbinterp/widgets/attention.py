@@ -89,7 +89,7 @@ class AttentionView(HeadWidget):
         self._layer_cache: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
         if mode not in MODES:
             raise NbinterpError(f"mode must be one of {MODES}, not {mode!r}")
-        layer, head = model._check_layer(layer), model._check_head(head)
+        layer, head = model.check_layer(layer), model.check_head(head)
         super().__init__(
             model_name=str(getattr(model, "name", "")), tokens=display_tokens(run),
             n_layers=model.n_layers, n_heads=model.n_heads, layer=layer, head=head, mode=mode,

@@ -84,7 +84,7 @@ class AttributionView(HeadWidget):
             best = top[0][:2] if top else (0, 0)
             layer = best[0] if layer is None else layer
             head = best[1] if head is None else head
-        layer, head = model._check_layer(layer), model._check_head(head)
+        layer, head = model.check_layer(layer), model.check_head(head)
         super().__init__(
             model_name=str(getattr(model, "name", "")), tokens=display_tokens(attribution.run),
             n_layers=model.n_layers, n_heads=model.n_heads, target=str(attribution.target),
