@@ -127,8 +127,8 @@ def test_gradients_match_autograd_on_the_plain_model(arch_model):
         grad_out = projection_outputs[layer].grad[0]
         for head in range(model.n_heads):
             torch.testing.assert_close(run.grad_head_outputs(layer)[head], grad_out, atol=ATOL, rtol=1e-4)
-    # gradient x activation per head = <d metric / d out, head output>, summed over positions
-    expected = torch.stack([
+    # zero-ablation estimate per head = -<d metric / d out, head output>, summed over positions
+    expected = -torch.stack([
         (run.head_outputs(l) * projection_outputs[l].grad[0]).sum(dim=(1, 2)) for l in range(model.n_layers)
     ])
     torch.testing.assert_close(run.head_attribution(), expected, atol=1e-4, rtol=1e-3)

@@ -390,7 +390,7 @@ def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | 
             raise NbinterpError("the run's gradients are of another target / foil / position: pass the prompt instead")
     else:
         run = model.run(prompt, target=target, foil=foil, position=position, gradients=True)
-    head_estimates = -run.head_attribution().double()
+    head_estimates = run.head_attribution().double()
     per_layer = [edge_estimates(run.attention_scores(l), run.grad_attention(l)) for l in range(model.n_layers)]
     # computed in float64 per layer, kept in float32: L*H*T^2 values per method
     edge_effects = {m: torch.stack([layer[m].float() for layer in per_layer]) for m in ("qk_fix", "linear")}

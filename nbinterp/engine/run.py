@@ -170,14 +170,18 @@ class Run:
         return grad_out[None].expand(self.model.n_heads, -1, -1)
 
     def head_attribution(self) -> torch.Tensor:
-        """[layers, heads]: gradient x activation estimate of each head's effect on the metric."""
+        """[layers, heads]: gradient x activation estimate of each head's zero-ablation effect,
+        ``-<d metric / d z_h, z_h>`` summed over positions.
+
+        Sign convention (everywhere in nbinterp): an effect is metric(intervened) -
+        metric(clean), so a negative number means the head helps the target."""
         grads = self._grads()["grad_z"]
         n_heads = self.model.n_heads
         rows = []
         for layer in range(self.model.n_layers):
             z = self.captured("z", layer).float()
             product = (grads[layer] * z).reshape(z.shape[0], n_heads, -1)
-            rows.append(product.sum(dim=(0, 2)))
+            rows.append(-product.sum(dim=(0, 2)))
         return torch.stack(rows)
 
     def __repr__(self) -> str:
