@@ -6,14 +6,16 @@
 
 import type { RenderProps } from "@anywidget/types";
 import { decodeTensor, tensorFromMessage, type EncodedTensor, type Tensor } from "./lib/codec";
-import { formatValue, renderLegend, sequentialScale } from "./lib/colors";
+import { formatValue, logScale, renderLegend, sequentialScale, type ColorScale } from "./lib/colors";
 import { describeError } from "./lib/errors";
 import { HeadGrid, thumbSize, type HeadRef } from "./lib/head_grid";
 import { Heatmap, fullWindow, type Cell, type MatrixWindow } from "./lib/heatmap";
 import { RpcError } from "./lib/rpc";
 import { ByteLru } from "./lib/lru";
+import { displayMatrix, logFloor, SCALE_CHOICES, type DisplayMatrix, type ScaleChoice } from "./lib/scales";
 import { toggleGroup } from "./lib/style";
 import { displayToken, TokenStrip } from "./lib/tokens";
+import { Tooltip, type TooltipLine } from "./lib/tooltip";
 import { mountView } from "./lib/view";
 
 type Mode = "probabilities" | "value_weighted";
@@ -29,23 +31,33 @@ export interface AttentionModel {
   layer: number;
   head: number;
   mode: Mode;
+  color_scale: ScaleChoice;
   selected: { query?: number; key?: number };
   focus_token: number;
   strip_scope: Scope;
   strip_direction: Direction;
   zoom: { query_start?: number; query_stop?: number; key_start?: number; key_stop?: number };
   error: string;
-  _thumbnails: { mode: Mode; side: number; head_max: number[]; tensor: EncodedTensor } | null;
-  _pattern: { layer: number; head: number; mode: Mode; tensor: EncodedTensor } | null;
+  _thumbnails: { mode: Mode; side: number; head_max: number[]; tensor: EncodedTensor; masked: EncodedTensor } | null;
+  _pattern: { layer: number; head: number; mode: Mode; tensor: EncodedTensor; masked: EncodedTensor } | null;
 }
 
-type HeadData = { tensor: Tensor; vmax: number };
+type HeadData = { tensor: Tensor; vmax: number; shown?: { choice: ScaleChoice; display: DisplayMatrix } };
 const headKey = (r: { layer: number; head: number; mode: Mode }) => `${r.layer}:${r.head}:${r.mode}`;
 // 64 MB of float32: sixteen heads at 1,024 tokens.
 const HEAD_CACHE_BYTES = 64 * 2 ** 20;
 const PREFETCH_DWELL_MS = 150;
 const MODE_LABEL: Record<Mode, string> = { probabilities: "probabilities", value_weighted: "value-weighted norms" };
-const PLOT_PX = 420;
+/** What a cell's number is, for legends and tooltips. */
+const QUANTITY: Record<Mode, string> = {
+  probabilities: "attention probability (measured: this run's softmax, recomputed in float32)",
+  value_weighted: "||a_ij v_j W_O|| (measured: value-weighted norm)",
+};
+/** Plot side: ~6 px per token between 420 and 640 px, so labels get room on long prompts. */
+export function plotSide(nTokens: number): number {
+  return Math.max(420, Math.min(640, nTokens * 6));
+}
+const toMask = (t: Tensor): Uint8Array => Uint8Array.from(t.values, (v) => (v > 0.5 ? 1 : 0));
 
 function render({ model, el }: RenderProps<AttentionModel>): () => void {
   const { doc, root, rpc, errors, cleanups, guard, listen, save, dispose } = mountView(model, el, "attention");
@@ -55,6 +67,11 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   toolbar.className = "nbi-toolbar";
   const title = doc.createElement("strong");
   const modeToggle = toggleGroup<Mode>(doc, "values", [["probabilities", "probabilities"], ["value_weighted", "value-weighted"]], (mode) => save({ mode }));
+  const scaleToggle = toggleGroup<ScaleChoice>(doc, "colour scale", SCALE_CHOICES, (color_scale) => save({ color_scale }));
+  scaleToggle.element.title = "log: equal ratios, equal colour steps (default beyond 32 tokens) \u00b7 linear: 0 .. the head's max \u00b7 per row: each query row \u00f7 its own max";
+  const scaleLabel = doc.createElement("span");
+  scaleLabel.className = "nbi-status";
+  scaleLabel.textContent = "colour:";
   const scopeToggle = toggleGroup<Scope>(doc, "token strip scope", [["head", "this head"], ["layer", "sum over layer"]], (strip_scope) => save({ strip_scope }));
   const directionToggle = toggleGroup<Direction>(doc, "token strip direction", [["attends_to", "attends to"], ["attended_by", "attended by"]], (strip_direction) => save({ strip_direction }));
   const resetZoom = doc.createElement("button");
@@ -64,43 +81,31 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   resetZoom.addEventListener("click", () => save({ zoom: {} }));
   const status = doc.createElement("span");
   status.className = "nbi-status";
-  toolbar.append(title, modeToggle.element, scopeToggle.element, directionToggle.element, resetZoom, status);
+  toolbar.append(title, modeToggle.element, scaleLabel, scaleToggle.element, scopeToggle.element, directionToggle.element, resetZoom, status);
   root.append(toolbar);
 
   // Panels: head grid | heatmap + legend
   const panels = doc.createElement("div");
   panels.className = "nbi-panels";
   const gridBox = doc.createElement("div");
+  const gridCaption = doc.createElement("div");
+  gridCaption.className = "nbi-status nbi-grid-caption";
+  gridCaption.style.maxWidth = "380px";
   const mapBox = doc.createElement("div");
   const legend = doc.createElement("div");
   legend.className = "nbi-legend";
   panels.append(gridBox, mapBox);
   root.append(panels);
 
-  const tooltip = doc.createElement("div");
-  tooltip.className = "nbi-tooltip";
-  tooltip.hidden = true;
-  const showTooltip = (lines: Array<[string, string, string]>, event: MouseEvent) => {
-    tooltip.replaceChildren(...lines.map(([cls, label, value]) => {
-      const line = doc.createElement("div");
-      const v = doc.createElement("span");
-      v.className = cls;
-      v.textContent = value;
-      line.append(label, v);
-      return line;
-    }));
-    const box = root.getBoundingClientRect();
-    tooltip.hidden = false;
-    // Keep it inside the widget: flip to the cursor's left near the right edge.
-    const x = event.clientX - box.left;
-    const left = x + 14 + tooltip.offsetWidth > box.width ? x - 14 - tooltip.offsetWidth : x + 14;
-    tooltip.style.left = `${Math.max(0, left)}px`;
-    tooltip.style.top = `${event.clientY - box.top + 14}px`;
-  };
+  const tooltip = new Tooltip(root);
+  const showTooltip = (lines: TooltipLine[], event: MouseEvent) => tooltip.show(lines, event);
+  const hideTooltip = () => tooltip.hide();
 
   const nLayers = model.get("n_layers");
   const nHeads = model.get("n_heads");
-  let thumbs: { tensor: Tensor; side: number; headMax: number[]; mode: Mode } | null = null;
+  let thumbs: { tensor: Tensor; side: number; headMax: number[]; mode: Mode; masked: Uint8Array } | null = null;
+  // One [T, T] mask per layer (1 = the model cannot attend there), fetched once.
+  const masks = new Map<number, Uint8Array>();
   let hoverToken: number | null = null;
   let stripRequest: AbortController | null = null;
   let zoomTimer: ReturnType<typeof setTimeout> | undefined;
@@ -128,8 +133,19 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
     if (p && p !== lastPatternTrait) {
       lastPatternTrait = p;
       remember(headKey(p), headData(decodeTensor(p.tensor)));
+      masks.set(p.layer, toMask(decodeTensor(p.masked)));
     }
-    return heads.get(headKey(current())) ?? null;
+    const data = heads.get(headKey(current())) ?? null;
+    return data && masks.has(current().layer) ? data : null;
+  };
+  /** The head as drawn under the chosen colour scale (computed once per head and scale). */
+  const shownOf = (data: HeadData, layer: number): DisplayMatrix => {
+    const choice = model.get("color_scale");
+    if (data.shown?.choice !== choice) {
+      const [rows, cols] = data.tensor.shape;
+      data.shown = { choice, display: displayMatrix(data.tensor.values, rows, cols, choice, masks.get(layer) ?? null, QUANTITY[model.get("mode")]) };
+    }
+    return data.shown.display;
   };
   const patternIsCurrent = () => currentPattern() !== null;
 
@@ -138,8 +154,9 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
     if (heads.has(key) || inFlight.has(key)) return;
     const controller = new AbortController();
     inFlight.set(key, controller);
-    rpc.request<{ pattern: unknown }>("head_pattern", { ...ref }, { signal: controller.signal })
+    rpc.request<{ pattern: unknown; masked?: unknown }>("head_pattern", { ...ref, with_mask: !masks.has(ref.layer) }, { signal: controller.signal })
       .then(({ result, buffers }) => {
+        if (result.masked !== undefined) masks.set(ref.layer, toMask(tensorFromMessage(result.masked, buffers)));
         remember(key, headData(tensorFromMessage(result.pattern, buffers)));
         if (headKey(current()) === key) guard(() => { updateStatus(); drawHeatmap(); updateStrip(); });
       })
@@ -161,7 +178,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
     onClick: (ref) => save({ layer: ref.layer, head: ref.head }),
     onHover: (ref, event) => {
       clearTimeout(prefetchTimer);
-      if (!ref) return void (tooltip.hidden = true);
+      if (!ref) return hideTooltip();
       // Resting on a thumbnail fetches that head, so a click shows it at once.
       const target = { ...ref, mode: model.get("mode") };
       prefetchTimer = setTimeout(() => {
@@ -169,22 +186,37 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
         fetchHead(target);
       }, PREFETCH_DWELL_MS);
       const max = thumbs?.headMax[ref.layer * nHeads + ref.head];
-      showTooltip([["nbi-tip-head", "", `layer ${ref.layer} head ${ref.head}`], ["nbi-tip-max", "max ", max === undefined ? "?" : formatValue(max)]], event);
+      showTooltip([
+        ["nbi-tip-head", "", `layer ${ref.layer} head ${ref.head}`],
+        ["nbi-tip-max", `max ${MODE_LABEL[model.get("mode")]} `, max === undefined ? "?" : formatValue(max)],
+        "thumbnail scaled to this max",
+      ], event);
     },
   });
   cleanups.push(() => grid.destroy());
 
+  const plotPx = plotSide(model.get("tokens").length);
   const heatmap = new Heatmap(mapBox, {
-    plotWidth: PLOT_PX, plotHeight: PLOT_PX, marginLeft: 92, marginTop: 72, cornerLabel: "query \u2193 key \u2192",
+    plotWidth: plotPx, plotHeight: plotPx, marginLeft: 100, marginTop: 80, cornerLabel: "query \u2193 key \u2192",
     onHover: (cell, event) => guard(() => {
-      if (!cell || !patternIsCurrent()) return void (tooltip.hidden = true);
+      const pattern = currentPattern();
+      if (!cell || !pattern) return hideTooltip();
       const c = current();
-      showTooltip([
+      const [, cols] = pattern.tensor.shape;
+      const i = cell.row * cols + cell.col;
+      const lines: TooltipLine[] = [
         ["nbi-tip-head", "", `layer ${c.layer} head ${c.head} \u00b7 ${MODE_LABEL[c.mode]}`],
         ["nbi-tip-query", "query ", tokenLabel(cell.row)],
         ["nbi-tip-key", "key ", tokenLabel(cell.col)],
-        ["nbi-tip-value", "", formatValue(heatmap.valueAt(cell))],
-      ], event);
+      ];
+      if (masks.get(c.layer)?.[i]) {
+        lines.push(["nbi-tip-masked", "", "masked: the model cannot attend here"]);
+      } else {
+        lines.push(["nbi-tip-value", `${c.mode === "probabilities" ? "probability" : "norm"} `, formatValue(pattern.tensor.values[i])]);
+        const shown = shownOf(pattern, c.layer);
+        if (model.get("color_scale") === "row") lines.push(["nbi-tip-scaled", "\u00f7 row max = ", formatValue(shown.values[i])]);
+      }
+      showTooltip(lines, event);
     }),
     onClick: (cell: Cell) => save({ selected: { query: cell.row, key: cell.col } }),
     onWindowChange: (win: MatrixWindow) => {
@@ -199,6 +231,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   });
   cleanups.push(() => heatmap.destroy());
   mapBox.append(legend);
+  gridBox.append(gridCaption);
 
   const stripCaption = doc.createElement("div");
   stripCaption.className = "nbi-strip-caption";
@@ -211,7 +244,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
     onClick: (i) => save({ focus_token: model.get("focus_token") === i ? -1 : i }),
   });
   cleanups.push(() => strip.destroy());
-  root.append(tooltip);
+  root.append(tooltip.el);
 
   function zoomWindow(): MatrixWindow {
     const z = model.get("zoom") ?? {};
@@ -225,22 +258,54 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
     title.textContent = `Attention \u00b7 ${model.get("model_name")}`;
     status.textContent = `layer ${c.layer} \u00b7 head ${c.head} \u00b7 ${model.get("tokens").length} tokens${patternIsCurrent() ? "" : " \u00b7 loading\u2026"}`;
     modeToggle.set(c.mode);
+    scaleToggle.set(model.get("color_scale"));
     scopeToggle.set(model.get("strip_scope"));
     directionToggle.set(model.get("strip_direction"));
   }
+
+  /** The thumbnails as drawn: each tile is already divided by its head's max
+   *  in Python; the colour scale applies on top, masked blocks hatched. */
+  function thumbnailDisplay(): { values: Float32Array; scale: ColorScale } | null {
+    if (!thumbs) return null;
+    const { side, tensor, masked } = thumbs;
+    const choice = model.get("color_scale");
+    const nTokens = model.get("tokens").length;
+    const out = new Float32Array(tensor.values.length);
+    for (let l = 0; l < nLayers; l++) {
+      const mask = masked.subarray(l * side * side, (l + 1) * side * side);
+      for (let h = 0; h < nHeads; h++) {
+        const start = (l * nHeads + h) * side * side;
+        out.set(displayMatrix(tensor.values.subarray(start, start + side * side), side, side, choice, mask, "").values, start);
+      }
+    }
+    const scale = choice === "log" ? logScale(logFloor(1, nTokens), 1) : sequentialScale(0, 1);
+    return { values: out, scale };
+  }
+  let thumbnailCache: { key: string; shown: { values: Float32Array; scale: ColorScale } } | null = null;
 
   function drawGrid() {
     const t = model.get("_thumbnails");
     if (!t) return;
     if (t !== lastThumbs) {
-      thumbs = { tensor: decodeTensor(t.tensor), side: t.side, headMax: t.head_max, mode: t.mode };
+      thumbs = { tensor: decodeTensor(t.tensor), side: t.side, headMax: t.head_max, mode: t.mode, masked: toMask(decodeTensor(t.masked)) };
       lastThumbs = t;
+      thumbnailCache = null;
     }
     if (!thumbs) return;
-    // Each thumbnail is already normalised to its own max in Python.
-    grid.setThumbnails(thumbs.tensor.values, thumbs.side, sequentialScale(0, 1));
+    const key = model.get("color_scale");
+    if (thumbnailCache?.key !== key) {
+      const shown = thumbnailDisplay();
+      if (!shown) return;
+      thumbnailCache = { key, shown };
+    }
+    grid.setThumbnails(thumbnailCache.shown.values, thumbs.side, thumbnailCache.shown.scale);
     grid.setSelected(current());
     grid.draw();
+    const n = model.get("tokens").length;
+    const block = Math.ceil(n / thumbs.side);
+    const scaleName = { log: "log scale", linear: "linear scale", row: "per-row scale" }[key];
+    gridCaption.textContent = `Thumbnails: each head \u00f7 its own max (hover a head for it), ${scaleName}` +
+      (block > 1 ? `; one pixel = the max of ${block}\u00d7${block} cells` : "") + "; hatched: masked.";
   }
   let lastThumbs: AttentionModel["_thumbnails"] = null;
 
@@ -249,12 +314,18 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
     const pattern = currentPattern();
     if (pattern) {
       const [rows, cols] = pattern.tensor.shape;
-      const scale = sequentialScale(0, pattern.vmax);
-      heatmap.setData(pattern.tensor.values, rows, cols, scale);
+      const shown = shownOf(pattern, c.layer);
+      heatmap.setData(shown.values, rows, cols, shown.scale);
       const tokens = model.get("tokens");
-      heatmap.setLabels(tokens.map(displayToken), tokens.map(displayToken));
+      const labels = tokens.map((t, i) => `${i} ${displayToken(t)}`);
+      heatmap.setLabels(labels, labels);
       heatmap.setWindow(zoomWindow());
-      renderLegend(legend, scale, MODE_LABEL[c.mode]);
+      const what = c.mode === "probabilities" ? "attention probability" : "||a v W_O||";
+      renderLegend(legend, shown.scale, model.get("color_scale") === "row" ? `${what} \u00f7 row max` : what, {
+        swatches: [{ label: "masked (cannot attend)", kind: "masked" }],
+        note: shown.description,
+      });
+      legend.dataset.scale = model.get("color_scale");
     } else {
       // After this task: a click sets layer and head one after the other.
       queueMicrotask(() => {
@@ -265,16 +336,20 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
     }
     if (!pattern && thumbs) {
       // Placeholder until the full-resolution head arrives: its thumbnail.
-      const side = thumbs.side;
-      const start = (c.layer * nHeads + c.head) * side * side;
-      heatmap.setData(thumbs.tensor.values.slice(start, start + side * side), side, side, sequentialScale(0, 1));
-      heatmap.setLabels([], []);
+      const shown = thumbnailCache?.shown ?? thumbnailDisplay();
+      if (shown) {
+        const side = thumbs.side;
+        const start = (c.layer * nHeads + c.head) * side * side;
+        heatmap.setData(shown.values.slice(start, start + side * side), side, side, shown.scale);
+        heatmap.setLabels([], []);
+      }
     }
     const sel = model.get("selected");
     heatmap.setMarker(sel && sel.query !== undefined && sel.key !== undefined ? { row: sel.query, col: sel.key } : null);
     heatmap.draw();
     if (patternIsCurrent() && model.get("_thumbnails")) {
       root.dataset.pattern = `${c.layer}:${c.head}:${c.mode}`;
+      root.dataset.scale = model.get("color_scale");
       root.dataset.drawn = "true";
     }
   }
@@ -332,7 +407,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   });
   listen("change:_thumbnails", () => { drawGrid(); drawHeatmap(); });
   listen("change:_pattern", () => { updateStatus(); drawHeatmap(); updateStrip(); });
-  for (const name of ["layer", "head", "mode", "strip_scope", "strip_direction", "focus_token"]) listen(`change:${name}`, redrawAll);
+  for (const name of ["layer", "head", "mode", "color_scale", "strip_scope", "strip_direction", "focus_token"]) listen(`change:${name}`, redrawAll);
   listen("change:selected", drawHeatmap);
   listen("change:zoom", () => { heatmap.setWindow(zoomWindow()); heatmap.draw(); });
   listen("change:error", () => errors.show(model.get("error")));

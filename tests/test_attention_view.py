@@ -55,11 +55,12 @@ def test_thumbnails_are_block_max_normalised_per_head():
 def test_thumbnail_trait_matches_the_engine(view, model):
     thumbs = view._thumbnails
     side = thumbs["side"]
-    assert thumbs["tensor"]["dtype"] == "uint8" and thumbs["tensor"]["shape"] == [model.n_layers, model.n_heads, side, side]
+    # float16, so a log scale can show 1/512 of a head's max (half a uint8 step)
+    assert thumbs["tensor"]["dtype"] == "float16" and thumbs["tensor"]["shape"] == [model.n_layers, model.n_heads, side, side]
     back = decode(thumbs["tensor"])
     for layer in range(model.n_layers):
         expected, maxima = head_thumbnails(view.run.attention(layer))
-        np.testing.assert_allclose(back[layer], expected.numpy(), atol=thumbs["tensor"]["scale"] / 2 + 1e-6)
+        np.testing.assert_allclose(back[layer], expected.numpy(), rtol=2**-11, atol=2**-24)
         np.testing.assert_allclose(thumbs["head_max"][layer * model.n_heads : (layer + 1) * model.n_heads], maxima.numpy(), rtol=1e-6)
 
 
@@ -190,3 +191,49 @@ def test_a_head_picked_in_the_browser_is_pulled_not_pushed(view):
     assert request(view, "head_pattern", {"layer": 0, "head": 4, "mode": "probabilities"})[0]["error"] == "head 4 is out of range 0..3"
     view.head = 1  # a change made in Python is pushed with its data
     assert (view._pattern["layer"], view._pattern["head"]) == (0, 1)
+
+
+def test_masked_cells_are_the_models_own_mask_not_zero_attention(view, model):
+    # Independent reference: a causal LM masks exactly the keys after the query.
+    n = len(view.tokens)
+    causal = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+    masked = decode(view._pattern["masked"]).astype(bool)
+    np.testing.assert_array_equal(masked, causal.numpy())
+    content, buffers = request(view, "head_pattern", {"layer": 0, "head": 1, "mode": "probabilities", "with_mask": True})
+    meta = content["result"]["masked"]
+    np.testing.assert_array_equal(decode(meta, buffers[meta["buffer"]]).astype(bool), causal.numpy())
+    assert "masked" not in request(view, "head_pattern", {"layer": 0, "head": 1, "mode": "probabilities"})[0]["result"]
+    # thumbnails: a pixel is masked only when its whole block is
+    tiles = decode(view._thumbnails["masked"]).astype(bool)
+    assert tiles.shape == (model.n_layers, n, n)  # 10 tokens < 32: one cell per pixel
+    np.testing.assert_array_equal(tiles[1], causal.numpy())
+
+
+def test_thumbnail_mask_blocks_match_a_direct_block_check():
+    from nbinterp.widgets.attention import thumbnail_mask
+
+    n, side = 100, 8
+    masked = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+    got = thumbnail_mask(masked, side)
+    for i in range(side):
+        for j in range(side):
+            # adaptive pooling's blocks: [floor(i n / s), ceil((i + 1) n / s))
+            r0, r1 = (i * n) // side, -(-((i + 1) * n) // side)
+            c0, c1 = (j * n) // side, -(-((j + 1) * n) // side)
+            assert bool(got[i, j]) == bool(masked[r0:r1, c0:c1].all()), (i, j)
+
+
+def test_colour_scale_defaults_to_log_beyond_32_tokens_and_is_validated(model, view):
+    assert view.color_scale == "linear"  # 10 tokens
+    long_prompt = " ".join(f"w{i % 60}" for i in range(40))
+    assert attention(model, long_prompt).color_scale == "log"
+    assert attention(model, long_prompt, color_scale="row").color_scale == "row"
+    with pytest.raises(ni.NbinterpError, match="color_scale must be one of"):
+        attention(model, PROMPT, color_scale="viridis")
+    view.set_state({"color_scale": "quantile"})
+    assert view.color_scale == "linear" and view.error.startswith("The view sent a value that was refused")
+    view.error = ""
+    view.set_state({"color_scale": "row"})
+    assert view.color_scale == "row" and view.error == ""
+    figure = view.to_figure()
+    assert "per-row scale" in figure.axes[1].get_ylabel()

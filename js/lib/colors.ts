@@ -35,6 +35,8 @@ export interface ColorScale {
   readonly vmin: number;
   readonly vmax: number;
   readonly kind: "sequential" | "diverging";
+  /** How values map onto the bar: evenly ("linear", the default) or by ratio ("log"). */
+  readonly transform?: "linear" | "log";
   /** LUT index 0..255 for a value; clamps, NaN maps to 0. */
   index(value: number): number;
 }
@@ -46,6 +48,23 @@ export function sequentialScale(vmin: number, vmax: number, lut: Lut = VIRIDIS_L
     index(value: number): number {
       const t = (value - vmin) / span;
       if (!(t > 0)) return 0;
+      return t >= 1 ? 255 : Math.round(t * 255);
+    },
+  };
+}
+
+/** Log10 from vmin to vmax (both > 0): equal ratios get equal colour steps;
+ *  values at or below vmin (zero included) get the first colour. */
+export function logScale(vmin: number, vmax: number, lut: Lut = VIRIDIS_LUT): ColorScale {
+  const hi = vmax > 0 ? vmax : 1;
+  const lo = vmin > 0 && vmin < hi ? vmin : hi / 1000;
+  const logLo = Math.log(lo);
+  const span = Math.log(hi) - logLo;
+  return {
+    lut, vmin: lo, vmax: hi, kind: "sequential", transform: "log",
+    index(value: number): number {
+      if (!(value > lo)) return 0;
+      const t = (Math.log(value) - logLo) / span;
       return t >= 1 ? 255 : Math.round(t * 255);
     },
   };
@@ -85,8 +104,39 @@ export function formatValue(value: number): string {
   return a >= 1e-3 && a < 1e4 ? value.toPrecision(4) : value.toExponential(3);
 }
 
-/** A horizontal colour bar with its end values, built from text nodes only. */
-export function renderLegend(container: HTMLElement, scale: ColorScale, label: string): void {
+/** Cells that hold no colour-scale value: drawn flat with diagonal hatching. */
+export type NoValueKind = "missing" | "masked";
+/** Fill and hatch of "missing" (NaN: not computed yet) and "masked" (-Infinity: the model cannot attend there). */
+export const NO_VALUE_STYLE: Record<NoValueKind, { rgb: readonly [number, number, number]; hatch: string }> = {
+  missing: { rgb: [230, 230, 230], hatch: "#7a7a7a" },
+  masked: { rgb: [250, 250, 250], hatch: "#c4c4c4" },
+};
+
+/** Diagonal hatch lines across a rectangle (spacing in CSS px); the caller clips. */
+export function hatchLines(ctx: CanvasRenderingContext2D, x: number, y: number, w: number, h: number, colour: string, spacing = 5): void {
+  ctx.save();
+  ctx.strokeStyle = colour;
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  for (let d = -h; d < w; d += spacing) {
+    ctx.moveTo(x + d, y + h);
+    ctx.lineTo(x + d + h, y);
+  }
+  ctx.stroke();
+  ctx.restore();
+}
+
+export interface LegendExtra {
+  /** Small keys after the bar: hatched swatches ("not computed yet") or a symbol ("beyond the scale"). */
+  swatches?: Array<{ label: string; kind: NoValueKind | "clipped" }>;
+  /** A sentence under the bar (what the scale is, what the number means). */
+  note?: string;
+}
+
+/** A horizontal colour bar with its end values, built from text nodes only.
+ *  The end labels carry the scale's name ("log" / "linear") so a reader never
+ *  has to guess how colours map to numbers. */
+export function renderLegend(container: HTMLElement, scale: ColorScale, label: string, extra: LegendExtra = {}): void {
   const doc = container.ownerDocument;
   container.replaceChildren();
   const title = doc.createElement("span");
@@ -108,5 +158,51 @@ export function renderLegend(container: HTMLElement, scale: ColorScale, label: s
   const hi = doc.createElement("span");
   hi.className = "nbi-legend-max";
   hi.textContent = formatValue(scale.vmax);
-  container.append(title, lo, bar, hi);
+  const kind = doc.createElement("span");
+  kind.className = "nbi-legend-scale";
+  kind.textContent = scale.transform === "log" ? "(log scale)" : "(linear scale)";
+  container.append(title, lo, bar, hi, kind);
+  for (const swatch of extra.swatches ?? []) {
+    const item = doc.createElement("span");
+    item.className = `nbi-legend-swatch nbi-legend-${swatch.kind}`;
+    const box = doc.createElement("canvas");
+    box.width = 16;
+    box.height = 12;
+    const c = box.getContext("2d");
+    if (c && swatch.kind === "clipped") {
+      c.fillStyle = cssColor(scale, scale.vmax);
+      c.fillRect(0, 0, 16, 12);
+      drawClipMark(c, 0, 0, 16, 12);
+    } else if (c && swatch.kind !== "clipped") {
+      const style = NO_VALUE_STYLE[swatch.kind];
+      c.fillStyle = `rgb(${style.rgb.join(",")})`;
+      c.fillRect(0, 0, 16, 12);
+      hatchLines(c, 0, 0, 16, 12, style.hatch, 4);
+    }
+    item.append(box, swatch.label);
+    container.append(item);
+  }
+  if (extra.note) {
+    const note = doc.createElement("div");
+    note.className = "nbi-legend-note";
+    note.textContent = extra.note;
+    container.append(note);
+  }
+}
+
+/** The mark of a cell whose value lies beyond the colour scale (drawn in its corner). */
+export function drawClipMark(ctx: CanvasRenderingContext2D, x: number, y: number, w: number, h: number): void {
+  const s = Math.max(4, Math.min(w, h) * 0.45);
+  ctx.save();
+  ctx.fillStyle = "#111";
+  ctx.strokeStyle = "#fff";
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.moveTo(x + w, y);
+  ctx.lineTo(x + w, y + s);
+  ctx.lineTo(x + w - s, y);
+  ctx.closePath();
+  ctx.fill();
+  ctx.stroke();
+  ctx.restore();
 }

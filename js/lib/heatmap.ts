@@ -3,9 +3,14 @@
 // max, so a single sharp attention edge never disappears when zoomed out),
 // painted through ImageData and scaled up without smoothing. Wheel zooms
 // around the cursor, drag pans, double-click resets.
+//
+// Two values are not numbers on the scale and are drawn hatched instead:
+// NaN ("missing": not computed yet) and -Infinity ("masked": a cell the
+// model cannot attend to). A block max keeps a real value over -Infinity,
+// so a zoomed-out block is masked only when every cell in it is.
 
 import { hidpiCanvas } from "./canvas";
-import { type ColorScale, textColorOn } from "./colors";
+import { type ColorScale, drawClipMark, hatchLines, NO_VALUE_STYLE, type NoValueKind, textColorOn } from "./colors";
 import { truncateLabel } from "./tokens";
 
 /** Half-open index ranges of the visible rows and columns. */
@@ -57,19 +62,30 @@ export function aggregateMax(
   return out;
 }
 
-/** RGB of cells without a value (NaN): light grey, distinct from every scale. */
-export const MISSING_RGB = [230, 230, 230] as const;
+/** RGB of cells without a value (NaN): light grey, distinct from every scale (hatched on the heatmap). */
+export const MISSING_RGB = NO_VALUE_STYLE.missing.rgb;
+/** RGB of masked cells (-Infinity): near white, hatched lighter than missing ones. */
+export const MASKED_RGB = NO_VALUE_STYLE.masked.rgb;
 
-/** Maps values through the scale into RGBA pixels (length values.length*4); NaN is MISSING_RGB. */
+/** The kind of a value that has no colour on the scale, or null for a number. */
+export function noValueKind(value: number): NoValueKind | null {
+  if (value !== value) return "missing";
+  return value === -Infinity ? "masked" : null;
+}
+
+/** Maps values through the scale into RGBA pixels (length values.length*4);
+ *  NaN is MISSING_RGB, -Infinity MASKED_RGB. */
 export function paintPixels(values: Float32Array, scale: ColorScale, out?: Uint8ClampedArray): Uint8ClampedArray {
   const px = out ?? new Uint8ClampedArray(values.length * 4);
   const lut = scale.lut;
   for (let i = 0; i < values.length; i++) {
     const k = i * 4;
-    if (values[i] !== values[i]) {
-      px[k] = MISSING_RGB[0];
-      px[k + 1] = MISSING_RGB[1];
-      px[k + 2] = MISSING_RGB[2];
+    const none = noValueKind(values[i]);
+    if (none) {
+      const rgb = NO_VALUE_STYLE[none].rgb;
+      px[k] = rgb[0];
+      px[k + 1] = rgb[1];
+      px[k + 2] = rgb[2];
       px[k + 3] = 255;
       continue;
     }
@@ -109,6 +125,44 @@ export function panWindow(win: MatrixWindow, rows: number, cols: number, dRows: 
   return { row0, row1, col0, col1 };
 }
 
+/** Indices to label on an axis showing [start, stop) at cellPx per cell: every
+ *  `step`-th index, step the smallest of 1, 2, 5, 10, 20, 50, ... that leaves
+ *  minSpacingPx between labels. Labels sit on multiples of the step, so a pan
+ *  never moves a label off its cell or renumbers the ones that stay. */
+export function axisTicks(start: number, stop: number, cellPx: number, minSpacingPx = 12): number[] {
+  if (!(cellPx > 0) || stop <= start) return [];
+  let step = 1;
+  search: for (let mag = 1; mag < 1e9; mag *= 10) {
+    for (const m of [1, 2, 5]) {
+      step = m * mag;
+      if (step * cellPx >= minSpacingPx) break search;
+    }
+  }
+  const ticks: number[] = [];
+  for (let i = Math.ceil(start / step) * step; i < stop; i += step) ticks.push(i);
+  return ticks;
+}
+
+/** Runs of no-value pixels per row of a reduced grid: [y, x0, x1, kind]. */
+export function noValueRuns(reduced: Float32Array, outW: number, outH: number): Array<[number, number, number, NoValueKind]> {
+  const runs: Array<[number, number, number, NoValueKind]> = [];
+  for (let y = 0; y < outH; y++) {
+    let x = 0;
+    while (x < outW) {
+      const kind = noValueKind(reduced[y * outW + x]);
+      if (!kind) {
+        x++;
+        continue;
+      }
+      let end = x + 1;
+      while (end < outW && noValueKind(reduced[y * outW + end]) === kind) end++;
+      runs.push([y, x, end, kind]);
+      x = end;
+    }
+  }
+  return runs;
+}
+
 export interface HeatmapOptions {
   plotWidth: number;
   plotHeight: number;
@@ -117,6 +171,10 @@ export interface HeatmapOptions {
   cornerLabel?: string;
   /** Text drawn inside a cell (e.g. a logit-lens top token) where cells are large enough. */
   cellLabel?(cell: Cell): string;
+  /** Mark cells whose value lies beyond the scale's ends (clipped to the end colour). */
+  markClipped?: boolean;
+  /** Least spacing between axis labels in CSS px (default 12 for 10-px text). */
+  labelSpacing?: number;
   onHover?(cell: Cell | null, event: PointerEvent): void;
   onClick?(cell: Cell): void;
   onWindowChange?(win: MatrixWindow): void;
@@ -228,9 +286,52 @@ export class Heatmap {
     octx.putImageData(image, 0, 0);
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(this.offscreen, 0, 0, outW, outH, opts.marginLeft, opts.marginTop, opts.plotWidth, opts.plotHeight);
+    this.drawHatching(reduced, outW, outH);
+    this.drawClipped();
     this.drawLabels();
     this.drawCellLabels();
     this.drawMarker();
+  }
+
+  /** Hatches the no-value cells so they never pass for a colour of the scale. */
+  private drawHatching(reduced: Float32Array, outW: number, outH: number): void {
+    const { ctx, opts } = this;
+    const px = opts.plotWidth / outW;
+    const py = opts.plotHeight / outH;
+    const counts: Record<NoValueKind, number> = { missing: 0, masked: 0 };
+    for (const kind of ["missing", "masked"] as const) {
+      const path = new Path2D();
+      for (const [y, x0, x1, k] of noValueRuns(reduced, outW, outH)) {
+        if (k !== kind) continue;
+        counts[kind] += x1 - x0;
+        path.rect(opts.marginLeft + x0 * px, opts.marginTop + y * py, (x1 - x0) * px, py);
+      }
+      if (!counts[kind]) continue;
+      ctx.save();
+      ctx.clip(path);
+      hatchLines(ctx, opts.marginLeft, opts.marginTop, opts.plotWidth, opts.plotHeight, NO_VALUE_STYLE[kind].hatch);
+      ctx.restore();
+    }
+    this.canvas.dataset.missingPixels = String(counts.missing);
+    this.canvas.dataset.maskedPixels = String(counts.masked);
+  }
+
+  private drawClipped(): void {
+    if (!this.opts.markClipped || !this.values || !this.scale) return;
+    const { ctx, opts, scale, values } = this;
+    const { row0, row1, col0, col1 } = this.win;
+    const cellH = opts.plotHeight / (row1 - row0);
+    const cellW = opts.plotWidth / (col1 - col0);
+    let clipped = 0;
+    for (let r = row0; r < row1; r++) {
+      for (let c = col0; c < col1; c++) {
+        const v = values[r * this.cols + c];
+        if (!(v > scale.vmax || v < scale.vmin)) continue;
+        clipped++;
+        drawClipMark(ctx, opts.marginLeft + (c - col0) * cellW, opts.marginTop + (r - row0) * cellH, cellW, cellH);
+      }
+    }
+    this.canvas.dataset.clipped = String(clipped);
   }
 
   private drawCellLabels(): void {
@@ -278,28 +379,30 @@ export class Heatmap {
       ctx.textBaseline = "top";
       ctx.fillText(opts.cornerLabel, 2, 2);
     }
-    // Token labels where a row is tall enough to read; index ticks otherwise.
-    const rowStep = cellH >= 9 ? 1 : Math.ceil(14 / cellH);
-    const fontRow = Math.min(12, Math.max(8, Math.floor(cellH) - 1));
-    ctx.font = `${cellH >= 9 ? fontRow : 10}px sans-serif`;
+    // As many labels as fit at the label spacing, each the label of its own
+    // cell (index and token where the caller gives both).
+    const spacing = opts.labelSpacing ?? 12;
+    const rowTicks = axisTicks(row0, row1, cellH, spacing);
+    const colTicks = axisTicks(col0, col1, cellW, spacing);
+    this.canvas.dataset.rowTicks = rowTicks.join(",");
+    this.canvas.dataset.colTicks = colTicks.join(",");
+    ctx.font = `${cellH >= 14 && rowTicks.length === row1 - row0 ? 11 : 10}px sans-serif`;
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
-    const maxChars = Math.max(3, Math.floor(opts.marginLeft / 6.5));
-    for (let r = row0; r < row1; r += rowStep) {
-      const text = cellH >= 9 ? truncateLabel(this.rowLabels[r] ?? String(r), maxChars) : String(r);
-      ctx.fillText(text, opts.marginLeft - 4, opts.marginTop + (r - row0 + 0.5) * cellH);
+    const maxChars = Math.max(3, Math.floor((opts.marginLeft - 6) / 6));
+    for (const r of rowTicks) {
+      ctx.fillText(truncateLabel(this.rowLabels[r] ?? String(r), maxChars), opts.marginLeft - 4, opts.marginTop + (r - row0 + 0.5) * cellH);
     }
-    const colStep = cellW >= 9 ? 1 : Math.ceil(14 / cellW);
     ctx.save();
+    ctx.font = "10px sans-serif";
     ctx.textAlign = "left";
     ctx.textBaseline = "middle";
-    const maxColChars = Math.max(3, Math.floor(opts.marginTop / 6.5));
-    for (let c = col0; c < col1; c += colStep) {
-      const text = cellW >= 9 ? truncateLabel(this.colLabels[c] ?? String(c), maxColChars) : String(c);
+    const maxColChars = Math.max(3, Math.floor((opts.marginTop - 6) / 6));
+    for (const c of colTicks) {
       ctx.setTransform(this.dpr, 0, 0, this.dpr, 0, 0);
       ctx.translate(opts.marginLeft + (c - col0 + 0.5) * cellW, opts.marginTop - 4);
       ctx.rotate(-Math.PI / 2);
-      ctx.fillText(text, 0, 0);
+      ctx.fillText(truncateLabel(this.colLabels[c] ?? String(c), maxColChars), 0, 0);
     }
     ctx.restore();
   }

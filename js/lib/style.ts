@@ -12,7 +12,12 @@ const BASE_CSS = `
 .nbi-root .nbi-panels { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .nbi-root canvas { display: block; }
 .nbi-root .nbi-head-grid, .nbi-root .nbi-heatmap { cursor: crosshair; }
-.nbi-root .nbi-legend { display: flex; align-items: center; gap: 6px; margin-top: 4px; }
+.nbi-root .nbi-legend { display: flex; flex-wrap: wrap; align-items: center; gap: 6px; margin-top: 4px; max-width: 640px; }
+.nbi-root .nbi-legend-scale { color: #555; }
+.nbi-root .nbi-legend-swatch { display: inline-flex; align-items: center; gap: 3px; color: #444; }
+.nbi-root .nbi-legend-swatch canvas { border: 1px solid #bbb; }
+.nbi-root .nbi-legend-note { flex-basis: 100%; color: #555; }
+.nbi-root .nbi-scroll-x { overflow-x: auto; max-width: 100%; }
 .nbi-root .nbi-legend-bar { width: 160px; height: 10px; image-rendering: pixelated; }
 .nbi-root .nbi-strip-caption { margin: 6px 0 2px; color: #555; min-height: 1.4em; }
 .nbi-root .nbi-strip { max-height: 120px; overflow-y: auto; border: 1px solid #ddd; padding: 4px; line-height: 1.9; }

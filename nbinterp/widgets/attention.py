@@ -21,6 +21,12 @@ from ._buffers import encode, pack
 STATIC = Path(__file__).resolve().parent.parent / "static"
 MODES = ("probabilities", "value_weighted")
 MODE_LABELS = {"probabilities": "attention probability", "value_weighted": "||a_ij v_j W_O|| (value-weighted)"}
+# Colour scales of the large heatmap and the thumbnails (js/lib/scales.ts).
+# Long prompts default to log: a diffuse causal row at query q holds ~1/(q+1),
+# so on a linear scale topped by the first rows (probability 1 on the one
+# visible key) every row past a few dozen tokens is the darkest colour.
+COLOR_SCALES = ("log", "linear", "row")
+LONG_PROMPT_TOKENS = 32
 STRIP_SCOPES = ("head", "layer")
 STRIP_DIRECTIONS = ("attends_to", "attended_by")
 THUMBNAIL_SIDE = 32
@@ -50,6 +56,26 @@ def head_thumbnails(values: torch.Tensor, side: int = THUMBNAIL_SIDE) -> tuple[t
     return values / head_max.clamp_min(1e-12)[:, None, None], head_max
 
 
+def masked_keys(run: Any, layer: int) -> torch.Tensor:
+    """[T, T] bool, True where the model cannot attend (key after the query,
+    outside a sliding window, padding): the cells its own scores hold at -inf."""
+    return torch.isneginf(run.attention_scores(layer)[0])
+
+
+def thumbnail_mask(masked: torch.Tensor, side: int = THUMBNAIL_SIDE) -> torch.Tensor:
+    """[s, s] bool: a thumbnail pixel is masked when every cell in its block is
+    (the same blocks as `head_thumbnails`)."""
+    allowed = (~masked).float()[None, None]
+    if masked.shape[-1] > side:
+        allowed = torch.nn.functional.adaptive_max_pool2d(allowed, side)
+    return allowed[0, 0] == 0
+
+
+def default_color_scale(n_tokens: int) -> str:
+    """log beyond LONG_PROMPT_TOKENS tokens, linear below (see COLOR_SCALES)."""
+    return "log" if n_tokens > LONG_PROMPT_TOKENS else "linear"
+
+
 def token_weights(run: Any, layer: int, token: int, mode: str, direction: str, head: int | None = None) -> torch.Tensor:
     """[T]: what `token` attends to (its query row) or what attends to it (its
     key column), for one head or summed over the layer's heads."""
@@ -75,6 +101,7 @@ class AttentionView(HeadWidget):
     _esm = STATIC / "attention.js"
 
     mode = traitlets.Unicode("probabilities").tag(sync=True)
+    color_scale = traitlets.Unicode("linear").tag(sync=True)  # log | linear | row (each query row / its max)
     focus_token = traitlets.Int(-1).tag(sync=True)
     strip_scope = traitlets.Unicode("head").tag(sync=True)
     strip_direction = traitlets.Unicode("attends_to").tag(sync=True)
@@ -82,17 +109,24 @@ class AttentionView(HeadWidget):
     _thumbnails = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
     _pattern = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
 
-    def __init__(self, run: Any, *, layer: int = 0, head: int = 0, mode: str = "probabilities", thumbnail_side: int = THUMBNAIL_SIDE) -> None:
+    def __init__(self, run: Any, *, layer: int = 0, head: int = 0, mode: str = "probabilities",
+                 color_scale: str | None = None, thumbnail_side: int = THUMBNAIL_SIDE) -> None:
         model = run.model
         self._run = run
         self._thumbnail_side = thumbnail_side
         self._layer_cache: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
+        self._masks: dict[int, torch.Tensor] = {}
         if mode not in MODES:
             raise NbinterpError(f"mode must be one of {MODES}, not {mode!r}")
+        if color_scale is None:
+            color_scale = default_color_scale(len(run.token_ids))
+        if color_scale not in COLOR_SCALES:
+            raise NbinterpError(f"color_scale must be one of {COLOR_SCALES} ('row': each query row / its max), not {color_scale!r}")
         layer, head = model.check_layer(layer), model.check_head(head)
         super().__init__(
             model_name=str(getattr(model, "name", "")), tokens=display_tokens(run),
             n_layers=model.n_layers, n_heads=model.n_heads, layer=layer, head=head, mode=mode,
+            color_scale=color_scale,
         )
         self._send_thumbnails()
         self._send_pattern()
@@ -111,6 +145,7 @@ class AttentionView(HeadWidget):
         fields = super()._frontend_fields()
         fields.update(
             mode=lambda v: choice_value(v, "mode", MODES),
+            color_scale=lambda v: choice_value(v, "color_scale", COLOR_SCALES),
             focus_token=lambda v: -1 if v == -1 else int_value(v, "focus_token", 0, n_tokens),
             strip_scope=lambda v: choice_value(v, "strip_scope", STRIP_SCOPES),
             strip_direction=lambda v: choice_value(v, "strip_direction", STRIP_DIRECTIONS),
@@ -132,7 +167,18 @@ class AttentionView(HeadWidget):
             raise NbinterpError(f"mode must be one of {MODES}, not {proposal['value']!r}")
         return proposal["value"]
 
+    @traitlets.validate("color_scale")
+    def _valid_color_scale(self, proposal: Any) -> str:
+        if proposal["value"] not in COLOR_SCALES:
+            raise NbinterpError(f"color_scale must be one of {COLOR_SCALES} ('row': each query row / its max), not {proposal['value']!r}")
+        return proposal["value"]
+
     # --------------------------------------------------------------- data
+    def _masked(self, layer: int) -> torch.Tensor:
+        if layer not in self._masks:
+            self._masks[layer] = masked_keys(self._run, layer)
+        return self._masks[layer]
+
     def _values(self, layer: int, mode: str) -> torch.Tensor:
         key = (layer, mode)
         if key not in self._layer_cache:
@@ -146,15 +192,20 @@ class AttentionView(HeadWidget):
         mode = self.mode
         tiles, maxima = zip(*(head_thumbnails(self._values(l, mode), self._thumbnail_side) for l in range(self.n_layers)))
         tiles_t = torch.stack(tiles)
+        masks = torch.stack([thumbnail_mask(self._masked(l), self._thumbnail_side) for l in range(self.n_layers)])
+        # float16, not uint8: a log scale needs the faint values (1/512 of a
+        # head's max is 0.5 of a uint8 step).
         self._thumbnails = {
             "mode": mode, "side": int(tiles_t.shape[-1]),
             "head_max": torch.stack(maxima).flatten().tolist(),
-            "tensor": encode(tiles_t, "uint8"),
+            "tensor": encode(tiles_t, "float16"),
+            "masked": encode(masks.to(torch.uint8), "uint8"),
         }
 
     def _send_pattern(self) -> None:
         values = self._values(self.layer, self.mode)[self.head]
-        self._pattern = {"layer": self.layer, "head": self.head, "mode": self.mode, "tensor": encode(values, "float16")}
+        self._pattern = {"layer": self.layer, "head": self.head, "mode": self.mode, "tensor": encode(values, "float16"),
+                         "masked": encode(self._masked(self.layer).to(torch.uint8), "uint8")}
 
     def notify_change(self, change: Any) -> None:
         # One message for a new head and its data: the view never sees the
@@ -180,7 +231,10 @@ class AttentionView(HeadWidget):
         layer = int_value(params.get("layer"), "layer", 0, self.n_layers)
         head = int_value(params.get("head"), "head", 0, self.n_heads)
         mode = choice_value(params.get("mode"), "mode", MODES)
-        return pack({"pattern": encode(self._values(layer, mode)[head], "float16")})
+        tensors = {"pattern": encode(self._values(layer, mode)[head], "float16")}
+        if params.get("with_mask"):  # once per layer: the view keeps it
+            tensors["masked"] = encode(self._masked(layer).to(torch.uint8), "uint8")
+        return pack(tensors)
 
     @rpc("token_weights")
     def _rpc_token_weights(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
@@ -203,12 +257,28 @@ class AttentionView(HeadWidget):
         n = values.shape[0]
         z = self.zoom or {"query_start": 0, "query_stop": n, "key_start": 0, "key_stop": n}
         q0, q1, k0, k1 = z["query_start"], z["query_stop"], z["key_start"], z["key_stop"]
-        window = values[q0:q1, k0:k1]
+        import matplotlib
+        import numpy as np
+        from matplotlib.colors import LogNorm, Normalize
+
+        masked = self._masked(self.layer).numpy()
+        vmax = max(float(values[~masked].max()), 1e-12)
+        scale = self.color_scale
+        shown, label = values, MODE_LABELS[self.mode]
+        if scale == "row":
+            row_max = np.where(masked, 0.0, values).max(axis=1, keepdims=True)
+            shown = values / np.maximum(row_max, 1e-30)
+            norm, label = Normalize(0.0, 1.0), f"{label} \u00f7 its row's max (per-row scale)"
+        elif scale == "log":
+            norm, label = LogNorm(vmax / (10 * n), vmax, clip=True), f"{label} (log scale)"
+        else:
+            norm, label = Normalize(0.0, vmax), f"{label} (linear scale)"
+        window = np.ma.masked_where(masked[q0:q1, k0:k1], shown[q0:q1, k0:k1])
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#f0f0f0")  # masked: the model cannot attend there
         figure = new_figure(figsize=(6.4, 5.6), dpi=dpi)
         ax = figure.add_subplot()
-        image = ax.imshow(window, cmap="viridis", vmin=0.0, vmax=max(float(values.max()), 1e-12),
-                          interpolation="nearest", extent=(k0 - 0.5, k1 - 0.5, q1 - 0.5, q0 - 0.5))
-        figure.colorbar(image, ax=ax, label=MODE_LABELS[self.mode])
+        image = ax.imshow(window, cmap=cmap, norm=norm, interpolation="nearest", extent=(k0 - 0.5, k1 - 0.5, q1 - 0.5, q0 - 0.5))
+        figure.colorbar(image, ax=ax, label=label)
         tokens = self.tokens
         if q1 - q0 <= 48:
             ax.set_yticks(range(q0, q1), [repr(t)[1:-1] for t in tokens[q0:q1]], fontsize=7)
@@ -224,7 +294,8 @@ class AttentionView(HeadWidget):
         return figure
 
     def __repr__(self) -> str:
-        return f"AttentionView({self.model_name!r}, {len(self.tokens)} tokens, layer={self.layer}, head={self.head}, mode={self.mode!r})"
+        return (f"AttentionView({self.model_name!r}, {len(self.tokens)} tokens, layer={self.layer}, head={self.head}, "
+                f"mode={self.mode!r}, color_scale={self.color_scale!r})")
 
 
 def _cell_outline(col: int, row: int) -> Any:
@@ -233,8 +304,12 @@ def _cell_outline(col: int, row: int) -> Any:
     return Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="#e0115f", linewidth=2)
 
 
-def attention(model: Any, prompt: Any, layer: int = 0, head: int = 0, *, mode: str = "probabilities") -> AttentionView:
+def attention(model: Any, prompt: Any, layer: int = 0, head: int = 0, *, mode: str = "probabilities",
+              color_scale: str | None = None) -> AttentionView:
     """Interactive attention patterns of `prompt` (a string or a `Run`):
-    `view = ni.attention(model, "When Mary and John went to the store, John gave a drink to")`."""
+    `view = ni.attention(model, "When Mary and John went to the store, John gave a drink to")`.
+
+    color_scale: "log", "linear" (0 .. the head's max) or "row" (each query
+    row / its max); default linear up to 32 tokens, log beyond."""
     run = prompt if hasattr(prompt, "attention") and hasattr(prompt, "model") else model.run(prompt, capture=("qkv",))
-    return AttentionView(run, layer=layer, head=head, mode=mode)
+    return AttentionView(run, layer=layer, head=head, mode=mode, color_scale=color_scale)
