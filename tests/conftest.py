@@ -23,6 +23,12 @@ CONFIGS = {
     "qwen2": lambda: tf.Qwen2Config(**_LLAMA_LIKE, **_COMMON),
     # a low final soft-cap so a missing one shows in the logits
     "gemma2": lambda: tf.Gemma2Config(**_LLAMA_LIKE, head_dim=8, sliding_window=5, final_logit_softcapping=2.0, **_COMMON),
+    # learned absolute positions; multi-query attention (one key/value head) by default
+    "gpt_bigcode": lambda: tf.GPTBigCodeConfig(n_layer=2, n_embd=32, n_head=4, n_positions=48, vocab_size=VOCAB),
+    # parallel attention + MLP blocks, partial rotary (half of each head)
+    "phi": lambda: tf.PhiConfig(**_LLAMA_LIKE, **_COMMON),
+    # parallel blocks, interleaved rotary on the first 4 of 8 dims per head
+    "gptj": lambda: tf.GPTJConfig(n_layer=2, n_embd=32, n_head=4, n_positions=48, rotary_dim=4, vocab_size=VOCAB),
 }
 ARCHITECTURES = list(CONFIGS)
 

@@ -9,9 +9,15 @@ import importlib
 import torch
 
 # module path of the output projection / MLP down projection, per model type
-OUT_PROJ = {"gpt2": "attn.c_proj", "gpt_neox": "attention.dense"}
-MLP_DOWN = {"gpt2": "mlp.c_proj", "gpt_neox": "mlp.dense_4h_to_h"}
-LAYERS = {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers"}
+OUT_PROJ = {
+    "gpt2": "attn.c_proj", "gpt_neox": "attention.dense", "gpt_bigcode": "attn.c_proj",
+    "phi": "self_attn.dense", "gptj": "attn.out_proj",
+}
+MLP_DOWN = {
+    "gpt2": "mlp.c_proj", "gpt_neox": "mlp.dense_4h_to_h", "gpt_bigcode": "mlp.c_proj",
+    "phi": "mlp.fc2", "gptj": "mlp.fc_out",
+}
+LAYERS = {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers", "gpt_bigcode": "transformer.h", "gptj": "transformer.h"}
 
 
 def blocks(hf):

@@ -2,7 +2,26 @@
 calls, per-head inputs of the output projection and MLPs live for each
 architecture, and how many heads / key-value groups it has.
 
-Adding an architecture means adding one `Architecture` row below.
+Adding an architecture means adding one `Architecture` row below. A family
+qualifies when its attention module calls transformers' attention interface
+(q, k, v and the mask are read there), and its attention and MLP are modules
+whose outputs are their writes to the residual stream.
+
+Parallel blocks (GPT-J, Phi, GPT-NeoX with use_parallel_residual) compute
+x + attn(norm(x)) + mlp(norm'(x)): the MLP reads the block's input, not the
+stream after attention. The per-layer captures mean the same in both layouts:
+`resid_pre` is the block's input, `attn_out` and `mlp_out` are the attention's
+and the MLP's writes, and resid_pre(l + 1) = resid_pre(l) + attn_out(l) +
+mlp_out(l) whenever the block adds its writes without a post-norm. What
+differs is causal: patching or ablating `attn_out` of layer l reaches that
+layer's MLP only in sequential blocks; in parallel ones it first reaches
+layer l + 1.
+
+Not in the table (transformers 5.24): the ALiBi families (BLOOM, MPT, Falcon
+with alibi=True) compute attention inline instead of calling the attention
+interface, and BLOOM's attention and MPT's MLP add the residual inside the
+module; OPT has no MLP module (fc1 / fc2 sit on the decoder layer); Cohere
+scales its logits after the unembedding.
 """
 
 from __future__ import annotations
@@ -75,6 +94,48 @@ ARCHITECTURES: dict[str, Architecture] = {
         qk_projection="neox_fused",
         rotary="gpt_neox.rotary_emb",
     ),
+    # Learned absolute positions (wpe), multi-query attention (one key/value
+    # head) by default, q/k/v fused in one nn.Linear: the QK decomposition does
+    # not read that fused multi-query layout yet.
+    "gpt_bigcode": Architecture(
+        layers="transformer.h",
+        attention="attn",
+        out_proj="c_proj",
+        mlp="mlp",
+        mlp_down="c_proj",
+        final_norm="transformer.ln_f",
+        unembed="lm_head",
+        embed="transformer.wte",
+        position_embedding="transformer.wpe",
+    ),
+    # Parallel blocks (see the module docstring): one input norm feeds attention and
+    # MLP alike. Phi rotates only part of each head (partial_rotary_factor),
+    # which the QK decomposition's rotation handles like NeoX's.
+    "phi": Architecture(
+        layers="model.layers",
+        attention="self_attn",
+        out_proj="dense",
+        mlp="mlp",
+        mlp_down="fc2",
+        final_norm="model.final_layernorm",
+        unembed="lm_head",
+        embed="model.embed_tokens",
+        input_norm="input_layernorm",
+        qk_projection="split",
+        rotary="model.rotary_emb",
+    ),
+    # Parallel blocks; GPT-J rotates interleaved pairs (rotate_every_two), not
+    # halves, so its scores are not decomposed.
+    "gptj": Architecture(
+        layers="transformer.h",
+        attention="attn",
+        out_proj="out_proj",
+        mlp="mlp",
+        mlp_down="fc_out",
+        final_norm="transformer.ln_f",
+        unembed="lm_head",
+        embed="transformer.wte",
+    ),
     **{name: _LLAMA_LIKE for name in ("llama", "mistral", "qwen2", "olmo")},
     # Gemma scales embeddings, normalises after attention and soft-caps scores;
     # Qwen3 / OLMo2 normalise q and k per head: their scores are not decomposed.
@@ -136,8 +197,8 @@ def read_shape(config: Any) -> ModelShape:
     if missing:
         raise UnsupportedArchitectureError(
             f"the model config ({type(config).__name__}) does not say its {', '.join(missing)}; "
-            "nbinterp supports decoder-only language models such as GPT-2, GPT-NeoX, Llama, "
-            "Mistral, Qwen2 and Gemma2."
+            "nbinterp supports decoder-only language models such as GPT-2, GPT-NeoX, GPT-J, "
+            "GPT-BigCode, Phi, Llama, Mistral, Qwen2 and Gemma2."
         )
     n_kv_heads = _config_value(config, "num_key_value_heads") or n_heads
     head_dim = _config_value(config, "head_dim") or d_model // n_heads
@@ -169,8 +230,8 @@ def architecture_for(hf_model: Any) -> Architecture:
     raise UnsupportedArchitectureError(
         f"nbinterp has no adapter for model type {model_type!r} ({type(hf_model).__name__}). "
         f"The closest known layout lacks: {', '.join(best_missing)}. Supported: GPT-2, GPT-NeoX, "
-        "Llama, Mistral, Qwen2/3, Gemma/Gemma2, OLMo; to add one, describe its module paths in "
-        "nbinterp.engine.architectures.ARCHITECTURES."
+        "GPT-J, GPT-BigCode/StarCoder, Phi, Llama, Mistral, Qwen2/3, Gemma/Gemma2, OLMo; to add one, "
+        "describe its module paths in nbinterp.engine.architectures.ARCHITECTURES."
     )
 
 
