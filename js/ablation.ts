@@ -6,6 +6,7 @@
 // trait, whoever changed it (a slider or Python code).
 
 import type { RenderProps } from "@anywidget/types";
+import { niceCeil, symmetricTicks, tickLabel } from "./lib/axis";
 import { formatValue } from "./lib/colors";
 import { describeError } from "./lib/errors";
 import { LatestOnly } from "./lib/latest";
@@ -30,6 +31,9 @@ interface Summary {
   logit_diff: number | null;
   target_probability: number | null;
   foil_probability: number | null;
+  /** The target's and foil's rows (before and after), in or out of top_k. */
+  target?: TokenProbability | null;
+  foil?: TokenProbability | null;
   seq: number;
   compute_ms: number;
   code: string;
@@ -64,17 +68,30 @@ const CSS = `
 .nbi-ablation .nbi-scale { font: 10px ui-monospace, monospace; color: #555; }
 .nbi-ablation .nbi-out { min-width: 320px; }
 .nbi-ablation .nbi-ld { margin-bottom: 8px; }
-.nbi-ablation .nbi-ld-bar { position: relative; height: 10px; width: 300px; background: #f1f1f1; margin-top: 3px; }
+.nbi-ablation .nbi-ld-row { display: grid; grid-template-columns: 44px 300px 60px; gap: 6px; align-items: center; margin-top: 3px; }
+.nbi-ablation .nbi-ld-bar { position: relative; height: 10px; width: 300px; background: #f1f1f1; }
 .nbi-ablation .nbi-ld-bar span { position: absolute; top: 0; height: 10px; }
 .nbi-ablation .nbi-ld-bar .nbi-zero { left: 150px; width: 1px; background: #888; }
+.nbi-ablation .nbi-ld-axis { position: relative; height: 16px; width: 300px; margin-left: 50px; border-top: 1px solid #888; font: 10px ui-monospace, monospace; color: #444; }
+.nbi-ablation .nbi-ld-axis span { position: absolute; top: 0; transform: translateX(-50%); padding-top: 3px; }
+.nbi-ablation .nbi-ld-axis span::before { content: ""; position: absolute; left: 50%; top: -1px; width: 1px; height: 4px; background: #888; }
+.nbi-ablation .nbi-row-target .nbi-tokcell, .nbi-ablation .nbi-row-foil .nbi-tokcell { font-weight: 700; }
+.nbi-ablation .nbi-row-target { background: #eaf3e6; }
+.nbi-ablation .nbi-row-foil { background: #f7ece3; }
+.nbi-ablation .nbi-role { font: 9px system-ui, sans-serif; color: #555; margin-left: 3px; }
+.nbi-ablation .nbi-outside { color: #777; font-size: 10px; margin-top: 2px; }
 .nbi-ablation .nbi-topk { display: flex; gap: 16px; }
 .nbi-ablation .nbi-topk-col { min-width: 150px; }
-.nbi-ablation .nbi-row { display: grid; grid-template-columns: 80px 100px 44px; gap: 4px; align-items: center; }
-.nbi-ablation .nbi-tok { font-family: ui-monospace, monospace; white-space: pre; overflow: hidden; text-overflow: ellipsis; }
+.nbi-ablation .nbi-row { display: grid; grid-template-columns: 96px 100px 44px; gap: 4px; align-items: center; }
+.nbi-ablation .nbi-topk-after[data-changed="true"] .nbi-row { grid-template-columns: 96px 100px 44px 44px; }
+.nbi-ablation .nbi-was { font: 10px ui-monospace, monospace; color: #666; text-align: right; }
+.nbi-ablation .nbi-tokcell { display: flex; align-items: baseline; min-width: 0; }
+
+.nbi-ablation .nbi-tok, .nbi-ablation .nbi-tracked-tok { font-family: ui-monospace, monospace; white-space: pre; overflow: hidden; text-overflow: ellipsis; }
 .nbi-ablation .nbi-bar { position: relative; height: 10px; background: #f1f1f1; }
 .nbi-ablation .nbi-bar .nbi-fill { position: absolute; left: 0; top: 0; height: 10px; }
 .nbi-ablation .nbi-bar .nbi-tick { position: absolute; top: -2px; width: 2px; height: 14px; background: #222; }
-.nbi-ablation .nbi-prob { font: 11px ui-monospace, monospace; text-align: right; }
+.nbi-ablation .nbi-prob, .nbi-ablation .nbi-tracked-prob { font: 11px ui-monospace, monospace; text-align: right; }
 .nbi-ablation .nbi-code { font: 11px ui-monospace, monospace; background: #f6f6f6; border: 1px solid #ddd; padding: 4px 6px; white-space: pre-wrap; word-break: break-all; margin-top: 6px; }
 `;
 
@@ -239,15 +256,35 @@ function render({ model, el, signal }: RenderProps<AblationModel>): () => void {
     modeToggle.set(mode);
   }
 
-  function probabilityRows(entries: TokenProbability[], withBefore: boolean, colour: string): HTMLElement[] {
-    return entries.map((e) => {
+  type Role = "target" | "foil";
+  type Row = TokenProbability & { role?: Role; outside?: boolean };
+  function probabilityRows(entries: Row[], withBefore: boolean, colour: string, showBefore = false): HTMLElement[] {
+    const rows: HTMLElement[] = [];
+    for (const e of entries) {
+      if (e.outside && !rows.some((r) => r.classList.contains("nbi-outside"))) {
+        const note = doc.createElement("div");
+        note.className = "nbi-outside";
+        note.textContent = `\u2026 outside the top ${entries.filter((x) => !x.outside).length}:`;
+        rows.push(note);
+      }
       const row = doc.createElement("div");
-      row.className = "nbi-row";
+      row.className = "nbi-row" + (e.role ? ` nbi-row-${e.role}` : "") + (e.outside ? " nbi-row-outside" : "");
       row.dataset.token = String(e.id);
+      if (e.role) row.dataset.role = e.role;
+      const cell = doc.createElement("span");
+      cell.className = "nbi-tokcell";
+      // Rows outside the top k keep their own classes: .nbi-tok / .nbi-prob are the top k.
       const tok = doc.createElement("span");
-      tok.className = "nbi-tok";
+      tok.className = e.outside ? "nbi-tracked-tok" : "nbi-tok";
       tok.textContent = displayToken(e.token);
-      tok.title = JSON.stringify(e.token);
+      tok.title = JSON.stringify(e.token) + (e.role ? ` (the ${e.role})` : "");
+      cell.append(tok);
+      if (e.role) {
+        const role = doc.createElement("span");
+        role.className = "nbi-role";
+        role.textContent = e.role;
+        cell.append(role);
+      }
       const bar = doc.createElement("span");
       bar.className = "nbi-bar";
       const fill = doc.createElement("span");
@@ -263,11 +300,76 @@ function render({ model, el, signal }: RenderProps<AblationModel>): () => void {
         bar.append(tick);
       }
       const prob = doc.createElement("span");
-      prob.className = "nbi-prob";
-      prob.textContent = e.probability.toFixed(4);
-      row.append(tok, bar, prob);
-      return row;
+      prob.className = e.outside ? "nbi-tracked-prob" : "nbi-prob";
+      // Outside the top k a probability is often under 1e-4: keep its digits.
+      prob.textContent = e.outside && e.probability < 1e-4 ? e.probability.toExponential(1) : e.probability.toFixed(4);
+      row.append(cell, bar, prob);
+      if (showBefore) {
+        const was = doc.createElement("span");
+        was.className = "nbi-was";
+        was.textContent = e.outside && e.before < 1e-4 ? e.before.toExponential(1) : e.before.toFixed(4);
+        row.append(was);
+      }
+      rows.push(row);
+    }
+    return rows;
+  }
+
+  /** The top-k rows, the target and foil marked; either one outside the
+   *  top k is added below it, so its probability is always on screen. */
+  function withTracked(summary: Summary): Row[] {
+    const tracked: Array<[Role, TokenProbability | null | undefined]> = [["target", summary.target], ["foil", summary.foil]];
+    const rows: Row[] = summary.top_k.map((e) => {
+      const hit = tracked.find(([, t]) => t && t.id === e.id);
+      return hit ? { ...e, role: hit[0] } : e;
     });
+    for (const [role, t] of tracked) if (t && !summary.top_k.some((e) => e.id === t.id)) rows.push({ ...t, role, outside: true });
+    return rows;
+  }
+
+  function logitDiffBlock(what: string, before: number, after: number, changed: boolean): HTMLElement {
+    const ld = doc.createElement("div");
+    ld.className = "nbi-ld";
+    const head = doc.createElement("div");
+    head.append(`${what} at the last position (measured${changed ? "" : "; nothing ablated, after = before"}):`);
+    ld.append(head);
+    const span = niceCeil(Math.max(Math.abs(before), Math.abs(after), 1e-6));
+    const px = (v: number) => (150 * Math.max(-span, Math.min(span, v))) / span;
+    const barRow = (label: string, value: number, cls: string, colour: string) => {
+      const row = doc.createElement("div");
+      row.className = `nbi-ld-row ${cls}-row`;
+      const name = doc.createElement("span");
+      name.className = "nbi-status";
+      name.textContent = label;
+      const bar = doc.createElement("div");
+      bar.className = "nbi-ld-bar";
+      const fill = doc.createElement("span");
+      const w = Math.abs(px(value));
+      fill.style.left = `${value >= 0 ? 150 : 150 - w}px`;
+      fill.style.width = `${w}px`;
+      fill.style.background = colour;
+      const zero = doc.createElement("span");
+      zero.className = "nbi-zero";
+      bar.append(fill, zero);
+      const number = doc.createElement(cls === "nbi-ld-after" ? "strong" : "span");
+      number.className = cls;
+      number.textContent = value.toFixed(4);
+      row.append(name, bar, number);
+      return row;
+    };
+    ld.append(barRow("before", before, "nbi-ld-before", "#9aa5b8"));
+    ld.append(barRow("after", after, "nbi-ld-after", after >= 0 ? "#b2182b" : "#2166ac"));
+    const axis = doc.createElement("div");
+    axis.className = "nbi-ld-axis";
+    axis.dataset.span = String(span);
+    for (const t of symmetricTicks(span)) {
+      const tick = doc.createElement("span");
+      tick.style.left = `${150 + px(t)}px`;
+      tick.textContent = tickLabel(t);
+      axis.append(tick);
+    }
+    ld.append(axis);
+    return ld;
   }
 
   function drawOutput() {
@@ -275,35 +377,10 @@ function render({ model, el, signal }: RenderProps<AblationModel>): () => void {
     const baseline = model.get("baseline") as Summary;
     if (!result || !result.top_k || !baseline || !baseline.top_k) return;
     const parts: HTMLElement[] = [];
+    const changed = Object.keys(result.ablations).length > 0;
     if (result.logit_diff !== null && baseline.logit_diff !== null) {
-      const ld = doc.createElement("div");
-      ld.className = "nbi-ld";
       const what = foil !== null ? `logit(${JSON.stringify(target)}) \u2212 logit(${JSON.stringify(foil)})` : `logit(${JSON.stringify(target)})`;
-      const before = doc.createElement("span");
-      before.className = "nbi-ld-before";
-      before.textContent = result.logit_diff === null ? "" : baseline.logit_diff.toFixed(4);
-      const after = doc.createElement("strong");
-      after.className = "nbi-ld-after";
-      after.textContent = result.logit_diff.toFixed(4);
-      ld.append(`${what}: `, before, " \u2192 ", after);
-      const bar = doc.createElement("div");
-      bar.className = "nbi-ld-bar";
-      const span = Math.max(Math.abs(result.logit_diff), Math.abs(baseline.logit_diff), 1e-6);
-      const barFor = (value: number, cls: string, colour: string, height: number) => {
-        const s = doc.createElement("span");
-        s.className = cls;
-        const w = (150 * Math.abs(value)) / span;
-        s.style.left = `${value >= 0 ? 150 : 150 - w}px`;
-        s.style.width = `${w}px`;
-        s.style.background = colour;
-        s.style.height = `${height}px`;
-        return s;
-      };
-      const zero = doc.createElement("span");
-      zero.className = "nbi-zero";
-      bar.append(barFor(baseline.logit_diff, "nbi-ld-bar-before", "#c5cbd6", 10), barFor(result.logit_diff, "nbi-ld-bar-after", result.logit_diff >= 0 ? "#b2182b" : "#2166ac", 6), zero);
-      ld.append(bar);
-      parts.push(ld);
+      parts.push(logitDiffBlock(what, baseline.logit_diff, result.logit_diff, changed));
     }
     const topk = doc.createElement("div");
     topk.className = "nbi-topk";
@@ -316,10 +393,12 @@ function render({ model, el, signal }: RenderProps<AblationModel>): () => void {
       col.append(h, ...rows);
       return col;
     };
-    const changed = Object.keys(result.ablations).length > 0;
+    const after = column("nbi-topk-after", changed ? "after \u00b7 | and right column: before" : "after (nothing ablated: same as before)",
+      probabilityRows(withTracked(result), changed, "#3b518b", changed));
+    after.dataset.changed = String(changed);
     topk.append(
-      column("nbi-topk-before", "before (no ablation)", probabilityRows(baseline.top_k, false, "#9aa5b8")),
-      column("nbi-topk-after", changed ? "after (| = before)" : "after (nothing ablated)", probabilityRows(result.top_k, true, "#3b518b")),
+      column("nbi-topk-before", `before (no ablation) \u00b7 p(next token), measured`, probabilityRows(withTracked(baseline), false, "#9aa5b8")),
+      after,
     );
     parts.push(topk);
     output.replaceChildren(...parts);

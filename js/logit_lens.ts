@@ -46,6 +46,7 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
   const cellW = Math.max(12, Math.min(64, Math.floor(900 / Math.max(tokens.length, 1))));
   const cellH = 20;
   const box = doc.createElement("div");
+  box.className = "nbi-scroll-x"; // a long prompt scrolls here instead of spilling out of the output area
   const legend = doc.createElement("div");
   legend.className = "nbi-legend";
   const tooltip = new Tooltip(root);
@@ -81,7 +82,9 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
     heatmap.setData(shown.values, shown.shape[0], shown.shape[1], scale);
     heatmap.draw();
     toggle.set(colour);
-    renderLegend(legend, scale, colour === "target" && targetP ? `p(${JSON.stringify(target)})` : "p(top token)");
+    renderLegend(legend, scale, colour === "target" && targetP ? `p(${JSON.stringify(target)})` : "p(top token)", {
+      note: "measured: each residual stream read through the final norm and the unembedding (logit lens), softmax over the vocabulary; linear 0 .. 1",
+    });
     root.dataset.colour = colour;
     root.dataset.drawn = "true";
   }

@@ -44,8 +44,22 @@ const TITLES: Record<Kind, string> = {
   head: "heads (all positions)",
 };
 
+/** Rows tall enough for a 10-px layer label on every row; columns at least 8 px. */
+export const MIN_ROW_PX = 16;
+export const MIN_COL_PX = 8;
+/** Cell size of a map with `cols` columns and `rows` rows: square up to 28 px,
+ *  never under the minimums (a wide map scrolls instead of shrinking). */
+export function cellSize(cols: number, rows: number): { width: number; height: number } {
+  const width = Math.max(MIN_COL_PX, Math.min(28, Math.floor(360 / Math.max(cols, rows, 1))));
+  return { width, height: Math.max(MIN_ROW_PX, width) };
+}
+/** The colour scale is fixed: 0 = no effect, +1 = the clean metric restored,
+ *  -1 = as far the other way; values beyond are clipped and marked. */
+export const EFFECT_SCALE_MAX = 1;
+
 const CSS = `
-.nbi-patching .nbi-maps { display: flex; flex-wrap: wrap; gap: 18px; }
+.nbi-patching .nbi-maps { display: flex; flex-wrap: wrap; gap: 18px; max-width: 100%; }
+.nbi-patching .nbi-map { max-width: 100%; }
 .nbi-patching .nbi-map-title { font-weight: 600; margin-bottom: 2px; }
 .nbi-patching progress { width: 160px; }
 .nbi-patching .nbi-opened { margin-top: 10px; border-top: 1px solid #ddd; padding-top: 6px; }
@@ -110,7 +124,7 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
   const nHeads = model.get("n_heads");
   const tokens = model.get("clean_tokens");
   const corrupted = model.get("corrupted_tokens");
-  const columnLabels = (kind: Kind) => (kind === "head" ? Array.from({ length: nHeads }, (_, h) => `H${h}`) : tokens.map(displayToken));
+  const columnLabels = (kind: Kind) => (kind === "head" ? Array.from({ length: nHeads }, (_, h) => `H${h}`) : tokens.map((t, i) => `${i} ${displayToken(t)}`));
   const rowLabels = Array.from({ length: nLayers }, (_, l) => `L${l}`);
   const heatmaps = new Map<Kind, Heatmap>();
 
@@ -127,23 +141,26 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
     const heading = doc.createElement("div");
     heading.className = "nbi-map-title";
     heading.textContent = TITLES[kind];
-    box.append(heading);
+    const scroller = doc.createElement("div");
+    scroller.className = "nbi-scroll-x";
+    box.append(heading, scroller);
     maps.append(box);
     const cols = kind === "head" ? nHeads : tokens.length;
-    const cellPx = Math.max(8, Math.min(28, Math.floor(360 / Math.max(cols, nLayers))));
-    const heatmap = new Heatmap(box, {
-      plotWidth: cols * cellPx, plotHeight: nLayers * cellPx, marginLeft: 34, marginTop: kind === "head" ? 28 : 70,
-      onHover: (cell, event) => guard(() => {
-        if (!cell) return tooltip.hide();
-        const value = heatmap.valueAt(cell);
-        tooltip.show([TITLES[kind], describe(kind, cell),
-          ["nbi-tip-value", Number.isNaN(value) ? "not computed yet" : `effect ${formatValue(value)}`]], event);
+    const cell = cellSize(cols, nLayers);
+    const heatmap = new Heatmap(scroller, {
+      plotWidth: cols * cell.width, plotHeight: nLayers * cell.height, marginLeft: 34, marginTop: kind === "head" ? 28 : 80,
+      markClipped: true,
+      onHover: (at, event) => guard(() => {
+        if (!at) return tooltip.hide();
+        const value = heatmap.valueAt(at);
+        const beyond = Math.abs(value) > EFFECT_SCALE_MAX ? " (beyond \u00b11: drawn at the end colour)" : "";
+        tooltip.show([TITLES[kind], describe(kind, at),
+          ["nbi-tip-value", Number.isNaN(value) ? "not computed yet" : `measured effect ${formatValue(value)}${beyond}`]], event);
       }),
-      onClick: (cell) => {
-        if (Number.isNaN(heatmap.valueAt(cell))) return;
-        heatmap.setMarker(cell);
-        heatmap.draw();
-        call("open", { kind, layer: cell.row, index: cell.col, open_in: model.get("open_in") });
+      onClick: (at) => {
+        if (Number.isNaN(heatmap.valueAt(at))) return;
+        showMarker(kind, at);
+        call("open", { kind, layer: at.row, index: at.col, open_in: model.get("open_in") });
       },
     });
     heatmap.canvas.dataset.kind = kind;
@@ -152,28 +169,41 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
     cleanups.push(() => heatmap.destroy());
   }
 
+  /** One red marker on screen: the cell last opened (cleared in every other map). */
+  function showMarker(kind: Kind | undefined, at: Cell | null) {
+    for (const [k, heatmap] of heatmaps) {
+      heatmap.setMarker(k === kind ? at : null);
+      heatmap.draw();
+    }
+  }
+  function markSelected() {
+    const sel = model.get("selected");
+    showMarker(sel.kind, sel.kind && sel.layer !== undefined && sel.index !== undefined ? { row: sel.layer, col: sel.index } : null);
+  }
+
   let lastEffects: PatchingModel["_effects"] | null = null;
   function drawMaps() {
     const effects = model.get("_effects");
     if (!effects || effects === lastEffects) return;
     lastEffects = effects;
     const decoded = new Map<Kind, { values: Float32Array; shape: number[] }>();
-    let maxAbs = 1;
     for (const [kind, entry] of Object.entries(effects) as Array<[Kind, { tensor: EncodedTensor; done: number }]>) {
       const tensor = decodeTensor(entry.tensor);
-      const values = withPending(tensor.values, entry.done);
-      for (const v of values) if (Math.abs(v) > maxAbs) maxAbs = Math.abs(v);
-      decoded.set(kind, { values, shape: tensor.shape });
+      decoded.set(kind, { values: withPending(tensor.values, entry.done), shape: tensor.shape });
     }
-    // One scale for every map, so colours compare across them; 1 = full recovery.
-    const scale = divergingScale(maxAbs);
+    // One fixed scale for every map and every frame: a colour keeps its
+    // meaning while cells stream in, and compares across maps.
+    const scale = divergingScale(EFFECT_SCALE_MAX);
     for (const [kind, { values, shape }] of decoded) {
       const heatmap = heatmaps.get(kind);
       if (!heatmap) continue;
       heatmap.setData(values, shape[0], shape[1], scale);
       heatmap.draw();
     }
-    renderLegend(legend, scale, "patching effect (1 = clean restored, 0 = corrupted)");
+    renderLegend(legend, scale, "patching effect", {
+      swatches: [{ label: "not computed yet", kind: "missing" }, { label: "beyond \u00b11 (clipped; hover for the value)", kind: "clipped" }],
+      note: "measured, one forward per cell: (metric patched \u2212 corrupted) / (clean \u2212 corrupted); 1 = the clean metric restored, 0 = no change from corrupted, fixed scale \u22121 .. 1",
+    });
     root.dataset.drawn = "true";
   }
 
@@ -204,23 +234,28 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
     opened.replaceChildren();
     opened.hidden = !ref;
     if (!ref) return;
-    const sel = model.get("selected");
     const caption = doc.createElement("div");
     caption.className = "nbi-status nbi-opened-caption";
-    caption.textContent = sel.kind ? `opened ${TITLES[sel.kind]} \u00b7 ${describe(sel.kind, { row: sel.layer ?? 0, col: sel.index ?? 0 })}` : "opened";
     const box = doc.createElement("div");
     opened.append(caption, box);
     root.dataset.opened = ref;
-    if (!host?.getWidget) {
-      caption.textContent += " \u00b7 display it with grid.opened";
-      return;
-    }
+    drawCaption();
+    if (!host?.getWidget) return;
     const controller = new AbortController();
     openedAbort = controller;
     const widget = await host.getWidget(ref);
     if (!controller.signal.aborted) await widget.render({ el: box, signal: controller.signal });
   }
   cleanups.push(() => openedAbort?.abort());
+  /** The caption names the cell in `selected` (Python sets it with `_opened`, in one message). */
+  function drawCaption() {
+    const caption = opened.querySelector<HTMLElement>(".nbi-opened-caption");
+    if (!caption) return;
+    const sel = model.get("selected");
+    caption.textContent = (sel.kind ? `opened ${TITLES[sel.kind]} \u00b7 ${describe(sel.kind, { row: sel.layer ?? 0, col: sel.index ?? 0 })}` : "opened") +
+      (typeof host?.getWidget === "function" ? "" : " \u00b7 display it with grid.opened");
+    root.dataset.selected = sel.kind ? `${sel.kind}:${sel.layer}:${sel.index}` : "";
+  }
 
   guard(() => {
     openToggle.set(model.get("open_in"));
@@ -228,10 +263,15 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
     drawSummary();
     drawProgress();
     drawMaps();
+    markSelected();
   });
   drawOpened().catch((err) => errors.show(describeError(err)));
   listen("change:_effects", drawMaps);
   listen("change:progress", drawProgress);
+  listen("change:selected", () => {
+    markSelected();
+    drawCaption();
+  });
   listen("change:open_in", () => openToggle.set(model.get("open_in")));
   listen("change:_opened", () => void drawOpened().catch((err) => errors.show(describeError(err))));
   listen("change:error", () => errors.show(model.get("error")));

@@ -123,3 +123,20 @@ def test_the_kernel_can_run_the_model_while_the_sweep_computes(model):
     assert grid.wait(30) and grid.error == ""
     for kind, values in expected.items():
         torch.testing.assert_close(grid.effects[kind], values, atol=1e-5, rtol=0)
+
+
+def test_an_opened_cell_reaches_the_view_in_one_message_with_its_selection(model):
+    """The caption names `selected`: it must arrive with `_opened`, not after it
+    (it showed the previous click)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "browser"))
+    from harness import RecordingComm
+
+    grid = ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", foil="w9", kinds=["head"], background=False)
+    grid.comm = comm = RecordingComm()
+    grid.open_cell("head", 1, 2)
+    updates = [m["data"]["state"] for m in comm.drain() if m["data"].get("method") == "update"]
+    carrying = [u for u in updates if "_opened" in u]
+    assert len(carrying) == 1 and carrying[0]["selected"] == {"kind": "head", "layer": 1, "index": 2}

@@ -83,6 +83,9 @@ class AblationSummary:
     logit_diff: float | None  # logit(target) - logit(foil), or logit(target) without a foil
     target_probability: float | None
     foil_probability: float | None
+    # The target's and foil's rows, before and after, whether or not they are in top_k.
+    target: TokenProbability | None = None
+    foil: TokenProbability | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +94,9 @@ class AblationSummary:
 def summarize(model: "Model", run: "Run", baseline: "Run | None", *, k: int = 10, target: Any = None,
               foil: Any = None, ablations: dict[str, float] | None = None, ablation: str = "zero") -> AblationSummary:
     """Top-k next tokens of `run` (last position) with their probability in
-    `baseline` too, and the target/foil numbers."""
+    `baseline` too, and the target/foil numbers; the target and foil rows are
+    there even when they fall out of the top k (an ablation that works pushes
+    the target down, and that is the number to see)."""
     probabilities = run.probabilities(-1)
     before = (baseline if baseline is not None else run).probabilities(-1)
     values, ids = probabilities.topk(min(k, probabilities.numel()))
@@ -100,9 +105,17 @@ def summarize(model: "Model", run: "Run", baseline: "Run | None", *, k: int = 10
     top = [TokenProbability(t, i, float(p), float(before[i])) for t, i, p in zip(texts, ids_list, values.tolist())]
     target_id = None if target is None else model.token_id(target)
     foil_id = None if foil is None else model.token_id(foil)
+
+    def row(token_id: int | None) -> TokenProbability | None:
+        if token_id is None:
+            return None
+        return TokenProbability(display_text(model.tokenizer, [token_id])[0], token_id,
+                                float(probabilities[token_id]), float(before[token_id]))
+
     return AblationSummary(
         ablations=dict(ablations or {}), ablation=ablation, top_k=top,
         logit_diff=None if target is None else run.logit_diff(target_id, foil_id),
         target_probability=None if target_id is None else float(probabilities[target_id]),
         foil_probability=None if foil_id is None else float(probabilities[foil_id]),
+        target=row(target_id), foil=row(foil_id),
     )

@@ -199,8 +199,11 @@ class PatchingView(InterpWidget):
                 if kind != "head":
                     widget.strip_scope = "layer"
         self.opened = widget
-        self._opened = widget
-        self.selected = {"kind": kind, "layer": layer, "index": index}
+        # One message, the cell first: the view's caption and marker never
+        # show the new widget under the previous click.
+        with self.hold_sync():
+            self.selected = {"kind": kind, "layer": layer, "index": index}
+            self._opened = widget
         return widget
 
     # ------------------------------------------------------------- export
@@ -209,8 +212,7 @@ class PatchingView(InterpWidget):
         kinds = self._sweep.kinds
         figure = new_figure(figsize=(4.2 * len(kinds), 0.3 * self.n_layers + 2.6), dpi=dpi)
         effects = self._sweep.effects
-        finite = [v[~v.isnan()].abs().max().item() for v in effects.values() if (~v.isnan()).any()]
-        vmax = max([1.0, *finite])
+        vmax = 1.0  # fixed, as in the view: 1 = clean restored; beyond is clipped to the end colour
         for i, kind in enumerate(kinds):
             ax = figure.add_subplot(1, len(kinds), i + 1)
             values = effects[kind].numpy()
@@ -223,7 +225,8 @@ class PatchingView(InterpWidget):
                 ax.set_xticks(range(self.n_heads))
             elif len(self.clean_tokens) <= 48:
                 ax.set_xticks(range(len(self.clean_tokens)), [repr(t)[1:-1] for t in self.clean_tokens], rotation=90, fontsize=7)
-        figure.colorbar(image, ax=figure.axes, label="patching effect (1 = clean restored)", shrink=0.8)
+        figure.colorbar(image, ax=figure.axes, label="patching effect, measured (1 = clean restored; clipped at \u00b11)",
+                        shrink=0.8, extend="both")
         foil = f" - logit({self.foil!r})" if self.foil is not None else ""
         figure.suptitle(f"{self.model_name} \u00b7 logit({self.target!r}){foil}: clean {self.clean_logit_diff:.3f}, "
                         f"corrupted {self.corrupted_logit_diff:.3f}", fontsize=9)
