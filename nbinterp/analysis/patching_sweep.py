@@ -11,8 +11,9 @@ in flight.
 
 Every batch also carries the two reference rows (corrupted, unpatched; and
 the whole residual stream at layer 0 patched, which *is* the clean run), and
-its cells are normalised by those rows: patching nothing gives exactly 0.0
-and patching all of resid_pre at layer 0 exactly 1.0, whatever the batch.
+its cells are normalised by those rows: patching nothing gives 0.0 and
+patching all of resid_pre at layer 0 gives 1.0, up to float32 rounding
+between rows of one batch (an ulp or so of the logits, over the gap).
 """
 
 from __future__ import annotations
@@ -86,12 +87,37 @@ def prepare(
     corrupted_run = model.run(corrupted_ids, capture=())
     ld = lambda run: float(_metric_of(run.logits, metric))  # noqa: E731
     setup = PatchingSetup(model, clean_run, corrupted_ids, metric, ld(clean_run), ld(corrupted_run))
-    if setup.clean_logit_diff == setup.corrupted_logit_diff:
-        raise NbinterpError(
-            f"the clean and corrupted prompts give the same logit difference ({setup.clean_logit_diff:.4g}): "
-            "there is nothing to recover. Pick a corrupted prompt that changes the answer"
-        )
+    _check_gap(setup, [clean_run.logits[metric.position], corrupted_run.logits[metric.position]])
     return setup
+
+
+MIN_GAP = 1e-2  # the smallest clean - corrupted gap, as a fraction of the metric's scale (see _check_gap)
+
+
+def _check_gap(setup: PatchingSetup, logits: list[torch.Tensor]) -> None:
+    """Refuses a pair whose metric barely moves: every effect is divided by
+    clean - corrupted, so a tiny gap turns ordinary perturbations into huge
+    "recoveries" (23.163 vs 23.161 gave effects of +-27.5 on the 1 = restored
+    scale). The scale is the larger of the two metric values and the spread
+    (std over the vocabulary) of the logits at the metric's position: the
+    spread is the model's own unit of "a logit moved" and does not depend on
+    the logits' arbitrary offset; the values cover a metric far from zero.
+    Below 1% of that scale a site that moves the metric by a tenth of a
+    typical logit spread already reads as an effect of 10 or more, and float32
+    rounding of the logits (~1e-6 relative) starts to show in the effects."""
+    clean, corrupted = setup.clean_logit_diff, setup.corrupted_logit_diff
+    spread = max(float(row.float().std()) for row in logits)
+    scale = max(abs(clean), abs(corrupted), spread)
+    gap = abs(clean - corrupted)
+    if gap <= MIN_GAP * scale:  # <=: also refuses the exact tie (and an all-zero scale)
+        what = "logit" if setup.metric.foil is None else "logit difference"
+        foil_hint = "" if setup.metric.foil is not None else " or give a foil so the metric is a logit difference"
+        raise NbinterpError(
+            f"the clean and corrupted prompts give almost the same {what} (clean {clean:.6g}, corrupted "
+            f"{corrupted:.6g}, gap {gap:.3g}, under {MIN_GAP:g} x the metric's scale {scale:.3g}): there is "
+            f"nothing to recover, and every effect would be divided by that gap. Pick a corrupted prompt that "
+            f"changes the answer{foil_hint}."
+        )
 
 
 def _metric_of(logits: torch.Tensor, metric: Metric) -> torch.Tensor:
