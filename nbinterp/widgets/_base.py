@@ -22,6 +22,8 @@ import traitlets
 
 from nbinterp.errors import NbinterpError
 
+from ._picture import defer_picture, picture_png
+
 log = logging.getLogger("nbinterp.widgets")
 
 RpcResult = tuple[Any, list[bytes]]
@@ -175,15 +177,27 @@ class InterpWidget(anywidget.AnyWidget):
     def to_figure(self) -> Any:
         raise NotImplementedError
 
+    def static_png(self) -> bytes:
+        """The picture shown where the live view can't be (an HTML export,
+        GitHub); a view may override this with a cheaper draw."""
+        return figure_png(self.to_figure())
+
+    def live_bundle(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The display bundle of the live view alone (no picture)."""
+        bundle = super()._repr_mimebundle_()
+        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+        return dict(data or {}), dict(metadata or {})
+
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = super()._repr_mimebundle_(**kwargs)
         # anywidget returns (data, metadata); ipywidgets returns data alone.
         data = bundle[0] if isinstance(bundle, tuple) else bundle
-        if isinstance(data, dict):
-            # Where the widget can't render (nbconvert, GitHub) a picture of
-            # the same view shows instead of a blank box.
+        # Where the widget can't render (nbconvert, GitHub) a picture of the
+        # same view shows instead of a blank box. In a kernel it follows the
+        # live view (_picture.py), so drawing it never delays the first paint.
+        if isinstance(data, dict) and not defer_picture(self):
             try:
-                data["image/png"] = figure_png(self.to_figure())
+                data["image/png"] = picture_png(self)
             except Exception:
                 log.exception("nbinterp: no static picture for this view")
         return bundle
