@@ -103,11 +103,34 @@ def test_unequal_lengths_and_figure(model):
         ni.patch(model, clean=PROMPT, corrupted="w1 w2", target="w5")
     grid = ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", foil="w9", kinds=["resid_pre", "head"], background=False)
     figure = grid.to_figure()
-    images = [ax.images[0].get_array() for ax in figure.axes if ax.images]
-    np.testing.assert_array_equal(images[0], grid.effects["resid_pre"].numpy())
-    np.testing.assert_array_equal(images[1], grid.effects["head"].numpy())
+    images = [np.asarray(ax.images[0].get_array()) for ax in figure.axes if ax.images]
+    # Against references the figure code never saw: only token 7 differs, so at layer 0 the
+    # residual stream there restores everything and elsewhere nothing; each head's cell is
+    # the plain one-site patched run, normalised by the plain runs.
+    setup = grid.setup
+    gap = setup.clean_logit_diff - setup.corrupted_logit_diff
+    logit_scale = max(float(model.run(PROMPT).logits[-1].abs().max()), float(model.run(CORRUPTED).logits[-1].abs().max()))
+    tol = 64 * np.finfo(np.float32).eps * logit_scale / abs(gap)  # float32 rounding of an effect (test_patching_sweep)
+    assert images[0].shape == (model.n_layers, len(PROMPT.split())) and images[1].shape == (model.n_layers, model.n_heads)
+    np.testing.assert_allclose(images[0][0], np.eye(10)[7], atol=tol, rtol=0)
+    heads = np.array([[(model.run(CORRUPTED, patch_from=PROMPT, patch=[("head", layer, head, None)]).logit_diff("w5", "w9")
+                        - setup.corrupted_logit_diff) / gap for head in range(model.n_heads)] for layer in range(model.n_layers)])
+    assert np.abs(heads).max() > 100 * tol  # the heads' cells are not all ~0: a swapped panel would show
+    np.testing.assert_allclose(images[1], heads, atol=tol, rtol=0)
     data, _ = grid._repr_mimebundle_()
     assert data["image/png"].startswith(b"\x89PNG")
+
+
+def test_a_corruption_that_does_not_change_the_answer_is_refused_before_any_view(model):
+    """prepare's refusal reaches the cell as a clear error; the model keeps working."""
+    bundled = ni.load()
+    clean = "When Mary and John went to the store , John gave a drink to"
+    corrupted = clean.replace("store", "house")  # logit(Mary): 24.2917 -> 24.2918
+    with pytest.raises(ni.NbinterpError, match="almost the same logit .*Pick a corrupted prompt that changes the answer"):
+        ni.patch(bundled, clean=clean, corrupted=corrupted, target="Mary")
+    grid = ni.patch(bundled, clean=clean, corrupted=clean.replace("John gave", "Mary gave"), target="Mary", foil="John",
+                    kinds=["head"], background=False)
+    assert grid.progress["state"] == "done" and grid.error == ""
 
 
 def test_the_kernel_can_run_the_model_while_the_sweep_computes(model):
