@@ -139,3 +139,20 @@ def test_figure_and_static_png(panel):
     assert "L1.H2=0" in figure._suptitle.get_text()
     data, _ = panel._repr_mimebundle_()
     assert data["image/png"].startswith(b"\x89PNG")
+
+
+def test_target_and_foil_rows_are_always_there_with_before_and_after(model):
+    # k=1: at most one of target / foil can be in the top k, so at least one
+    # row must come from outside it.
+    panel = ni.ablate(model, PROMPT, TARGET, FOIL, k=1, ablations={"L0.H0": 0.0, "L1.H2": 0.0})
+    after = model.run(PROMPT, ablate={"L0.H0": 0.0, "L1.H2": 0.0}).probabilities(-1)
+    before = model.run(PROMPT).probabilities(-1)
+    for name, token in (("target", TARGET), ("foil", FOIL)):
+        row = panel.result[name]
+        token_id = model.token_id(token)
+        assert row["id"] == token_id and row["token"] == token
+        assert row["probability"] == pytest.approx(float(after[token_id]), rel=1e-5, abs=1e-9)
+        assert row["before"] == pytest.approx(float(before[token_id]), rel=1e-5, abs=1e-9)
+        assert panel.baseline[name]["probability"] == pytest.approx(float(before[token_id]), rel=1e-5, abs=1e-9)
+    assert len(panel.result["top_k"]) == 1
+    assert ni.ablate(model, PROMPT, k=2).result["target"] is None

@@ -129,7 +129,7 @@ export function panWindow(win: MatrixWindow, rows: number, cols: number, dRows: 
  *  `step`-th index, step the smallest of 1, 2, 5, 10, 20, 50, ... that leaves
  *  minSpacingPx between labels. Labels sit on multiples of the step, so a pan
  *  never moves a label off its cell or renumbers the ones that stay. */
-export function axisTicks(start: number, stop: number, cellPx: number, minSpacingPx = 12): number[] {
+export function axisTicks(start: number, stop: number, cellPx: number, minSpacingPx = 11): number[] {
   if (!(cellPx > 0) || stop <= start) return [];
   let step = 1;
   search: for (let mag = 1; mag < 1e9; mag *= 10) {
@@ -173,7 +173,7 @@ export interface HeatmapOptions {
   cellLabel?(cell: Cell): string;
   /** Mark cells whose value lies beyond the scale's ends (clipped to the end colour). */
   markClipped?: boolean;
-  /** Least spacing between axis labels in CSS px (default 12 for 10-px text). */
+  /** Least spacing between axis labels in CSS px (default 11 for 10-px text). */
   labelSpacing?: number;
   onHover?(cell: Cell | null, event: PointerEvent): void;
   onClick?(cell: Cell): void;
@@ -381,7 +381,7 @@ export class Heatmap {
     }
     // As many labels as fit at the label spacing, each the label of its own
     // cell (index and token where the caller gives both).
-    const spacing = opts.labelSpacing ?? 12;
+    const spacing = opts.labelSpacing ?? 11;
     const rowTicks = axisTicks(row0, row1, cellH, spacing);
     const colTicks = axisTicks(col0, col1, cellW, spacing);
     this.canvas.dataset.rowTicks = rowTicks.join(",");
