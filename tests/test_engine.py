@@ -135,14 +135,17 @@ def test_gradients_match_autograd_on_the_plain_model(arch_model):
 
 
 def test_value_weighted_norms(arch_model):
-    _, _, model = arch_model
+    _, hf, model = arch_model
     run = model.run(PROMPT)
     layer, head, query, key = 1, 2, 7, 3
     # the norm of what head `head` moves from `key` to `query`, from first principles
     query_states, key_states, value, _, _ = run.captured("qkv", layer)
     n_rep = model.n_heads // model.n_kv_heads
     v = value[head // n_rep, key]
-    w_o = model._head_weights(layer)[head]
+    # the head's rows of the output projection, read from the HF module itself
+    weight = out_proj(hf, layer).weight.detach()
+    w_in_out = weight if type(out_proj(hf, layer)).__name__ == "Conv1D" else weight.T
+    w_o = w_in_out[head_slice(hf, head)]
     expected = run.attention(layer)[head, query, key] * (v @ w_o).norm()
     assert run.value_weighted(layer)[head, query, key].item() == pytest.approx(expected.item(), rel=1e-4)
 

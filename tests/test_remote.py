@@ -40,12 +40,15 @@ def test_remote_local_matches_local(local_and_simulated, request_name):
         torch.testing.assert_close(got.head_attribution(), expected.head_attribution(), atol=1e-6, rtol=0)
 
 
-def test_lazy_capture_fetches_one_layer_on_demand(local_and_simulated):
+def test_lazy_capture_fetches_every_layer_in_one_forward(local_and_simulated):
     local, simulated = local_and_simulated
-    run = simulated.run(PROMPT, capture=[], knockout=[(1, 0, 6, 1)])
-    assert "qkv" not in run._captured or not run._captured["qkv"]
+    run = simulated.run(PROMPT, knockout=[(1, 0, 6, 1)])
+    assert not run._captured.get("qkv")  # nothing but the last logits comes back unless asked
+    before = simulated.forwards
     torch.testing.assert_close(run.attention(1), local.run(PROMPT, knockout=[(1, 0, 6, 1)]).attention(1))
-    assert set(run._captured["qkv"]) == {1}
+    assert set(run._captured["qkv"]) == set(range(simulated.n_layers))
+    run.attention(0)
+    assert simulated.forwards == before + 1
 
 
 def test_remote_without_a_key_fails_fast_and_says_what_to_do(monkeypatch):

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nbinterp.engine.architectures import get_path
-from nbinterp.engine.trace import softcap_logits
+from nbinterp.engine.plan import Plan
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
@@ -49,38 +48,21 @@ def display_text(tokenizer: Any, ids: list[int]) -> list[str]:
 
 
 def logit_lens(model: "Model", prompt: Any, target: str | int | None = None) -> LogitLens:
-    """Top token and target probability at every layer and position of `prompt`."""
+    """Top token and target probability at every layer and position of `prompt` (one forward)."""
     input_ids = model.tokenize(prompt)
     target_id = None if target is None else model.token_id(target)
-    arch, nn_model = model.arch, model.nn
-    layers = get_path(nn_model, arch.layers)
-    final_norm, unembed = get_path(nn_model, arch.final_norm), get_path(nn_model, arch.unembed)
-    # read outside the trace: the body must not capture (and ship) the model
-    n_layers, cap = model.n_layers, model.shape.final_logit_softcap
-    with model.lock, torch.no_grad(), nn_model.trace(input_ids.to(model._device()), remote=model.remote):
-        top_p, top_id, target_p = [], [], []
-        # block inputs in forward order, then the final norm's input (after the last block)
-        streams = [layers[layer].input for layer in range(n_layers)] + [final_norm.input]
-        for resid in streams:
-            probabilities = torch.softmax(softcap_logits(unembed(final_norm(resid))[0].float(), cap), dim=-1)
-            best = probabilities.max(dim=-1)
-            top_p.append(best.values)
-            top_id.append(best.indices)
-            if target_id is not None:
-                target_p.append(probabilities[:, target_id])
-        lens = {"top_p": torch.stack(top_p).cpu(), "top_id": torch.stack(top_id).cpu()}
-        if target_id is not None:
-            lens["target_p"] = torch.stack(target_p).cpu()
-        lens = lens.save()
+    saved = model.execute(input_ids, Plan(), model.all_layers(["lens"]), logits="none", lens_target=target_id)
+    streams = [saved["lens"][layer] for layer in range(model.n_layers + 1)]
+    top_p = torch.stack([s[0] for s in streams]).float().cpu()
+    top_ids = torch.stack([s[1] for s in streams]).cpu()
     tokenizer = model.tokenizer
-    top_ids = lens["top_id"]
     return LogitLens(
         tokens=display_text(tokenizer, input_ids[0].tolist()),
         row_labels=["embed"] + [f"L{layer}" for layer in range(model.n_layers)],
         top_token_ids=top_ids,
-        top_probabilities=lens["top_p"],
+        top_probabilities=top_p,
         target=None if target is None else (target if isinstance(target, str) else tokenizer.decode([target_id])),
         target_id=target_id,
-        target_probabilities=lens.get("target_p"),
+        target_probabilities=None if target_id is None else torch.stack([s[2] for s in streams]).float().cpu(),
         top_tokens=[display_text(tokenizer, row) for row in top_ids.tolist()],
     )

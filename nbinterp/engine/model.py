@@ -12,7 +12,6 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from nbinterp.engine import attention_math
 from nbinterp.engine.architectures import Architecture, ModelShape, architecture_for, get_path, read_shape
 from nbinterp.errors import NbinterpError
 from nbinterp.engine import plan as plans
@@ -22,6 +21,7 @@ from nbinterp.interventions.patching import build_patch
 from nbinterp.engine.run import Run
 
 Prompt = "str | Sequence[int] | torch.Tensor"
+REFERENCE_CACHE = 4  # mean-ablation reference sets kept
 
 
 class Model:
@@ -36,13 +36,13 @@ class Model:
         self.arch: Architecture = architecture_for(self.hf)
         self.shape: ModelShape = read_shape(self.hf.config)
         self._reference_means: dict[tuple, dict[int, torch.Tensor]] = {}
+        self.forwards = 0  # forward passes run so far (each user action should cost a small constant)
         if remote:
             # NDIF does not have nbinterp installed: ship the helpers the trace
             # body calls (attention math, the Plan) by value with each request.
             import nnsight
 
             nnsight.register("nbinterp")
-        self._weights: dict[int, torch.Tensor] = {}
         # nnsight cannot trace one model from two threads at once (a view's
         # background sweep and a cell's model.run): every forward holds this.
         self.lock = threading.RLock()
@@ -151,8 +151,11 @@ class Model:
                          ("head", layer, head, position or None).
         target, foil:    with gradients=True, gradients of logit(target) - logit(foil) at `position`
                          w.r.t. every attention probability and head output (one forward + one backward).
-        capture:         what to read per layer (default: everything locally, only logits remotely;
-                         anything else is fetched on demand).
+        capture:         what to read in this forward, for every layer: names of
+                         `nbinterp.engine.trace.CAPTURES` ("qkv", "z", "w_o", "resid_pre", "attn_out",
+                         "mlp_out", "lens") and "logits" for every position's logits. Default: the
+                         last position's logits only (locally and remotely alike); whatever else
+                         the run is asked for later is fetched for every layer in one more forward.
         """
         input_ids = self.tokenize(prompt)
         n_tokens = input_ids.shape[1]
@@ -174,15 +177,11 @@ class Model:
             for token in (target, foil):
                 if token is not None:
                     self.token_id(token)
-        layers = set(range(self.n_layers))
-        if capture is None:
-            names = () if self.remote is True else CAPTURES
-        else:
-            names = tuple(capture)
-            unknown = set(names) - set(CAPTURES)
-            if unknown:
-                raise self._error(f"unknown capture {sorted(unknown)}: choose from {CAPTURES}")
-        captured = self.execute(input_ids, plan, {name: set(layers) for name in names}, metric)
+        names = self.capture_names(capture)
+        captured = self.execute(
+            input_ids, plan, self.all_layers(n for n in names if n != "logits"), metric,
+            logits="all" if "logits" in names else "last",
+        )
         description = {
             k: v for k, v in dict(
                 ablate=ablate, ablation=ablation if ablate else None, reference=reference,
@@ -192,9 +191,25 @@ class Model:
         }
         return Run(self, input_ids, plan, captured, metric, description)
 
+    def capture_names(self, capture: Iterable[str] | None) -> tuple[str, ...]:
+        """A user's capture= argument, checked."""
+        if capture is None:
+            return ()
+        if isinstance(capture, str):
+            capture = (capture,)
+        names = tuple(capture)
+        unknown = set(names) - set(CAPTURES) - {"logits"}
+        if unknown:
+            raise self._error(f"unknown capture {sorted(unknown)}: choose from {CAPTURES + ('logits',)}")
+        return names
+
+    def all_layers(self, names: Iterable[str]) -> dict[str, set[int]]:
+        """{name: every layer} (the logit lens also reads the final stream, as layer n_layers)."""
+        return {n: set(range(self.n_layers + (n == "lens"))) for n in names}
+
     def execute(
         self, input_ids: torch.Tensor, plan: Plan, capture: dict[str, set[int]],
-        metric: Metric | None = None, gradients: bool | None = None,
+        metric: Metric | None = None, gradients: bool | None = None, **options: Any,
     ) -> dict:
         """The engine's one trace (`nbinterp.engine.trace.execute`), under the model's lock, results on CPU.
 
@@ -203,8 +218,10 @@ class Model:
         device = self._device()
         with self.lock:
             saved = execute(
-                self.nn, self.arch, self.shape, input_ids.to(device), plan, capture, metric, self.remote, gradients
+                self.nn, self.arch, self.shape, input_ids.to(device), plan, capture, metric, self.remote, gradients,
+                **options,
             )
+        self.forwards += 1
         return _to_cpu(dict(saved))
 
     def _device(self) -> torch.device:
@@ -238,19 +255,32 @@ class Model:
             plan.z_baseline[layer] = means[layer] if means is not None else torch.zeros(width)
 
     def _mean_z(self, reference: Sequence[str] | None) -> dict[int, torch.Tensor]:
-        """Mean of each head's output-projection input over every token of the reference prompts."""
+        """Mean of each head's output-projection input over every token of the reference prompts.
+
+        One forward for all of them: right-padded to one length with an
+        attention mask (causal attention never lets a real token see the
+        padding after it), the padding left out of the mean. Cached per
+        reference list (the last few)."""
         if not reference or isinstance(reference, str):
             raise self._error("mean ablation needs reference=[prompt, ...] to average each head's output over")
         key = tuple(reference)
         if key not in self._reference_means:
-            layers = set(range(self.n_layers))
-            sums, count = {}, 0
-            for prompt in reference:
-                z = self.execute(self.tokenize(prompt), Plan(), {"z": layers})["z"]
-                for layer in layers:
-                    sums[layer] = sums.get(layer, 0) + z[layer].float().sum(0)
-                count += z[0].shape[0]
-            self._reference_means[key] = {layer: total / count for layer, total in sums.items()}
+            prompts = [self.tokenize(prompt)[0] for prompt in reference]
+            length = max(len(ids) for ids in prompts)
+            batch = torch.zeros(len(prompts), length, dtype=torch.long)
+            mask = torch.zeros(len(prompts), length, dtype=torch.long)
+            for row, ids in enumerate(prompts):
+                batch[row, : len(ids)] = ids
+                mask[row, : len(ids)] = 1
+            z = self.execute(
+                batch, Plan(), self.all_layers(["z"]), logits="none", all_rows=True,
+                attention_mask=None if bool(mask.all()) else mask,
+            )["z"]
+            weights = mask.float()[..., None]
+            means = {layer: (z[layer].float() * weights).sum((0, 1)) / weights.sum() for layer in z}
+            if len(self._reference_means) >= REFERENCE_CACHE:
+                self._reference_means.pop(next(iter(self._reference_means)))
+            self._reference_means[key] = means
         return self._reference_means[key]
 
     def _plan_neurons(self, plan: Plan, ablate_neurons: dict) -> None:
@@ -276,23 +306,6 @@ class Model:
                     "(attention must go somewhere)"
                 )
 
-    # ---------------------------------------------------------------- weights
-    def _head_weights(self, layer: int) -> torch.Tensor:
-        """The output projection of `layer` split per head: [H, head_dim, d_model], float32."""
-        layer = self.check_layer(layer)
-        if layer not in self._weights:
-            inner = f"{self.arch.attention}.{self.arch.out_proj}"
-            if self.remote is True:
-                # meta weights here: read the real ones on the server
-                out_proj = get_path(get_path(self.nn, self.arch.layers)[layer], inner)
-                with self.lock, self.nn.trace(torch.zeros(1, 1, dtype=torch.long), remote=True):
-                    weight = out_proj.weight.save()
-            else:
-                weight = get_path(get_path(self.hf, self.arch.layers)[layer], inner).weight
-            self._weights[layer] = attention_math.per_head_output_weight(
-                weight.detach().float().cpu(), self.n_heads, self.arch.conv1d_out_proj
-            )
-        return self._weights[layer]
 
 
 def _to_cpu(value: Any) -> Any:

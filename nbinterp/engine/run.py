@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nbinterp.engine import attention_math
-from nbinterp.engine.plan import Metric, Plan
+from nbinterp.engine.plan import Metric, Plan, check_position
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
@@ -40,6 +40,7 @@ class Run:
         # A few recently used layers' probabilities; all of them at 12 x 12 heads
         # and 1,024 tokens would hold 600 MB.
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._lens_target: int | None = None
 
     # ------------------------------------------------------------------ basics
     @property
@@ -53,15 +54,26 @@ class Run:
 
     @property
     def logits(self) -> torch.Tensor:
-        """[T, vocab] float32."""
+        """[T, vocab] float32: every position's logits (fetched with one more
+        forward unless the run was made with capture=["logits"])."""
+        if "logits" not in self._captured:
+            fetched = self.model.execute(self.input_ids, self.plan, {}, logits="all")
+            self._captured["logits"] = fetched["logits"]
         return self._captured["logits"]
+
+    def logits_at(self, position: int = -1) -> torch.Tensor:
+        """[vocab] float32 logits at one position (the last one is always at hand)."""
+        position = check_position(position, len(self))
+        if position == len(self) - 1 and "last_logits" in self._captured:
+            return self._captured["last_logits"]
+        return self.logits[position]
 
     def __len__(self) -> int:
         return self.input_ids.shape[1]
 
     def probabilities(self, position: int = -1) -> torch.Tensor:
         """Next-token distribution [vocab] at `position`."""
-        return torch.softmax(self.logits[position], dim=-1)
+        return torch.softmax(self.logits_at(position), dim=-1)
 
     def top_tokens(self, k: int = 10, position: int = -1) -> list[tuple[str, float]]:
         """The k most likely next tokens with their probabilities."""
@@ -71,7 +83,7 @@ class Run:
 
     def logit_diff(self, target: str | int, foil: str | int | None = None, position: int = -1) -> float:
         """logit(target) - logit(foil) (or logit(target)) at `position`."""
-        row = self.logits[position]
+        row = self.logits_at(position)
         value = row[self.model.token_id(target)]
         if foil is not None:
             value = value - row[self.model.token_id(foil)]
@@ -81,15 +93,31 @@ class Run:
     def _layer(self, layer: int) -> int:
         return self.model.check_layer(layer)
 
+    def fetch(self, *names: str) -> "Run":
+        """Capture `names` (see `nbinterp.engine.trace.CAPTURES`) for every layer,
+        in one forward for all the names this run does not hold yet. Returns the run."""
+        missing = [n for n in self.model.capture_names(names) if n not in self._captured or (
+            n != "logits" and len(self._captured[n]) < self.model.n_layers + (n == "lens"))]
+        if "logits" in missing:
+            missing.remove("logits")
+            self.logits  # noqa: B018 - fetches
+        if missing:
+            # Re-run the same request (same plan, same input): a remote run sends
+            # back only what is asked for, and each layer fetched alone would cost
+            # a forward per layer.
+            fetched = self.model.execute(self.input_ids, self.plan, self.model.all_layers(missing), logits="none",
+                                         lens_target=self._lens_target)
+            for name in missing:
+                self._captured.setdefault(name, {}).update(fetched[name])
+        return self
+
     def captured(self, name: str, layer: int) -> Any:
-        """One layer's capture (`nbinterp.engine.trace.CAPTURES`), fetched if this run lacks it."""
-        layer = self._layer(layer)
-        store = self._captured.setdefault(name, {})
+        """One layer's capture (`nbinterp.engine.trace.CAPTURES`), fetched for every layer if missing."""
+        layer = self._layer(layer) if name != "lens" or layer != self.model.n_layers else layer
+        store = self._captured.get(name, {})
         if layer not in store:
-            # Not captured up front (a remote run sends back only what is asked for):
-            # re-run the same request for this one layer.
-            fetched = self.model.execute(self.input_ids, self.plan, {name: {layer}})
-            store[layer] = fetched[name][layer]
+            self.fetch(name)
+            store = self._captured[name]
         return store[layer]
 
     def attention(self, layer: int) -> torch.Tensor:
@@ -110,7 +138,7 @@ class Run:
     def _attention(self, layer: int, scores: bool) -> torch.Tensor:
         query, key, _, mask, kwargs = self.captured("qkv", layer)
         args = (
-            query[None].float(), key[None].float(), None if mask is None else mask[None],
+            query[None], key[None], None if mask is None else mask[None],
             kwargs["scaling"] or query.shape[-1] ** -0.5, kwargs["softcap"], kwargs["sliding_window"],
         )
         if scores:
@@ -118,17 +146,22 @@ class Run:
         knock = self.plan.knockout.get(self._layer(layer))
         return attention_math.attention_probabilities(*args, knockout=knock)[0]
 
+    def output_weight(self, layer: int) -> torch.Tensor:
+        """[heads, head_dim, d_model] float32: the output projection of `layer` split per head."""
+        return attention_math.per_head_output_weight(
+            self.captured("w_o", layer).float(), self.model.n_heads, self.model.arch.conv1d_out_proj
+        )
+
     def head_outputs(self, layer: int) -> torch.Tensor:
         """[heads, T, d_model]: each head's write to the residual stream (bias excluded)."""
-        z = self.captured("z", layer)
-        return attention_math.head_outputs(z.float(), self.model._head_weights(layer))
+        self.fetch("z", "w_o")
+        return attention_math.head_outputs(self.captured("z", layer).float(), self.output_weight(layer))
 
     def value_weighted(self, layer: int) -> torch.Tensor:
         """[heads, T, T]: ||a_ij v_j W_O^h||, what each head moves from key j to query i."""
+        self.fetch("qkv", "w_o")
         _, _, value, _, _ = self.captured("qkv", layer)
-        return attention_math.value_weighted_norms(
-            self.attention(layer), value.float(), self.model._head_weights(layer)
-        )
+        return attention_math.value_weighted_norms(self.attention(layer), value.float(), self.output_weight(layer))
 
     def residual(self, layer: int) -> torch.Tensor:
         """[T, d_model]: the residual stream entering block `layer`."""
@@ -156,8 +189,15 @@ class Run:
         return float(self._grads()["metric"])
 
     def grad_attention(self, layer: int) -> torch.Tensor:
-        """[heads, T, T]: d metric / d attention probability."""
-        return self._grads()["grad_probs"][self._layer(layer)]
+        """[heads, T, T]: d metric / d attention probability.
+
+        The attention output is a_i . v, so d metric / d a_ij = <d metric / d out_i, v_j>:
+        computed here per layer from the gradient at the attention call's output and
+        the values, so the trace never keeps probabilities of every layer for autograd."""
+        grad_out = self._grads()["grad_attn"][self._layer(layer)]  # [T, H, D]
+        _, _, value, _, _ = self.captured("qkv", layer)  # [H_kv, T, D]
+        value = attention_math.repeat_kv(value[None].float(), grad_out.shape[1] // value.shape[0])[0]
+        return torch.einsum("qhd,hkd->hqk", grad_out, value)
 
     def grad_head_outputs(self, layer: int) -> torch.Tensor:
         """[heads, T, d_model]: d metric / d (each head's write to the residual stream).

@@ -18,8 +18,18 @@ from nbinterp.engine.architectures import Architecture, ModelShape, attention_ca
 from nbinterp.engine.attention_math import attention_output, attention_probabilities
 from nbinterp.engine.plan import Metric, Plan
 
-# What a run can capture per layer.
-CAPTURES = ("qkv", "z", "resid_pre", "attn_out", "mlp_out")
+# What a run can capture per layer (each name -> the layers to read, row 0 of the batch):
+#   qkv        (query, key, value, mask, kwargs) at the attention call: what the
+#              probabilities are recomputed from
+#   z          the output projection's input [T, H*D] (every head's output before mixing)
+#   w_o        the output projection's weight (read on the server for remote models)
+#   resid_pre  the residual stream entering the block [T, d_model]
+#   attn_out   the attention block's output [T, d_model]
+#   mlp_out    the MLP's output [T, d_model]
+#   lens       the logit lens of the stream entering the block (and, as layer
+#              n_layers, of the final stream): top token, its probability and the
+#              lens target's probability per position, reduced inside the trace
+CAPTURES = ("qkv", "z", "w_o", "resid_pre", "attn_out", "mlp_out", "lens")
 
 
 def softcap_logits(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
@@ -37,66 +47,89 @@ def execute(
     metric: Metric | None = None,
     remote: bool | str = False,
     gradients: bool | None = None,
+    logits: str = "last",
+    lens_target: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+    all_rows: bool = False,
 ) -> dict[str, Any]:
     """Run one forward (and, with gradients, one backward) and return plain tensors.
 
-    `capture` maps each name in CAPTURES to the layers to read (batch row 0).
-    Returns a dict: "logits" [T, V], per-capture {layer: tensor} (detached),
-    and with a metric: "metric" ([B] when the batch has several rows: then
-    only the metric's position is unembedded and no logits are returned);
-    with gradients (the default when a metric is given to a one-row batch):
-    per-layer lists "grad_probs" [H, T, T], "grad_z" [T, H*D] and
-    "grad_out_proj" [T, d_model].
+    `capture` maps names in CAPTURES to the layers to read (batch row 0).
+    `logits`: "last" returns the last position's logits [V] as "last_logits",
+    "all" also every position's [T, V] as "logits", "none" neither.
+    With a metric and several rows (or gradients=False), only the metric's
+    position is unembedded and "metric" [B] comes back. With gradients (the
+    default for a metric on a one-row batch): "metric", and per layer
+    "grad_attn" [T, H, D] (d metric / d the attention call's output, from which
+    d metric / d probability = grad_attn . v), "grad_z" [T, H*D] and
+    "grad_out_proj" [T, d_model]; "qkv" and "z" are captured for every layer
+    alongside. No probabilities are recomputed for gradients: the model keeps
+    its own (SDPA) attention, so a forward + backward costs what it costs in
+    plain torch.
+    `attention_mask` [B, T] (1 = token, 0 = right padding) runs prompts of
+    different lengths in one batch; `all_rows` keeps every row of the
+    captures (z, resid_pre, attn_out, mlp_out) instead of row 0.
     """
     layers = get_path(nn_model, arch.layers)
     n_layers = shape.n_layers
     rows = input_ids.shape[0]
     want_grads = metric is not None and rows == 1 if gradients is None else gradients
     metric_rows = metric is not None and not want_grads
-    override = set(plan.knockout) | (set(range(n_layers)) if want_grads else set())
+    capture = {name: set(layers_) for name, layers_ in capture.items()}
+    if want_grads:
+        for name in ("qkv", "z"):
+            capture[name] = set(range(n_layers))
+    override = set(plan.knockout)
     read_attention_inputs = override | capture.get("qkv", set())
     calls = {l: attention_call(get_path(layers[l], arch.attention)) for l in read_attention_inputs}
     unembed = get_path(nn_model, arch.unembed)
+    final_norm = get_path(nn_model, arch.final_norm)
+    lens_streams = capture.get("lens", set())
+    cap = shape.final_logit_softcap
+    row = slice(None) if all_rows else 0
+    inputs = input_ids if attention_mask is None else {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    with torch.set_grad_enabled(want_grads), nn_model.trace(input_ids, remote=remote):
+    with torch.set_grad_enabled(want_grads), nn_model.trace(inputs, remote=remote):
         saved = {name: {} for name in CAPTURES}
-        probs_for_grad, z_for_grad, proj_for_grad = [], [], []
+        attn_for_grad, z_for_grad, proj_for_grad, lens_inputs = [], [], [], {}
         for l in range(n_layers):
             block = layers[l]
-            if l in plan.patch_resid or l in capture.get("resid_pre", ()):
+            if l in plan.patch_resid or l in capture.get("resid_pre", ()) or l in lens_streams:
                 resid = block.input
                 if l in plan.patch_resid:
                     where, values = plan.patch_resid[l]
                     resid = torch.where(where.to(resid.device), values.to(resid), resid)
                     block.input = resid
                 if l in capture.get("resid_pre", ()):
-                    saved["resid_pre"][l] = resid[0].detach()
+                    saved["resid_pre"][l] = resid[row].detach()
+                if l in lens_streams:
+                    lens_inputs[l] = resid[0:1].detach()
             attention = get_path(block, arch.attention)
-            if l in read_attention_inputs:
+            if l in read_attention_inputs or want_grads:
                 call = calls[l]
                 args, kwargs = call.inputs
                 query, key, value, mask = args[1], args[2], args[3], args[4]
                 if l in override:
-                    knock = plan.knockout.get(l)
                     probs = attention_probabilities(
                         query, key, mask,
                         kwargs.get("scaling") or query.shape[-1] ** -0.5,
                         kwargs.get("softcap"), kwargs.get("sliding_window"),
-                        None if knock is None else knock.to(query.device),
+                        plan.knockout[l].to(query.device),
                     )
                     call.output = (attention_output(probs, value), probs)
-                    probs_for_grad.append(probs)
+                if want_grads:
+                    attn_for_grad.append(call.output[0])
                 if l in capture.get("qkv", ()):
                     saved["qkv"][l] = (
                         query[0].detach(), key[0].detach(), value[0].detach(),
                         None if mask is None else mask[0].detach(),
                         {k: kwargs.get(k) for k in ("scaling", "softcap", "sliding_window")},
                     )
-            needs_z = (
-                want_grads or l in plan.z_scale or l in plan.patch_z or l in capture.get("z", ())
-            )
+            out_proj = get_path(attention, arch.out_proj)
+            if l in capture.get("w_o", ()):
+                saved["w_o"][l] = out_proj.weight.detach()
+            needs_z = want_grads or l in plan.z_scale or l in plan.patch_z or l in capture.get("z", ())
             if needs_z:
-                out_proj = get_path(attention, arch.out_proj)
                 z = out_proj.input
                 if l in plan.patch_z:
                     where, values = plan.patch_z[l]
@@ -107,7 +140,7 @@ def execute(
                 if l in plan.patch_z or l in plan.z_scale:
                     out_proj.input = z
                 if l in capture.get("z", ()):
-                    saved["z"][l] = z[0].detach()
+                    saved["z"][l] = z[row].detach()
                 if want_grads:
                     z_for_grad.append(z)
                     proj_for_grad.append(out_proj.output)
@@ -118,7 +151,7 @@ def execute(
                     attn_out = torch.where(where.to(attn_out.device), values.to(attn_out), attn_out)
                     attention.output = (attn_out, *attention.output[1:])
                 if l in capture.get("attn_out", ()):
-                    saved["attn_out"][l] = attn_out[0].detach()
+                    saved["attn_out"][l] = attn_out[row].detach()
             mlp = get_path(block, arch.mlp)
             if l in plan.neuron_scale:
                 down = get_path(mlp, arch.mlp_down)
@@ -133,27 +166,43 @@ def execute(
                 if l in plan.mlp_scale or l in plan.patch_mlp:
                     mlp.output = mlp_out
                 if l in capture.get("mlp_out", ()):
-                    saved["mlp_out"][l] = mlp_out[0].detach()
+                    saved["mlp_out"][l] = mlp_out[row].detach()
+        if n_layers in lens_streams:
+            lens_inputs[n_layers] = final_norm.input[0:1].detach()
         if metric_rows:
             # Only the metric's position is read: unembed just that one (a large
             # vocabulary makes the unembedding a third of a small model's cost).
             unembed.input = unembed.input[:, metric.position : metric.position + 1]
-            last = softcap_logits(unembed.output[:, 0].float(), shape.final_logit_softcap)
+            last = softcap_logits(unembed.output[:, 0].float(), cap)
             value = last[:, metric.target]
             if metric.foil is not None:
                 value = value - last[:, metric.foil]
             saved["metric"] = value.detach()
         else:
-            logits = softcap_logits(unembed.output[0], shape.final_logit_softcap)
-            saved["logits"] = logits.detach().float()
+            all_logits = softcap_logits(unembed.output[0], cap)
+            if logits != "none":
+                saved["last_logits"] = all_logits[-1].detach().float()
+            if logits == "all":
+                saved["logits"] = all_logits.detach().float()
+        if lens_inputs:
+            # The model's own final norm and unembedding on earlier streams,
+            # reduced here so only [streams, T] numbers leave the trace.
+            with torch.no_grad():
+                for l, resid in lens_inputs.items():
+                    probabilities = torch.softmax(softcap_logits(unembed(final_norm(resid))[0].float(), cap), dim=-1)
+                    best = probabilities.max(dim=-1)
+                    saved["lens"][l] = (
+                        best.values, best.indices,
+                        None if lens_target is None else probabilities[:, lens_target],
+                    )
         if want_grads:
-            value = logits[metric.position, metric.target]
+            value = all_logits[metric.position, metric.target]
             if metric.foil is not None:
-                value = value - logits[metric.position, metric.foil]
-            grads = torch.autograd.grad(value, probs_for_grad + z_for_grad + proj_for_grad)
+                value = value - all_logits[metric.position, metric.foil]
+            grads = torch.autograd.grad(value, attn_for_grad + z_for_grad + proj_for_grad)
             grads = [g[0].detach().float() for g in grads]
             saved["metric"] = value.detach().float()
-            saved["grad_probs"] = grads[:n_layers]
+            saved["grad_attn"] = grads[:n_layers]
             saved["grad_z"] = grads[n_layers : 2 * n_layers]
             saved["grad_out_proj"] = grads[2 * n_layers :]
         saved = saved.save()

@@ -1,0 +1,120 @@
+"""Forward passes per user action, counted on the model itself (a forward
+pre-hook on the Hugging Face module), with remote=True semantics: requests go
+through nnsight's remote serialisation (remote="local") and nothing is
+captured unless asked. Each action must cost a small constant, the same for a
+2-layer and a 4-layer model (so an 80-layer model on NDIF costs the same)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+import nbinterp as ni
+from conftest import random_model
+from nbinterp.analysis import patching_sweep
+from nbinterp.analysis.attribution import attribute
+from nbinterp.analysis.logit_lens import logit_lens
+from nbinterp.interventions.batch import batch_rows
+
+IOI = "When Mary and John went to the store , John gave a drink to"
+IOI_CORRUPTED = "When Mary and John went to the store , Mary gave a drink to"
+REFERENCES = ["Mary went to the store", "John gave a drink", "the store", "When John and Mary went"]
+
+
+@pytest.fixture(scope="module", params=["bundled", "gpt2-2-layers"])
+def remote_model(request, tokenizer):
+    if request.param == "bundled":
+        return ni.load(remote="local"), (IOI, IOI_CORRUPTED, " Mary", " John", REFERENCES)
+    prompt = " ".join(f"w{i}" for i in (5, 17, 3, 42, 9, 5, 17, 3, 28, 11))
+    corrupted = " ".join(f"w{i}" for i in (6, 17, 3, 42, 9, 5, 17, 3, 28, 11))
+    refs = ["w1 w2 w3", "w4 w5 w6 w7", "w8", "w9 w10"]
+    return ni.load(random_model("gpt2"), tokenizer=tokenizer, remote="local"), (prompt, corrupted, "w5", "w9", refs)
+
+
+@contextlib.contextmanager
+def count_forwards(model):
+    calls = []
+    handle = model.hf.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def test_a_run_is_one_forward(remote_model):
+    model, (prompt, _, target, foil, _) = remote_model
+    with count_forwards(model) as calls:
+        run = model.run(prompt)
+        run.top_tokens(5), run.logit_diff(target, foil)
+    assert len(calls) == 1
+
+
+def test_interventions_are_one_forward_and_mean_ablation_two(remote_model):
+    model, (prompt, corrupted, target, foil, references) = remote_model
+    with count_forwards(model) as calls:
+        model.run(prompt, ablate={(1, 0): 0.0, "L0.mlp": 0.5}, knockout=[(1, 1, 5, 2)])
+    assert len(calls) == 1
+    with count_forwards(model) as calls:
+        model.run(prompt, ablate={(1, 0): 0.0}, ablation="mean", reference=references)
+    assert len(calls) == 2  # every reference prompt in one padded forward, then the run
+
+
+def test_reading_every_layer_costs_one_more_forward(remote_model):
+    """The attention view's data: probabilities and value-weighted norms of every layer."""
+    from nbinterp.widgets.attention import layer_values
+
+    model, (prompt, *_) = remote_model
+    with count_forwards(model) as calls:
+        run = model.run(prompt, capture=["qkv"])  # what ni.attention asks for
+        for layer in range(model.n_layers):
+            layer_values(run, layer, "probabilities")
+    assert len(calls) == 1
+    with count_forwards(model) as calls:
+        for layer in range(model.n_layers):
+            layer_values(run, layer, "value_weighted")
+    assert len(calls) == 1  # W_O of every layer
+    with count_forwards(model) as calls:
+        fresh = model.run(prompt)
+        for layer in range(model.n_layers):
+            fresh.head_outputs(layer)
+    assert len(calls) == 2  # the run, then z and W_O of every layer together
+
+
+def test_attribution_estimate_is_one_forward_and_backward(remote_model):
+    model, (prompt, _, target, foil, _) = remote_model
+    with count_forwards(model) as calls:
+        att = attribute(model, prompt, target, foil, exact_budget=0)
+        att.edges, att.heads
+    assert len(calls) == 1
+
+
+def test_hybrid_attribution_is_one_forward_plus_its_knockout_batches(remote_model):
+    model, (prompt, _, target, foil, _) = remote_model
+    n_tokens = len(model.tokenize(prompt)[0])
+    with count_forwards(model) as calls:
+        att = attribute(model, prompt, target, foil)
+    measured = int(att.exact_count) if hasattr(att, "exact_count") else None
+    rows = batch_rows(model, n_tokens) - 1  # one row of each batch is the clean reference
+    n_heads = model.n_layers * model.n_heads
+    edges = measured if measured is not None else rows * 4
+    assert len(calls) <= 1 + -(-n_heads // rows) + -(-edges // rows)
+
+
+def test_logit_lens_is_one_forward(remote_model):
+    model, (prompt, _, target, _, _) = remote_model
+    with count_forwards(model) as calls:
+        logit_lens(model, prompt, target=target)
+    assert len(calls) == 1
+
+
+def test_a_patching_batch_is_one_forward(remote_model):
+    model, (prompt, corrupted, target, foil, _) = remote_model
+    with count_forwards(model) as calls:
+        sweep = patching_sweep.sweep(model, prompt, corrupted, target, foil, batch_size=8)
+    assert len(calls) == 2  # the clean run (with what patching reads, every layer) and the corrupted one
+    cells = iter(sweep)
+    with count_forwards(model) as calls:
+        for _ in range(8):
+            next(cells)
+    assert len(calls) == 1
