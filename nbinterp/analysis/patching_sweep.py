@@ -85,9 +85,9 @@ def prepare(
     metric = Metric.of(model, target, foil, position, n_tokens)
     clean_run = model.run(clean_ids, capture=("resid_pre", "attn_out", "mlp_out", "z"))
     corrupted_run = model.run(corrupted_ids, capture=())
-    ld = lambda run: float(_metric_of(run.logits, metric))  # noqa: E731
+    ld = lambda run: float(_metric_of(run.logits_at(metric.position), metric))  # noqa: E731
     setup = PatchingSetup(model, clean_run, corrupted_ids, metric, ld(clean_run), ld(corrupted_run))
-    _check_gap(setup, [clean_run.logits[metric.position], corrupted_run.logits[metric.position]])
+    _check_gap(setup, [clean_run.logits_at(metric.position), corrupted_run.logits_at(metric.position)])
     return setup
 
 
@@ -121,8 +121,9 @@ def _check_gap(setup: PatchingSetup, logits: list[torch.Tensor]) -> None:
 
 
 def _metric_of(logits: torch.Tensor, metric: Metric) -> torch.Tensor:
-    value = logits[metric.position, metric.target]
-    return value if metric.foil is None else value - logits[metric.position, metric.foil]
+    """The metric from the logits [vocab] at its position."""
+    value = logits[metric.target]
+    return value if metric.foil is None else value - logits[metric.foil]
 
 
 def _reference_rows() -> list[list[Site]]:
