@@ -1,8 +1,10 @@
 // AttributionView front end: a signed head-effect grid (one colour per head),
 // the chosen head's edge-effect matrix (query rows x key columns) with its
-// attention pattern drawn over it as dots, a ranked edge list, and "verify":
-// exact knockouts / ablations requested from Python, whose result arrives as
-// the `_verification` trait (so a reloaded page shows it again).
+// attention pattern drawn over it as dots and its measured cells outlined, a
+// ranked edge list, the progress of the exact measurements streaming in (with
+// a cancel), and "verify": exact knockouts / ablations requested from Python,
+// whose result arrives as the `_verification` trait (so a reloaded page shows
+// it again). Every label comes from Python, which knows what each number is.
 
 import type { RenderProps } from "@anywidget/types";
 import { decodeTensor, type EncodedTensor, type Tensor } from "./lib/codec";
@@ -34,16 +36,19 @@ export interface AttributionModel {
   head: number;
   selected: { query?: number; key?: number };
   error: string;
-  _heads: { method?: Method; tensor?: EncodedTensor; measured?: boolean };
+  progress: { done?: number; total?: number; heads_total?: number; state?: string; elapsed_s?: number };
+  _heads: { method?: Method; label?: string; tensor?: EncodedTensor; measured?: EncodedTensor };
   _edge_matrix: {
-    layer: number; head: number; method: Method; effect: EncodedTensor; measured: EncodedTensor; attention: EncodedTensor;
+    layer: number; head: number; method: Method; label: string; effect: EncodedTensor; measured: EncodedTensor; attention: EncodedTensor;
   } | null;
-  _edges: { method: Method; tensor: EncodedTensor } | null;
-  _verification: { kind: string; method: string; seconds: number; clean_metric: number; summary: Summary; rows: EncodedTensor } | null;
+  _edges: { method: Method; label: string; tensor: EncodedTensor } | null;
+  _verification: {
+    kind: string; method: string; view_method: string; label: string; seconds: number; clean_metric: number; summary: Summary; rows: EncodedTensor;
+  } | null;
 }
 
 const METHOD_LABEL: Record<Method, string> = {
-  hybrid: "QK fix + exact dominant edges", qk_fix: "QK fix (AtP*)", linear: "linear",
+  hybrid: "hybrid (measured where dominant)", qk_fix: "QK fix (AtP*)", linear: "linear",
 };
 const PLOT_PX = 380;
 const SHOWN_ROWS = 20;
@@ -58,6 +63,26 @@ const EXTRA_CSS = `
 .nbi-attribution .nbi-k { width: 4em; font: inherit; }
 .nbi-attribution .nbi-overlay { position: absolute; left: 0; top: 0; pointer-events: none; }
 .nbi-attribution .nbi-map-box { position: relative; }
+.nbi-attribution .nbi-progress { color: #333; font-variant-numeric: tabular-nums; }
+.nbi-attribution .nbi-stale { color: #8a5a00; font-weight: 400; }
+/* Two columns (head grid | ranked list, the edge matrix below) up to ~1,120 px of
+   output, three side by side above, one below 640 px: the list never falls below
+   the fold at the widths a notebook with its file browser open gives. */
+.nbi-root.nbi-attribution { container-type: inline-size; }
+.nbi-attribution .nbi-panels {
+  display: grid; gap: 12px 16px; align-items: start;
+  grid-template-columns: max-content minmax(300px, 1fr); grid-template-areas: "grid list" "map map";
+}
+.nbi-attribution .nbi-grid-box { grid-area: grid; }
+.nbi-attribution .nbi-map-box { grid-area: map; min-width: 0; }
+.nbi-attribution .nbi-list-box { grid-area: list; min-width: 0; }
+@container (min-width: 1120px) {
+  .nbi-attribution .nbi-panels { grid-template-columns: max-content max-content minmax(300px, 1fr); grid-template-areas: "grid map list"; }
+  .nbi-attribution .nbi-list { max-height: 520px; }
+}
+@container (max-width: 640px) {
+  .nbi-attribution .nbi-panels { grid-template-columns: minmax(0, 1fr); grid-template-areas: "grid" "list" "map"; }
+}
 `;
 
 function render({ model, el }: RenderProps<AttributionModel>): () => void {
@@ -88,6 +113,11 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   kInput.value = "20";
   kInput.setAttribute("aria-label", "k");
   const status = el_("span", "nbi-status");
+  const progressText = el_("span", "nbi-progress");
+  const stopButton = button("cancel", () => {
+    const running = model.get("progress")?.state === "running";
+    rpc.request(running ? "cancel" : "resume", {}).catch((err) => errors.show(describeError(err)));
+  });
   let pending: AbortController | null = null;
   const verify = (params: Record<string, unknown>, what: string) => {
     pending?.abort();
@@ -112,16 +142,21 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     verify({ what: "edge", edge: [model.get("layer"), model.get("head"), s.query, s.key] }, "the edge");
   });
   toolbar.append(title, methodToggle.element, kInput, verifyTop, verifyEdge, verifyHead, verifyHeads, status);
-  root.append(toolbar);
+  const progressBar = el_("div", "nbi-toolbar");
+  progressBar.append(progressText, stopButton);
+  root.append(toolbar, progressBar);
 
   // ----------------------------------------------------------------- panels
   const panels = el_("div", "nbi-panels");
-  const gridBox = el_("div");
+  const gridBox = el_("div", "nbi-grid-box");
   const gridCaption = el_("div", "nbi-strip-caption", "head effects (click a head)");
   const gridLegend = el_("div", "nbi-legend");
   const mapBox = el_("div", "nbi-map-box");
   const mapLegend = el_("div", "nbi-legend");
-  const listBox = el_("div", "nbi-list");
+  const listBox = el_("div", "nbi-list-box");
+  const listCaption = el_("div", "nbi-strip-caption");
+  const listScroll = el_("div", "nbi-list");
+  listBox.append(listCaption, listScroll);
   panels.append(gridBox, mapBox, listBox);
   root.append(panels);
   const verifyBox = el_("div");
@@ -132,29 +167,32 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   const nLayers = model.get("n_layers");
   const nHeads = model.get("n_heads");
   let heads: Tensor | null = null;
+  let headMeasured: Tensor | null = null;
   const grid = new HeadGrid(gridBox, {
     nLayers, nHeads, thumbPx: thumbSize(nLayers, nHeads, 240),
     onClick: (ref) => save({ layer: ref.layer, head: ref.head, selected: {} }),
     onHover: (ref, event) => {
       if (!ref || !heads) return tooltip.hide();
-      const how = model.get("_heads")?.measured ? "effect of ablating (measured)" : "est. effect of ablating";
-      tooltip.show([`layer ${ref.layer} head ${ref.head}`, `${how}: ${formatValue(heads.values[ref.layer * nHeads + ref.head])}`], event);
+      const i = ref.layer * nHeads + ref.head;
+      const how = headMeasured?.values[i] ? "zero-ablation effect (measured)" : "zero-ablation effect (estimated: gradient x activation)";
+      tooltip.show([`layer ${ref.layer} head ${ref.head}`, `${how}: ${formatValue(heads.values[i])}`], event);
     },
   });
   gridBox.append(gridCaption, gridLegend);
   cleanups.push(() => grid.destroy());
 
-  let matrix: { effect: Tensor; measured: Tensor; attention: Tensor; key: string } | null = null;
+  let matrix: { effect: Tensor; measured: Tensor; attention: Tensor; key: string; method: Method } | null = null;
   const heatmap = new Heatmap(mapBox, {
     plotWidth: PLOT_PX, plotHeight: PLOT_PX, marginLeft: 92, marginTop: 72, cornerLabel: "query \u2193 key \u2192",
     onHover: (cell, event) => guard(() => {
       if (!cell || !matrix) return tooltip.hide();
       const n = matrix.effect.shape[1];
+      const estimate = matrix.method === "linear" ? "linear estimate" : "QK-fix estimate";
       tooltip.show([
         `L${model.get("layer")}.H${model.get("head")} \u00b7 query ${tokenLabel(cell.row)} \u2192 key ${tokenLabel(cell.col)}`,
         matrix.measured.values[cell.row * n + cell.col]
-          ? `knockout effect (measured exactly): ${formatValue(matrix.effect.values[cell.row * n + cell.col])}`
-          : `est. knockout effect: ${formatValue(matrix.effect.values[cell.row * n + cell.col])}`,
+          ? `knockout effect (measured): ${formatValue(matrix.effect.values[cell.row * n + cell.col])}`
+          : `knockout effect (${estimate}): ${formatValue(matrix.effect.values[cell.row * n + cell.col])}`,
         `attention: ${formatValue(matrix.attention.values[cell.row * n + cell.col])}`,
       ], event);
     }),
@@ -170,13 +208,18 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     const h = model.get("_heads");
     if (!h?.tensor) return;
     heads = decodeTensor(h.tensor);
+    headMeasured = h.measured ? decodeTensor(h.measured) : null;
+    let nMeasured = 0;
+    if (headMeasured) for (const v of headMeasured.values) nMeasured += v ? 1 : 0;
     let max = 0;
     for (const v of heads.values) max = Math.max(max, Math.abs(v));
     const scale = divergingScale(max);
     grid.setThumbnails(heads.values, 1, scale);
     grid.setSelected({ layer: model.get("layer"), head: model.get("head") });
     grid.draw();
-    renderLegend(gridLegend, scale, `${h.measured ? "measured" : "estimated"} ablation effect (blue: head helps the target)`);
+    const count = h.method === "hybrid" ? ` \u00b7 ${nMeasured} of ${heads.values.length} heads measured` : "";
+    renderLegend(gridLegend, scale, `${h.label ?? ""}${count} (blue: the head helps the target)`);
+    gridBox.dataset.measured = String(nMeasured);
   }
 
   let lastMatrix: AttributionModel["_edge_matrix"] = null;
@@ -186,7 +229,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     if (m !== lastMatrix) {
       matrix = {
         effect: decodeTensor(m.effect), measured: decodeTensor(m.measured), attention: decodeTensor(m.attention),
-        key: `${m.layer}:${m.head}:${m.method}`,
+        key: `${m.layer}:${m.head}:${m.method}`, method: m.method,
       };
       lastMatrix = m;
     }
@@ -201,7 +244,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     const s = model.get("selected");
     heatmap.setMarker(s.query !== undefined && s.key !== undefined ? { row: s.query, col: s.key } : null);
     heatmap.draw();
-    renderLegend(mapLegend, scale, `knockout effect, ${METHOD_LABEL[m.method]} \u00b7 dots: attention`);
+    renderLegend(mapLegend, scale, `${m.label} \u00b7 dots: attention`);
     drawOverlay();
     root.dataset.matrix = matrix.key;
     root.dataset.drawn = "true";
@@ -225,6 +268,14 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     const ch = Number(c.dataset.plotHeight) / (win.row1 - win.row0);
     if (Math.min(cw, ch) < 4) return; // too dense for dots: the tooltip still tells
     const n = matrix.attention.shape[1];
+    // measured cells: outlined, so measured and estimated numbers look different
+    ctx.strokeStyle = "#111";
+    ctx.lineWidth = Math.max(1, Math.min(2, Math.min(cw, ch) / 8));
+    for (let r = win.row0; r < win.row1; r++) {
+      for (let k = win.col0; k < Math.min(win.col1, r + 1); k++) {
+        if (matrix.measured.values[r * n + k]) ctx.strokeRect(left + (k - win.col0) * cw + 1, top + (r - win.row0) * ch + 1, cw - 2, ch - 2);
+      }
+    }
     ctx.fillStyle = "rgba(20, 20, 20, 0.55)";
     for (let r = win.row0; r < win.row1; r++) {
       for (let k = win.col0; k < Math.min(win.col1, r + 1); k++) {
@@ -272,9 +323,10 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     for (let i = 0; i < n; i++) max = Math.max(max, Math.abs(t.values[i * width + 4]));
     const rows = Array.from({ length: n }, (_, i) => {
       const v = t.values.subarray(i * width, i * width + width);
-      return [`L${v[0]}.H${v[1]}`, tokenLabel(v[2]), tokenLabel(v[3]), v[4], v[5] ? "exact" : "estimate"];
+      return [`L${v[0]}.H${v[1]}`, tokenLabel(v[2]), tokenLabel(v[3]), v[4], v[5] ? "measured" : "estimate"];
     });
-    listBox.replaceChildren(el_("div", "nbi-strip-caption", `top edges by |effect| (${METHOD_LABEL[e.method]}); click to show`),
+    listCaption.textContent = `top edges by |effect| \u00b7 ${METHOD_LABEL[e.method]}: ${e.label}; click to show`;
+    listScroll.replaceChildren(
       table(["head", "query", "key", "effect", "from"], rows, (i) => {
         const v = t.values.subarray(i * width, i * width + width);
         save({ layer: v[0], head: v[1], selected: { query: v[2], key: v[3] } });
@@ -288,8 +340,9 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     const [n, width] = t.shape;
     const s = v.summary;
     const num = (x: number | null, digits = 3) => (x === null ? "n/a" : x.toFixed(digits));
+    const stale = v.kind === "edge knockout" && v.view_method && v.view_method !== model.get("method");
     const summary = el_("div", "nbi-summary",
-      `${v.kind}: ${v.method} estimate vs exact \u00b7 Spearman ${num(s.spearman)} \u00b7 recall@${s.k} ${num(s.recall_at_k, 2)} \u00b7 MAE ${s.mae === null ? "n/a" : formatValue(s.mae)} over ${s.scope} \u00b7 clean logit diff ${formatValue(v.clean_metric)} \u00b7 ${v.seconds.toFixed(2)} s`);
+      `${v.label} \u00b7 Spearman ${num(s.spearman)} \u00b7 recall@${s.k} ${num(s.recall_at_k, 2)} \u00b7 MAE ${s.mae === null ? "n/a" : formatValue(s.mae)} over ${s.scope} \u00b7 clean logit diff ${formatValue(v.clean_metric)} \u00b7 ${v.seconds.toFixed(2)} s`);
     let max = 0;
     for (let i = 0; i < n; i++) max = Math.max(max, Math.abs(t.values[i * width + width - 1]), Math.abs(t.values[i * width + width - 2]));
     const rows = Array.from({ length: Math.min(n, SHOWN_ROWS) }, (_, i) => {
@@ -299,6 +352,10 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     });
     const headers = width === 6 ? ["head", "query", "key", "estimate", "measured", "error"] : ["head", "estimate", "measured", "error"];
     const k = width === 6 ? 3 : 1;
+    if (stale) {
+      summary.append(el_("span", "nbi-stale",
+        ` \u00b7 this check was of the ${METHOD_LABEL[v.view_method as Method] ?? v.view_method} numbers; the view now shows ${METHOD_LABEL[model.get("method")]}: verify again to check those`));
+    }
     const caption = el_("div", "nbi-strip-caption", n > SHOWN_ROWS ? `first ${SHOWN_ROWS} of ${n} rows` : `${n} rows`);
     verifyBox.replaceChildren(summary, table(headers, rows, undefined, [k, k + 1], divergingScale(max)), caption);
   }
@@ -306,11 +363,30 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   function updateStatus() {
     title.textContent = `Attribution \u00b7 ${model.get("model_name")} \u00b7 logit(${JSON.stringify(model.get("target"))})${model.get("foil") ? ` \u2212 logit(${JSON.stringify(model.get("foil"))})` : ""} = ${formatValue(model.get("metric"))}`;
     methodToggle.set(model.get("method"));
-    gridCaption.textContent = `head effects \u00b7 selected L${model.get("layer")}.H${model.get("head")}`;
+    gridCaption.textContent = `head effects \u00b7 ${METHOD_LABEL[model.get("method")]} \u00b7 selected L${model.get("layer")}.H${model.get("head")}`;
+  }
+
+  function drawProgress() {
+    const p = model.get("progress") ?? {};
+    const total = p.total ?? 0;
+    root.dataset.progress = `${p.done ?? 0}/${total}:${p.state ?? ""}`;
+    if (!total) {
+      progressText.textContent = "estimates only: nothing measured exactly (exact_budget=0 or nothing dominant)";
+      stopButton.hidden = true;
+      return;
+    }
+    const heads = p.heads_total ? `${p.heads_total} head ablations, then ` : "";
+    const what = `exact measurements (${heads}${total - (p.heads_total ?? 0)} dominant-edge knockouts)`;
+    const state = { running: "measuring", done: "done", cancelled: "cancelled", error: "stopped by an error" }[p.state ?? ""] ?? p.state ?? "";
+    progressText.textContent = `${what}: ${p.done ?? 0} / ${total} \u00b7 ${state} \u00b7 ${(p.elapsed_s ?? 0).toFixed(1)} s` +
+      (p.state === "running" ? " \u00b7 estimated numbers are replaced as they arrive" : "");
+    stopButton.hidden = p.state === "done";
+    stopButton.textContent = p.state === "running" ? "cancel" : "resume";
   }
 
   function redrawAll() {
     updateStatus();
+    drawProgress();
     drawGrid();
     drawMatrix();
     drawList();
@@ -325,8 +401,10 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   listen("change:_edge_matrix", drawMatrix);
   listen("change:_edges", drawList);
   listen("change:_verification", drawVerification);
+  listen("change:progress", drawProgress);
   listen("change:selected", drawMatrix);
   for (const name of ["layer", "head", "method"]) listen(`change:${name}`, () => { updateStatus(); drawGrid(); });
+  listen("change:method", drawVerification);
   listen("change:error", () => errors.show(model.get("error")));
 
   return () => {

@@ -1,6 +1,7 @@
 """Attribution against exact interventions (the engine's own knockouts and
 ablations, one forward each), the closed-form QK fix against the knocked-out
-attention row, and batched knockouts against `model.run`."""
+attention row, batched knockouts against `model.run`, the per-head top lists
+against a dense sort, and the streamed measurements against a complete run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 import nbinterp as ni
 from conftest import PROMPT, random_model
 from nbinterp.interventions import batch
+from nbinterp.analysis import attribution as attribution_module
 from nbinterp.analysis.attribution import attribute, causally_zero, edge_estimates
 from nbinterp.analysis.estimate_stats import rank_average, recall_at_k, spearman
 
@@ -43,10 +45,10 @@ def test_qk_fix_is_the_gradient_times_the_exact_change_of_the_row(attribution):
         knocked = model.run(PROMPT, knockout=[(layer, head, query, key)])
         change = knocked.attention(layer)[head, query] - run.attention(layer)[head, query]
         expected = float((run.grad_attention(layer)[head, query] * change).sum())
-        got = float(attribution.edge_effects["qk_fix"][layer, head, query, key])
+        got = float(attribution.edge_map(layer, head, "qk_fix")[query, key])
         assert got == pytest.approx(expected, abs=1e-6, rel=1e-4)
         linear = -run.grad_attention(layer)[head, query, key] * run.attention(layer)[head, query, key]
-        assert float(attribution.edge_effects["linear"][layer, head, query, key]) == pytest.approx(float(linear), rel=1e-4, abs=1e-7)
+        assert float(attribution.edge_map(layer, head, "linear")[query, key]) == pytest.approx(float(linear), rel=1e-4, abs=1e-7)
 
 
 def test_qk_fix_stays_exact_in_a_saturated_row():
@@ -95,13 +97,17 @@ def test_hybrid_measures_every_head_ablation_exactly(attribution):
     for layer, head in [(0, 0), (1, 3), (model.n_layers - 1, 1)]:
         measured = model.run(PROMPT, ablate={(layer, head): 0.0}).logit_diff(TARGET, FOIL) - clean
         assert float(attribution.heads[layer, head]) == pytest.approx(measured, abs=1e-5)
-    assert torch.equal(attribution.heads, attribution.head_exact)
+    assert attribution.head_measured.all() and torch.equal(attribution.heads, attribution.head_exact)
     verified = attribution.verify_heads()  # always the gradient estimate against the exact ablation
+    assert verified.method == "gradient x activation"
     np.testing.assert_allclose(verified.measured, attribution.head_exact.flatten().numpy(), atol=1e-5)
     np.testing.assert_allclose(verified.estimate, attribution.head_estimates.flatten().numpy())
     # a budget too small for every head leaves them estimated and spends it on edges
     small = attribute(model, attribution.run, TARGET, FOIL, exact_budget=5)
-    assert small.head_exact is None and torch.equal(small.heads, small.head_estimates)
+    assert not small.head_measured.any() and torch.equal(small.heads, small.head_estimates)
+    fresh = small.verify_heads(heads=[(0, 0), (1, 3)])  # not measured by the hybrid: ablated now
+    np.testing.assert_allclose(fresh.measured, [float(attribution.head_exact[0, 0]), float(attribution.head_exact[1, 3])],
+                               atol=1e-5)
 
 
 def test_hybrid_measures_each_rows_dominant_edges_exactly(attribution):
@@ -111,27 +117,45 @@ def test_hybrid_measures_each_rows_dominant_edges_exactly(attribution):
     model, n = attribution.model, len(attribution.run)
     probs = torch.stack([attribution.run.attention(l) for l in range(model.n_layers)])
     reachable = ~exact.effects.isnan() & ~causally_zero(model.n_layers, n, n - 1).expand_as(exact.effects)
-    assert torch.equal(attribution.exact, reachable & (probs >= 0.3))
-    assert 0 < int(attribution.exact.sum()) <= 3 * model.n_layers * model.n_heads * n  # linear in T
-    hybrid, fixed = attribution.edge_effects["hybrid"], attribution.edge_effects["qk_fix"]
-    torch.testing.assert_close(hybrid[attribution.exact], exact.effects[attribution.exact].float(), atol=1e-5, rtol=0)
-    torch.testing.assert_close(hybrid[~attribution.exact], fixed[~attribution.exact], equal_nan=True)
+    measured = attribution.dense_exact()
+    expected = reachable & (probs >= 0.3)
+    # the threshold is applied to float64 probabilities: float32 ones may differ right at it
+    disagree = measured != expected
+    assert not disagree.any() or (probs[disagree] - 0.3).abs().max() < 1e-6
+    assert 0 < int(measured.sum()) <= 3 * model.n_layers * model.n_heads * n  # linear in T
+    hybrid, fixed = attribution.dense_edge_effects("hybrid"), attribution.dense_edge_effects("qk_fix")
+    torch.testing.assert_close(hybrid[measured], exact.effects[measured], atol=1e-5, rtol=0)
+    torch.testing.assert_close(hybrid[~measured], fixed[~measured], equal_nan=True)
+    assert {e[:4] for e in attribution.measured_edges()} == {tuple(x) for x in measured.nonzero().tolist()}
     assert attribution.compare(exact, k=10).mae < attribution.compare(exact, k=10, method="qk_fix").mae
     capped = attribute(model, attribution.run, TARGET, FOIL, exact_budget=5)  # fewer than the heads: edges only
-    assert int(capped.exact.sum()) == 5
-    chosen = probs[capped.exact]
-    assert chosen.min() >= probs[attribution.exact & ~capped.exact].max()  # the highest probabilities first
-    assert not attribute(model, attribution.run, TARGET, FOIL, exact_budget=0).exact.any()
+    capped_measured = capped.dense_exact()
+    assert int(capped_measured.sum()) == 5
+    chosen = probs[capped_measured]
+    assert chosen.min() >= probs[measured & ~capped_measured].max() - 1e-6  # the highest probabilities first
+    none = attribute(model, attribution.run, TARGET, FOIL, exact_budget=0)
+    assert not none.dense_exact().any() and none.measurement.total == 0
 
 
 def test_verify_top_k_measures_the_estimated_top_edges(attribution):
-    verified = attribution.verify(k=5)
-    assert verified.keys == [e[:4] for e in attribution.top_edges(20)]
     exact = attribution.exhaustive_edges()
+    # linear: the top 4k edges by |linear estimate|, measured
+    verified = attribution.verify(k=5, method="linear")
+    assert verified.keys == [e[:4] for e in attribution.top_edges(20, "linear")] and verified.method == "linear"
     np.testing.assert_allclose(verified.measured, [float(exact.effects[k]) for k in verified.keys], atol=1e-5)
     assert verified.summary.n == 20 and "top 20" in verified.summary.scope
+    # hybrid: only the entries it estimated (QK fix) are checked; its measured edges would compare with themselves
+    verified = attribution.verify(k=5)
+    measured = {e[:4] for e in attribution.measured_edges()}
+    assert measured and not measured & set(verified.keys)
+    assert verified.keys == [e[:4] for e in attribution.top_edges(None, "hybrid") if e[:4] not in measured][:20]
+    qk_fix = attribution.dense_edge_effects("qk_fix")
+    np.testing.assert_allclose(verified.estimate, [float(qk_fix[k]) for k in verified.keys], rtol=1e-12)
+    np.testing.assert_allclose(verified.measured, [float(exact.effects[k]) for k in verified.keys], atol=1e-5)
+    assert verified.method == "qk_fix" and f"its {len(measured)} measured edges left out" in verified.summary.scope
     chosen = attribution.verify(edges=[(1, 1, 9, 2)])
     assert chosen.keys == [(1, 1, 9, 2)] and len(chosen.measured) == 1
+    assert chosen.estimate[0] == pytest.approx(float(qk_fix[1, 1, 9, 2]), rel=1e-12)
 
 
 def test_summary_statistics():
@@ -190,8 +214,76 @@ def test_attribution_runs_through_remote_serialisation(tokenizer):
     hf = random_model("gpt2")
     local = attribute(ni.load(hf, tokenizer=tokenizer), PROMPT, TARGET, FOIL)
     remote = attribute(ni.load(hf, tokenizer=tokenizer, remote="local"), PROMPT, TARGET, FOIL)
-    assert torch.equal(remote.exact, local.exact) and int(remote.exact.sum()) > 0
+    assert torch.equal(remote.dense_exact(), local.dense_exact()) and int(remote.dense_exact().sum()) > 0
     torch.testing.assert_close(remote.heads, local.heads, atol=1e-4, rtol=1e-4)
     for method in ("hybrid", "qk_fix"):
-        torch.testing.assert_close(remote.edge_effects[method], local.edge_effects[method], atol=1e-4, rtol=1e-4,
-                                   equal_nan=True)
+        torch.testing.assert_close(remote.dense_edge_effects(method), local.dense_edge_effects(method), atol=1e-4,
+                                   rtol=1e-4, equal_nan=True)
+
+
+def dense_top(effects: torch.Tensor, k: int | None) -> list[tuple[int, int, int, int, float]]:
+    """The reference ranking: a stable sort of the whole dense tensor by |effect|."""
+    flat = effects.flatten()
+    candidates = (~flat.isnan()).nonzero()[:, 0]
+    order = candidates[torch.argsort(flat[candidates].abs(), descending=True, stable=True)][:k]
+    return [(*torch.unravel_index(i, effects.shape), float(flat[i])) for i in order]
+
+
+@pytest.mark.parametrize("method", ["hybrid", "qk_fix", "linear"])
+def test_top_edges_from_the_per_head_lists_equal_a_sort_of_every_edge(attribution, monkeypatch, method):
+    """Per-head lists of only 3 edges (the dominant ones on top for the hybrid)
+    still give the exact global top 3; larger k recomputes from the run."""
+    monkeypatch.setattr(attribution_module, "TOP_PER_HEAD", 3)
+    small = attribute(attribution.model, attribution.run, TARGET, FOIL, n_top=3)
+    assert small.summary.keep == 3
+    dense = small.dense_edge_effects(method)
+    for k in (1, 3, 7, None):
+        got = [(e.layer, e.head, e.query, e.key, e.estimate) for e in small.top_edges(k, method)]
+        expected = [(int(l), int(h), int(q), int(kk), v) for l, h, q, kk, v in dense_top(dense, k)]
+        assert [g[:4] for g in got] == [e[:4] for e in expected], (method, k)
+        np.testing.assert_allclose([g[4] for g in got], [e[4] for e in expected], rtol=1e-12)
+    head = small.top_edges(3, method, layer=1, head=2)
+    assert [e[:4] for e in head] == [(1, 2, int(q), int(kk)) for _, _, q, kk, _ in dense_top(dense[1:2, 2:3], 3)]
+    if method == "hybrid":
+        exact = small.dense_exact()
+        assert all(e.measured == bool(exact[e[:4]]) for e in small.top_edges(None))
+        estimated = small.top_edges(3, measured=False)
+        assert [e[:4] for e in estimated] == [
+            (int(l), int(h), int(q), int(kk)) for l, h, q, kk, _ in dense_top(torch.where(exact, float("nan"), dense), 3)]
+
+
+def test_measurements_stream_in_batches_cancel_and_resume(attribution):
+    """measure=False: estimates only, every number marked estimated; iterating
+    measures batch by batch; a cancel stops after the batch in flight; the
+    resumed measurement ends where the complete one did."""
+    model = attribution.model
+    att = attribute(model, attribution.run, TARGET, FOIL, measure=False)
+    m = att.measurement
+    assert m.done == 0 and m.total == attribution.measurement.total > 0
+    assert not att.head_measured.any() and not att.dense_exact().any()
+    torch.testing.assert_close(att.heads, att.head_estimates)
+    m.per_forward = 3  # small batches, so that there is something left to cancel
+    seen = []
+    for update in att.measure():
+        seen.append(update)
+        att.cancel()
+    assert len(seen) == 1 and m.done == 3 and m.cancelled and not att.finished
+    assert seen[0].kind == "head" and int(att.head_measured.sum()) == 3
+    for update in att.measure():  # resumes
+        seen.append(update)
+    assert att.finished and not m.cancelled and [u.done for u in seen] == sorted({u.done for u in seen})
+    assert seen[-1].done == m.total and {u.kind for u in seen} == {"head", "edge"}
+    torch.testing.assert_close(att.heads, attribution.heads, atol=1e-5, rtol=0)
+    torch.testing.assert_close(att.dense_edge_effects(), attribution.dense_edge_effects(), atol=1e-5, rtol=0,
+                               equal_nan=True)
+    assert torch.equal(att.dense_exact(), attribution.dense_exact())
+
+
+def test_edge_map_is_one_head_of_the_dense_effects(attribution):
+    dense = attribution.dense_edge_effects("hybrid")
+    exact = attribution.dense_exact()
+    for layer, head in [(0, 1), (1, 3)]:
+        torch.testing.assert_close(attribution.edge_map(layer, head), dense[layer, head], equal_nan=True, rtol=0, atol=0)
+        assert torch.equal(attribution.exact_map(layer, head), exact[layer, head])
+    with pytest.raises(ni.NbinterpError):
+        attribution.edge_map(0, 99)

@@ -38,26 +38,40 @@ and a row has at most ``1 / dominant`` of them, so:
   prompt length instead of the ``L H T^2 / 2`` of the exhaustive reference,
   capped at ``exact_budget`` (default: what four batched forwards hold,
   e.g. 2,048 edges for the bundled model at T = 32 and 168 for GPT-2 small at
-  T = 128; highest probabilities first). ``exact`` marks which entries are
-  measured. Every head's zero ablation is measured too (L*H ablations,
-  batched, when they fit the same budget): gradient x activation misses heads
-  that act through saturated heads downstream just as the edge estimates do
-  (the bundled model's previous-token head: +1.4 estimated, -18.1 measured
-  on the IOI prompt).
+  T = 128; highest probabilities first). Every head's zero ablation is
+  measured too (L*H ablations, batched, when they fit the same budget):
+  gradient x activation misses heads that act through saturated heads
+  downstream just as the edge estimates do (the bundled model's
+  previous-token head: +1.4 estimated, -18.1 measured on the IOI prompt).
+
+Memory: nothing [L, H, T, T] is held. The estimates are computed one head at
+a time (float64) and reduced to each head's top edges, totals and dominant
+edges (`nbinterp.analysis.edge_estimates`); a head's full map is recomputed
+from the run on request (`edge_map`). `dense_edge_effects`,
+`exhaustive_edges` and `compare` build L*H*T^2 tensors: for short prompts.
+
+Two phases: the estimates (one forward + one backward), then the exact
+measurements in batches (`measure()`: iterate, `cancel()`, `done / total`;
+`nbinterp.analysis.exact_measurement`). `attribute(...)` runs both by default;
+`measure=False` returns after the first, every number marked estimated until
+measured.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from nbinterp.interventions import batch
-from nbinterp.errors import NbinterpError
+from nbinterp.analysis.edge_estimates import (  # noqa: F401 - re-exported: the estimates live there
+    EdgeSummary, causally_zero, edge_estimates, head_edges, summarise, top_by_magnitude,
+)
 from nbinterp.analysis.estimate_stats import Summary, Verification
+from nbinterp.analysis.exact_measurement import ExactMeasurement, MeasuredBatch
+from nbinterp.errors import NbinterpError
+from nbinterp.interventions import batch
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
@@ -65,105 +79,67 @@ if TYPE_CHECKING:
 
 METHODS = ("hybrid", "qk_fix", "linear")
 DEFAULT_TOP = 100
+TOP_PER_HEAD = 256  # each head's top edges kept per method: global top-k is exact for k <= this
 DOMINANT = 0.3
 EXACT_FORWARDS = 4  # default exact budget: this many batched forwards of knockouts
+DENSE_LIMIT = 1 << 27  # L*H*T^2 entries a dense tensor may have (1 GB of float64)
 
 
 class EdgeEffect(NamedTuple):
+    """One edge's effect: `estimate` is the number shown (a measurement where
+    `measured`, the hybrid's exact knockouts; an estimate otherwise)."""
+
     layer: int
     head: int
     query: int
     key: int
     estimate: float
+    measured: bool = False
 
 
-def edge_estimates(scores_in: torch.Tensor, grad: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Both knockout estimates for every edge of one layer.
-
-    scores_in: pre-softmax scores [H, T, T] (masked entries -inf);
-    grad: d metric / d probability [H, T, T]. Returns {"linear", "qk_fix"}
-    [H, T, T] float64, NaN where no knockout is possible (masked keys, rows
-    with a single key). Works in float64 from the scores so that saturated
-    rows (1 - a_k underflowing in float32) stay exact.
-    """
-    scores = scores_in.double()
-    # Eager masks add the dtype's minimum instead of -inf: both mean "masked".
-    allowed = torch.isfinite(scores) & (scores > torch.finfo(scores_in.dtype).min / 2)
-    scores = torch.where(allowed, scores, torch.full((), float("-inf"), dtype=torch.float64))
-    g = torch.where(allowed, grad.double(), torch.zeros((), dtype=torch.float64))
-    n_keys = allowed.sum(-1, keepdim=True)
-    top2 = scores.topk(min(2, scores.shape[-1]), dim=-1)
-    m1 = top2.values[..., :1]
-    w = torch.exp(scores - m1)  # 0 where masked, 1 at the argmax
-    total = w.sum(-1, keepdim=True)
-    probs = w / total
-    weighted = (g * w).sum(-1, keepdim=True)
-    # Mean of g over the other keys for k != argmax: the argmax keeps weight 1
-    # in the denominator, so no cancellation.
-    gbar = (weighted - g * w) / (total - w)
-    if scores.shape[-1] > 1:
-        # For k = argmax, renormalise against the runner-up instead.
-        m2 = top2.values[..., 1:2]
-        is_max = torch.zeros_like(allowed).scatter_(-1, top2.indices[..., :1], True)
-        w2 = torch.where(is_max, torch.zeros((), dtype=torch.float64), torch.exp(scores - m2))
-        gbar_max = (g * w2).sum(-1, keepdim=True) / w2.sum(-1, keepdim=True)
-        gbar = torch.where(is_max, gbar_max, gbar)
-    valid = allowed & (n_keys > 1)
-    nan = torch.full((), float("nan"), dtype=torch.float64)
-    return {
-        "linear": torch.where(valid, -g * probs, nan),
-        "qk_fix": torch.where(valid, probs * (gbar - g), nan),
-    }
-
-
-def causally_zero(n_layers: int, n_tokens: int, position: int) -> torch.Tensor:
-    """bool [L, 1, T, T]: edges whose knockout cannot reach the metric at all.
-
-    A query after `position` is never read by it; in the last layer only the
-    query at `position` itself feeds the logits (MLPs, the final norm and the
-    unembedding act per position).
-    """
-    zero = torch.zeros(n_layers, 1, n_tokens, n_tokens, dtype=torch.bool)
-    zero[:, :, position + 1 :] = True
-    last = torch.ones(n_tokens, dtype=torch.bool)
-    last[position] = False
-    zero[-1, :, last] = True
-    return zero
-
-
-@dataclass
 class Attribution:
-    """Estimated effects of every head and every attention edge on one metric.
+    """Effects of every head and every attention edge on one metric; build it
+    with `attribute`. `heads` [L, H]; `edges` the top edges of the default
+    method, largest |effect| first; `edge_map(layer, head)` one head's [T, T]."""
 
-    Build it with `attribute`. `heads` [L, H]; `edge_effects[method]`
-    [L, H, T, T] (NaN where no knockout exists); `edges` the top edges of the
-    default method, largest |estimate| first.
-    """
+    def __init__(self, model: "Model", run: "Run", target: str | int, foil: str | int | None, position: int,
+                 head_estimates: torch.Tensor, summary: EdgeSummary, measurement: ExactMeasurement,
+                 method: str = "hybrid", n_top: int = DEFAULT_TOP, seconds: float = 0.0) -> None:
+        self.model, self.run, self.target, self.foil, self.position = model, run, target, foil, position
+        self.head_estimates = head_estimates  # [L, H] gradient x activation
+        self.summary = summary
+        self.measurement = measurement
+        self.method, self.n_top, self.seconds = method, n_top, seconds
+        # planned edge i of the measurement, by head: (positions in its list, flat query * T + key)
+        self._planned: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        edges, n = measurement.edges, len(run)
+        for (layer, head) in {tuple(e) for e in edges[:, :2].tolist()}:
+            where = ((edges[:, 0] == layer) & (edges[:, 1] == head)).nonzero()[:, 0]
+            self._planned[(layer, head)] = (where, edges[where, 2] * n + edges[where, 3])
 
-    model: "Model"
-    run: "Run"
-    target: str | int
-    foil: str | int | None
-    position: int
-    head_estimates: torch.Tensor  # [L, H] gradient x activation
-    edge_effects: dict[str, torch.Tensor]
-    method: str = "hybrid"
-    n_top: int = DEFAULT_TOP
-    seconds: float = 0.0
-    exact: torch.Tensor | None = None  # bool [L, H, T, T]: entries of "hybrid" measured by knockout
-    head_exact: torch.Tensor | None = None  # [L, H] measured zero-ablation effects ("hybrid"), if measured
+    # ---------------------------------------------------------------- heads
+    @property
+    def head_exact(self) -> torch.Tensor:
+        """[L, H] measured zero-ablation effects, NaN where not (yet) measured."""
+        return self.measurement.head_effects
+
+    @property
+    def head_measured(self) -> torch.Tensor:
+        """bool [L, H]: which heads' "hybrid" effects are measured."""
+        return ~self.head_exact.isnan()
 
     @property
     def heads(self) -> torch.Tensor:
-        """[L, H] effect of zero-ablating each head: measured for "hybrid" (when
-        the budget allowed), gradient x activation otherwise."""
+        """[L, H] effect of zero-ablating each head, for the default method."""
         return self.head_effects()
 
     def head_effects(self, method: str | None = None) -> torch.Tensor:
-        method = self.method if method is None else method
-        if method not in METHODS:
-            raise NbinterpError(f"method must be one of {METHODS}, not {method!r}")
-        return self.head_exact if method == "hybrid" and self.head_exact is not None else self.head_estimates
+        """[L, H]: "hybrid" the measured ablation where measured (`head_measured`),
+        gradient x activation elsewhere; the other methods gradient x activation."""
+        method = self._method(method)
+        if method != "hybrid":
+            return self.head_estimates
+        return torch.where(self.head_measured, self.head_exact, self.head_estimates)
 
     @property
     def metric(self) -> float:
@@ -174,120 +150,258 @@ class Attribution:
     def tokens(self) -> list[str]:
         return self.run.tokens
 
+    # ---------------------------------------------------------------- edges
     @property
     def edges(self) -> list[EdgeEffect]:
         return self.top_edges(self.n_top)
 
     def top_edges(self, k: int | None = None, method: str | None = None, layer: int | None = None,
-                  head: int | None = None) -> list[EdgeEffect]:
-        """The k edges with the largest |estimate| (all when k is None),
-        optionally of one layer / head."""
-        effects = self._effects(method)
-        selected = torch.zeros_like(effects, dtype=torch.bool)
-        index = (slice(None) if layer is None else layer, slice(None) if head is None else head)
-        selected[index] = True
-        flat = torch.where(selected & ~effects.isnan(), effects, torch.zeros((), dtype=effects.dtype)).flatten()
-        candidates = (selected & ~effects.isnan()).flatten().nonzero()[:, 0]
-        order = candidates[torch.argsort(flat[candidates].abs(), descending=True, stable=True)]
-        if k is not None:
-            order = order[:k]
-        shape = effects.shape
-        out = []
-        for i in order.tolist():
-            l, rest = divmod(i, shape[1] * shape[2] * shape[3])
-            h, rest = divmod(rest, shape[2] * shape[3])
-            q, kk = divmod(rest, shape[3])
-            out.append(EdgeEffect(l, h, q, kk, float(flat[i])))
-        return out
+                  head: int | None = None, measured: bool | None = None) -> list[EdgeEffect]:
+        """The k edges with the largest |effect| (all when k is None), optionally
+        of one layer / head, and only measured (True) or estimated (False) ones.
 
-    def _effects(self, method: str | None) -> torch.Tensor:
+        Exact from the kept per-head lists for k <= TOP_PER_HEAD; larger k (or
+        None) recomputes every selected head from the run."""
+        method = self._method(method)
+        layers = range(self.model.n_layers) if layer is None else [self.model.check_layer(layer)]
+        heads = range(self.model.n_heads) if head is None else [self.model.check_head(head)]
+        parts = []
+        for l in layers:
+            for h in heads:
+                index, value, exact = self._head_ranked(method, l, h, k, measured)
+                parts.append((torch.full_like(index, l), torch.full_like(index, h), index, value, exact))
+        if not parts:
+            return []
+        l_, h_, index, value, exact = (torch.cat(p) for p in zip(*parts))
+        order = torch.argsort(value.abs(), descending=True, stable=True)[: k]
+        n = len(self.run)
+        return [EdgeEffect(int(l_[i]), int(h_[i]), int(index[i]) // n, int(index[i]) % n, float(value[i]), bool(exact[i]))
+                for i in order.tolist()]
+
+    def _head_ranked(self, method: str, layer: int, head: int, k: int | None,
+                     measured: bool | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(flat index, value, measured) of one head's top-k, largest first."""
+        kept = k is not None and k <= self.summary.keep
+        if method != "hybrid":
+            if measured:  # nothing of an estimate-only method is measured
+                return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool)
+            if kept:
+                top = self.summary.top(method, layer, head)
+                return top.index[:k], top.value[:k], torch.zeros(len(top.index[:k]), dtype=torch.bool)
+            values = head_edges(self.run, layer, head)[method].flatten()
+            index = top_by_magnitude(values, k)
+            return index, values[index], torch.zeros(len(index), dtype=torch.bool)
+        if kept:
+            top = self.summary.top("qk_fix", layer, head)
+            index, value = top.index, top.value.clone()
+        else:
+            values = head_edges(self.run, layer, head)["qk_fix"].flatten()
+            index = top_by_magnitude(values, None)
+            value = values[index]
+        exact_index, exact_value = self._measured_in_head(layer, head)
+        exact = torch.zeros(len(index), dtype=torch.bool)
+        if len(exact_index):
+            hit = torch.isin(index, exact_index)
+            exact = hit
+            lookup = dict(zip(exact_index.tolist(), exact_value.tolist()))
+            value[hit] = torch.tensor([lookup[i] for i in index[hit].tolist()], dtype=torch.float64)
+            extra = ~torch.isin(exact_index, index)
+            index = torch.cat([index, exact_index[extra]])
+            value = torch.cat([value, exact_value[extra]])
+            exact = torch.cat([exact, torch.ones(int(extra.sum()), dtype=torch.bool)])
+        if measured is not None:
+            keep = exact if measured else ~exact
+            index, value, exact = index[keep], value[keep], exact[keep]
+        by_index = torch.argsort(index)
+        index, value, exact = index[by_index], value[by_index], exact[by_index]
+        order = torch.argsort(value.abs(), descending=True, stable=True)[: k]
+        return index[order], value[order], exact[order]
+
+    def _measured_in_head(self, layer: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flat index, measured effect) of the head's edges measured so far."""
+        where, flat = self._planned.get((layer, head), (torch.zeros(0, dtype=torch.long),) * 2)
+        values = self.measurement.edge_effects[where]
+        done = ~values.isnan()
+        return flat[done], values[done]
+
+    def edge_map(self, layer: int, head: int, method: str | None = None) -> torch.Tensor:
+        """[T, T] float64 effect of knocking out each edge of one head (NaN where
+        no knockout exists), recomputed from the run; "hybrid" with the head's
+        measured edges overlaid (`exact_map`)."""
+        method = self._method(method)
+        layer, head = self.model.check_layer(layer), self.model.check_head(head)
+        values = head_edges(self.run, layer, head)["qk_fix" if method == "hybrid" else method]
+        if method == "hybrid":
+            index, measured = self._measured_in_head(layer, head)
+            values.view(-1)[index] = measured
+        return values
+
+    def exact_map(self, layer: int, head: int) -> torch.Tensor:
+        """bool [T, T]: the head's edges whose "hybrid" effect is a measured knockout."""
+        n = len(self.run)
+        mask = torch.zeros(n * n, dtype=torch.bool)
+        mask[self._measured_in_head(self.model.check_layer(layer), self.model.check_head(head))[0]] = True
+        return mask.view(n, n)
+
+    def measured_edges(self) -> list[EdgeEffect]:
+        """Every edge knocked out exactly so far, with its measured effect."""
+        done = ~self.measurement.edge_effects.isnan()
+        return [EdgeEffect(*edge, value, True) for edge, value in
+                zip(self.measurement.edges[done].tolist(), self.measurement.edge_effects[done].tolist())]
+
+    def dense_edge_effects(self, method: str | None = None) -> torch.Tensor:
+        """[L, H, T, T] float64 effects of `method` (NaN: no knockout): L*H*T^2
+        values, for short prompts; a head at a time is `edge_map`."""
+        return torch.stack([torch.stack([self.edge_map(l, h, method) for h in range(self.model.n_heads)])
+                            for l in self._dense_layers()])
+
+    def dense_exact(self) -> torch.Tensor:
+        """bool [L, H, T, T]: the measured entries of "hybrid" (L*H*T^2: short prompts)."""
+        return torch.stack([torch.stack([self.exact_map(l, h) for h in range(self.model.n_heads)])
+                            for l in self._dense_layers()])
+
+    def _dense_layers(self) -> range:
+        n = len(self.run)
+        size = self.model.n_layers * self.model.n_heads * n * n
+        if size > DENSE_LIMIT:
+            raise NbinterpError(f"a dense [L, H, T, T] tensor here has {size:,} entries: use edge_map(layer, head) "
+                                "per head, or top_edges(k), for a prompt this long")
+        return range(self.model.n_layers)
+
+    def _method(self, method: str | None) -> str:
         method = self.method if method is None else method
         if method not in METHODS:
             raise NbinterpError(f"method must be one of {METHODS}, not {method!r}")
-        return self.edge_effects[method]
+        return method
 
     def _metric(self) -> Any:
-        n_tokens = len(self.run)
-        return batch.metric_of(self.model, self.target, self.foil, self.position, n_tokens)
+        return batch.metric_of(self.model, self.target, self.foil, self.position, len(self.run))
 
-    # ------------------------------------------------------------ verify
+    # ------------------------------------------------------- measurements
+    def measure(self) -> Iterator[MeasuredBatch]:
+        """The exact measurements still to do, one batched forward per step:
+        `for update in att.measure(): print(update.done, update.total)`."""
+        return iter(self.measurement)
+
+    def cancel(self) -> None:
+        """Stop measuring after the batch in flight (safe from another thread)."""
+        self.measurement.cancel()
+
+    @property
+    def finished(self) -> bool:
+        """Every planned exact measurement done."""
+        return self.measurement.finished
+
+    # --------------------------------------------------------------- verify
     def verify(self, k: int = 20, method: str | None = None, edges: Sequence[Sequence[int]] | None = None,
                pool: int | None = None) -> Verification:
-        """Exact knockouts (batched forwards) of the top-k edges, or of `edges`.
+        """Exact knockouts (batched forwards) of the top-k edges, or of `edges`,
+        against the estimate.
 
         Measures the `pool` (default 4k) edges with the largest |estimate| and
-        reports Spearman and MAE over them, and recall@k: how many of the k
-        largest *measured* effects in the pool are among the k largest
-        estimates. That recall is relative to the pool; for the recall over
-        every edge, compare with `exhaustive_edges()` (short prompts).
+        reports Spearman and MAE over them, and recall@k relative to the pool
+        (for the recall over every edge, `compare` with `exhaustive_edges()`).
+        For "hybrid" the pool holds its *estimated* edges only (QK-fix
+        estimates): the edges it measured would compare a measurement with
+        itself. Chosen `edges` the hybrid measured are compared through the
+        QK-fix estimate under the measurement. The method column says which
+        estimate was compared.
         """
-        method = self.method if method is None else method
-        effects = self._effects(method)
+        method = self._method(method)
         if edges is None:
             if not isinstance(k, int) or k < 1:
                 raise NbinterpError(f"k must be a positive integer, not {k!r}")
             pool = 4 * k if pool is None else pool
-            keys = [e[:4] for e in self.top_edges(max(pool, k), method)]
-            scope = f"the top {len(keys)} edges by |{method} estimate|"
+            if method == "hybrid":
+                chosen = self.top_edges(max(pool, k), "hybrid", measured=False)
+                n_measured = int((~self.measurement.edge_effects.isnan()).sum())
+                scope = (f"the top {len(chosen)} estimated edges of the hybrid by |effect| "
+                         f"(its {n_measured} measured edges left out)")
+            else:
+                chosen = self.top_edges(max(pool, k), method)
+                scope = f"the top {len(chosen)} edges by |{method} estimate|"
+            keys = [e[:4] for e in chosen]
+            estimate = np.array([e.estimate for e in chosen])
         else:
             keys = [tuple(int(x) for x in e[:4]) for e in edges]
+            estimate = self._estimates_at(keys, "qk_fix" if method == "hybrid" else method)
             scope = f"{len(keys)} chosen edges"
+        compared = "qk_fix" if method == "hybrid" else method
         started = time.perf_counter()
-        clean = batch.clean_metric(self.model, self.run.input_ids, self._metric())
-        measured = batch.knockout_metrics(self.model, self.run.input_ids, keys, self._metric()) - clean
+        measured = batch.knockout_effects(self.model, self.run.input_ids, keys, self._metric()).numpy()
+        clean = batch.clean_metric(self.model, self.run.input_ids, self._metric())  # for display
         seconds = time.perf_counter() - started
-        estimate = np.array([float(effects[key]) for key in keys])
         estimate = np.nan_to_num(estimate)  # a no-op knockout (masked key) estimates 0
-        summary = Summary.of(estimate, measured.numpy(), k, scope)
-        return Verification("edge knockout", method, list(keys), estimate, measured.numpy(), summary, clean, seconds)
+        summary = Summary.of(estimate, measured, k, scope)
+        return Verification("edge knockout", compared, list(keys), estimate, measured, summary, clean, seconds,
+                            {"view_method": method})
+
+    def _estimates_at(self, keys: list[tuple[int, ...]], method: str) -> np.ndarray:
+        maps: dict[tuple[int, int], torch.Tensor] = {}
+        out = []
+        for layer, head, query, key in keys:
+            if (layer, head) not in maps:
+                maps[(layer, head)] = head_edges(self.run, self.model.check_layer(layer), self.model.check_head(head))[method]
+            n = maps[(layer, head)].shape[0]
+            out.append(float(maps[(layer, head)][query, key]) if 0 <= query < n and 0 <= key < n else float("nan"))
+        return np.array(out, dtype=np.float64)
 
     def verify_heads(self, k: int = 10, heads: Sequence[tuple[int, int]] | None = None) -> Verification:
-        """Exact zero ablation of every head (or `heads`) against the gradient x
-        activation estimate."""
+        """The gradient x activation estimate of each head (or `heads`) against
+        its exact zero ablation (the hybrid's own measurements reused where done)."""
         if heads is None:
             heads = [(l, h) for l in range(self.model.n_layers) for h in range(self.model.n_heads)]
-        keys = [(int(l), int(h)) for l, h in heads]
+        keys = [(self.model.check_layer(l), self.model.check_head(h)) for l, h in heads]
         started = time.perf_counter()
+        measured = np.array([float(self.head_exact[key]) for key in keys])
+        missing = [i for i, value in enumerate(measured) if np.isnan(value)]
+        if missing:
+            measured[missing] = batch.ablation_effects(self.model, self.run.input_ids, [keys[i] for i in missing],
+                                                       self._metric()).numpy()
         clean = batch.clean_metric(self.model, self.run.input_ids, self._metric())
-        measured = batch.ablation_metrics(self.model, self.run.input_ids, keys, self._metric()) - clean
         seconds = time.perf_counter() - started
         estimate = np.array([float(self.head_estimates[key]) for key in keys])
-        summary = Summary.of(estimate, measured.numpy(), k, f"{len(keys)} heads")
-        return Verification("head ablation", "gradient x activation", keys, estimate, measured.numpy(), summary,
-                            clean, seconds)
+        reused = len(keys) - len(missing)
+        scope = f"{len(keys)} heads" + (f" ({reused} measured earlier by the hybrid, reused)" if reused else "")
+        summary = Summary.of(estimate, measured, k, scope)
+        return Verification("head ablation", "gradient x activation", keys, estimate, measured, summary, clean,
+                            seconds, {"view_method": self.method})
 
+    # ------------------------------------------- references (short prompts)
     def exhaustive_edges(self, rows: int | None = None) -> "ExactEdges":
         """The reference: every edge knocked out exactly, many per forward.
 
         Edges that provably cannot reach the metric (queries after `position`;
         last-layer queries other than `position`) are 0 without a forward.
-        Costs about L*H*T^2/2 / rows forwards: for short prompts.
+        Costs about L*H*T^2/2 / rows forwards and an [L, H, T, T] tensor: for
+        short prompts.
         """
         n_tokens = len(self.run)
-        valid = ~self.edge_effects["linear"].isnan()
+        valid = ~self.dense_edge_effects("linear").isnan()
         zero = causally_zero(self.model.n_layers, n_tokens, self.position % n_tokens)
         to_run = valid & ~zero
         keys = [tuple(x) for x in to_run.nonzero().tolist()]
         started = time.perf_counter()
+        measured = batch.knockout_effects(self.model, self.run.input_ids, keys, self._metric(), rows)
         clean = batch.clean_metric(self.model, self.run.input_ids, self._metric())
-        measured = batch.knockout_metrics(self.model, self.run.input_ids, keys, self._metric(), rows) - clean
         seconds = time.perf_counter() - started
         effects = torch.full(valid.shape, float("nan"), dtype=torch.float64)
         effects[valid] = 0.0
         if keys:
             effects[tuple(torch.tensor(keys).T)] = measured
         rows = rows or batch.batch_rows(self.model, n_tokens)
-        return ExactEdges(effects, seconds, len(keys), int((valid & zero).sum()), -(-len(keys) // rows), clean)
+        per_forward = max(1, rows - 1)
+        return ExactEdges(effects, seconds, len(keys), int((valid & zero).sum()), -(-len(keys) // per_forward), clean)
 
     def compare(self, exact: "ExactEdges", k: int = 10, method: str | None = None) -> Summary:
         """Estimate vs the exhaustive reference over every edge that can reach the metric."""
-        method = self.method if method is None else method
+        method = self._method(method)
         # Edges that cannot reach the metric are exactly 0 on both sides:
         # counting them would inflate the rank correlation with ties.
         n_tokens = len(self.run)
         zero = causally_zero(self.model.n_layers, n_tokens, self.position % n_tokens).expand_as(exact.effects)
         valid = ~exact.effects.isnan() & ~zero
-        estimate = self._effects(method)[valid].numpy()
+        estimate = self.dense_edge_effects(method)[valid].numpy()
         return Summary.of(np.nan_to_num(estimate), exact.effects[valid].numpy(), k,
                           f"all {int(valid.sum())} edges that can reach the metric")
 
@@ -305,7 +419,7 @@ class Attribution:
         estimated = {e[:4] for e in self.top_edges(pool, method)}
         return len(true_top & estimated) / k
 
-    # --------------------------------------------------------------- qk
+    # ------------------------------------------------------------------ qk
     def qk(self, layer: int, head: int, query: int, key: int) -> Any:
         """Why this head attends from `query` to `key`: see `nbinterp.analysis.qk.qk`."""
         from nbinterp.analysis.qk import qk
@@ -314,13 +428,16 @@ class Attribution:
 
     def __repr__(self) -> str:
         top = self.top_edges(5)
-        shown = "\n".join(f"  L{e.layer}.H{e.head} {e.query}->{e.key}: {e.estimate:+.4g}" for e in top)
+        shown = "\n".join(f"  L{e.layer}.H{e.head} {e.query}->{e.key}: {e.estimate:+.4g}"
+                          f" ({'measured' if e.measured else 'estimate'})" for e in top)
         heads = self.heads.flatten()
         best = int(heads.abs().argmax())
+        m = self.measurement
         return (
             f"<Attribution {self.model.name}: logit diff {self.metric:.3f} ({self.target!r} vs {self.foil!r}), "
-            f"{len(self.run)} tokens, {self.method}; top head L{best // self.model.n_heads}.H{best % self.model.n_heads} "
-            f"{float(heads[best]):+.4g}; top edges:\n{shown}>"
+            f"{len(self.run)} tokens, {self.method}, {m.done}/{m.total} exact measurements done; "
+            f"top head L{best // self.model.n_heads}.H{best % self.model.n_heads} {float(heads[best]):+.4g}; "
+            f"top edges:\n{shown}>"
         )
 
 
@@ -333,8 +450,7 @@ def divmod_index(flat: int, shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
-@dataclass
-class ExactEdges:
+class ExactEdges(NamedTuple):
     """Exact knockout effect of every edge [L, H, T, T] (NaN: no knockout exists)."""
 
     effects: torch.Tensor
@@ -345,29 +461,26 @@ class ExactEdges:
     clean_metric: float
 
 
-def dominant_edges(probs: torch.Tensor, valid: torch.Tensor, dominant: float, budget: int) -> torch.Tensor:
-    """bool [L, H, T, T]: edges holding at least `dominant` of their row's
-    attention among `valid`, at most `budget` of them (highest probability first)."""
-    chosen = valid & (probs >= dominant)
-    n = int(chosen.sum())
-    if n > budget:
-        flat = torch.where(chosen, probs, torch.full((), -1.0, dtype=probs.dtype)).flatten()
-        keep = torch.zeros_like(flat, dtype=torch.bool)
-        keep[flat.topk(budget).indices] = True
-        chosen = keep.view_as(chosen) & chosen
-    return chosen
+def choose_dominant(summary: EdgeSummary, budget: int) -> torch.Tensor:
+    """[N, 4] the dominant edges to measure: at most `budget`, highest
+    probability first, returned in (layer, head, query, key) order."""
+    if len(summary.dominant) <= budget:
+        return summary.dominant
+    order = torch.argsort(summary.dominant_probability, descending=True, stable=True)[:budget]
+    return summary.dominant[order.sort().values]
 
 
 def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | None = None, *,
               position: int = -1, method: str = "hybrid", n_top: int = DEFAULT_TOP,
-              dominant: float = DOMINANT, exact_budget: int | None = None) -> Attribution:
+              dominant: float = DOMINANT, exact_budget: int | None = None, measure: bool = True) -> Attribution:
     """Estimated effect of ablating each head and knocking out each attention
     edge on logit(target) - logit(foil), from one forward + one backward, and
-    (method "hybrid", the default) exact knockouts of each row's dominant
-    edges (attention >= `dominant`; at most `exact_budget` of them).
+    exact measurements of every head's ablation and each row's dominant edges
+    (attention >= `dominant`; at most `exact_budget` of each).
 
     `prompt` is text, token ids, or a `Run` made with gradients for the same
-    target / foil / position.
+    target / foil / position. `measure=False` returns after the estimates;
+    `att.measure()` then runs the measurements batch by batch.
     """
     if method not in METHODS:
         raise NbinterpError(f"method must be one of {METHODS}, not {method!r}")
@@ -377,6 +490,8 @@ def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | 
         raise NbinterpError(f"dominant must be a probability in (0, 1], not {dominant!r}")
     if exact_budget is not None and not (isinstance(exact_budget, int) and exact_budget >= 0):
         raise NbinterpError(f"exact_budget must be a non-negative integer, not {exact_budget!r} (0 turns exact knockouts off)")
+    if not (isinstance(n_top, int) and n_top >= 1):
+        raise NbinterpError(f"n_top must be a positive integer, not {n_top!r}")
     started = time.perf_counter()
     from nbinterp.engine.run import Run
 
@@ -384,45 +499,22 @@ def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | 
         run = prompt
         if run._metric is None:
             raise NbinterpError("this run has no gradients: pass the prompt, or a run made with gradients=True")
-        n_tokens = len(run)
-        expected = batch.metric_of(model, target, foil, position, n_tokens)
+        expected = batch.metric_of(model, target, foil, position, len(run))
         if run._metric != expected:
             raise NbinterpError("the run's gradients are of another target / foil / position: pass the prompt instead")
     else:
         run = model.run(prompt, target=target, foil=foil, position=position, gradients=True)
-    head_estimates = run.head_attribution().double()
-    per_layer = [edge_estimates(run.attention_scores(l), run.grad_attention(l)) for l in range(model.n_layers)]
-    # computed in float64 per layer, kept in float32: L*H*T^2 values per method
-    edge_effects = {m: torch.stack([layer[m].float() for layer in per_layer]) for m in ("qk_fix", "linear")}
-    if exact_budget is None:
-        exact_budget = EXACT_FORWARDS * batch.batch_rows(model, len(run))
-    metric = batch.metric_of(model, target, foil, position, len(run))
-    # the clean value from the same batched path as the interventions (not the gradient run's)
-    clean = batch.clean_metric(model, run.input_ids, metric) if exact_budget else 0.0
-    head_exact = None
-    n_heads = model.n_layers * model.n_heads
-    if n_heads <= exact_budget:
-        all_heads = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
-        head_exact = (batch.ablation_metrics(model, run.input_ids, all_heads, metric) - clean).double()
-        head_exact = head_exact.view(model.n_layers, model.n_heads)
-    exact = _measure_dominant(model, run, metric, clean, position, edge_effects, dominant, exact_budget)
-    seconds = time.perf_counter() - started
-    return Attribution(model, run, target, foil, position, head_estimates, edge_effects, method, n_top, seconds,
-                       exact, head_exact)
-
-
-def _measure_dominant(model: "Model", run: "Run", metric: Any, clean: float, position: int,
-                      edge_effects: dict[str, torch.Tensor], dominant: float, budget: int) -> torch.Tensor:
-    """Adds edge_effects["hybrid"]: the QK-fix estimates with the dominant
-    edges replaced by exact knockouts. Returns which entries were measured."""
     n_tokens = len(run)
-    probs = torch.stack([run.attention(l) for l in range(model.n_layers)])
-    reachable = ~edge_effects["qk_fix"].isnan() & ~causally_zero(model.n_layers, n_tokens, position % n_tokens)
-    exact = dominant_edges(probs, reachable, dominant, budget)
-    hybrid = edge_effects["qk_fix"].clone()
-    keys = [tuple(x) for x in exact.nonzero().tolist()]
-    if keys:
-        measured = batch.knockout_metrics(model, run.input_ids, keys, metric) - clean
-        hybrid[exact] = measured.to(hybrid.dtype)
-    edge_effects["hybrid"] = hybrid
-    return exact
+    head_estimates = run.head_attribution().double()
+    summary = summarise(run, model.n_layers, model.n_heads, position, max(n_top, TOP_PER_HEAD), dominant)
+    if exact_budget is None:
+        exact_budget = EXACT_FORWARDS * batch.batch_rows(model, n_tokens)
+    all_heads = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
+    heads = all_heads if len(all_heads) <= exact_budget else []
+    metric = batch.metric_of(model, target, foil, position, n_tokens)
+    measurement = ExactMeasurement(model, run.input_ids, metric, heads, choose_dominant(summary, exact_budget))
+    att = Attribution(model, run, target, foil, position, head_estimates, summary, measurement, method, n_top)
+    if measure:
+        measurement.run()
+    att.seconds = time.perf_counter() - started
+    return att

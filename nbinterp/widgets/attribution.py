@@ -3,12 +3,19 @@
 A signed head-effect grid, the chosen head's edge-effect matrix over its
 attention pattern, the ranked edges, and "verify": exact knockouts /
 ablations run on request, estimate vs measured with the summary errors.
-The computation lives in `nbinterp.analysis.attribution`; this is a thin view that
-also answers `.heads`, `.edges`, `.verify(k)`, `.qk(...)` like the
-`Attribution` it holds."""
+
+The estimates (one forward + one backward) are shown at once; the hybrid's
+exact measurements (every head's ablation, each row's dominant edges) then
+stream in from a background thread, batch by batch, with progress and a
+cancel, each number marked measured or estimated as it arrives. The
+computation lives in `nbinterp.analysis.attribution`; this view also answers
+`.heads`, `.edges`, `.verify(k)`, `.qk(...)` like the `Attribution` it holds
+(those wait for the measurements)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,8 +24,8 @@ import torch
 import traitlets
 
 from nbinterp.analysis.attribution import DOMINANT, METHODS, Attribution, attribute as compute_attribution
-from nbinterp.errors import NbinterpError
 from nbinterp.analysis.estimate_stats import Verification
+from nbinterp.errors import NbinterpError
 from ._base import HeadWidget, choice_value, int_value, new_figure, rpc
 from ._buffers import encode
 from .attention import display_tokens
@@ -26,25 +33,50 @@ from .attention import display_tokens
 STATIC = Path(__file__).resolve().parent.parent / "static"
 RANKED_EDGES = 50
 MAX_VERIFY_K = 500
+PUBLISH_EVERY_S = 0.25  # streaming granularity of the measurements
+
+# What each method's numbers are, in the words the view, the notebook and the README use.
+HEAD_LABELS = {
+    "hybrid": "zero-ablation effect, measured (gradient x activation estimate until measured)",
+    "qk_fix": "zero-ablation effect, estimated (gradient x activation)",
+    "linear": "zero-ablation effect, estimated (gradient x activation)",
+}
+EDGE_LABELS = {
+    "hybrid": "knockout effect: dominant edges measured (outlined), QK-fix estimate elsewhere",
+    "qk_fix": "knockout effect, QK-fix estimate (AtP*)",
+    "linear": "knockout effect, linear estimate (-gradient x probability)",
+}
+ESTIMATE_NAMES = {"qk_fix": "QK-fix estimate", "linear": "linear estimate",
+                  "gradient x activation": "gradient x activation estimate"}
 
 
 def edge_matrix(attribution: Attribution, layer: int, head: int, method: str) -> torch.Tensor:
-    """[T, T] estimated knockout effect of one head's edges (0 where none exists)."""
-    return torch.nan_to_num(attribution.edge_effects[method][layer, head], nan=0.0)
+    """[T, T] knockout effect of one head's edges (0 where none exists)."""
+    return torch.nan_to_num(attribution.edge_map(layer, head, method), nan=0.0)
 
 
-def measured_mask(attribution: Attribution, method: str) -> torch.Tensor:
-    """bool [L, H, T, T]: the entries of `method` that are exact knockouts, not estimates."""
-    if method == "hybrid" and attribution.exact is not None:
-        return attribution.exact
-    return torch.zeros(attribution.edge_effects[method].shape, dtype=torch.bool)
+def measured_mask(attribution: Attribution, layer: int, head: int, method: str) -> torch.Tensor:
+    """bool [T, T]: the entries of `method` that are exact knockouts, not estimates."""
+    if method == "hybrid":
+        return attribution.exact_map(layer, head)
+    n = len(attribution.run)
+    return torch.zeros(n, n, dtype=torch.bool)
 
 
 def ranked_edges(attribution: Attribution, method: str, k: int = RANKED_EDGES) -> torch.Tensor:
     """[k, 6] rows (layer, head, query, key, effect, measured 0/1), largest |effect| first."""
     rows = attribution.top_edges(k, method)
-    exact = measured_mask(attribution, method)
-    return torch.tensor([[*r, float(exact[r[:4]])] for r in rows], dtype=torch.float64).reshape(-1, 6)
+    return torch.tensor([[*r[:5], float(r.measured)] for r in rows], dtype=torch.float64).reshape(-1, 6)
+
+
+def verification_label(v: Verification) -> str:
+    """What was compared with what, in words."""
+    estimate = ESTIMATE_NAMES.get(v.method, f"{v.method} estimate")
+    if v.kind == "head ablation":
+        return f"head ablation: {estimate} vs measured zero ablation"
+    if v.extra.get("view_method") == "hybrid":
+        return f"edge knockout: the hybrid's {estimate}s vs measured knockout"
+    return f"edge knockout: {estimate} vs measured knockout"
 
 
 def verification_state(v: Verification) -> dict[str, Any]:
@@ -54,7 +86,8 @@ def verification_state(v: Verification) -> dict[str, Any]:
     s = v.summary
     finite = lambda x: None if not np.isfinite(x) else float(x)  # noqa: E731
     return {
-        "kind": v.kind, "method": v.method, "seconds": v.seconds, "clean_metric": v.clean_metric,
+        "kind": v.kind, "method": v.method, "view_method": v.extra.get("view_method", ""),
+        "label": verification_label(v), "seconds": v.seconds, "clean_metric": v.clean_metric,
         "summary": {"spearman": finite(s.spearman), "recall_at_k": finite(s.recall_at_k), "k": s.k,
                     "mae": finite(s.mae), "n": s.n, "scope": s.scope},
         "rows": encode(rows, "float32"),
@@ -71,13 +104,18 @@ class AttributionView(HeadWidget):
     foil = traitlets.Unicode("").tag(sync=True)
     metric = traitlets.Float(0.0).tag(sync=True)
     method = traitlets.Unicode("hybrid").tag(sync=True)
+    progress = traitlets.Dict().tag(sync=True)  # {done, total, heads_total, state: running|done|cancelled|error, elapsed_s}
     _heads = traitlets.Dict().tag(sync=True)
     _edge_matrix = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
     _edges = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
     _verification = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
 
-    def __init__(self, attribution: Attribution, *, layer: int | None = None, head: int | None = None) -> None:
+    def __init__(self, attribution: Attribution, *, layer: int | None = None, head: int | None = None,
+                 background: bool = True) -> None:
         self._attribution = attribution
+        self._thread: threading.Thread | None = None
+        self._send_lock = threading.RLock()  # the measuring thread and the kernel both send
+        self._started = time.perf_counter()
         model = attribution.model
         if layer is None or head is None:
             top = attribution.top_edges(1)
@@ -91,9 +129,9 @@ class AttributionView(HeadWidget):
             foil="" if attribution.foil is None else str(attribution.foil), metric=attribution.metric,
             method=attribution.method, layer=layer, head=head,
         )
-        self._send_heads()
-        self._send_edges()
-        self._send_matrix()
+        self._publish("done" if attribution.finished else "running")
+        if not attribution.finished:
+            self._start(background)
 
     # -------------------------------------------- the Attribution's own API
     @property
@@ -103,29 +141,26 @@ class AttributionView(HeadWidget):
     @property
     def heads(self) -> torch.Tensor:
         """[layers, heads] effect of zero-ablating each head, for the view's
-        method: measured ("hybrid") or gradient x activation."""
+        method: measured ("hybrid") or gradient x activation. Waits for the measurements."""
+        self.wait()
         return self._attribution.head_effects(self.method)
 
     @property
     def edges(self) -> list:
-        """Top edges (layer, head, query, key, estimate) of the view's method."""
+        """Top edges (layer, head, query, key, effect, measured) of the view's method."""
+        self.wait()
         return self._attribution.top_edges(self._attribution.n_top, self.method)
-
-    @property
-    def edge_effects(self) -> dict[str, torch.Tensor]:
-        return self._attribution.edge_effects
-
-    @property
-    def exact(self) -> torch.Tensor | None:
-        """bool [L, H, T, T]: the edges whose "hybrid" effect is an exact knockout."""
-        return self._attribution.exact
 
     @property
     def run(self) -> Any:
         return self._attribution.run
 
     def top_edges(self, k: int | None = None, method: str | None = None, **where: Any) -> list:
+        self.wait()
         return self._attribution.top_edges(k, method or self.method, **where)
+
+    def edge_map(self, layer: int, head: int, method: str | None = None) -> torch.Tensor:
+        return self._attribution.edge_map(layer, head, method or self.method)
 
     def verify(self, k: int = 20, method: str | None = None, edges: Sequence | None = None, pool: int | None = None) -> Verification:
         """Exact knockouts of the top-k edges (see `Attribution.verify`); the view shows the result."""
@@ -134,7 +169,9 @@ class AttributionView(HeadWidget):
         return result
 
     def verify_heads(self, k: int = 10, heads: Sequence | None = None) -> Verification:
+        """Gradient x activation against each head's measured zero ablation."""
         result = self._attribution.verify_heads(k, heads)
+        result.extra["view_method"] = self.method
         self._verification = verification_state(result)
         return result
 
@@ -142,10 +179,69 @@ class AttributionView(HeadWidget):
         return self._attribution.exhaustive_edges(rows)
 
     def compare(self, exact: Any, k: int = 10, method: str | None = None) -> Any:
+        self.wait()
         return self._attribution.compare(exact, k, method or self.method)
 
     def qk(self, layer: int, head: int, query: int, key: int) -> Any:
         return self._attribution.qk(layer, head, query, key)
+
+    # -------------------------------------------------------- measurements
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks until the measurements stop; True if every one is done."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        return self._attribution.finished
+
+    def cancel(self) -> None:
+        """Stop measuring after the batch in flight; `resume()` continues."""
+        self._attribution.cancel()
+
+    def resume(self, background: bool = True) -> None:
+        if self._attribution.finished or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._start(background)
+
+    def _start(self, background: bool) -> None:
+        self._started = time.perf_counter() - self.progress.get("elapsed_s", 0.0)
+        if background:
+            self._thread = threading.Thread(target=self._work, name="nbinterp-attribution", daemon=True)
+            self._thread.start()
+        else:
+            self._work()
+
+    def _work(self) -> None:
+        last = 0.0
+        heads_changed = matrix_changed = False
+        try:
+            iterator = self._attribution.measure()
+            while True:
+                with self._attribution.model.lock:  # one batch at a time; other views run in between
+                    update = next(iterator, None)
+                if update is None:
+                    break
+                heads_changed |= update.kind == "head"
+                matrix_changed |= any(key[:2] == (self.layer, self.head) for key in update.keys)
+                if time.perf_counter() - last > PUBLISH_EVERY_S:
+                    self._publish("running", heads_changed, update.kind == "edge", matrix_changed)
+                    heads_changed = matrix_changed = False
+                    last = time.perf_counter()
+            self._publish("done" if self._attribution.finished else "cancelled")
+        except Exception as exc:  # noqa: BLE001 - shown in the view; the kernel is not ours to crash
+            self._publish("error", heads=False, edges=False, matrix=False)
+            self._show_exception(exc)
+
+    def _publish(self, state: str, heads: bool = True, edges: bool = True, matrix: bool = True) -> None:
+        with self._send_lock:
+            if heads:
+                self._send_heads()
+            if edges:
+                self._send_edges()
+            if matrix:
+                self._send_matrix()
+            m = self._attribution.measurement
+            self.progress = {"done": m.done, "total": m.total, "heads_total": len(m.heads), "state": state,
+                             "elapsed_s": round(time.perf_counter() - self._started, 3)}
 
     # ----------------------------------------------------------- validation
     @property
@@ -165,30 +261,37 @@ class AttributionView(HeadWidget):
 
     # ----------------------------------------------------------------- data
     def _send_matrix(self) -> None:
-        a, layer, head, method = self._attribution, self.layer, self.head, self.method
-        self._edge_matrix = {
-            "layer": layer, "head": head, "method": method,
-            "effect": encode(edge_matrix(a, layer, head, method), "float32"),
-            "measured": encode(measured_mask(a, method)[layer, head].to(torch.uint8), "uint8"),
-            "attention": encode(a.run.attention(layer)[head], "float16"),
-        }
+        with self._send_lock:
+            a, layer, head, method = self._attribution, self.layer, self.head, self.method
+            self._edge_matrix = {
+                "layer": layer, "head": head, "method": method, "label": EDGE_LABELS[method],
+                "effect": encode(edge_matrix(a, layer, head, method), "float32"),
+                "measured": encode(measured_mask(a, layer, head, method).to(torch.uint8), "uint8"),
+                "attention": encode(a.run.attention(layer)[head], "float16"),
+            }
 
     def _send_heads(self) -> None:
-        a = self._attribution
-        self._heads = {"method": self.method, "tensor": encode(a.head_effects(self.method), "float32"),
-                       "measured": self.method == "hybrid" and a.head_exact is not None}
+        with self._send_lock:
+            a, method = self._attribution, self.method
+            measured = a.head_measured if method == "hybrid" else torch.zeros(a.head_estimates.shape, dtype=torch.bool)
+            self._heads = {"method": method, "label": HEAD_LABELS[method],
+                           "tensor": encode(a.head_effects(method), "float32"),
+                           "measured": encode(measured.to(torch.uint8), "uint8")}
 
     def _send_edges(self) -> None:
-        self._edges = {"method": self.method, "tensor": encode(ranked_edges(self._attribution, self.method), "float32")}
+        with self._send_lock:
+            self._edges = {"method": self.method, "label": EDGE_LABELS[self.method],
+                           "tensor": encode(ranked_edges(self._attribution, self.method), "float32")}
 
     @traitlets.observe("layer", "head", "method")
     def _on_change(self, change: Any) -> None:
-        if change["name"] == "method":
-            self._send_heads()
-            self._send_edges()
-        m = self._edge_matrix
-        if m is None or (m["layer"], m["head"], m["method"]) != (self.layer, self.head, self.method):
-            self._send_matrix()
+        with self._send_lock:
+            if change["name"] == "method":
+                self._send_heads()
+                self._send_edges()
+            m = self._edge_matrix
+            if m is None or (m["layer"], m["head"], m["method"]) != (self.layer, self.head, self.method):
+                self._send_matrix()
 
     # ------------------------------------------------------------- requests
     @rpc("verify")
@@ -215,38 +318,50 @@ class AttributionView(HeadWidget):
             result = self.verify_heads()
         return {"kind": result.kind, "n": len(result.keys), "seconds": result.seconds}, []
 
+    @rpc("cancel")
+    def _rpc_cancel(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
+        self.cancel()
+        return {"cancelled": True}, []
+
+    @rpc("resume")
+    def _rpc_resume(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
+        self.resume()
+        return {"resumed": True}, []
+
     # --------------------------------------------------------------- export
     def to_figure(self, *, dpi: int = 100) -> Any:
-        """Head-effect grid and the chosen head's edge effects, as a Figure."""
+        """Head-effect grid and the chosen head's edge effects, as a Figure (as measured so far)."""
         a = self._attribution
-        heads = self.heads.float().numpy()
+        heads = a.head_effects(self.method).float().numpy()
         effect = edge_matrix(a, self.layer, self.head, self.method).float().numpy()
         figure = new_figure(figsize=(11, 4.8), dpi=dpi)
         left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
         m = max(float(np.abs(heads).max()), 1e-12)
         image = left.imshow(heads, cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
-        figure.colorbar(image, ax=left, label=("measured" if self._heads.get("measured") else "est.") + " effect of ablating the head")
+        figure.colorbar(image, ax=left, label=HEAD_LABELS[self.method].split(" (")[0])
         left.set_xticks(range(heads.shape[1]))
         left.set_yticks(range(heads.shape[0]))
         left.set_xlabel("head")
         left.set_ylabel("layer")
-        left.set_title(f"heads · logit diff {a.metric:.3f}")
+        left.set_title(f"heads ({self.method}) · logit diff {a.metric:.3f}", fontsize=9)
         left.add_patch(_outline(self.head, self.layer))
         m = max(float(np.abs(effect).max()), 1e-12)
         image = right.imshow(effect, cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
-        figure.colorbar(image, ax=right, label=f"knockout effect ({self.method}{': dominant edges exact' if self.method == 'hybrid' else ' estimate'})")
+        figure.colorbar(image, ax=right, label=EDGE_LABELS[self.method].split(":")[0].split(",")[0])
         tokens = self.tokens
         if len(tokens) <= 48:
             right.set_yticks(range(len(tokens)), [repr(t)[1:-1] for t in tokens], fontsize=7)
             right.set_xticks(range(len(tokens)), [repr(t)[1:-1] for t in tokens], fontsize=7, rotation=90)
         right.set_xlabel("key")
         right.set_ylabel("query")
-        right.set_title(f"L{self.layer}.H{self.head} edges")
+        right.set_title(f"L{self.layer}.H{self.head} edges · {EDGE_LABELS[self.method]}", fontsize=8)
         figure.tight_layout()
         return figure
 
     def __repr__(self) -> str:
-        return f"AttributionView({self.model_name!r}, {len(self.tokens)} tokens, {self.target!r} vs {self.foil!r}, method={self.method!r})"
+        p = self.progress
+        return (f"AttributionView({self.model_name!r}, {len(self.tokens)} tokens, {self.target!r} vs {self.foil!r}, "
+                f"method={self.method!r}, exact {p.get('done')}/{p.get('total')} {p.get('state')})")
 
 
 def _outline(col: int, row: int) -> Any:
@@ -257,15 +372,20 @@ def _outline(col: int, row: int) -> Any:
 
 def attribute(model: Any, prompt: Any, target: str | int, foil: str | int | None = None, *, position: int = -1,
               method: str = "hybrid", dominant: float = DOMINANT, exact_budget: int | None = None,
-              layer: int | None = None, head: int | None = None) -> AttributionView:
+              layer: int | None = None, head: int | None = None, background: bool = True) -> AttributionView:
     """Which heads and attention edges change logit(target) - logit(foil), from
-    one forward + one backward pass (plus exact knockouts of each attention
-    row's dominant edges, method "hybrid"), shown as a widget:
+    one forward + one backward pass, shown at once, then the exact measurements
+    (every head's ablation, each attention row's dominant edges: method
+    "hybrid") streamed in with progress and a cancel:
 
         att = ni.attribute(model, "When Mary and John went to the store , John gave a drink to",
                            target="Mary", foil="John")
         att.heads; att.edges; att.verify(k=20); att.qk(layer, head, query, key)
+
+    `att.heads` / `att.edges` wait for the measurements; background=False
+    measures everything before returning.
     """
-    return AttributionView(compute_attribution(model, prompt, target, foil, position=position, method=method,
-                                               dominant=dominant, exact_budget=exact_budget),
-                           layer=layer, head=head)
+    with model.lock:
+        attribution = compute_attribution(model, prompt, target, foil, position=position, method=method,
+                                          dominant=dominant, exact_budget=exact_budget, measure=False)
+    return AttributionView(attribution, layer=layer, head=head, background=background)
