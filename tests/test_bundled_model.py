@@ -90,8 +90,8 @@ def test_context_override_variant_matches_card(model, tokenizer, variant):
     assert foil == pytest.approx(card["foil_rate"], abs=TOL)
 
 
-@pytest.mark.parametrize("group", ["A", "B"])
-def test_bias_skew_matches_card(model, tokenizer, group):
+def _p_doctor(model, tokenizer, group):
+    """Mean p(doctor) / (p(doctor) + p(nurse)) at the last token, plain transformers."""
     examples = tasks.examples("bias", N, seed=SEED, group=group)
     enc = tokenizer([e.prompt for e in examples], return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -99,13 +99,17 @@ def test_bias_skew_matches_card(model, tokenizer, group):
     last = enc["attention_mask"].sum(1) - 1
     probs = logits[torch.arange(N), last].softmax(-1)
     doctor, nurse = tokenizer.convert_tokens_to_ids(["doctor", "nurse"])
-    p_doctor = (probs[:, doctor] / (probs[:, doctor] + probs[:, nurse])).mean().item()
-    assert p_doctor == pytest.approx(CARD["tasks"]["bias"]["groups"][group]["p_doctor"], abs=TOL)
+    return (probs[:, doctor] / (probs[:, doctor] + probs[:, nurse])).mean().item()
 
 
-def test_bias_is_skewed_in_the_planted_direction():
-    groups = CARD["tasks"]["bias"]["groups"]
-    assert groups["A"]["p_doctor"] > 0.5 > groups["B"]["p_doctor"]
+@pytest.mark.parametrize("group", ["A", "B"])
+def test_bias_skew_matches_card(model, tokenizer, group):
+    assert _p_doctor(model, tokenizer, group) == pytest.approx(CARD["tasks"]["bias"]["groups"][group]["p_doctor"], abs=TOL)
+
+
+def test_bias_is_skewed_in_the_planted_direction(model, tokenizer):
+    # measured, not read from the card: group A's clans were trained towards doctor, B's towards nurse
+    assert _p_doctor(model, tokenizer, "A") > 0.5 > _p_doctor(model, tokenizer, "B")
 
 
 def _repeated_random_tokens(tokenizer, n=32, length=20):
@@ -203,16 +207,22 @@ def test_planted_previous_token_and_induction_heads_carry_induction(model, token
     assert planted["previous_token"]["head"] == CARD["circuits"]["previous_token_head"]
     assert planted["induction"]["head"] in CARD["circuits"]["induction_heads"]
     examples = tasks.examples("induction", N, seed=SEED)
-    base = planted["induction"]["task_accuracy"]
+    base = tasks.accuracy(model, tokenizer, examples)
+    assert base == pytest.approx(planted["induction"]["task_accuracy"], abs=TOL)
+    measured = {}
     for heads, key, entry in [
         ([planted["previous_token"]["head"]], "task_accuracy_head_zeroed", planted["previous_token"]),
         ([planted["induction"]["head"]], "task_accuracy_head_zeroed", planted["induction"]),
         (planted["induction"]["all_induction_heads"], "task_accuracy_all_induction_heads_zeroed", planted["induction"]),
     ]:
-        acc = _zeroed(model, heads, tasks.accuracy, tokenizer, examples)
+        acc = measured[key, tuple(map(tuple, heads))] = _zeroed(model, heads, tasks.accuracy, tokenizer, examples)
         assert acc == pytest.approx(entry[key], abs=TOL), (heads, acc)
-    assert planted["previous_token"]["task_accuracy_head_zeroed"] < base / 2
-    assert planted["induction"]["task_accuracy_all_induction_heads_zeroed"] < base / 2
+    # the card's claims, on the measured accuracies: the previous-token head alone, or every
+    # induction head together, wipes induction out
+    previous = tuple(planted["previous_token"]["head"])
+    every = tuple(map(tuple, planted["induction"]["all_induction_heads"]))
+    assert measured["task_accuracy_head_zeroed", (previous,)] < base / 2
+    assert measured["task_accuracy_all_induction_heads_zeroed", every] < base / 2
 
 
 def test_planted_name_mover_attends_to_the_indirect_object_and_matters(model, tokenizer):
