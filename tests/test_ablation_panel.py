@@ -131,11 +131,20 @@ def test_canonical_ablations(model):
         canonical_ablations(model, [("L0.H1", 0.0)])
 
 
-def test_figure_and_static_png(panel):
+def test_figure_and_static_png(panel, model):
     panel.ablations = {"L1.H2": 0.0}
     figure = panel.to_figure()
     before_ax, after_ax = figure.axes
-    assert [p.get_width() for p in after_ax.patches][::-1] == pytest.approx([e["probability"] for e in panel.result["top_k"]])
+    # Each bar against plain hooks on the HF model (not the result the figure was drawn from):
+    # the bar's token, read back from its label, has that probability before / after.
+    import ast
+
+    for ax, ablations in ((before_ax, {}), (after_ax, {"L1.H2": 0.0})):
+        probabilities = torch.softmax(reference_logits(model, ablations).float(), -1)
+        ids = [model.token_id(ast.literal_eval(label.get_text())) for label in ax.get_yticklabels()]
+        widths = [bar.get_width() for bar in ax.patches]
+        assert widths == pytest.approx(probabilities[ids].tolist(), abs=1e-5)
+        assert set(probabilities.topk(5).indices.tolist()) <= set(ids)  # the top 5 are all drawn
     assert "L1.H2=0" in figure._suptitle.get_text()
     data, _ = panel._repr_mimebundle_()
     assert data["image/png"].startswith(b"\x89PNG")

@@ -35,16 +35,24 @@ def test_rows_read_the_residual_stream_through_the_final_norm_and_unembedding(ar
 
 
 def test_view_sends_the_lens_and_draws_a_figure(arch_model):
-    _, _, model = arch_model
+    _, hf, model = arch_model
     view = ni.logit_lens(model, PROMPT, target="w5")
     lens = view.lens
     np.testing.assert_array_equal(decode(view._lens["target_probabilities"]), lens.target_probabilities.numpy())
     np.testing.assert_array_equal(decode(view._lens["top_probabilities"]), lens.top_probabilities.numpy())
     assert view.top_tokens == lens.top_tokens and view.tokens == PROMPT.split() and view.target == "w5"
     ax = view.to_figure().axes[0]
-    np.testing.assert_array_equal(ax.images[0].get_array(), lens.target_probabilities.numpy())
-    assert len(ax.texts) == lens.top_probabilities.numel()
-    assert "_lens" not in ni.logit_lens(model, PROMPT).keys or ni.logit_lens(model, PROMPT)._lens.keys() == {"top_probabilities"}
+    image = np.asarray(ax.images[0].get_array())
+    # the figure's last row and texts against the model's own output (not the lens it was drawn
+    # from): p(w5) and the top token at every position, from plain HF logits
+    with torch.no_grad():
+        final = torch.softmax(hf(model.tokenize(PROMPT)).logits[0].float(), dim=-1)
+    assert image.shape == (model.n_layers + 1, len(PROMPT.split()))
+    np.testing.assert_allclose(image[-1], final[:, 5].numpy(), atol=64 * np.finfo(np.float32).eps, rtol=0)  # p <= 1: float32 ulps
+    texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert len(texts) == image.size
+    assert [texts[model.n_layers, c] for c in range(image.shape[1])] == [f"w{i}" for i in final.argmax(-1).tolist()]
+    assert ni.logit_lens(model, PROMPT)._lens.keys() == {"top_probabilities"}  # no target, no target tensor
 
 
 def test_bad_target_is_a_clear_error(arch_model):
