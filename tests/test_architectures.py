@@ -32,7 +32,7 @@ from test_attribution import (  # noqa: F401
     test_verify_top_k_measures_the_estimated_top_edges,
     test_without_a_foil_the_metric_is_the_target_logit,
 )
-from test_qk import test_components_add_up_to_the_residual_stream, test_parts_sum_to_the_actual_score  # noqa: F401
+from test_qk import test_components_add_up_to_the_residual_stream, test_parts_sum_to_the_score_hf_computes  # noqa: F401
 
 PARALLEL = ["phi", "gptj", "gpt_neox"]  # GPT-NeoX's default use_parallel_residual=True
 SEQUENTIAL = ["gpt2", "gpt_bigcode"]

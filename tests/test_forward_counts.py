@@ -118,3 +118,21 @@ def test_a_patching_batch_is_one_forward(remote_model):
         for _ in range(8):
             next(cells)
     assert len(calls) == 1
+
+
+def test_qk_decomposition_reads_everything_in_one_more_forward(remote_model, tokenizer):
+    """The decomposition's inputs (embeddings, norm and projection weights, rotary
+    tables, earlier heads and MLPs) are captures of the trace: remote-compatible,
+    and the same numbers as a local model's."""
+    from nbinterp.analysis.qk import qk
+
+    model, (prompt, *_) = remote_model
+    layer = model.n_layers - 1
+    with count_forwards(model) as calls:
+        remote = qk(model, prompt, layer, 0, 6, 2)
+    assert len(calls) == 2  # the run, then everything the decomposition reads
+    local = ni.load(model.hf, tokenizer=model.tokenizer)
+    expected = qk(local, prompt, layer, 0, 6, 2)
+    assert remote.query_labels == expected.query_labels
+    scale = float(expected.contributions.abs().max())
+    assert (remote.contributions - expected.contributions).abs().max() <= 1e-6 * max(scale, 1.0)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nbinterp.engine.architectures import Architecture, get_path
+from nbinterp.engine.architectures import Architecture, head_qk_projection
 from nbinterp.errors import NbinterpError, UnsupportedArchitectureError
 
 if TYPE_CHECKING:
@@ -93,83 +93,69 @@ def layout_for(model: "Model") -> Architecture:
 
 def residual_components(model: "Model", run: "Run", layer: int, positions: list[int]) -> tuple[list[str], torch.Tensor]:
     """The parts that add up to the residual stream entering `layer`, at
-    `positions`: labels and [n_components, len(positions), d_model] float64."""
-    hf, arch = model.hf, model.arch
-    layout = layout_for(model)
-    ids = run.input_ids[0, positions].to(next(hf.parameters()).device)
+    `positions`: labels and [n_components, len(positions), d_model] float64.
+    Everything is read from the run's captures (one forward for all of them,
+    on the server for a remote model)."""
+    _fetch_inputs(run, layer)
+    token_embedding, position_embedding = run.captured("embed", 0)
     labels = ["embed"]
-    parts = [get_path(hf, arch.embed).weight[ids].detach().double().cpu()]
-    if layout.position_embedding is not None:
+    parts = [token_embedding[positions].double().cpu()]
+    if position_embedding is not None:
         labels.append("pos_embed")
-        position_ids = torch.tensor(positions, device=ids.device)
-        parts.append(get_path(hf, layout.position_embedding).weight[position_ids].detach().double().cpu())
-    blocks = get_path(hf, arch.layers)
+        parts.append(position_embedding[positions].double().cpu())
     for l in range(layer):
         heads = run.head_outputs(l)[:, positions].double()
         for h in range(model.n_heads):
             labels.append(f"L{l}.H{h}")
             parts.append(heads[h])
-        bias = get_path(blocks[l], f"{arch.attention}.{arch.out_proj}").bias
+        bias = run.output_bias(l)
         if bias is not None:
             labels.append(f"L{l}.attn_bias")
-            parts.append(bias.detach().double().cpu().expand(len(positions), -1))
+            parts.append(bias.double().cpu().expand(len(positions), -1))
         labels.append(f"L{l}.mlp")
         parts.append(run.mlp_out(l)[positions].double())
     return labels, torch.stack(parts)
 
 
-def _frozen_norm(norm: Any, components: torch.Tensor, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _fetch_inputs(run: "Run", layer: int) -> None:
+    """Everything the decomposition of a `layer` score reads, in one forward."""
+    earlier = range(layer)
+    run.fetch("embed", "rotary", "qkv", "resid_pre", "qk_weights", "z", "w_o", "mlp_out",
+              layers={"qk_weights": layer, "resid_pre": layer, "qkv": layer,
+                      "z": earlier, "w_o": earlier, "mlp_out": earlier})
+
+
+def _frozen_norm(model: "Model", norm_params: tuple, components: torch.Tensor, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The block's input norm as a per-position linear map, its scale frozen at
     the run's actual residual `resid` [P, d]. Returns (normed components
     [n, P, d], the constant part [P, d])."""
-    weight = norm.weight.detach().double().cpu()
-    eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", None)
-    if isinstance(norm, torch.nn.LayerNorm):
-        scale = (resid.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+    weight, bias = (None if p is None else p.double().cpu() for p in norm_params)
+    weight = torch.ones(resid.shape[-1], dtype=torch.float64) if weight is None else weight
+    eps = model.shape.norm_eps
+    if model.shape.norm == "layernorm":
+        scale = (resid.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
         centred = components - components.mean(-1, keepdim=True)
-        bias = norm.bias.detach().double().cpu() if norm.bias is not None else torch.zeros_like(weight)
-        return centred / scale * weight, bias.expand_as(resid)
-    if type(norm).__name__.endswith("RMSNorm") and eps is not None:
-        scale = (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-        return components / scale * weight, torch.zeros_like(resid)
-    raise UnsupportedArchitectureError(f"cannot freeze the input norm {type(norm).__name__}: only LayerNorm and RMSNorm")
+        constant = torch.zeros_like(resid) if bias is None else bias.expand_as(resid)
+        return centred / scale * weight, constant
+    scale = (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    return components / scale * weight, torch.zeros_like(resid)
 
 
-def _project(model: "Model", attention: Any, layout: Architecture, x: torch.Tensor, head: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _project(model: "Model", projections: tuple, x: torch.Tensor, head: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Query or key projection of `head` without its bias: (x W [..., D], bias [D])."""
-    d_head, n_heads = model.head_dim, model.n_heads
-    if layout.qk_projection == "gpt2_conv1d":
-        width = n_heads * d_head
-        offset = (0 if side == "query" else width) + head * d_head
-        weight = attention.c_attn.weight[:, offset : offset + d_head]  # Conv1D: [in, out]
-        bias = attention.c_attn.bias[offset : offset + d_head]
-    elif layout.qk_projection == "neox_fused":
-        offset = head * 3 * d_head + (0 if side == "query" else d_head)
-        weight = attention.query_key_value.weight[offset : offset + d_head].T
-        bias = attention.query_key_value.bias
-        bias = None if bias is None else bias[offset : offset + d_head]
-    else:
-        proj = attention.q_proj if side == "query" else attention.k_proj
-        index = head if side == "query" else head // (n_heads // model.n_kv_heads)
-        weight = proj.weight[index * d_head : (index + 1) * d_head].T
-        bias = None if proj.bias is None else proj.bias[index * d_head : (index + 1) * d_head]
-        if any(hasattr(attention, name) for name in ("q_norm", "k_norm")):
-            raise UnsupportedArchitectureError("per-head q/k norms are not decomposed yet")
-    weight = weight.detach().double().cpu()
-    bias = torch.zeros(d_head, dtype=torch.float64) if bias is None else bias.detach().double().cpu()
+    weight, bias = head_qk_projection(model.arch, projections, head, side, model.shape)
+    weight = weight.double().cpu()
+    bias = torch.zeros(model.head_dim, dtype=torch.float64) if bias is None else bias.double().cpu()
     return x @ weight, bias
 
 
-def _rotate(model: "Model", layout: Architecture, x: torch.Tensor, position: int) -> torch.Tensor:
-    """Rotary embedding at one position, applied to [n, D] (linear in x)."""
-    if layout.rotary is None:
+def _rotate(rotary: Any, x: torch.Tensor, position: int) -> torch.Tensor:
+    """Rotary embedding at one position, applied to [n, D] (linear in x);
+    `rotary` is the run's (cos, sin) [T, rotary dims], or None."""
+    if rotary is None:
         return x
-    rotary = get_path(model.hf, layout.rotary)
-    probe = torch.zeros(1, 1, model.d_model, dtype=next(model.hf.parameters()).dtype,
-                        device=next(model.hf.parameters()).device)
-    cos, sin = rotary(probe, torch.tensor([[position]], device=probe.device))
-    cos, sin = cos[0, 0].double().cpu(), sin[0, 0].double().cpu()
-    n_rot = cos.shape[-1]  # NeoX rotates only the first rotary_ndims dims
+    cos, sin = (r[position].double().cpu() for r in rotary)
+    n_rot = cos.shape[-1]  # NeoX and Phi rotate only the first rotary dims
     rot, rest = x[..., :n_rot], x[..., n_rot:]
     half = n_rot // 2
     rotated_half = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
@@ -181,32 +167,32 @@ def qk(model: "Model", prompt_or_run: Any, layer: int, head: int, query: int, ke
     query-component x key-component contributions; see the module docstring."""
     from nbinterp.engine.run import Run
 
-    run = prompt_or_run if isinstance(prompt_or_run, Run) else model.run(prompt_or_run)
     layer, head = model.check_layer(layer), model.check_head(head)
+    layout_for(model)
+    run = prompt_or_run if isinstance(prompt_or_run, Run) else model.run(prompt_or_run)
     n_tokens = len(run)
     for name, pos in (("query", query), ("key", key)):
         if not isinstance(pos, int) or isinstance(pos, bool) or not 0 <= pos < n_tokens:
             raise NbinterpError(f"{name} position {pos!r} is outside the prompt's 0..{n_tokens - 1}")
+    _fetch_inputs(run, layer)
     score = float(run.attention_scores(layer)[head, query, key])
     if key > query or not score > torch.finfo(torch.float32).min / 2:
         raise NbinterpError(f"query {query} cannot attend to key {key} in L{layer}.H{head} (masked: causal order or sliding window): pick a key the query can see")
-    layout = layout_for(model)
     _, _, _, _, kwargs = run.captured("qkv", layer)
     if kwargs.get("softcap"):
         raise UnsupportedArchitectureError("soft-capped attention scores are not decomposed")
     scaling = kwargs.get("scaling") or model.head_dim ** -0.5
-    block = get_path(model.hf, model.arch.layers)[layer]
-    attention = get_path(block, model.arch.attention)
-    norm = get_path(block, layout.input_norm)
+    norm_params, projections = run.captured("qk_weights", layer)
     labels, components = residual_components(model, run, layer, [query, key])
     resid = run.residual(layer)[[query, key]].double()
-    normed, constant = _frozen_norm(norm, components, resid)
+    normed, constant = _frozen_norm(model, norm_params, components, resid)
+    rotary = run.captured("rotary", 0)
     sides = {}
     for index, (side, position) in enumerate((("query", query), ("key", key))):
-        projected, bias = _project(model, attention, layout, normed[:, index], head, side)
-        constant_part, _ = _project(model, attention, layout, constant[index : index + 1], head, side)
+        projected, bias = _project(model, projections, normed[:, index], head, side)
+        constant_part, _ = _project(model, projections, constant[index : index + 1], head, side)
         vectors = torch.cat([projected, constant_part + bias])  # last row: the "bias" component
-        sides[side] = _rotate(model, layout, vectors, position)
+        sides[side] = _rotate(rotary, vectors, position)
     contributions = scaling * sides["query"] @ sides["key"].T
     return QKDecomposition(
         layer, head, query, key, run.tokens[query], run.tokens[key], labels + ["bias"], labels + ["bias"],

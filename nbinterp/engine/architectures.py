@@ -47,7 +47,7 @@ class Architecture:
     conv1d_out_proj: bool = False  # GPT-2's Conv1D stores weight as [in, out]
     # What the QK decomposition needs to rebuild a score from residual parts:
     input_norm: str | None = None  # the block's input norm, relative to a block
-    qk_projection: str | None = None  # "gpt2_conv1d" (c_attn) | "neox_fused" (query_key_value) | "split" (q_proj, k_proj)
+    qk_projection: str | None = None  # a key of QK_PROJECTIONS
     position_embedding: str | None = None  # learned absolute positions, relative to the model root
     rotary: str | None = None  # the model's rotary module (gives cos, sin), relative to the model root
 
@@ -146,6 +146,37 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
+# How one head's query and key projections sit in the attention module's
+# weights: layout -> the modules holding them (relative to the attention module).
+QK_PROJECTIONS = {
+    "gpt2_conv1d": ("c_attn",),  # Conv1D, weight [in, 3 H D]: all queries | all keys | all values
+    "neox_fused": ("query_key_value",),  # Linear, weight [H 3 D, in]: per head its q, k, v
+    "split": ("q_proj", "k_proj"),  # Linear each, weight [H D, in] / [H_kv D, in]
+}
+
+
+def head_qk_projection(
+    arch: Architecture, weights: tuple, head: int, side: str, shape: "ModelShape",
+) -> tuple[Any, Any]:
+    """One head's query (side "query") or key projection as (W [d_model, D], bias [D] or None),
+    from the (weight, bias) pairs of `QK_PROJECTIONS[arch.qk_projection]`'s modules."""
+    d_head, n_heads = shape.head_dim, shape.n_heads
+    if arch.qk_projection == "gpt2_conv1d":
+        (weight, bias), = weights
+        offset = (0 if side == "query" else n_heads * d_head) + head * d_head
+        return weight[:, offset : offset + d_head], None if bias is None else bias[offset : offset + d_head]
+    if arch.qk_projection == "neox_fused":
+        (weight, bias), = weights
+        offset = head * 3 * d_head + (0 if side == "query" else d_head)
+        return weight[offset : offset + d_head].T, None if bias is None else bias[offset : offset + d_head]
+    if arch.qk_projection == "split":
+        weight, bias = weights[0 if side == "query" else 1]
+        index = head if side == "query" else head // (n_heads // shape.n_kv_heads)
+        rows = slice(index * d_head, (index + 1) * d_head)
+        return weight[rows].T, None if bias is None else bias[rows]
+    raise UnsupportedArchitectureError(f"no query/key projection layout {arch.qk_projection!r} in QK_PROJECTIONS")
+
+
 def get_path(root: Any, path: str) -> Any:
     """`get_path(model, "model.layers")`, for HF modules and nnsight envoys alike."""
     node = root
@@ -174,6 +205,8 @@ class ModelShape:
     vocab_size: int
     max_positions: int | None
     final_logit_softcap: float | None = None  # Gemma2 squashes logits after the unembedding
+    norm: str = "layernorm"  # the blocks' norm: "layernorm" or "rmsnorm" (the config names its epsilon)
+    norm_eps: float = 1e-5
 
 
 def _config_value(config: Any, *names: str) -> Any:
@@ -211,6 +244,8 @@ def read_shape(config: Any) -> ModelShape:
         vocab_size=_config_value(config, "vocab_size"),
         max_positions=_config_value(config, "n_positions", "max_position_embeddings"),
         final_logit_softcap=_config_value(config, "final_logit_softcapping"),
+        norm="rmsnorm" if _config_value(config, "rms_norm_eps") is not None else "layernorm",
+        norm_eps=_config_value(config, "rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps") or 1e-5,
     )
 
 

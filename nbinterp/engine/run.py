@@ -93,30 +93,42 @@ class Run:
     def _layer(self, layer: int) -> int:
         return self.model.check_layer(layer)
 
-    def fetch(self, *names: str) -> "Run":
-        """Capture `names` (see `nbinterp.engine.trace.CAPTURES`) for every layer,
-        in one forward for all the names this run does not hold yet. Returns the run."""
-        missing = [n for n in self.model.capture_names(names) if n not in self._captured or (
-            n != "logits" and len(self._captured[n]) < self.model.n_layers + (n == "lens"))]
-        if "logits" in missing:
-            missing.remove("logits")
-            self.logits  # noqa: B018 - fetches
+    def fetch(self, *names: str, layers: dict[str, Any] | None = None) -> "Run":
+        """Capture `names` (see `nbinterp.engine.trace.CAPTURES`) for every layer, or
+        for `layers[name]` where given, in ONE forward for everything this run does
+        not hold yet. Returns the run."""
+        names = self.model.capture_names(names)
+        if "logits" in names:
+            self.logits  # noqa: B018 - fetches every position's logits
+        wanted = self.model.all_layers(n for n in names if n != "logits")
+        for name, chosen in (layers or {}).items():
+            wanted[name] = {chosen} if isinstance(chosen, int) else set(chosen)
+        missing = {n: chosen - set(self._captured.get(n, {})) for n, chosen in wanted.items()}
+        missing = {n: chosen for n, chosen in missing.items() if chosen}
         if missing:
             # Re-run the same request (same plan, same input): a remote run sends
             # back only what is asked for, and each layer fetched alone would cost
             # a forward per layer.
-            fetched = self.model.execute(self.input_ids, self.plan, self.model.all_layers(missing), logits="none",
+            fetched = self.model.execute(self.input_ids, self.plan, missing, logits="none",
                                          lens_target=self._lens_target)
             for name in missing:
                 self._captured.setdefault(name, {}).update(fetched[name])
         return self
 
+    def _fetch_together(self, layer: int, *names: str) -> None:
+        """When `layer` lacks any of `names`, fetch them all for every layer in one forward."""
+        if any(self._layer(layer) not in self._captured.get(name, {}) for name in names):
+            self.fetch(*names)
+
     def captured(self, name: str, layer: int) -> Any:
         """One layer's capture (`nbinterp.engine.trace.CAPTURES`), fetched for every layer if missing."""
-        layer = self._layer(layer) if name != "lens" or layer != self.model.n_layers else layer
+        if name in ("embed", "rotary"):
+            layer = 0
+        elif name != "lens" or layer != self.model.n_layers:
+            layer = self._layer(layer)
         store = self._captured.get(name, {})
         if layer not in store:
-            self.fetch(name)
+            self.fetch(name, layers={name: layer} if name == "qk_weights" else None)
             store = self._captured[name]
         return store[layer]
 
@@ -148,18 +160,22 @@ class Run:
 
     def output_weight(self, layer: int) -> torch.Tensor:
         """[heads, head_dim, d_model] float32: the output projection of `layer` split per head."""
-        return attention_math.per_head_output_weight(
-            self.captured("w_o", layer).float(), self.model.n_heads, self.model.arch.conv1d_out_proj
-        )
+        weight, _ = self.captured("w_o", layer)
+        return attention_math.per_head_output_weight(weight.float(), self.model.n_heads, self.model.arch.conv1d_out_proj)
+
+    def output_bias(self, layer: int) -> torch.Tensor | None:
+        """[d_model]: the output projection's bias of `layer` (None without one)."""
+        _, bias = self.captured("w_o", layer)
+        return None if bias is None else bias.float()
 
     def head_outputs(self, layer: int) -> torch.Tensor:
         """[heads, T, d_model]: each head's write to the residual stream (bias excluded)."""
-        self.fetch("z", "w_o")
+        self._fetch_together(layer, "z", "w_o")
         return attention_math.head_outputs(self.captured("z", layer).float(), self.output_weight(layer))
 
     def value_weighted(self, layer: int) -> torch.Tensor:
         """[heads, T, T]: ||a_ij v_j W_O^h||, what each head moves from key j to query i."""
-        self.fetch("qkv", "w_o")
+        self._fetch_together(layer, "qkv", "w_o")
         _, _, value, _, _ = self.captured("qkv", layer)
         return attention_math.value_weighted_norms(self.attention(layer), value.float(), self.output_weight(layer))
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from nbinterp.engine.architectures import Architecture, ModelShape, attention_call, get_path
+from nbinterp.engine.architectures import QK_PROJECTIONS, Architecture, ModelShape, attention_call, get_path
 from nbinterp.engine.attention_math import attention_output, attention_probabilities
 from nbinterp.engine.plan import Metric, Plan
 
@@ -26,15 +26,26 @@ from nbinterp.engine.plan import Metric, Plan
 #   resid_pre  the residual stream entering the block [T, d_model]
 #   attn_out   the attention block's output [T, d_model]
 #   mlp_out    the MLP's output [T, d_model]
+#   embed      (layer 0) the token embedding's and, for learned positions, the
+#              position embedding's outputs [T, d_model]
+#   rotary     (layer 0) the rotary module's (cos, sin) [T, rotary dims]
+#   qk_weights the input norm's (weight, bias) and the query/key projections'
+#              (weight, bias) pairs (QK_PROJECTIONS): what the QK decomposition reads
 #   lens       the logit lens of the stream entering the block (and, as layer
 #              n_layers, of the final stream): top token, its probability and the
 #              lens target's probability per position, reduced inside the trace
-CAPTURES = ("qkv", "z", "w_o", "resid_pre", "attn_out", "mlp_out", "lens")
+CAPTURES = ("qkv", "z", "w_o", "resid_pre", "attn_out", "mlp_out", "lens", "embed", "rotary", "qk_weights")
 
 
 def softcap_logits(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     """The model's final logit soft-cap (Gemma2), applied after the unembedding as HF does."""
     return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
+def _param(module: Any, name: str) -> torch.Tensor | None:
+    """A module's parameter (read where the model lives: on the server for remote models), or None."""
+    value = getattr(module, name, None)
+    return None if value is None else value.detach()
 
 
 def execute(
@@ -92,6 +103,19 @@ def execute(
     with torch.set_grad_enabled(want_grads), nn_model.trace(inputs, remote=remote):
         saved = {name: {} for name in CAPTURES}
         attn_for_grad, z_for_grad, proj_for_grad, lens_inputs = [], [], [], {}
+        # reads follow the forward order: embeddings and rotary tables come first
+        if capture.get("embed"):
+            tokens = get_path(nn_model, arch.embed).output[0].detach()
+            positions = None
+            if arch.position_embedding is not None:
+                positions = get_path(nn_model, arch.position_embedding).output
+                positions = positions.reshape(-1, positions.shape[-1])[-input_ids.shape[1]:].detach()
+            saved["embed"][0] = (tokens, positions)
+        if capture.get("rotary"):
+            saved["rotary"][0] = None
+            if arch.rotary is not None:
+                cos, sin = get_path(nn_model, arch.rotary).output
+                saved["rotary"][0] = (cos[0].detach(), sin[0].detach())
         for l in range(n_layers):
             block = layers[l]
             if l in plan.patch_resid or l in capture.get("resid_pre", ()) or l in lens_streams:
@@ -127,7 +151,15 @@ def execute(
                     )
             out_proj = get_path(attention, arch.out_proj)
             if l in capture.get("w_o", ()):
-                saved["w_o"][l] = out_proj.weight.detach()
+                bias = out_proj.bias
+                saved["w_o"][l] = (out_proj.weight.detach(), None if bias is None else bias.detach())
+            if l in capture.get("qk_weights", ()):
+                norm = get_path(block, arch.input_norm)
+                saved["qk_weights"][l] = (
+                    (_param(norm, "weight"), _param(norm, "bias")),
+                    tuple((_param(get_path(attention, m), "weight"), _param(get_path(attention, m), "bias"))
+                          for m in QK_PROJECTIONS[arch.qk_projection]),
+                )
             needs_z = want_grads or l in plan.z_scale or l in plan.patch_z or l in capture.get("z", ())
             if needs_z:
                 z = out_proj.input
