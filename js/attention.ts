@@ -70,7 +70,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   const scaleToggle = toggleGroup<ScaleChoice>(doc, "colour scale", SCALE_CHOICES, (color_scale) => save({ color_scale }));
   scaleToggle.element.title = "log: equal ratios, equal colour steps (default beyond 32 tokens) \u00b7 linear: 0 .. the head's max \u00b7 per row: each query row \u00f7 its own max";
   const scaleLabel = doc.createElement("span");
-  scaleLabel.className = "nbi-status";
+  scaleLabel.className = "nbi-label";
   scaleLabel.textContent = "colour:";
   const scopeToggle = toggleGroup<Scope>(doc, "token strip scope", [["head", "this head"], ["layer", "sum over layer"]], (strip_scope) => save({ strip_scope }));
   const directionToggle = toggleGroup<Direction>(doc, "token strip direction", [["attends_to", "attends to"], ["attended_by", "attended by"]], (strip_direction) => save({ strip_direction }));
@@ -89,7 +89,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   panels.className = "nbi-panels";
   const gridBox = doc.createElement("div");
   const gridCaption = doc.createElement("div");
-  gridCaption.className = "nbi-status nbi-grid-caption";
+  gridCaption.className = "nbi-caption nbi-grid-caption";
   gridCaption.style.maxWidth = "380px";
   const mapBox = doc.createElement("div");
   const legend = doc.createElement("div");

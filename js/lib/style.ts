@@ -9,6 +9,7 @@ const BASE_CSS = `
 .nbi-root .nbi-toggle button[aria-pressed="true"] { background: #3b518b; color: #fff; }
 .nbi-root .nbi-button { border: 1px solid #bbb; border-radius: 4px; background: #f4f4f4; padding: 2px 8px; cursor: pointer; font: inherit; }
 .nbi-root .nbi-status { color: #555; }
+.nbi-root .nbi-label, .nbi-root .nbi-caption { color: #555; }
 .nbi-root .nbi-panels { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .nbi-root canvas { display: block; }
 .nbi-root .nbi-head-grid, .nbi-root .nbi-heatmap { cursor: crosshair; }

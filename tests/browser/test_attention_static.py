@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 import nbinterp as ni
-from harness import open_view, push_state
+from harness import open_view, push_state, wait_until
 from nbinterp.widgets import attention
 
 N_TOKENS = 1024
@@ -86,13 +86,15 @@ def test_wheel_zoom_redraws_and_reaches_python(page: Any, long_view: Any) -> Non
       const at = { clientX: r.left + Number(c.dataset.marginLeft) + 200, clientY: r.top + Number(c.dataset.marginTop) + 200 };
       for (let i = 0; i < 10; i++) c.dispatchEvent(new WheelEvent('wheel', { deltaY: -100, bubbles: true, cancelable: true, ...at }));
     }""")
-    page.wait_for_timeout(400)  # zoom is saved debounced
+    # zoom is saved debounced: wait for it to reach Python, then for the last wheel step's window
+    wait_until(page, lambda: long_view.zoom, "the zoom to reach Python")
+    wait_until(page, lambda: long_view.zoom["query_stop"] - long_view.zoom["query_start"] < 200,
+               f"the zoom window to narrow below 200 tokens (last seen {long_view.zoom})")
     zoom = long_view.zoom
-    assert zoom and zoom["query_stop"] - zoom["query_start"] < 200
-    assert zoom["query_start"] <= 512 < zoom["query_stop"]
+    under_cursor = 200 / g["plotHeight"] * N_TOKENS  # the wheel events' row (the plot grows with the prompt)
+    assert zoom["query_start"] <= under_cursor < zoom["query_stop"]
     page.mouse.dblclick(*centre)
-    page.wait_for_timeout(400)
-    assert long_view.zoom == {}
+    wait_until(page, lambda: long_view.zoom == {}, "a double click to reset the zoom in Python")
 
 
 def test_mode_toggle_fetches_value_weighted_norms(page: Any, long_view: Any) -> None:
@@ -128,8 +130,9 @@ def test_resting_on_a_thumbnail_prefetches_that_head_once(page: Any, long_view: 
     step = g["thumbPx"] + g["gap"]
     at = (g["x"] + g["marginLeft"] + 3 * step + g["thumbPx"] / 2, g["y"] + g["marginTop"] + 0 * step + g["thumbPx"] / 2)
     page.mouse.move(*at)
-    page.wait_for_timeout(400)
-    requests = lambda: page.evaluate("() => window.nbiSent.filter((m) => m.method === 'head_pattern').map((m) => m.params)")  # noqa: E731
+    page.wait_for_function("() => window.nbiSent.some((m) => m.method === 'head_pattern')", timeout=10_000)
+    # with_mask: the view asks for a layer's mask once; not part of which head was fetched
+    requests = lambda: page.evaluate("() => window.nbiSent.filter((m) => m.method === 'head_pattern').map(({ params: { with_mask, ...p } }) => p)")  # noqa: E731
     assert requests() == [{"layer": 0, "head": 3, "mode": "probabilities"}]
     page.mouse.click(*at)
     page.wait_for_selector('[data-pattern="0:3:probabilities"]')
