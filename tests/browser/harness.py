@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ipywidgets.widgets.widget import _remove_buffers
 
@@ -108,3 +109,18 @@ def open_view(page: Any, widget: Any, bundle: str = "attention.js", timeout_ms: 
 def push_state(page: Any, comm: RecordingComm) -> None:
     """Delivers changes made on the Python side since the last call."""
     page.evaluate("(out) => window.nbiApply(out)", comm.drain())
+
+
+def wait_until(page: Any, condition: Callable[[], Any], what: str, timeout_s: float = 10.0) -> Any:
+    """Polls `condition` (Python side: the widget's traits, or the kernel through
+    `notebook.execute`) until it is truthy, and returns its value. Between polls
+    Playwright runs for a moment, which is when it delivers the page's calls into
+    Python; no fixed sleep decides the outcome, the deadline only bounds a hang."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        page.wait_for_timeout(20)

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import NotebookPage, open_notebook
+from harness import wait_until
 
 XSS = "<img src=x onerror=alert(1)>"
 SETUP_CELL = f'''
@@ -97,8 +98,8 @@ def test_hover_shows_the_engine_value_and_both_tokens(notebook: NotebookPage) ->
         assert tip.locator(".nbi-tip-key").text_content().startswith(f"{key} ")
         assert tokens.split("' '")[0].strip("'") in tip.locator(".nbi-tip-query").text_content()
     notebook.page.mouse.click(h["x"] + h["marginLeft"] + 3.5 * cell, h["y"] + h["marginTop"] + 9.5 * cell)
-    notebook.page.wait_for_timeout(300)
-    assert notebook.execute("print(view.selected)").strip() == "{'query': 9, 'key': 3}"
+    wait_until(notebook.page, lambda: notebook.execute("print(view.selected)").strip() == "{'query': 9, 'key': 3}",
+               "the clicked cell to reach the kernel as view.selected", timeout_s=30)
 
 
 def test_an_html_token_renders_as_text(notebook: NotebookPage) -> None:

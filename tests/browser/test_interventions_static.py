@@ -14,7 +14,7 @@ import pytest
 import nbinterp as ni
 import nbinterp.analysis.patching_sweep as patching_sweep
 from conftest import PROMPT, random_model, word_tokenizer
-from harness import open_view, push_state
+from harness import open_view, push_state, wait_until
 
 CORRUPTED = "w5 w17 w3 w42 w9 w5 w17 w4 w28 w11"
 GREY = """(sel) => {
@@ -58,7 +58,9 @@ def test_patching_heatmaps_fill_in_as_the_sweep_streams(page: Any, model: Any, m
         seen.append((done, page.evaluate(GREY, resid)))
         if page.locator(".nbi-patching").get_attribute("data-state") == "done":
             break
-        time.sleep(0.05)
+        # the next frame: wait for the sweep (a Python thread) to publish more cells or finish
+        wait_until(page, lambda: grid.progress["done"] != done or grid.progress["state"] != "running",
+                   f"the sweep to move on from {done} cells", timeout_s=30)
     total = grid.progress["total"]
     assert seen[-1][0] == total and seen[-1][1]["grey"] == 0 and seen[-1][1]["coloured"] > 0
     middle = [(done, pixels) for done, pixels in seen if 0 < done < 20]  # resid_pre's 20 cells come first
