@@ -65,3 +65,16 @@ def test_a_model_object_needs_its_tokenizer():
 def test_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(ni.NbinterpError, match="could not load"):
         ni.load(tmp_path)
+
+
+def test_words_the_tokenizer_does_not_know_are_named():
+    """The bundled tokenizer is word-level: 'Paris' would silently become <unk>."""
+    model = ni.load()
+    with pytest.raises(ni.NbinterpError, match="'Paris', which nbinterp-tiny's tokenizer does not know"):
+        model.run("The capital of Paris is")
+    with pytest.raises(ni.NbinterpError, match="target/foil 'Paris'"):
+        model.run("The capital of Veldora is", target="Paris", foil="Quorn")
+    with pytest.raises(ni.NbinterpError, match="'Zork'"):
+        ni.attribute(model, "When Mary and Zork went to the store , Mary gave a drink to", target="Mary", foil="John")
+    assert model.run("The capital of Veldora is", target="Quorn").logit_diff("Quorn") == pytest.approx(
+        float(model.run("The capital of Veldora is").logits_at(-1)[model.token_id("Quorn")]))

@@ -90,6 +90,7 @@ class Model:
             if not prompt.strip():
                 raise self._error("the prompt is empty: pass some text, e.g. model.run('The capital of France is')")
             ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+            self._refuse_unknown(prompt, ids[0].tolist(), "the prompt")
         elif isinstance(prompt, torch.Tensor) or (isinstance(prompt, Sequence) and not isinstance(prompt, bytes)):
             ids = torch.as_tensor(prompt, dtype=torch.long).reshape(1, -1)
             if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < self.shape.vocab_size):
@@ -105,6 +106,31 @@ class Model:
             )
         return ids
 
+    def _refuse_unknown(self, text: str, ids: list[int], what: str) -> None:
+        """An error naming the words the tokenizer maps to its unknown token:
+        every number computed about `<unk>` would be about no word at all."""
+        unk_id = getattr(self.tokenizer, "unk_token_id", None)
+        if unk_id is None or unk_id not in ids:
+            return
+        unk = self.tokenizer.unk_token
+        words: list[str] = []
+        try:
+            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            for token_id, (start, end) in zip(encoded.input_ids, encoded.offset_mapping):
+                if token_id == unk_id and text[start:end] != unk:
+                    words.append(text[start:end])
+        except (NotImplementedError, TypeError, ValueError):  # slow tokenizers have no offsets
+            if text.strip() != unk:
+                words.append("?")
+        if not words:
+            return  # the text spelled the unknown token itself
+        shown = ", ".join(repr(w) for w in dict.fromkeys(words)) if "?" not in words else "some words"
+        raise self._error(
+            f"{what} contains {shown}, which {self.name}'s tokenizer does not know: it would become "
+            f"{unk!r} and every number would be about {unk!r}. Use words the model knows"
+            + (" (the bundled model's vocabulary is nbinterp.bundled.tasks.vocabulary())" if self.name == "nbinterp-tiny" else "")
+        )
+
     def token_id(self, token: str | int) -> int:
         """A single token's id; a string must tokenize to exactly one token."""
         if isinstance(token, numbers.Integral) and not isinstance(token, bool):
@@ -114,6 +140,7 @@ class Model:
         if not isinstance(token, str) or not token:
             raise self._error(f"a target or foil is a non-empty string or a token id, not {token!r}")
         ids = self.tokenizer(token, add_special_tokens=False).input_ids
+        self._refuse_unknown(token, ids, f"the target/foil {token!r}")
         if len(ids) != 1:
             pieces = self.tokenizer.convert_ids_to_tokens(ids)
             raise self._error(
@@ -204,8 +231,9 @@ class Model:
         return names
 
     def all_layers(self, names: Iterable[str]) -> dict[str, set[int]]:
-        """{name: every layer} (the logit lens also reads the final stream, as layer n_layers)."""
-        return {n: set(range(self.n_layers + (n == "lens"))) for n in names}
+        """{name: every layer it has}: the logit lens also reads the final stream (as
+        layer n_layers); the embeddings and the rotary table are one entry (layer 0)."""
+        return {n: {0} if n in ("embed", "rotary") else set(range(self.n_layers + (n == "lens"))) for n in names}
 
     def execute(
         self, input_ids: torch.Tensor, plan: Plan, capture: dict[str, set[int]],
