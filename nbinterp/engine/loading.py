@@ -23,8 +23,9 @@ def load(
     tokenizer: Any = None,
     *,
     remote: bool | str = False,
-    device: str | None = None,
+    device: Any = None,
     dtype: Any = None,
+    device_map: Any = None,
     timeout: float = REMOTE_TIMEOUT_S,
 ) -> Model:
     """Load a causal language model for interpretability.
@@ -34,10 +35,19 @@ def load(
     load(hf_model, tokenizer=tok)       an already-built transformers model
     load("meta-llama/Llama-3.1-70B", remote=True)   runs on NDIF (needs NDIF_API_KEY)
 
+    device, dtype, device_map go to transformers (`from_pretrained(dtype=,
+    device_map=)`, then `.to(device)`). Without a dtype, a checkpoint loads in
+    its own dtype on a GPU, but in float32 on a CPU (bfloat16 matmuls are
+    ~100x slower on most CPUs): a warning says so when that changes the
+    checkpoint's dtype; pass dtype= to keep it. A model object keeps its dtype
+    unless dtype= is given.
+
     remote="local" runs every request through nnsight's remote serialisation
-    locally: a check that what you do would also work on NDIF.
+    locally, with remote=True's semantics (nothing captured unless asked): a
+    check that what you do would also work on NDIF.
     """
     import nnsight
+    import torch
 
     if remote not in (False, True, "local"):
         raise NbinterpError(f"remote must be False, True or 'local', not {remote!r}")
@@ -45,19 +55,47 @@ def load(
         return _load_remote(model, timeout)
     if model is None:
         model = BUNDLED_DIR
+    dtype = None if dtype is None else _torch_dtype(dtype)
+    on_cpu = _targets_cpu(device, device_map)
     if isinstance(model, (str, Path)):
-        hf_model, tokenizer, name = _from_pretrained(model, tokenizer, dtype)
+        hf_model, tokenizer, name = _from_pretrained(model, tokenizer, dtype, device_map, on_cpu)
     else:
         if tokenizer is None:
             raise NbinterpError(
                 "a model object needs its tokenizer: nbinterp.load(hf_model, tokenizer=tokenizer)"
             )
         hf_model, name = model, getattr(model.config, "name_or_path", "") or type(model).__name__
+        if dtype is not None:
+            hf_model = hf_model.to(_torch_dtype(dtype))
     architecture_for(hf_model)  # fail with a clear message before nnsight wraps it
-    if device is not None:
-        hf_model = hf_model.to(device)
+    if device is not None and device_map is None:
+        hf_model = hf_model.to(torch.device(device))
     hf_model.eval()
     return Model(nnsight.TransformersModel(hf_model, tokenizer=tokenizer), tokenizer, name, remote=remote)
+
+
+def _targets_cpu(device: Any, device_map: Any) -> bool:
+    import torch
+
+    if device_map is not None:
+        return device_map == "cpu"
+    if device is not None:
+        return torch.device(device).type == "cpu"
+    return not torch.cuda.is_available()
+
+
+def _torch_dtype(dtype: Any) -> Any:
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        value = getattr(torch, str(dtype).removeprefix("torch."))
+    except AttributeError:
+        value = None
+    if not isinstance(value, torch.dtype):
+        raise NbinterpError(f"dtype {dtype!r} is not a torch dtype: use e.g. torch.float32, 'bfloat16' or 'float16'")
+    return value
 
 
 def bundled_card() -> dict:
@@ -66,15 +104,32 @@ def bundled_card() -> dict:
     return json.loads((BUNDLED_DIR / "card.json").read_text())
 
 
-def _from_pretrained(source: str | Path, tokenizer: Any, dtype: Any) -> tuple[Any, Any, str]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _from_pretrained(source: str | Path, tokenizer: Any, dtype: Any, device_map: Any, on_cpu: bool) -> tuple[Any, Any, str]:
+    import warnings
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(source)
     name = BUNDLED_NAME if path == BUNDLED_DIR else str(source)
     local = path.is_dir()
     kwargs = {"local_files_only": True} if local else {}
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype or "auto", **kwargs)
+        if dtype is None and on_cpu:
+            config = AutoConfig.from_pretrained(str(source), **kwargs)
+            saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+            saved = _torch_dtype(saved) if saved is not None and saved != "auto" else None
+            dtype = torch.float32
+            if saved is not None and saved != torch.float32:
+                warnings.warn(
+                    f"{name} is stored in {str(saved).removeprefix('torch.')}; loading it in float32 on this CPU "
+                    "(bfloat16/float16 matmuls are ~100x slower on most CPUs). Pass dtype= to keep the "
+                    "checkpoint's dtype.", stacklevel=3,
+                )
+        extra = {} if device_map is None else {"device_map": device_map}
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            str(source), dtype=dtype if dtype is not None else "auto", **extra, **kwargs
+        )
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
     except (OSError, ValueError) as error:

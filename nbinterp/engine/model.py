@@ -62,6 +62,9 @@ class Model:
 
     def __repr__(self) -> str:
         where = {False: "local", True: "remote (NDIF)", "local": "remote-simulated"}[self.remote]
+        if self.remote is not True:
+            parameter = next(self.hf.parameters())
+            where += f", {str(parameter.dtype).removeprefix('torch.')} on {parameter.device}"
         return (
             f"<nbinterp.Model {self.name}: {self.n_layers} layers x {self.n_heads} heads "
             f"({self.n_kv_heads} kv), d_model {self.d_model}, {where}>"
