@@ -164,6 +164,8 @@ class Model:
         knockout: Iterable[tuple[int, int, int, int]] | None = None,
         patch_from: Any = None,
         patch: Iterable[tuple] | None = None,
+        add: dict | None = None,
+        project_out: dict | None = None,
         target: str | int | None = None,
         foil: str | int | None = None,
         position: int = -1,
@@ -179,6 +181,10 @@ class Model:
         patch_from:      a prompt or Run of the same token length; `patch` lists the sites to copy from it:
                          ("resid_pre" | "attn_out" | "mlp_out", layer, position or None) or
                          ("head", layer, head, position or None).
+        add:             {(site, layer): delta [T, width]} added to that activation (site one of
+                         "resid_pre", "attn_out", "mlp_out", "neurons", "resid_final"): steering.
+        project_out:     {(site, layer): direction [width] or (direction, scale)}: the component
+                         along the (unit-normalised) direction scaled by `scale` (default 0: removed).
         target, foil:    with gradients=True, gradients of logit(target) - logit(foil) at `position`
                          w.r.t. every attention probability and head output (one forward + one backward).
         capture:         what to read in this forward, for every layer: names of
@@ -193,6 +199,7 @@ class Model:
         self._plan_ablations(plan, ablate or {}, ablation, reference)
         self._plan_neurons(plan, ablate_neurons or {})
         self._plan_knockout(plan, knockout or [], n_tokens)
+        self._plan_edits(plan, add or {}, project_out or {}, n_tokens)
         if patch is not None or patch_from is not None:
             if patch is None or patch_from is None:
                 raise self._error("activation patching needs both patch_from= (a prompt or Run) and patch=[sites]")
@@ -216,6 +223,8 @@ class Model:
             k: v for k, v in dict(
                 ablate=ablate, ablation=ablation if ablate else None, reference=reference,
                 ablate_neurons=ablate_neurons, knockout=knockout, patch=patch,
+                add=None if not add else {k: "<delta>" for k in add},
+                project_out=None if not project_out else {k: "<direction>" for k in project_out},
                 target=target, foil=foil, gradients=gradients or None,
             ).items() if v
         }
@@ -236,7 +245,8 @@ class Model:
     def all_layers(self, names: Iterable[str]) -> dict[str, set[int]]:
         """{name: every layer it has}: the logit lens also reads the final stream (as
         layer n_layers); the embeddings and the rotary table are one entry (layer 0)."""
-        return {n: {0} if n in ("embed", "rotary") else set(range(self.n_layers + (n == "lens"))) for n in names}
+        final = {"lens": set(range(self.n_layers + 1)), "resid_final": {self.n_layers}, "embed": {0}, "rotary": {0}}
+        return {n: final.get(n, set(range(self.n_layers))) for n in names}
 
     def execute(
         self, input_ids: torch.Tensor, plan: Plan, capture: dict[str, set[int]],
@@ -322,6 +332,31 @@ class Model:
             layer, neuron = plans.parse_neuron(self.shape, key, d_mlp)
             scale = plans.check_scale(value, f"neuron {key!r}")
             plan.neuron_scale.setdefault(layer, torch.ones(d_mlp))[neuron] = scale
+
+    def site_width(self, site: str) -> int:
+        return self.d_mlp if site == "neurons" else self.d_model
+
+    def _plan_edits(self, plan: Plan, add: dict, project_out: dict, n_tokens: int) -> None:
+        if not isinstance(add, dict) or not isinstance(project_out, dict):
+            raise self._error("add= and project_out= take dicts keyed by (site, layer), e.g. {('resid_pre', 2): delta}")
+        for key, delta in add.items():
+            site, layer = plans.check_edit_site(self.shape, key)
+            delta = torch.as_tensor(delta, dtype=torch.float32)
+            width = self.site_width(site)
+            if delta.shape not in ((n_tokens, width), (width,)):
+                raise self._error(
+                    f"add[{key!r}] has shape {tuple(delta.shape)}: use [{n_tokens}, {width}] (one row per token) "
+                    f"or [{width}] (every token)"
+                )
+            plan.add[(site, layer)] = delta
+        for key, value in project_out.items():
+            site, layer = plans.check_edit_site(self.shape, key)
+            direction, scale = value if isinstance(value, tuple) else (value, 0.0)
+            direction = torch.as_tensor(direction, dtype=torch.float32).flatten()
+            width = self.site_width(site)
+            if direction.numel() != width or not torch.isfinite(direction).all() or direction.norm() == 0:
+                raise self._error(f"project_out[{key!r}] needs a finite non-zero direction of {width} numbers")
+            plan.project[(site, layer)] = (direction / direction.norm(), plans.check_scale(scale, f"project_out[{key!r}]"))
 
     def _plan_knockout(self, plan: Plan, knockout: Iterable, n_tokens: int) -> None:
         for edge in knockout:

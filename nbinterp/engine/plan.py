@@ -48,12 +48,43 @@ class Plan:
     patch_z: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     patch_attn: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     patch_mlp: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # edits of an activation x at (site, layer), one of EDIT_SITES, applied in order:
+    #   add:     x + delta            (delta [T, width] or [B, T, width]: steering vectors,
+    #                                  SAE feature edits decode(f') - decode(f))
+    #   project: x - (1 - scale) (x . u) u   (u a unit direction [width]: scale 0 removes
+    #                                  the component along u, e.g. a probe's direction)
+    add: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    project: dict[tuple[str, int], tuple[torch.Tensor, float]] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
         return not any(
             (self.z_scale, self.mlp_scale, self.neuron_scale, self.knockout,
-             self.patch_resid, self.patch_z, self.patch_attn, self.patch_mlp)
+             self.patch_resid, self.patch_z, self.patch_attn, self.patch_mlp, self.add, self.project)
         )
+
+    def edits(self, site: str, layer: int) -> bool:
+        return (site, layer) in self.add or (site, layer) in self.project
+
+
+# Where an activation can be edited (Plan.add / Plan.project) and read (captures of
+# the same name): the stream entering block l, the attention and MLP writes of block
+# l, the MLP's hidden activations (its neurons: the down projection's input), and
+# the final stream (layer n_layers: the final norm's input). "resid_post" of layer l
+# is "resid_pre" of l + 1 (or "resid_final" after the last block).
+EDIT_SITES = ("resid_pre", "attn_out", "mlp_out", "neurons", "resid_final")
+
+
+def apply_edits(x: torch.Tensor, plan: Plan, site: str, layer: int) -> torch.Tensor:
+    """The edited activation (plain torch: runs inside the trace, locally or remotely)."""
+    delta = plan.add.get((site, layer))
+    if delta is not None:
+        x = x + delta.to(x)
+    projection = plan.project.get((site, layer))
+    if projection is not None:
+        direction, scale = projection
+        direction = direction.to(x)
+        x = x - (1.0 - scale) * (x @ direction)[..., None] * direction
+    return x
 
 
 @dataclass(frozen=True)
@@ -153,6 +184,19 @@ def check_edge(shape: ModelShape, edge: Any, n_tokens: int, renormalisable: bool
             "renormalise onto; pick a query > 0"
         )
     return layer, head, int(query), int(key)
+
+
+def check_edit_site(shape: ModelShape, key: Any) -> tuple[str, int]:
+    """(site, layer) of an edit: site in EDIT_SITES; "resid_final" has layer n_layers (or None)."""
+    usage = f"an edit site is (site, layer) with site one of {EDIT_SITES}, e.g. ('resid_pre', 2)"
+    if not (isinstance(key, tuple) and len(key) == 2 and key[0] in EDIT_SITES):
+        raise NbinterpError(f"cannot read edit site {key!r}: {usage}")
+    site, layer = key
+    if site == "resid_final":
+        if layer not in (None, shape.n_layers, -1):
+            raise NbinterpError(f"'resid_final' is the stream after the last block: write ('resid_final', None)")
+        return site, shape.n_layers
+    return site, check_layer(shape, layer)
 
 
 def parse_site(shape: ModelShape, site: Any, n_tokens: int) -> tuple[str, int, int | None, int | None]:

@@ -124,6 +124,8 @@ class Run:
         """One layer's capture (`nbinterp.engine.trace.CAPTURES`), fetched for every layer if missing."""
         if name in ("embed", "rotary"):
             layer = 0
+        elif name == "resid_final":
+            layer = self.model.n_layers
         elif name != "lens" or layer != self.model.n_layers:
             layer = self._layer(layer)
         store = self._captured.get(name, {})

@@ -16,7 +16,7 @@ import torch
 
 from nbinterp.engine.architectures import QK_PROJECTIONS, Architecture, ModelShape, attention_call, get_path
 from nbinterp.engine.attention_math import attention_output, attention_probabilities
-from nbinterp.engine.plan import Metric, Plan
+from nbinterp.engine.plan import Metric, Plan, apply_edits
 
 # What a run can capture per layer (each name -> the layers to read, row 0 of the batch):
 #   qkv        (query, key, value, mask, kwargs) at the attention call: what the
@@ -31,10 +31,13 @@ from nbinterp.engine.plan import Metric, Plan
 #   rotary     (layer 0) the rotary module's (cos, sin) [T, rotary dims]
 #   qk_weights the input norm's (weight, bias) and the query/key projections'
 #              (weight, bias) pairs (QK_PROJECTIONS): what the QK decomposition reads
+#   neurons    the MLP's hidden activations [T, d_mlp] (the down projection's input)
+#   resid_final (layer n_layers) the stream after the last block [T, d_model]
 #   lens       the logit lens of the stream entering the block (and, as layer
 #              n_layers, of the final stream): top token, its probability and the
 #              lens target's probability per position, reduced inside the trace
-CAPTURES = ("qkv", "z", "w_o", "resid_pre", "attn_out", "mlp_out", "lens", "embed", "rotary", "qk_weights")
+CAPTURES = ("qkv", "z", "w_o", "resid_pre", "attn_out", "mlp_out", "neurons", "resid_final", "lens", "embed",
+            "rotary", "qk_weights")
 
 
 def softcap_logits(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
@@ -118,11 +121,15 @@ def execute(
                 saved["rotary"][0] = (cos[0].detach(), sin[0].detach())
         for l in range(n_layers):
             block = layers[l]
-            if l in plan.patch_resid or l in capture.get("resid_pre", ()) or l in lens_streams:
+            if (l in plan.patch_resid or l in capture.get("resid_pre", ()) or l in lens_streams
+                    or plan.edits("resid_pre", l)):
                 resid = block.input
                 if l in plan.patch_resid:
                     where, values = plan.patch_resid[l]
                     resid = torch.where(where.to(resid.device), values.to(resid), resid)
+                if plan.edits("resid_pre", l):
+                    resid = apply_edits(resid, plan, "resid_pre", l)
+                if l in plan.patch_resid or plan.edits("resid_pre", l):
                     block.input = resid
                 if l in capture.get("resid_pre", ()):
                     saved["resid_pre"][l] = resid[row].detach()
@@ -176,31 +183,51 @@ def execute(
                 if want_grads:
                     z_for_grad.append(z)
                     proj_for_grad.append(out_proj.output)
-            if l in plan.patch_attn or l in capture.get("attn_out", ()):
+            if l in plan.patch_attn or l in capture.get("attn_out", ()) or plan.edits("attn_out", l):
                 attn_out = attention.output[0]
                 if l in plan.patch_attn:
                     where, values = plan.patch_attn[l]
                     attn_out = torch.where(where.to(attn_out.device), values.to(attn_out), attn_out)
+                if plan.edits("attn_out", l):
+                    attn_out = apply_edits(attn_out, plan, "attn_out", l)
+                if l in plan.patch_attn or plan.edits("attn_out", l):
                     attention.output = (attn_out, *attention.output[1:])
                 if l in capture.get("attn_out", ()):
                     saved["attn_out"][l] = attn_out[row].detach()
             mlp = get_path(block, arch.mlp)
-            if l in plan.neuron_scale:
+            if l in plan.neuron_scale or plan.edits("neurons", l) or l in capture.get("neurons", ()):
                 down = get_path(mlp, arch.mlp_down)
-                down.input = down.input * plan.neuron_scale[l].to(down.input)
-            if l in plan.mlp_scale or l in plan.patch_mlp or l in capture.get("mlp_out", ()):
+                neurons = down.input
+                if l in plan.neuron_scale:
+                    neurons = neurons * plan.neuron_scale[l].to(neurons)
+                if plan.edits("neurons", l):
+                    neurons = apply_edits(neurons, plan, "neurons", l)
+                if l in plan.neuron_scale or plan.edits("neurons", l):
+                    down.input = neurons
+                if l in capture.get("neurons", ()):
+                    saved["neurons"][l] = neurons[row].detach()
+            if l in plan.mlp_scale or l in plan.patch_mlp or l in capture.get("mlp_out", ()) or plan.edits("mlp_out", l):
                 mlp_out = mlp.output
                 if l in plan.patch_mlp:
                     where, values = plan.patch_mlp[l]
                     mlp_out = torch.where(where.to(mlp_out.device), values.to(mlp_out), mlp_out)
                 if l in plan.mlp_scale:
                     mlp_out = mlp_out * plan.mlp_scale[l]
-                if l in plan.mlp_scale or l in plan.patch_mlp:
+                if plan.edits("mlp_out", l):
+                    mlp_out = apply_edits(mlp_out, plan, "mlp_out", l)
+                if l in plan.mlp_scale or l in plan.patch_mlp or plan.edits("mlp_out", l):
                     mlp.output = mlp_out
                 if l in capture.get("mlp_out", ()):
                     saved["mlp_out"][l] = mlp_out[row].detach()
-        if n_layers in lens_streams:
-            lens_inputs[n_layers] = final_norm.input[0:1].detach()
+        if n_layers in lens_streams or plan.edits("resid_final", n_layers) or capture.get("resid_final"):
+            final = final_norm.input
+            if plan.edits("resid_final", n_layers):
+                final = apply_edits(final, plan, "resid_final", n_layers)
+                final_norm.input = final
+            if capture.get("resid_final"):
+                saved["resid_final"][n_layers] = final[row].detach()
+            if n_layers in lens_streams:
+                lens_inputs[n_layers] = final[0:1].detach()
         if metric_rows:
             # Only the metric's position is read: unembed just that one (a large
             # vocabulary makes the unembedding a third of a small model's cost).
