@@ -81,20 +81,19 @@ def bench(model: ni.Model, name: str, n_tokens: int, prompt, budget: float, rng:
     started = time.perf_counter()
     att = attribute(model, ids, target, foil)
     t_hybrid = time.perf_counter() - started
-    valid = ~att.edge_effects["linear"].isnan()
+    valid = ~att.dense_edge_effects("linear").isnan()  # L*H*T^2: the lengths here are short
     to_run = valid & ~causally_zero(model.n_layers, n_tokens, n_tokens - 1)
     n_edges, n_run = int(valid.sum()), int(to_run.sum())
     rows = batch.batch_rows(model, n_tokens)
-    n_forwards = -(-n_run // rows)
     # per-forward time from two full batches
     metric = att._metric()
-    sample = [tuple(e) for e in to_run.nonzero()[: 2 * rows].tolist()]
+    sample = [tuple(e) for e in to_run.nonzero()[: 2 * max(1, rows - 1)].tolist()]
     started = time.perf_counter()
-    batch.knockout_metrics(model, ids, sample, metric, rows)
-    per_forward = (time.perf_counter() - started) / max(1, -(-len(sample) // rows))
-    projected = per_forward * n_forwards
+    batch.knockout_effects(model, ids, sample, metric, rows)
+    per_forward = (time.perf_counter() - started) / max(1, -(-len(sample) // max(1, rows - 1)))
+    projected = per_forward * -(-n_run // max(1, rows - 1))  # one row of each forward is the clean one
     row = dict(model=name, T=n_tokens, edges=n_edges, run=n_run, rows=rows, t_attr=t_attr, t_hybrid=t_hybrid,
-               n_exact=int(att.exact.sum()), per_forward=per_forward)
+               n_exact=len(att.measured_edges()), per_forward=per_forward)
     if projected <= budget:
         exact = att.exhaustive_edges()
         row.update(t_exh=exact.seconds, exh_measured=True)
@@ -104,10 +103,10 @@ def bench(model: ni.Model, name: str, n_tokens: int, prompt, budget: float, rng:
         row.update(t_exh=projected, exh_measured=False)
         # No full reference: measure the union of the methods' top 100.
         keys = sorted({e[:4] for m in METHODS for e in att.top_edges(100, m)})
-        clean = batch.clean_metric(model, ids, metric)
-        measured = (batch.knockout_metrics(model, ids, keys, metric, rows) - clean).numpy()
+        measured = batch.knockout_effects(model, ids, keys, metric, rows).numpy()
         for method in METHODS:
-            est = [float(att.edge_effects[method][k]) for k in keys]
+            dense = att.dense_edge_effects(method)
+            est = [float(dense[k]) for k in keys]
             row[method] = Summary.of(est, measured, K, f"pool of {len(keys)} top edges")
     return row
 

@@ -28,12 +28,12 @@ def main() -> None:
             att = attribute(model, example.prompt, example.target, example.foil)
             exact = att.exhaustive_edges()
             cells = [att.compare(exact, K, m) for m in METHODS]
-            print(f"{task:<18}{len(att.run):>4}{int(att.exact.sum()):>8} / {exact.n_measured:<5}{att.seconds:>8.2f}"
+            print(f"{task:<18}{len(att.run):>4}{len(att.measured_edges()):>8} / {exact.n_measured:<5}{att.seconds:>8.2f}"
                   f"{exact.seconds:>14.2f}   " + "".join(f"{c.recall_at_k:>11.1f} / {c.spearman:.2f}" for c in cells))
             probs = torch.stack([att.run.attention(l) for l in range(model.n_layers)]).double()
             saturated = ~exact.effects.isnan() & (probs > SATURATED) & (exact.effects != 0)
             for method in errors:
-                errors[method].append((att.edge_effects[method] - exact.effects)[saturated].abs())
+                errors[method].append((att.dense_edge_effects(method) - exact.effects)[saturated].abs())
     linear, fixed = torch.cat(errors["linear"]), torch.cat(errors["qk_fix"])
     gain = linear - fixed
     print(f"\nsaturated edges (attention > {SATURATED}): {linear.numel()}; MAE linear {linear.mean():.4f}, "

@@ -65,19 +65,20 @@ const EXTRA_CSS = `
 .nbi-attribution .nbi-map-box { position: relative; }
 .nbi-attribution .nbi-progress { color: #333; font-variant-numeric: tabular-nums; }
 .nbi-attribution .nbi-stale { color: #8a5a00; font-weight: 400; }
-/* Two columns (head grid | ranked list, the edge matrix below) up to ~1,120 px of
+/* Two columns (head grid | ranked list, the edge matrix below) up to 1,200 px of
    output, three side by side above, one below 640 px: the list never falls below
-   the fold at the widths a notebook with its file browser open gives. */
+   the fold at the widths a notebook with its file browser open gives. Legends
+   wrap inside their panel's width (fit-content), they do not widen it. */
 .nbi-root.nbi-attribution { container-type: inline-size; }
 .nbi-attribution .nbi-panels {
   display: grid; gap: 12px 16px; align-items: start;
-  grid-template-columns: max-content minmax(300px, 1fr); grid-template-areas: "grid list" "map map";
+  grid-template-columns: fit-content(320px) minmax(300px, 1fr); grid-template-areas: "grid list" "map map";
 }
 .nbi-attribution .nbi-grid-box { grid-area: grid; }
 .nbi-attribution .nbi-map-box { grid-area: map; min-width: 0; }
 .nbi-attribution .nbi-list-box { grid-area: list; min-width: 0; }
-@container (min-width: 1120px) {
-  .nbi-attribution .nbi-panels { grid-template-columns: max-content max-content minmax(300px, 1fr); grid-template-areas: "grid map list"; }
+@container (min-width: 1200px) {
+  .nbi-attribution .nbi-panels { grid-template-columns: fit-content(320px) fit-content(560px) minmax(300px, 1fr); grid-template-areas: "grid map list"; }
   .nbi-attribution .nbi-list { max-height: 520px; }
 }
 @container (max-width: 640px) {
@@ -105,7 +106,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   const toolbar = el_("div", "nbi-toolbar");
   const title = el_("strong");
   const methodToggle = toggleGroup<Method>(doc, "estimate",
-    [["hybrid", "QK fix + exact"], ["qk_fix", METHOD_LABEL.qk_fix], ["linear", "linear"]], (method) => save({ method }));
+    [["hybrid", "hybrid"], ["qk_fix", METHOD_LABEL.qk_fix], ["linear", "linear"]], (method) => save({ method }));
   const kInput = el_("input", "nbi-k");
   kInput.type = "number";
   kInput.min = "1";

@@ -88,7 +88,7 @@ def test_the_fix_beats_linear_where_attention_saturates(compared):
             probs = torch.stack([att.run.attention(l) for l in range(att.model.n_layers)]).double()
             saturated = ~exact.effects.isnan() & (probs > SATURATED) & (exact.effects != 0)
             for method in errors:
-                errors[method].append((att.edge_effects[method] - exact.effects)[saturated].abs())
+                errors[method].append((att.dense_edge_effects(method) - exact.effects)[saturated].abs())
     linear, fixed = torch.cat(errors["linear"]), torch.cat(errors["qk_fix"])
     assert linear.numel() >= 20, "too few saturated edges to compare"
     gain = linear - fixed

@@ -1,10 +1,16 @@
 """AttributionView front end on the static harness (real Chromium, real
 Python widget, no Jupyter): it paints the signed head grid and the edge
-matrix, a click in the ranked list moves Python's selection, and "verify
-top k" runs the exact knockouts and shows the summary Python computed."""
+matrix, a click in the ranked list moves Python's selection, "verify top k"
+runs the exact knockouts and shows the summary Python computed, the exact
+measurements stream in (each number marked measured or estimated), the
+labels name the method on screen, and the panels sit side by side at the
+widths a notebook gives."""
 
 from __future__ import annotations
 
+import os
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +41,7 @@ COLOURED = """(sel) => {
 
 def test_paints_selects_and_verifies(page: Any, model: Any) -> None:
     view = ni.attribute(model, PROMPT, target="w5", foil="w9")
+    assert view.wait(timeout=120)
     comm = open_view(page, view, bundle="attribution.js")
     root = page.locator(".nbi-attribution")
     assert root.get_attribute("data-matrix") == f"{view.layer}:{view.head}:hybrid"
@@ -62,12 +69,93 @@ def test_paints_selects_and_verifies(page: Any, model: Any) -> None:
     assert f"Spearman {spearman:.3f}" in summary.inner_text()
     assert page.locator(".nbi-attribution table").nth(1).locator("tbody tr").count() == 12
 
-    # the list says which effects are exact knockouts and which are estimates
-    measured = [bool(view.attribution.exact[e[:4]]) for e in view.edges[:3]]
-    cells = [page.locator(".nbi-list tbody tr").nth(i).locator("td").nth(4).inner_text() for i in range(3)]
-    assert cells == ["exact" if m else "estimate" for m in measured]
+    # the hybrid's check is of its estimated entries, and says so
+    assert "the hybrid's QK-fix estimates vs measured knockout" in summary.inner_text()
+    assert "measured edges left out" in summary.inner_text()
+
+    # the list says which effects are measured knockouts and which are estimates
+    n_rows = page.locator(".nbi-list tbody tr").count()
+    edges = view.top_edges(n_rows)
+    cells = [page.locator(".nbi-list tbody tr").nth(i).locator("td").nth(4).inner_text() for i in range(n_rows)]
+    assert cells == ["measured" if e.measured else "estimate" for e in edges] and "measured" in cells
 
     page.get_by_role("button", name="linear").click()
     assert view.method == "linear"
+    push_state(page, comm)
+    page.wait_for_function("document.querySelector('.nbi-attribution').dataset.matrix.endsWith(':linear')")
+    # every label now names the linear method; the old check says it was of the hybrid's numbers
+    assert "estimated (gradient x activation)" in page.locator(".nbi-grid-box .nbi-legend").inner_text()
+    assert "linear" in page.locator(".nbi-list-box .nbi-strip-caption").inner_text()
+    assert "linear estimate" in page.locator(".nbi-map-box .nbi-legend").inner_text()
+    assert "this check was of the hybrid" in summary.inner_text() and "now shows linear" in summary.inner_text()
     page.evaluate("window.nbiCleanup()")
     assert page.locator(".nbi-attribution").count() == 0
+
+
+def test_measurements_stream_in_with_progress_and_cancel(page: Any, model: Any, monkeypatch: Any) -> None:
+    """The estimates are drawn before anything is measured; the heads and edges
+    turn "measured" as the batches arrive; cancel and resume go to Python."""
+    from nbinterp.analysis import exact_measurement
+
+    gate = threading.Semaphore(0)
+    original = exact_measurement.batch.ablation_effects
+
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        gate.acquire()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(exact_measurement.batch, "ablation_effects", gated)
+    monkeypatch.setattr(exact_measurement.batch, "batch_rows", lambda model, n_tokens: 3)  # 2 heads a forward
+    view = ni.attribute(model, PROMPT, target="w5", foil="w9")
+    comm = open_view(page, view, bundle="attribution.js")
+    root = page.locator(".nbi-attribution")
+    total = view.progress["total"]
+    assert root.get_attribute("data-progress") == f"0/{total}:running"
+    assert "0 / " in page.locator(".nbi-progress").inner_text() and "measuring" in page.locator(".nbi-progress").inner_text()
+    assert "0 of 8 heads measured" in page.locator(".nbi-grid-box .nbi-legend").inner_text()
+    assert set(page.locator(".nbi-list tbody tr td:nth-child(5)").all_inner_texts()) == {"estimate"}
+
+    gate.release()
+    while view.attribution.measurement.done < 2:
+        threading.Event().wait(0.01)
+    page.get_by_role("button", name="cancel").click()
+    gate.release()  # the batch that may have started before the cancel
+    assert view.wait(timeout=60) is False
+    push_state(page, comm)
+    page.wait_for_function("document.querySelector('.nbi-attribution').dataset.progress.endsWith(':cancelled')")
+    done = view.progress["done"]
+    assert f"{done} of 8 heads measured" in page.locator(".nbi-grid-box .nbi-legend").inner_text()
+    assert page.get_by_role("button", name="resume").is_visible()
+
+    gate.release(1000)
+    page.get_by_role("button", name="resume").click()
+    assert view.wait(timeout=120) is True
+    push_state(page, comm)
+    page.wait_for_function(f"document.querySelector('.nbi-attribution').dataset.progress === '{total}/{total}:done'")
+    assert "8 of 8 heads measured" in page.locator(".nbi-grid-box .nbi-legend").inner_text()
+    assert "measured" in page.locator(".nbi-list tbody tr td:nth-child(5)").all_inner_texts()
+    assert page.locator(".nbi-progress").inner_text().startswith("exact measurements (8 head ablations")
+    page.evaluate("window.nbiCleanup()")
+
+
+@pytest.mark.parametrize("width", [1150, 1500])
+def test_head_grid_and_ranked_list_side_by_side_at_notebook_widths(browser: Any, model: Any, width: int) -> None:
+    """At 1,100+ px of output the head grid and the ranked list share a row and
+    the list starts above the fold; at 1,500 px all three panels do. A
+    screenshot is written where NBI_SCREENSHOTS points, to look at."""
+    gpt2_sized = ni.attribute(model, PROMPT, target="w5", foil="w9", background=False)
+    context = browser.new_context(viewport={"width": width + 16, "height": 800})
+    page = context.new_page()
+    open_view(page, gpt2_sized, bundle="attribution.js")
+    box = {name: page.locator(f".nbi-{name}-box").bounding_box() for name in ("grid", "map", "list")}
+    assert abs(box["grid"]["y"] - box["list"]["y"]) < 2, box
+    assert box["list"]["x"] > box["grid"]["x"] + box["grid"]["width"]
+    assert box["list"]["y"] < 400 and box["list"]["x"] + box["list"]["width"] <= width + 8
+    if width >= 1500:
+        assert abs(box["map"]["y"] - box["grid"]["y"]) < 2 and box["grid"]["x"] < box["map"]["x"] < box["list"]["x"], box
+    else:
+        assert box["map"]["y"] > box["grid"]["y"] + 100, box
+    where = os.environ.get("NBI_SCREENSHOTS")
+    if where:
+        page.screenshot(path=str(Path(where) / f"attribution_{width}.png"), full_page=True)
+    context.close()
