@@ -11,13 +11,18 @@ from nbinterp.errors import NbinterpError, RemoteError, UnsupportedArchitectureE
 
 __version__ = "0.1.0"
 
-# call name -> module of nbinterp.widgets that defines it
+# call name -> the module that defines it (widgets load on first use)
 _WIDGET_CALLS = {
-    "attention": "attention",
-    "attribute": "attribution",
-    "ablate": "ablation",
-    "patch": "patching",
-    "logit_lens": "logit_lens",
+    "attention": "nbinterp.widgets.attention",
+    "attribute": "nbinterp.widgets.attribution",
+    "ablate": "nbinterp.widgets.ablation",
+    "patch": "nbinterp.widgets.patching",
+    "logit_lens": "nbinterp.widgets.logit_lens",
+    "features": "nbinterp.widgets.features",
+    "probe": "nbinterp.widgets.probe",
+    "why_not": "nbinterp.widgets.why_not",
+    "context_use": "nbinterp.widgets.context_use",
+    "load_sae": "nbinterp.features.sae",
 }
 
 __all__ = [
@@ -31,7 +36,7 @@ def __getattr__(name: str):
     if name in _WIDGET_CALLS:
         import importlib
 
-        module = importlib.import_module(f"nbinterp.widgets.{_WIDGET_CALLS[name]}")
+        module = importlib.import_module(_WIDGET_CALLS[name])
         value = getattr(module, name)
         globals()[name] = value
         return value
