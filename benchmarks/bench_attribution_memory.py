@@ -7,10 +7,12 @@ Each case runs in a fresh subprocess: the model is built and one short warm-up
 call made first, then RSS is read just before the measured call and sampled
 every 2 ms during it (VmRSS of /proc/self/status, and the kernel's own high-water
 mark VmHWM, which catches peaks between samples after a reset through
-/proc/self/clear_refs), after malloc_trim hands freed heap back. Two figures per case: the whole call from the prompt
-("prompt"), and the attribution alone from an existing gradient run ("run"),
-the part this module controls; the run itself (the engine's captures and
-gradients) is the difference.
+/proc/self/clear_refs), after malloc_trim hands freed heap back. Three
+figures per case: the whole call from the prompt ("prompt"); the attribution
+alone from an existing gradient run ("run"), the part the attribution
+controls, so that the run itself (the engine's forward + backward, captures
+and gradients) is the difference; and the widget `ni.attribute` ("view",
+which also draws one head's map and the ranked list; --sources view).
 
     python benchmarks/bench_attribution_memory.py [--lengths 512 1024]
     PYTHONPATH=/tmp/old python benchmarks/bench_attribution_memory.py   # another checkout's package
@@ -95,7 +97,12 @@ def child(n_tokens: int, source: str) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     started = time.perf_counter()
-    att = attribute(model, run if run is not None else ids, target, foil, exact_budget=0)
+    if source == "view":
+        import nbinterp as ni
+
+        att = ni.attribute(model, ids, target, foil, exact_budget=0).attribution
+    else:
+        att = attribute(model, run if run is not None else ids, target, foil, exact_budget=0)
     seconds = time.perf_counter() - started
     stop.set()
     sampler.join()
@@ -110,7 +117,7 @@ def child(n_tokens: int, source: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024])
-    parser.add_argument("--sources", nargs="+", default=["prompt", "run"], choices=["prompt", "run"])
+    parser.add_argument("--sources", nargs="+", default=["prompt", "run"], choices=["prompt", "run", "view"])
     parser.add_argument("--child", nargs=2, metavar=("T", "SOURCE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -13,6 +13,7 @@ import nbinterp as ni
 from conftest import PROMPT, random_model
 from nbinterp.interventions import batch
 from nbinterp.analysis import attribution as attribution_module
+from nbinterp.analysis import edge_estimates as edge_estimates_module
 from nbinterp.analysis.attribution import attribute, causally_zero, edge_estimates
 from nbinterp.analysis.estimate_stats import rank_average, recall_at_k, spearman
 
@@ -231,9 +232,11 @@ def dense_top(effects: torch.Tensor, k: int | None) -> list[tuple[int, int, int,
 
 @pytest.mark.parametrize("method", ["hybrid", "qk_fix", "linear"])
 def test_top_edges_from_the_per_head_lists_equal_a_sort_of_every_edge(attribution, monkeypatch, method):
-    """Per-head lists of only 3 edges (the dominant ones on top for the hybrid)
-    still give the exact global top 3; larger k recomputes from the run."""
+    """Per-head lists of only 3 edges (the dominant ones on top for the hybrid),
+    each merged from blocks of 3 query rows, still give the exact global top 3;
+    larger k recomputes from the run."""
     monkeypatch.setattr(attribution_module, "TOP_PER_HEAD", 3)
+    monkeypatch.setattr(edge_estimates_module, "ROW_BLOCK_ELEMENTS", 3 * len(attribution.run))
     small = attribute(attribution.model, attribution.run, TARGET, FOIL, n_top=3)
     assert small.summary.keep == 3
     dense = small.dense_edge_effects(method)

@@ -11,7 +11,9 @@ run and reduced as they are computed, so nothing [L, H, T, T] is ever held:
   reach the metric) with their probability and QK-fix estimate.
 
 A head's full [T, T] map is recomputed on demand (`head_edges`): one
-layer's scores and gradient, then float64 for that head only.
+layer's scores and gradient, then float64 for that head only. The float64
+work runs over blocks of query rows (the estimates are per row), so its
+temporaries stay a few MB whatever T is.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ if TYPE_CHECKING:
     from nbinterp.engine.run import Run
 
 ESTIMATES = ("linear", "qk_fix")
+ROW_BLOCK_ELEMENTS = 1 << 18  # query rows x keys per float64 block: 2 MB a temporary
+
+
+def row_blocks(n_tokens: int) -> range:
+    """Start rows of the query blocks of one head."""
+    return range(0, n_tokens, max(1, ROW_BLOCK_ELEMENTS // max(1, n_tokens)))
 
 
 def edge_estimates(scores_in: torch.Tensor, grad: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -91,7 +99,15 @@ def causally_zero(n_layers: int, n_tokens: int, position: int) -> torch.Tensor:
 
 def head_edges(run: "Run", layer: int, head: int) -> dict[str, torch.Tensor]:
     """One head's [T, T] estimates and probabilities (float64), recomputed from the run."""
-    return edge_estimates(run.attention_scores(layer)[head], run.grad_attention(layer)[head])
+    scores, grad = run.attention_scores(layer)[head], run.grad_attention(layer)[head]
+    n = scores.shape[-1]
+    out = {name: torch.empty(n, n, dtype=torch.float64) for name in (*ESTIMATES, "probability")}
+    starts = row_blocks(n)
+    for start in starts:
+        block = edge_estimates(scores[start : start + starts.step], grad[start : start + starts.step])
+        for name, values in block.items():
+            out[name][start : start + len(values)] = values
+    return out
 
 
 def top_by_magnitude(values: torch.Tensor, n: int | None) -> torch.Tensor:
@@ -147,25 +163,42 @@ def summarise(run: "Run", n_layers: int, n_heads: int, position: int, keep: int,
     totals = {m: torch.zeros(n_layers, n_heads, dtype=torch.float64) for m in ESTIMATES}
     n_valid = torch.zeros(n_layers, n_heads, dtype=torch.long)
     dominant_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    starts = row_blocks(n_tokens)
+    most_dominant = int(1 / dominant) * n_tokens  # a row has at most 1 / dominant dominant edges
     for layer in range(n_layers):
         scores, grad = run.attention_scores(layer), run.grad_attention(layer)
         reach = reachable_queries(n_layers, layer, n_tokens, position)[:, None]
         for head in range(n_heads):
-            estimates = edge_estimates(scores[head], grad[head])
-            valid = ~estimates["linear"].isnan()
-            n_valid[layer, head] = int(valid.sum())
-            chosen = (valid & reach & (estimates["probability"] >= dominant)).nonzero()
-            if len(chosen):
-                q, k = chosen[:, 0], chosen[:, 1]
-                where = torch.tensor([layer, head]).expand(len(chosen), 2)
-                dominant_parts.append((torch.cat([where, chosen], 1), estimates["probability"][q, k],
-                                       estimates["qk_fix"][q, k]))
+            # per block of query rows: candidates for the head's top lists (flat index, value)
+            candidates: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in ESTIMATES}
+            head_dominant = []
+            for start in starts:
+                rows = slice(start, start + starts.step)
+                estimates = edge_estimates(scores[head, rows], grad[head, rows])
+                valid = ~estimates["linear"].isnan()
+                n_valid[layer, head] += int(valid.sum())
+                chosen = (valid & reach[rows] & (estimates["probability"] >= dominant)).nonzero()
+                if len(chosen):
+                    q, k = chosen[:, 0], chosen[:, 1]
+                    where = torch.tensor([layer, head, start, 0]).expand(len(chosen), 4)
+                    head_dominant.append((where + torch.cat([torch.zeros_like(chosen), chosen], 1),
+                                          estimates["probability"][q, k], estimates["qk_fix"][q, k]))
+                for method in ESTIMATES:
+                    values = estimates[method]
+                    totals[method][layer, head] += values.nansum()
+                    # enough for the head's top list whatever its dominant count turns out to be
+                    index = top_by_magnitude(values, keep + (most_dominant if method == "qk_fix" else 0))
+                    candidates[method].append((index + start * n_tokens, values.flatten()[index]))
+                del estimates
+            n_dominant = sum(len(d[0]) for d in head_dominant)
+            dominant_parts.extend(head_dominant)
             for method in ESTIMATES:
-                values = estimates[method]
-                totals[method][layer, head] = values.nansum()
-                index = top_by_magnitude(values, keep + (len(chosen) if method == "qk_fix" else 0))
-                tops[method].append(HeadTop(index, values.flatten()[index]))
-            del estimates
+                index = torch.cat([c[0] for c in candidates[method]])
+                values = torch.cat([c[1] for c in candidates[method]])
+                best = top_by_magnitude(values, keep + (n_dominant if method == "qk_fix" else 0))
+                # top_by_magnitude breaks ties by position in `values`: blocks are in row
+                # order, so that is the flat index order of the whole head
+                tops[method].append(HeadTop(index[best], values[best]))
     if dominant_parts:
         edges, probability, estimate = (torch.cat(parts) for parts in zip(*dominant_parts))
     else:
