@@ -1,0 +1,388 @@
+"""Why did the model NOT say `expected`? Tied to the output and proven by restoring.
+
+The metric throughout is logit(expected) - logit(actual) at the answer
+position, where `actual` is what the model said instead. Four parts:
+
+- trajectory: per layer (the logit lens at the answer position), the rank and
+  probability of expected and actual, and the critical layer where actual
+  overtakes expected for good;
+- inhibitors: every head's and MLP's exact zero-ablation effect on the metric
+  (batched forwards; a positive effect means the component pushes against
+  expected), next to the gradient estimate of the same number (marked
+  "estimated");
+- missing: against references where the model DOES say expected (same token
+  length), every component's difference at the answer position (output norm,
+  attention to the relevant span) and its exact one-at-a-time restore: the
+  share of the metric gap recovered by patching it in from the reference.
+  Components are ranked by that measured restore, never by an estimate alone;
+- restore(k): the top-k missing components patched in one at a time and all
+  together (exact), the share of the gap each recovers.
+
+Sign conventions follow the rest of nbinterp: an effect is
+metric(intervened) - metric(clean).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from nbinterp.engine.architectures import get_path
+from nbinterp.engine.plan import Metric, Plan
+from nbinterp.engine.trace import softcap_logits
+from nbinterp.errors import NbinterpError
+from nbinterp.interventions import batch
+
+if TYPE_CHECKING:
+    from nbinterp.engine.model import Model
+    from nbinterp.engine.run import Run
+
+# A restore share below this (in absolute value) is labelled "restores nothing".
+NOTHING_RESTORED = 0.05
+
+
+@dataclass
+class Trajectory:
+    """Logit lens at the answer position: row 0 the embeddings, row l + 1 after block l."""
+
+    row_labels: list[str]
+    expected_rank: torch.Tensor  # long [layers + 1], 0 = top
+    expected_probability: torch.Tensor  # float32 [layers + 1]
+    actual_rank: torch.Tensor
+    actual_probability: torch.Tensor
+    critical_layer: int | None  # first block after which actual stays above expected; None if never
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {"stream": label, "expected_rank": int(er), "expected_probability": float(ep),
+             "actual_rank": int(ar), "actual_probability": float(ap)}
+            for label, er, ep, ar, ap in zip(self.row_labels, self.expected_rank, self.expected_probability,
+                                             self.actual_rank, self.actual_probability)
+        ]
+
+
+@dataclass
+class Component:
+    """One head ("L1.H3") or MLP ("L2.mlp")."""
+
+    name: str
+    layer: int
+    head: int | None  # None for an MLP
+
+    @property
+    def kind(self) -> str:
+        return "mlp" if self.head is None else "head"
+
+    def patch_site(self, position: int) -> tuple:
+        """The site as `model.run(patch=[...])` takes it."""
+        if self.head is None:
+            return ("mlp_out", self.layer, position)
+        return ("head", self.layer, self.head, position)
+
+    def batch_site(self, position: int) -> tuple:
+        """The site as `batch.patched_metrics` takes it: (kind, layer, head or None, position)."""
+        return ("mlp_out" if self.head is None else "head", self.layer, self.head, position)
+
+
+@dataclass
+class Inhibitor:
+    component: Component
+    effect: float  # measured: metric(component zero-ablated) - metric(clean); > 0 = pushes against expected
+    estimate: float | None  # gradient x activation estimate of the same number (heads only)
+
+    @property
+    def pushes(self) -> str:
+        return "against expected" if self.effect > 0 else "for expected"
+
+
+@dataclass
+class Missing:
+    component: Component
+    norm_here: float  # output norm at the answer position
+    norm_reference: float  # mean over references
+    attention_here: float | None  # heads: attention from the answer position to the relevant span
+    attention_reference: float | None
+    restore_share: float  # measured: share of the gap recovered by patching it alone (mean over references)
+    estimate: float | None  # first-order estimate of that share (heads only), for comparison
+
+    @property
+    def restores_nothing(self) -> bool:
+        return abs(self.restore_share) < NOTHING_RESTORED
+
+    @property
+    def label(self) -> str:
+        return "restores nothing" if self.restores_nothing else "restores"
+
+
+@dataclass
+class Restore:
+    """Exact patching of the top-k missing components from each reference."""
+
+    components: list[Component]
+    single_shares: list[float]  # one at a time, mean over references
+    together_share: float  # all k together, mean over references
+    metric_here: float
+    metric_reference: list[float]
+    single_metrics: list[list[float]]  # [reference][component]
+    together_metrics: list[float]  # [reference]
+    labels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WhyNot:
+    tokens: list[str]
+    expected: str
+    actual: str
+    position: int
+    metric: float  # logit(expected) - logit(actual) here (negative: actual wins)
+    trajectory: Trajectory
+    inhibitors: list[Inhibitor]  # sorted, strongest push against expected first
+    missing: list[Missing]  # sorted by measured restore share, [] without references
+    span: list[int]  # the relevant positions attention is measured to
+    reference_metrics: list[float]
+    _context: dict = field(default_factory=dict, repr=False)
+
+    def restore(self, k: int = 5) -> Restore:
+        """Patch the top-k missing components in from the references (exact, one batched forward each)."""
+        if not self.missing:
+            raise NbinterpError("restore needs references: why_not(..., references=[prompt where the model says expected])")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise NbinterpError(f"k must be a positive integer, not {k!r}")
+        ctx = self._context
+        chosen = [m.component for m in self.missing[:k]]
+        sites = [[c.batch_site(self.position)] for c in chosen]
+        sets = sites + [[s[0] for s in sites]]
+        single, together = [], []
+        for run in ctx["reference_runs"]:
+            values = batch.patched_metrics(ctx["model"], ctx["input_ids"], run, sets, ctx["metric"]).double()
+            single.append(values[:-1].tolist())
+            together.append(float(values[-1]))
+        gaps = [ref - self.metric for ref in self.reference_metrics]
+        single_shares = [sum((s[i] - self.metric) / g for s, g in zip(single, gaps)) / len(gaps) for i in range(len(chosen))]
+        together_share = sum((t - self.metric) / g for t, g in zip(together, gaps)) / len(gaps)
+        labels = ["restores nothing" if abs(s) < NOTHING_RESTORED else "restores" for s in single_shares]
+        return Restore(chosen, single_shares, together_share, self.metric, list(self.reference_metrics),
+                       single, together, labels)
+
+
+# ------------------------------------------------------------------ helpers
+def contrast(prompt: str, span: str | tuple[int, int], replacement: str, model: "Model | None" = None) -> str:
+    """`prompt` with one span swapped for `replacement`: a reference of the same token length.
+
+    `span` is a substring of the prompt (its first occurrence) or (start, end)
+    character offsets. With `model`, the token lengths are checked.
+    e.g. contrast(p, "the capital of Elvaria is Vesk .", "the old tree near the road .")
+    """
+    if isinstance(span, str):
+        start = prompt.find(span)
+        if start < 0:
+            raise NbinterpError(f"{span!r} does not occur in the prompt")
+        end = start + len(span)
+    else:
+        start, end = span
+        if not (0 <= start <= end <= len(prompt)):
+            raise NbinterpError(f"span {span!r} lies outside the prompt's {len(prompt)} characters")
+    result = prompt[:start] + replacement + prompt[end:]
+    if model is not None:
+        a, b = model.tokenize(prompt).shape[1], model.tokenize(result).shape[1]
+        if a != b:
+            raise NbinterpError(
+                f"the replacement changes the token length ({a} -> {b}): use {prompt[start:end]!r}'s token count"
+            )
+    return result
+
+
+def components(model: "Model") -> list[Component]:
+    out = []
+    for layer in range(model.n_layers):
+        out += [Component(f"L{layer}.H{head}", layer, head) for head in range(model.n_heads)]
+        out.append(Component(f"L{layer}.mlp", layer, None))
+    return out
+
+
+def lens_at(model: "Model", run: "Run", position: int, token_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rank [streams, n], probability [streams, n]) of `token_ids` at `position`, read from every
+    residual stream (embeddings, after each block) through the final norm and the unembedding."""
+    final_norm = get_path(model.hf, model.arch.final_norm)
+    unembed = get_path(model.hf, model.arch.unembed)
+    streams = [run.captured("resid_pre", layer)[position] for layer in range(model.n_layers)]
+    streams.append(run.captured("resid_final", model.n_layers)[position])
+    device = next(model.hf.parameters()).device
+    dtype = next(model.hf.parameters()).dtype
+    with torch.no_grad():
+        x = torch.stack(streams).to(device=device, dtype=dtype)
+        logits = softcap_logits(unembed(final_norm(x)).float(), model.shape.final_logit_softcap).cpu()
+    probabilities = torch.softmax(logits, dim=-1)
+    ids = torch.tensor(list(token_ids))
+    chosen = logits[:, ids]
+    ranks = (logits[:, None, :] > chosen[:, :, None]).sum(-1)
+    return ranks, probabilities[:, ids]
+
+
+def critical_layer(expected_rank: torch.Tensor, actual_rank: torch.Tensor) -> int | None:
+    """The block after which actual ranks above expected in every later stream: -1 when it
+    already does in the embeddings, None when expected ends on top."""
+    ahead = (actual_rank < expected_rank).tolist()
+    if not ahead[-1]:
+        return None
+    row = len(ahead) - 1
+    while row > 0 and ahead[row - 1]:
+        row -= 1
+    return row - 1  # stream row r is the stream after block r - 1
+
+
+def mlp_ablation_effects(model: "Model", input_ids: torch.Tensor, metric: Metric) -> torch.Tensor:
+    """metric(MLP l zero-ablated) - metric(clean) for every layer, one forward (row 0 clean)."""
+    n_rows = model.n_layers + 1
+    plan = Plan()
+    for layer in range(model.n_layers):
+        scale = torch.ones(n_rows, 1, 1)
+        scale[layer + 1] = 0.0
+        plan.mlp_scale[layer] = scale  # type: ignore[assignment] - broadcasts per row like the other plan tensors
+    saved = model.execute(input_ids.expand(n_rows, -1), plan, {}, metric, gradients=False)
+    values = saved["metric"].reshape(n_rows).double()
+    return values[1:] - values[0]
+
+
+def answer_span(model: "Model", ids: list[int], expected_id: int, references: list[list[int]], position: int) -> list[int]:
+    """Default relevant span: where the expected token occurs before the answer, else where references differ."""
+    span = [i for i, t in enumerate(ids[:position]) if t == expected_id]
+    if not span:
+        span = sorted({i for ref in references for i, (a, b) in enumerate(zip(ids, ref)) if a != b and i < position})
+    return span
+
+
+# ------------------------------------------------------------------ the analysis
+def why_not(
+    model: "Model", prompt: Any, expected: str | int, references: Sequence[Any] = (),
+    actual: str | int | None = None, position: int = -1, span: Sequence[int] | tuple[int, int] | None = None,
+) -> WhyNot:
+    """Why `prompt` does not give `expected`; see the module docstring."""
+    input_ids = model.tokenize(prompt)
+    n_tokens = input_ids.shape[1]
+    if not -n_tokens <= position < n_tokens:
+        raise NbinterpError(f"position {position} is outside the prompt's 0..{n_tokens - 1}")
+    position %= n_tokens
+    expected_id = model.token_id(expected)
+    tokenizer = model.tokenizer
+    run = model.run(input_ids, capture=["resid_pre", "resid_final", "z", "w_o", "qkv", "mlp_out", "logits"])
+    logits = run.logits_at(position)
+    if actual is None:
+        order = logits.argsort(descending=True).tolist()
+        actual_id = order[0] if order[0] != expected_id else order[1]
+    else:
+        actual_id = model.token_id(actual)
+        if actual_id == expected_id:
+            raise NbinterpError("actual and expected are the same token")
+    expected_text, actual_text = tokenizer.decode([expected_id]), tokenizer.decode([actual_id])
+    metric = Metric(expected_id, actual_id, position)
+    metric_here = float(logits[expected_id] - logits[actual_id])
+
+    ranks, probabilities = lens_at(model, run, position, [expected_id, actual_id])
+    trajectory = Trajectory(
+        ["embed"] + [f"L{layer}" for layer in range(model.n_layers)],
+        ranks[:, 0], probabilities[:, 0].float(), ranks[:, 1], probabilities[:, 1].float(),
+        critical_layer(ranks[:, 0], ranks[:, 1]),
+    )
+
+    # Inhibitors: exact ablations, plus the gradient estimate of the head effects (marked as such).
+    parts = components(model)
+    heads = [(c.layer, c.head) for c in parts if c.head is not None]
+    head_effects = batch.ablation_effects(model, input_ids, heads, metric)
+    mlp_effects = mlp_ablation_effects(model, input_ids, metric)
+    grad_run = model.run(input_ids, target=expected_id, foil=actual_id, position=position, gradients=True, capture=["z"])
+    estimates = grad_run.head_attribution()
+    effect_of = {h: float(e) for h, e in zip(heads, head_effects)}
+    inhibitors = [
+        Inhibitor(c, effect_of[(c.layer, c.head)] if c.head is not None else float(mlp_effects[c.layer]),
+                  None if c.head is None else float(estimates[c.layer, c.head]))
+        for c in parts
+    ]
+    inhibitors.sort(key=lambda i: -i.effect)
+
+    # Missing: against references that do say expected.
+    reference_ids = [model.tokenize(r) for r in references]
+    for n, ids in enumerate(reference_ids):
+        if ids.shape[1] != n_tokens:
+            raise NbinterpError(
+                f"reference {n} has {ids.shape[1]} tokens, the prompt {n_tokens}: build one of equal length, "
+                "e.g. nbinterp.analysis.why_not.contrast(prompt, span, replacement)"
+            )
+    if span is None:
+        span_positions = answer_span(model, input_ids[0].tolist(), expected_id, [r[0].tolist() for r in reference_ids], position)
+    elif isinstance(span, tuple) and len(span) == 2:
+        span_positions = list(range(*span))
+    else:
+        span_positions = sorted(int(p) for p in span)
+    if any(not 0 <= p < n_tokens for p in span_positions):
+        raise NbinterpError(f"span {span!r} lies outside the prompt's 0..{n_tokens - 1}")
+
+    reference_runs, reference_metrics = [], []
+    for n, ids in enumerate(reference_ids):
+        ref = model.run(ids, capture=["z", "w_o", "qkv", "mlp_out", "resid_pre", "attn_out", "logits"])
+        ref_logits = ref.logits_at(position)
+        said = int(ref_logits.argmax())
+        if said != expected_id:
+            raise NbinterpError(
+                f"reference {n} answers {tokenizer.decode([said])!r}, not {expected_text!r}: a reference must be a "
+                "prompt where the model does give the expected answer"
+            )
+        reference_runs.append(ref)
+        reference_metrics.append(float(ref_logits[expected_id] - ref_logits[actual_id]))
+
+    missing: list[Missing] = []
+    if reference_runs:
+        missing = _missing(model, run, grad_run, input_ids, reference_runs, reference_metrics, metric_here,
+                           metric, position, span_positions, parts)
+
+    return WhyNot(
+        tokens=[tokenizer.decode([i]) for i in input_ids[0].tolist()], expected=expected_text, actual=actual_text,
+        position=position, metric=metric_here, trajectory=trajectory, inhibitors=inhibitors, missing=missing,
+        span=span_positions, reference_metrics=reference_metrics,
+        _context={"model": model, "input_ids": input_ids, "metric": metric, "reference_runs": reference_runs},
+    )
+
+
+def _missing(model, run, grad_run, input_ids, reference_runs, reference_metrics, metric_here, metric, position,
+             span, parts) -> list[Missing]:
+    sets = [[c.batch_site(position)] for c in parts]
+    shares = torch.zeros(len(parts), dtype=torch.float64)
+    for ref, ref_metric in zip(reference_runs, reference_metrics):
+        gap = ref_metric - metric_here
+        if gap <= 0:
+            raise NbinterpError(
+                f"a reference's logit({metric.target}) - logit({metric.foil}) is {ref_metric:.3f}, not above "
+                f"this prompt's {metric_here:.3f}: nothing to restore"
+            )
+        values = torch.cat([
+            batch.patched_metrics(model, input_ids, ref, sets[i : i + _rows(model, input_ids)], metric).double()
+            for i in range(0, len(sets), _rows(model, input_ids))
+        ])
+        shares += (values - metric_here) / gap / len(reference_runs)
+
+    out = []
+    for index, c in enumerate(parts):
+        if c.head is None:
+            here = float(run.mlp_out(c.layer)[position].norm())
+            there = sum(float(r.mlp_out(c.layer)[position].norm()) for r in reference_runs) / len(reference_runs)
+            out.append(Missing(c, here, there, None, None, float(shares[index]), None))
+            continue
+        o_here = run.head_outputs(c.layer)[c.head, position]
+        grad = grad_run.grad_head_outputs(c.layer)[c.head, position]
+        estimate = 0.0
+        norm_ref = attn_ref = 0.0
+        for r, ref_metric in zip(reference_runs, reference_metrics):
+            o_ref = r.head_outputs(c.layer)[c.head, position]
+            estimate += float((o_ref - o_here) @ grad) / (ref_metric - metric_here) / len(reference_runs)
+            norm_ref += float(o_ref.norm()) / len(reference_runs)
+            attn_ref += float(r.attention(c.layer)[c.head, position, span].sum()) / len(reference_runs)
+        attn_here = float(run.attention(c.layer)[c.head, position, span].sum())
+        out.append(Missing(c, float(o_here.norm()), norm_ref, attn_here, attn_ref, float(shares[index]), estimate))
+    out.sort(key=lambda m: -m.restore_share)
+    return out
+
+
+def _rows(model: "Model", input_ids: torch.Tensor) -> int:
+    return batch.batch_rows(model, input_ids.shape[1])
