@@ -13,47 +13,13 @@ import { LatestOnly } from "./lib/latest";
 import { toggleGroup } from "./lib/style";
 import { displayToken } from "./lib/tokens";
 import { mountView } from "./lib/view";
+import { checkTrait } from "./lib/contract";
+import { ABLATION_REQUESTS, ABLATION_TRAITS, type AblationModel, type AblationSummary } from "./lib/contract.gen";
 
-type Mode = "zero" | "mean";
-type Ablations = Record<string, number>;
-
-interface TokenProbability {
-  token: string;
-  id: number;
-  probability: number;
-  before: number;
-}
-
-interface Summary {
-  ablations: Ablations;
-  ablation: Mode;
-  top_k: TokenProbability[];
-  logit_diff: number | null;
-  target_probability: number | null;
-  foil_probability: number | null;
-  /** The target's and foil's rows (before and after), in or out of top_k. */
-  target?: TokenProbability | null;
-  foil?: TokenProbability | null;
-  seq: number;
-  compute_ms: number;
-  code: string;
-}
-
-/** Mirrors the synced traits of nbinterp.widgets.ablation.AblationPanel. */
-export interface AblationModel {
-  model_name: string;
-  prompt: string;
-  tokens: string[];
-  n_layers: number;
-  n_heads: number;
-  target: string | null;
-  foil: string | null;
-  ablations: Ablations;
-  ablation: Mode;
-  result: Summary | Record<string, never>;
-  baseline: Summary | Record<string, never>;
-  error: string;
-}
+type Mode = AblationModel["ablation"];
+type Ablations = AblationModel["ablations"];
+type Summary = AblationSummary;
+type TokenProbability = AblationSummary["top_k"][number];
 
 const SCALE_MAX = 1.5;
 const SCALE_STEP = 0.05;
@@ -110,7 +76,7 @@ function render({ model, el, signal }: RenderProps<AblationModel>): () => void {
     async (params) => {
       status.textContent = "running\u2026";
       root.dataset.busy = "true";
-      await rpc.request("run", params);
+      await rpc.call(ABLATION_REQUESTS.run, params);
       if (requestFailed) {
         requestFailed = false;
         errors.show(model.get("error"));
@@ -373,8 +339,8 @@ function render({ model, el, signal }: RenderProps<AblationModel>): () => void {
   }
 
   function drawOutput() {
-    const result = model.get("result") as Summary;
-    const baseline = model.get("baseline") as Summary;
+    const result = checkTrait(model, ABLATION_TRAITS, "result") as Summary;
+    const baseline = checkTrait(model, ABLATION_TRAITS, "baseline") as Summary;
     if (!result || !result.top_k || !baseline || !baseline.top_k) return;
     const parts: HTMLElement[] = [];
     const changed = Object.keys(result.ablations).length > 0;

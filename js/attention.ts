@@ -5,7 +5,7 @@
 // on demand through requests.
 
 import type { RenderProps } from "@anywidget/types";
-import { decodeTensor, tensorFromMessage, type EncodedTensor, type Tensor } from "./lib/codec";
+import { decodeTensor, tensorFromMessage, type Tensor } from "./lib/codec";
 import { formatValue, logScale, renderLegend, sequentialScale, type ColorScale } from "./lib/colors";
 import { describeError } from "./lib/errors";
 import { HeadGrid, thumbSize, type HeadRef } from "./lib/head_grid";
@@ -17,30 +17,12 @@ import { toggleGroup } from "./lib/style";
 import { displayToken, TokenStrip } from "./lib/tokens";
 import { Tooltip, type TooltipLine } from "./lib/tooltip";
 import { mountView } from "./lib/view";
+import { checkTrait } from "./lib/contract";
+import { ATTENTION_REQUESTS, ATTENTION_TRAITS, type AttentionModel } from "./lib/contract.gen";
 
-type Mode = "probabilities" | "value_weighted";
-type Scope = "head" | "layer";
-type Direction = "attends_to" | "attended_by";
-
-/** Mirrors the synced traits of nbinterp.widgets.attention.AttentionView. */
-export interface AttentionModel {
-  model_name: string;
-  tokens: string[];
-  n_layers: number;
-  n_heads: number;
-  layer: number;
-  head: number;
-  mode: Mode;
-  color_scale: ScaleChoice;
-  selected: { query?: number; key?: number };
-  focus_token: number;
-  strip_scope: Scope;
-  strip_direction: Direction;
-  zoom: { query_start?: number; query_stop?: number; key_start?: number; key_stop?: number };
-  error: string;
-  _thumbnails: { mode: Mode; side: number; head_max: number[]; tensor: EncodedTensor; masked: EncodedTensor } | null;
-  _pattern: { layer: number; head: number; mode: Mode; tensor: EncodedTensor; masked: EncodedTensor } | null;
-}
+type Mode = AttentionModel["mode"];
+type Scope = AttentionModel["strip_scope"];
+type Direction = AttentionModel["strip_direction"];
 
 type HeadData = { tensor: Tensor; vmax: number; shown?: { choice: ScaleChoice; display: DisplayMatrix } };
 const headKey = (r: { layer: number; head: number; mode: Mode }) => `${r.layer}:${r.head}:${r.mode}`;
@@ -129,7 +111,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   const remember = (key: string, data: HeadData) => heads.set(key, data, data.tensor.values.byteLength);
   /** The on-screen head if it is here, else null (and the caller fetches it). */
   const currentPattern = (): HeadData | null => {
-    const p = model.get("_pattern");
+    const p = checkTrait(model, ATTENTION_TRAITS, "_pattern");
     if (p && p !== lastPatternTrait) {
       lastPatternTrait = p;
       remember(headKey(p), headData(decodeTensor(p.tensor)));
@@ -154,7 +136,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
     if (heads.has(key) || inFlight.has(key)) return;
     const controller = new AbortController();
     inFlight.set(key, controller);
-    rpc.request<{ pattern: unknown; masked?: unknown }>("head_pattern", { ...ref, with_mask: !masks.has(ref.layer) }, { signal: controller.signal })
+    rpc.call(ATTENTION_REQUESTS.head_pattern, { ...ref, with_mask: !masks.has(ref.layer) }, { signal: controller.signal })
       .then(({ result, buffers }) => {
         if (result.masked !== undefined) masks.set(ref.layer, toMask(tensorFromMessage(result.masked, buffers)));
         remember(key, headData(tensorFromMessage(result.pattern, buffers)));
@@ -284,7 +266,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   let thumbnailCache: { key: string; shown: { values: Float32Array; scale: ColorScale } } | null = null;
 
   function drawGrid() {
-    const t = model.get("_thumbnails");
+    const t = checkTrait(model, ATTENTION_TRAITS, "_thumbnails");
     if (!t) return;
     if (t !== lastThumbs) {
       thumbs = { tensor: decodeTensor(t.tensor), side: t.side, headMax: t.head_max, mode: t.mode, masked: toMask(decodeTensor(t.masked)) };
@@ -384,7 +366,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
     const controller = new AbortController();
     stripRequest = controller;
     stripCaption.textContent = `${caption} \u00b7 loading\u2026`;
-    rpc.request<{ weights: unknown }>("token_weights", { layer: c.layer, token: focus, mode: c.mode, direction }, { signal: controller.signal })
+    rpc.call(ATTENTION_REQUESTS.token_weights, { layer: c.layer, token: focus, mode: c.mode, direction }, { signal: controller.signal })
       .then(({ result, buffers }) => {
         if (!controller.signal.aborted) apply(tensorFromMessage(result.weights, buffers).values);
       })

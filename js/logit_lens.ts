@@ -3,26 +3,17 @@
 // labelled with the top token; hover shows all three numbers.
 
 import type { RenderProps } from "@anywidget/types";
-import { decodeTensor, type EncodedTensor, type Tensor } from "./lib/codec";
+import { decodeTensor, type Tensor } from "./lib/codec";
 import { formatValue, renderLegend, sequentialScale } from "./lib/colors";
 import { Heatmap } from "./lib/heatmap";
 import { toggleGroup } from "./lib/style";
 import { displayToken } from "./lib/tokens";
 import { Tooltip, type TooltipLine } from "./lib/tooltip";
 import { mountView } from "./lib/view";
+import { checkTrait } from "./lib/contract";
+import { LOGIT_LENS_TRAITS, type LogitLensModel } from "./lib/contract.gen";
 
 type Colour = "target" | "top";
-
-/** Mirrors the synced traits of nbinterp.widgets.logit_lens.LogitLensView. */
-export interface LogitLensModel {
-  model_name: string;
-  tokens: string[];
-  row_labels: string[];
-  target: string | null;
-  top_tokens: string[][];
-  error: string;
-  _lens: { top_probabilities: EncodedTensor; target_probabilities?: EncodedTensor };
-}
 
 function render({ model, el }: RenderProps<LogitLensModel>): () => void {
   const { doc, root, errors, cleanups, guard, dispose } = mountView(model, el, "logit-lens");
@@ -74,7 +65,7 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
   cleanups.push(() => heatmap.destroy());
 
   function draw() {
-    const lens = model.get("_lens");
+    const lens = checkTrait(model, LOGIT_LENS_TRAITS, "_lens");
     top = decodeTensor(lens.top_probabilities);
     targetP = lens.target_probabilities ? decodeTensor(lens.target_probabilities) : null;
     const shown = colour === "target" && targetP ? targetP : top;

@@ -6,6 +6,8 @@
 
 import type { RenderProps } from "@anywidget/types";
 import { decodeTensor, type EncodedTensor } from "./lib/codec";
+import { checkTrait, type RequestSpec } from "./lib/contract";
+import { PATCHING_REQUESTS, PATCHING_TRAITS, type PatchingModel } from "./lib/contract.gen";
 import { divergingScale, formatValue, renderLegend } from "./lib/colors";
 import { describeError } from "./lib/errors";
 import { Heatmap, type Cell } from "./lib/heatmap";
@@ -14,28 +16,8 @@ import { displayToken } from "./lib/tokens";
 import { Tooltip } from "./lib/tooltip";
 import { mountView } from "./lib/view";
 
-type Kind = "resid_pre" | "attn_out" | "mlp_out" | "head";
-type OpenIn = "attention" | "ablation";
-
-/** Mirrors the synced traits of nbinterp.widgets.patching.PatchingView. */
-export interface PatchingModel {
-  model_name: string;
-  clean_tokens: string[];
-  corrupted_tokens: string[];
-  n_layers: number;
-  n_heads: number;
-  target: string;
-  foil: string | null;
-  clean_logit_diff: number;
-  corrupted_logit_diff: number;
-  kinds: Kind[];
-  progress: { done?: number; total?: number; state?: string; elapsed_s?: number };
-  open_in: OpenIn;
-  selected: { kind?: Kind; layer?: number; index?: number };
-  error: string;
-  _effects: Partial<Record<Kind, { tensor: EncodedTensor; done: number }>>;
-  _opened: string | null;
-}
+type Kind = PatchingModel["kinds"][number];
+type OpenIn = PatchingModel["open_in"];
 
 const TITLES: Record<Kind, string> = {
   resid_pre: "residual stream",
@@ -74,8 +56,8 @@ export function withPending(values: Float32Array, done: number): Float32Array {
 
 function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
   const { doc, root, rpc, errors, cleanups, guard, listen, dispose } = mountView(model, el, "patching", { css: CSS });
-  const call = (method: string, params: Record<string, unknown> = {}) =>
-    rpc.request(method, params).catch((err) => errors.show(describeError(err)));
+  const call = <P, R>(spec: RequestSpec<P, R>, params: P) =>
+    rpc.call(spec, params).catch((err) => errors.show(describeError(err)));
 
   // Toolbar
   const toolbar = doc.createElement("div");
@@ -89,12 +71,12 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
   cancel.type = "button";
   cancel.className = "nbi-button nbi-cancel";
   cancel.textContent = "cancel";
-  cancel.addEventListener("click", () => call("cancel"));
+  cancel.addEventListener("click", () => call(PATCHING_REQUESTS.cancel, {}));
   const resume = doc.createElement("button");
   resume.type = "button";
   resume.className = "nbi-button nbi-resume";
   resume.textContent = "resume";
-  resume.addEventListener("click", () => call("resume"));
+  resume.addEventListener("click", () => call(PATCHING_REQUESTS.resume, {}));
   const openToggle = toggleGroup<OpenIn>(doc, "click opens", [["attention", "attention view"], ["ablation", "ablation panel"]], (open_in) => {
     model.set("open_in", open_in);
     model.save_changes();
@@ -160,7 +142,7 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
       onClick: (at) => {
         if (Number.isNaN(heatmap.valueAt(at))) return;
         showMarker(kind, at);
-        call("open", { kind, layer: at.row, index: at.col, open_in: model.get("open_in") });
+        call(PATCHING_REQUESTS.open, { kind, layer: at.row, index: at.col, open_in: model.get("open_in") });
       },
     });
     heatmap.canvas.dataset.kind = kind;
@@ -183,7 +165,7 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
 
   let lastEffects: PatchingModel["_effects"] | null = null;
   function drawMaps() {
-    const effects = model.get("_effects");
+    const effects = checkTrait(model, PATCHING_TRAITS, "_effects");
     if (!effects || effects === lastEffects) return;
     lastEffects = effects;
     const decoded = new Map<Kind, { values: Float32Array; shape: number[] }>();
@@ -208,7 +190,7 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
   }
 
   function drawProgress() {
-    const p = model.get("progress");
+    const p = checkTrait(model, PATCHING_TRAITS, "progress");
     const done = p.done ?? 0;
     const total = p.total ?? 0;
     bar.max = Math.max(total, 1);

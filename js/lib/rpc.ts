@@ -6,7 +6,10 @@
 //   Python -> JS  {kind: "response", id, ok: true, result} + binary buffers
 //                 {kind: "response", id, ok: false, error}
 // Every view of a model sees every response, so ids carry a per-client
-// prefix and a client ignores ids it did not issue.
+// prefix and a client ignores ids it did not issue. `call` sends a request
+// declared in contract.gen.ts and checks the reply against its declaration.
+
+import { checkResult, ContractError, type RequestSpec } from "./contract";
 
 export interface MessageChannel {
   send(content: unknown, callbacks?: unknown, buffers?: ArrayBuffer[] | ArrayBufferView[]): void;
@@ -14,7 +17,8 @@ export interface MessageChannel {
   off(event: "msg:custom", cb: (msg: any, buffers: DataView[]) => void): void;
 }
 
-export type RpcFailure = "timeout" | "cancelled" | "remote" | "closed";
+/** "malformed": the reply did not match the request's declaration. */
+export type RpcFailure = "timeout" | "cancelled" | "remote" | "closed" | "malformed";
 
 export class RpcError extends Error {
   constructor(message: string, readonly failure: RpcFailure) {
@@ -81,6 +85,18 @@ export class RpcClient {
       this.pending.set(id, entry);
       this.channel.send({ kind: "request", id, method, params });
     });
+  }
+
+  /** A declared request (contract.gen.ts): typed params, and a result that
+   *  matches its declaration or an RpcError("malformed") saying how not. */
+  async call<P, R>(spec: RequestSpec<P, R>, params: P, options: RequestOptions = {}): Promise<RpcReply<R>> {
+    const reply = await this.request<unknown>(spec.method, params as Record<string, unknown>, options);
+    try {
+      return { result: checkResult(spec, reply.result, reply.buffers), buffers: reply.buffers };
+    } catch (err) {
+      if (err instanceof ContractError) throw new RpcError(err.message, "malformed");
+      throw err;
+    }
   }
 
   /** Rejects every pending request and stops listening. */

@@ -22,6 +22,8 @@ import traitlets
 
 from nbinterp.errors import NbinterpError
 
+from ._contract import INT, ContractError, Obj, Opt, Request, Schema, is_declared_view, synced_traits
+from ._contract import request as declare_request
 from ._picture import defer_picture, picture_png
 
 log = logging.getLogger("nbinterp.widgets")
@@ -30,7 +32,7 @@ RpcResult = tuple[Any, list[bytes]]
 MAX_ID_LENGTH = 64
 
 
-class FrontendError(ValueError):
+class FrontendError(ContractError):
     """The browser sent something malformed or out of range."""
 
 
@@ -60,12 +62,19 @@ def dict_value(value: Any, what: str, fields: dict[str, Callable[[Any], Any]]) -
     return {name: check(value[name]) for name, check in fields.items()}
 
 
-def rpc(name: str) -> Callable[[Callable[..., RpcResult]], Callable[..., RpcResult]]:
+def rpc(name: str, params: dict[str, Schema | Opt] | None = None,
+        result: dict[str, Schema | Opt] | None = None) -> Callable[[Callable[..., RpcResult]], Callable[..., RpcResult]]:
     """Marks a method as the handler of request `name`; it gets the params
-    dict and returns (JSON-able result, buffers)."""
+    dict and returns (JSON-able result, buffers). With `params` and `result`
+    declared (_contract.py), params are checked before the handler runs and
+    the request is part of the generated TypeScript contract."""
+    if (params is None) != (result is None):
+        raise TypeError(f"rpc({name!r}): declare both params and result, or neither")
 
     def mark(method: Callable[..., RpcResult]) -> Callable[..., RpcResult]:
         method._rpc_name = name  # type: ignore[attr-defined]
+        if params is not None and result is not None:
+            method._rpc_contract = declare_request(name, params, result)  # type: ignore[attr-defined]
         return method
 
     return mark
@@ -82,10 +91,14 @@ class InterpWidget(anywidget.AnyWidget):
         super().__init__(**kwargs)
         self._cancelled: deque[str] = deque(maxlen=256)
         self._rpc_handlers: dict[str, Callable[[dict[str, Any]], RpcResult]] = {}
+        self._rpc_contracts: dict[str, Request] = {}
         for klass in reversed(type(self).__mro__):
             for member in vars(klass).values():
                 if callable(member) and hasattr(member, "_rpc_name"):
                     self._rpc_handlers[member._rpc_name] = member.__get__(self)
+                    self._rpc_contracts.pop(member._rpc_name, None)
+                    if getattr(member, "_rpc_contract", None) is not None:
+                        self._rpc_contracts[member._rpc_name] = member._rpc_contract
         self.on_msg(self._on_frontend_msg)
 
     # --------------------------------------------------------- trait changes
@@ -96,6 +109,7 @@ class InterpWidget(anywidget.AnyWidget):
 
     def set_state(self, sync_data: dict[str, Any]) -> None:
         fields = self._frontend_fields()
+        declared = _declared_traits(type(self))
         accepted: dict[str, Any] = {}
         problems: list[str] = []
         refused: list[str] = []
@@ -104,8 +118,11 @@ class InterpWidget(anywidget.AnyWidget):
             try:
                 if check is None:
                     raise FrontendError(f"{name} cannot be set from the browser")
-                accepted[name] = check(value)
-            except FrontendError as exc:
+                clean = check(value)
+                if name in declared:  # the view's checks say it best; the declaration is the backstop
+                    declared[name].check(clean, name)
+                accepted[name] = clean
+            except ContractError as exc:
                 problems.append(str(exc))
                 refused.append(name)
         if accepted:
@@ -154,9 +171,11 @@ class InterpWidget(anywidget.AnyWidget):
                 raise FrontendError(f"params of {method} must be an object")
             if request_id in self._cancelled:
                 return  # the browser gave up on it before we got to it
+            if method in self._rpc_contracts:
+                self._rpc_contracts[method].check_params(params)
             result, out_buffers = handler(params)
             self.send({"kind": "response", "id": request_id, "ok": True, "result": result}, out_buffers)
-        except (FrontendError, NbinterpError) as exc:
+        except (ContractError, NbinterpError) as exc:
             self._reply_error(request_id, str(exc))
         except Exception as exc:
             log.exception("nbinterp widget request failed")
@@ -207,6 +226,17 @@ def _refuse(message: str) -> Any:
     raise FrontendError(message)
 
 
+_declared_cache: dict[type, dict[str, Schema]] = {}
+
+
+def _declared_traits(cls: type) -> dict[str, Schema]:
+    """The schemas of a declared view's synced traits ({} for a view not in
+    _contract.VIEWS), worked out once per class."""
+    if cls not in _declared_cache:
+        _declared_cache[cls] = synced_traits(cls) if is_declared_view(cls) else {}
+    return _declared_cache[cls]
+
+
 class HeadWidget(InterpWidget):
     """A view of one run's tokens with a chosen (layer, head) and a selected
     (query, key) cell; subclasses say which model they show (`_model`)."""
@@ -217,7 +247,7 @@ class HeadWidget(InterpWidget):
     n_heads = traitlets.Int(1).tag(sync=True)
     layer = traitlets.Int(0).tag(sync=True)
     head = traitlets.Int(0).tag(sync=True)
-    selected = traitlets.Dict().tag(sync=True)
+    selected = traitlets.Dict().tag(sync=True, schema=Obj({"query": Opt(INT), "key": Opt(INT)}))  # {} or both
 
     @property
     def _model(self) -> Any:

@@ -20,9 +20,21 @@ from nbinterp.interventions.ablation import ABLATION_MODES, ablated_run, ablatio
 from nbinterp.errors import NbinterpError
 from nbinterp.analysis.logit_lens import display_text
 from ._base import FrontendError, InterpWidget, choice_value, new_figure, rpc
+from ._contract import FLOAT, INT, STR, Choice, Either, ListOf, MapOf, Nullable, Number, Obj, Opt
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 SCALE_RANGE = (0.0, 1.5)  # the sliders' range; Python may set any finite scale
+MODE = Choice(*ABLATION_MODES)
+TOKEN_PROBABILITY = Obj({"token": STR, "id": INT, "probability": FLOAT, "before": FLOAT}, name="TokenProbability")
+# nbinterp.interventions.ablation.AblationSummary.to_dict() + what the panel adds
+SUMMARY = Obj({
+    "ablations": MapOf(FLOAT), "ablation": MODE, "top_k": ListOf(TOKEN_PROBABILITY),
+    "logit_diff": Nullable(FLOAT), "target_probability": Nullable(FLOAT), "foil_probability": Nullable(FLOAT),
+    "target": Nullable(TOKEN_PROBABILITY), "foil": Nullable(TOKEN_PROBABILITY),
+    "seq": INT, "compute_ms": FLOAT, "code": STR,
+}, name="AblationSummary")
+# what the sliders may send: the message names the entry as the user sees it
+SLIDER_SCALES = MapOf(Number(low=SCALE_RANGE[0], high=SCALE_RANGE[1]), entry="the scale of {key}")
 
 
 class AblationPanel(InterpWidget):
@@ -37,10 +49,10 @@ class AblationPanel(InterpWidget):
     n_heads = traitlets.Int(1).tag(sync=True)
     target = traitlets.Unicode(None, allow_none=True).tag(sync=True)
     foil = traitlets.Unicode(None, allow_none=True).tag(sync=True)
-    ablations = traitlets.Dict().tag(sync=True)
-    ablation = traitlets.Unicode("zero").tag(sync=True)
-    result = traitlets.Dict().tag(sync=True)
-    baseline = traitlets.Dict().tag(sync=True)
+    ablations = traitlets.Dict().tag(sync=True, schema=MapOf(FLOAT))  # component -> scale
+    ablation = traitlets.Unicode("zero").tag(sync=True, schema=MODE)
+    result = traitlets.Dict().tag(sync=True, schema=Either(SUMMARY, Obj({})))  # {} until the first run
+    baseline = traitlets.Dict().tag(sync=True, schema=Either(SUMMARY, Obj({})))
 
     def __init__(self, model: Any, prompt: str, *, target: Any = None, foil: Any = None, k: int = 10,
                  ablations: dict | None = None, ablation: str = "zero", reference: Sequence[str] | None = None) -> None:
@@ -148,7 +160,7 @@ class AblationPanel(InterpWidget):
                        code=ablation_code(self.prompt, ablations, mode, self._reference))
         return summary
 
-    @rpc("run")
+    @rpc("run", params={"ablations": SLIDER_SCALES, "ablation": Opt(MODE)}, result={"seq": INT})
     def _rpc_run(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
         """Re-run with the sliders' values: {"ablations": {...}, "ablation": "zero" | "mean"}."""
         ablations = self._check_from_browser(params.get("ablations"))

@@ -16,6 +16,7 @@ import traitlets
 
 from nbinterp.errors import NbinterpError
 from ._base import FrontendError, HeadWidget, choice_value, dict_value, int_value, new_figure, rpc
+from ._contract import BOOL, FLOAT, INT, TENSOR, TENSOR_REF, Choice, ListOf, Nullable, Obj, Opt
 from ._buffers import encode, pack
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -30,6 +31,7 @@ LONG_PROMPT_TOKENS = 32
 STRIP_SCOPES = ("head", "layer")
 STRIP_DIRECTIONS = ("attends_to", "attended_by")
 THUMBNAIL_SIDE = 32
+ZOOM_FIELDS = ("query_start", "query_stop", "key_start", "key_stop")
 
 
 def layer_values(run: Any, layer: int, mode: str) -> torch.Tensor:
@@ -100,14 +102,17 @@ class AttentionView(HeadWidget):
 
     _esm = STATIC / "attention.js"
 
-    mode = traitlets.Unicode("probabilities").tag(sync=True)
-    color_scale = traitlets.Unicode("linear").tag(sync=True)  # log | linear | row (each query row / its max)
+    mode = traitlets.Unicode("probabilities").tag(sync=True, schema=Choice(*MODES))
+    # log | linear | row (each query row / its max)
+    color_scale = traitlets.Unicode("linear").tag(sync=True, schema=Choice(*COLOR_SCALES))
     focus_token = traitlets.Int(-1).tag(sync=True)
-    strip_scope = traitlets.Unicode("head").tag(sync=True)
-    strip_direction = traitlets.Unicode("attends_to").tag(sync=True)
-    zoom = traitlets.Dict().tag(sync=True)
-    _thumbnails = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
-    _pattern = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
+    strip_scope = traitlets.Unicode("head").tag(sync=True, schema=Choice(*STRIP_SCOPES))
+    strip_direction = traitlets.Unicode("attends_to").tag(sync=True, schema=Choice(*STRIP_DIRECTIONS))
+    zoom = traitlets.Dict().tag(sync=True, schema=Obj({k: Opt(INT) for k in ZOOM_FIELDS}))  # {} or all four
+    _thumbnails = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(Obj(
+        {"mode": Choice(*MODES), "side": INT, "head_max": ListOf(FLOAT), "tensor": TENSOR, "masked": TENSOR})))
+    _pattern = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(Obj(
+        {"layer": INT, "head": INT, "mode": Choice(*MODES), "tensor": TENSOR, "masked": TENSOR})))
 
     def __init__(self, run: Any, *, layer: int = 0, head: int = 0, mode: str = "probabilities",
                  color_scale: str | None = None, thumbnail_side: int = THUMBNAIL_SIDE) -> None:
@@ -156,7 +161,7 @@ class AttentionView(HeadWidget):
     def _check_zoom(self, value: Any) -> dict[str, int]:
         n = len(self.tokens)
         bound = lambda what: lambda v: int_value(v, what, 0, n + 1)  # noqa: E731
-        zoom = dict_value(value, "zoom", {k: bound(k) for k in ("query_start", "query_stop", "key_start", "key_stop")})
+        zoom = dict_value(value, "zoom", {k: bound(k) for k in ZOOM_FIELDS})
         if zoom and not (zoom["query_start"] < zoom["query_stop"] and zoom["key_start"] < zoom["key_stop"]):
             raise FrontendError(f"zoom window is empty: {zoom}")
         return zoom
@@ -226,7 +231,8 @@ class AttentionView(HeadWidget):
         if p is None or (p["layer"], p["head"], p["mode"]) != (self.layer, self.head, self.mode):
             self._send_pattern()
 
-    @rpc("head_pattern")
+    @rpc("head_pattern", params={"layer": INT, "head": INT, "mode": Choice(*MODES), "with_mask": Opt(BOOL)},
+         result={"pattern": TENSOR_REF, "masked": Opt(TENSOR_REF)})
     def _rpc_head_pattern(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
         layer = int_value(params.get("layer"), "layer", 0, self.n_layers)
         head = int_value(params.get("head"), "head", 0, self.n_heads)
@@ -236,7 +242,9 @@ class AttentionView(HeadWidget):
             tensors["masked"] = encode(self._masked(layer).to(torch.uint8), "uint8")
         return pack(tensors)
 
-    @rpc("token_weights")
+    @rpc("token_weights", params={"layer": INT, "token": INT, "mode": Choice(*MODES), "direction": Choice(*STRIP_DIRECTIONS),
+                                  "head": Opt(Nullable(INT))},  # no head: summed over the layer's heads
+         result={"weights": TENSOR_REF})
     def _rpc_token_weights(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
         layer = int_value(params.get("layer"), "layer", 0, self.n_layers)
         token = int_value(params.get("token"), "token", 0, len(self.tokens))

@@ -12,6 +12,7 @@ import traitlets
 from nbinterp.analysis.logit_lens import LogitLens, logit_lens as compute_logit_lens
 from ._base import InterpWidget, new_figure
 from ._buffers import encode
+from ._contract import TENSOR, Obj, Opt
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
@@ -26,7 +27,8 @@ class LogitLensView(InterpWidget):
     row_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)
     target = traitlets.Unicode(None, allow_none=True).tag(sync=True)
     top_tokens = traitlets.List(traitlets.List(traitlets.Unicode())).tag(sync=True)
-    _lens = traitlets.Dict().tag(sync=True)  # {top_probabilities, target_probabilities?} float32 [rows, T]
+    # float32 [rows, T] each
+    _lens = traitlets.Dict().tag(sync=True, schema=Obj({"top_probabilities": TENSOR, "target_probabilities": Opt(TENSOR)}))
 
     def __init__(self, lens: LogitLens, model_name: str = "") -> None:
         self.lens = lens

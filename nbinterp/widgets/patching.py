@@ -22,10 +22,13 @@ from nbinterp.analysis.logit_lens import display_text
 from nbinterp.analysis.patching_sweep import KIND_LABELS, SWEEP_KINDS, PatchingSweep, prepare
 from ._base import InterpWidget, choice_value, int_value, new_figure, rpc
 from ._buffers import encode
+from ._contract import BOOL, FLOAT, INT, STR, TENSOR, WIDGET_REF, Choice, ListOf, MapOf, Obj, Opt
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 OPEN_IN = ("attention", "ablation")
 PUBLISH_EVERY_S = 0.1  # streaming granularity: at most ~10 redraws a second
+STATES = ("running", "done", "cancelled", "error")
+KIND = Choice(*SWEEP_KINDS)
 
 
 class PatchingView(InterpWidget):
@@ -42,11 +45,14 @@ class PatchingView(InterpWidget):
     foil = traitlets.Unicode(None, allow_none=True).tag(sync=True)
     clean_logit_diff = traitlets.Float(0.0).tag(sync=True)
     corrupted_logit_diff = traitlets.Float(0.0).tag(sync=True)
-    kinds = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    progress = traitlets.Dict().tag(sync=True)  # {done, total, state: running|done|cancelled|error, elapsed_s}
-    open_in = traitlets.Unicode("attention").tag(sync=True)
-    selected = traitlets.Dict().tag(sync=True)  # {kind, layer, index}: the cell last opened
-    _effects = traitlets.Dict().tag(sync=True)  # kind -> {tensor (float32, 0 where not done), done}
+    kinds = traitlets.List(traitlets.Unicode()).tag(sync=True, schema=ListOf(KIND))
+    progress = traitlets.Dict().tag(sync=True, schema=Obj(
+        {"done": Opt(INT), "total": Opt(INT), "state": Opt(Choice(*STATES)), "elapsed_s": Opt(FLOAT)}))
+    open_in = traitlets.Unicode("attention").tag(sync=True, schema=Choice(*OPEN_IN))
+    # the cell last opened ({} before any)
+    selected = traitlets.Dict().tag(sync=True, schema=Obj({"kind": Opt(KIND), "layer": Opt(INT), "index": Opt(INT)}))
+    # kind -> {tensor (float32, 0 where not done), done}
+    _effects = traitlets.Dict().tag(sync=True, schema=MapOf(Obj({"tensor": TENSOR, "done": INT}), keys=KIND))
     _opened = anywidget.WidgetTrait().tag(sync=True)  # "anywidget:<id>" of the opened view
 
     def __init__(self, model: Any, clean: str, corrupted: str, target: Any, foil: Any = None, *,
@@ -156,17 +162,18 @@ class PatchingView(InterpWidget):
         fields.update(open_in=lambda v: choice_value(v, "open_in", OPEN_IN))
         return fields
 
-    @rpc("cancel")
+    @rpc("cancel", params={}, result={"cancelled": BOOL})
     def _rpc_cancel(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
         self.cancel()
         return {"cancelled": True}, []
 
-    @rpc("resume")
+    @rpc("resume", params={}, result={"resumed": BOOL})
     def _rpc_resume(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
         self.resume()
         return {"resumed": True}, []
 
-    @rpc("open")
+    @rpc("open", params={"kind": KIND, "layer": INT, "index": INT, "open_in": Opt(Choice(*OPEN_IN))},
+         result={"opened": STR})  # the handler narrows kind to this sweep's kinds
     def _rpc_open(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
         kind = choice_value(params.get("kind"), "kind", tuple(self._sweep.kinds))
         rows, cols = self._sweep.effects[kind].shape

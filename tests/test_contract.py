@@ -1,0 +1,159 @@
+"""The Python <-> JS contract: the generated TypeScript is current, every
+declared view's live traits and real replies match the declaration, and what
+the browser sends is checked against it (unknown, missing, mistyped params)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import anywidget
+import pytest
+
+import nbinterp as ni
+from conftest import PROMPT, random_model
+from nbinterp.widgets import _contract as contract
+from nbinterp.widgets._base import InterpWidget, rpc
+
+ROOT = Path(__file__).resolve().parents[1]
+CORRUPTED = "w5 w17 w3 w42 w9 w5 w17 w4 w28 w11"
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location("gen_contract", ROOT / "scripts" / "gen_contract.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return ni.load(random_model("gpt2"), tokenizer=tokenizer)
+
+
+def recording(view):
+    view.sent = []
+    view.send = lambda content, buffers=None: view.sent.append((content, buffers or []))
+    return view
+
+
+@pytest.fixture(scope="module")
+def views(model):
+    patching = ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", foil="w9", background=False)
+    patching.open_cell("head", 1, 2, "ablation")  # sets selected and the _opened widget reference
+    ablation = ni.ablate(model, PROMPT, "w5", "w9", k=3, ablations={"L0.H1": 0.0})
+    return {
+        "attention": recording(ni.attention(model, PROMPT, layer=1, head=2)),
+        "patching": recording(patching),
+        "ablation": recording(ablation),
+        "logit_lens": recording(ni.logit_lens(model, PROMPT, target="w5")),
+    }
+
+
+def ask(view, method, params, request_id="r1"):
+    view._on_frontend_msg(view, {"kind": "request", "id": request_id, "method": method, "params": params}, [])
+    return view.sent[-1]
+
+
+def test_the_generated_typescript_is_up_to_date():
+    committed = (ROOT / "js" / "lib" / "contract.gen.ts").read_text()
+    assert load_generator().typescript() == committed, "js/lib/contract.gen.ts is stale: run python scripts/gen_contract.py"
+
+
+def test_every_registered_view_is_declared_and_tested(views):
+    assert set(views) == set(contract.VIEWS)
+    for name in contract.VIEWS:
+        assert contract.is_declared_view(contract.view_class(name))
+        assert contract.is_declared_view(type(views[name]))  # anywidget's per-instance subclass too
+    assert not contract.is_declared_view(InterpWidget)
+
+
+@pytest.mark.parametrize("name", list(contract.VIEWS))
+def test_the_synced_state_of_each_view_is_its_declaration(views, name):
+    view = views[name]
+    declared = contract.synced_traits(type(view))
+    # what ipywidgets sends to the browser (after to_json: widget references as strings)
+    state = view.get_state()
+    plumbing = set(anywidget.AnyWidget.class_trait_names(sync=True)) | {"_esm", "_css", "_anywidget_id"}
+    assert set(state) - plumbing == set(declared)
+    generated = (ROOT / "js" / "lib" / "contract.gen.ts").read_text()
+    interface = generated.split(f"export interface {load_generator().pascal(name)}Model {{")[1].split("}\n")[0]
+    assert [line.split(":")[0].strip() for line in interface.strip().splitlines()] == list(declared)
+    for trait, schema in declared.items():
+        schema.check(state[trait], trait)  # raises ContractError naming the field that drifted
+
+
+def test_the_declared_schemas_are_not_vacuous(views):
+    attention = views["attention"].get_state()
+    schema = contract.synced_traits(type(views["attention"]))
+    broken = dict(attention["_pattern"], tensor=dict(attention["_pattern"]["tensor"], shape=[3, 3]))
+    with pytest.raises(contract.ContractError, match=r"_pattern.tensor: shape \[3, 3\] float16 needs 18 bytes"):
+        schema["_pattern"].check(broken, "_pattern")
+    with pytest.raises(contract.ContractError, match="_pattern got unknown field 'extra'"):
+        schema["_pattern"].check(dict(attention["_pattern"], extra=1), "_pattern")
+    with pytest.raises(contract.ContractError, match="mode must be one of probabilities, value_weighted"):
+        schema["mode"].check("softmax", "mode")
+    ablation_result = views["ablation"].get_state()["result"]
+    with pytest.raises(contract.ContractError, match=r"result.top_k\[0\].probability must be a number"):
+        contract.synced_traits(type(views["ablation"]))["result"].check(
+            dict(ablation_result, top_k=[dict(ablation_result["top_k"][0], probability="0.5")]), "result")
+
+
+REQUESTS = [
+    ("attention", "head_pattern", {"layer": 0, "head": 3, "mode": "probabilities", "with_mask": True}),
+    ("attention", "head_pattern", {"layer": 1, "head": 0, "mode": "value_weighted"}),
+    ("attention", "token_weights", {"layer": 1, "token": 4, "mode": "probabilities", "direction": "attended_by"}),
+    ("attention", "token_weights", {"layer": 1, "token": 4, "mode": "probabilities", "direction": "attends_to", "head": 2}),
+    ("patching", "open", {"kind": "mlp_out", "layer": 0, "index": 3, "open_in": "ablation"}),
+    ("patching", "cancel", {}),
+    ("patching", "resume", {}),
+    ("ablation", "run", {"ablations": {"L1.H0": 0.5}, "ablation": "mean"}),
+]
+
+
+def test_every_declared_request_is_exercised_here():
+    declared = {(name, method) for name in contract.VIEWS for method in contract.requests(contract.view_class(name))}
+    assert declared == {(name, method) for name, method, _ in REQUESTS}
+
+
+@pytest.mark.parametrize("name, method, params", REQUESTS)
+def test_real_replies_match_their_declaration(views, name, method, params):
+    view = views[name]
+    content, buffers = ask(view, method, params)
+    assert content["ok"] is True, content
+    contract.requests(type(view))[method].check_result(content["result"], buffers)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"layer": 0, "head": 1, "mode": "probabilities", "colour": "red"},
+     "the params of head_pattern got unknown field 'colour'; it takes layer, head, mode, with_mask"),
+    ({"layer": 0, "mode": "probabilities"}, "the params of head_pattern needs the field 'head'"),
+    ({"layer": 0, "head": 1.0 + 0.5, "mode": "probabilities"}, "head must be an integer, got 1.5"),
+    ({"layer": 0, "head": 1, "mode": "probabilities", "with_mask": 1}, "with_mask must be true or false, got 1"),
+    ([0, 1], "params of head_pattern must be an object"),
+])
+def test_requests_are_checked_against_the_declaration(views, params, message):
+    view = views["attention"]
+    content, _ = ask(view, "head_pattern", params)
+    assert content["ok"] is False and message in content["error"], content
+
+
+def test_undeclared_params_are_refused_by_every_declared_view(views):
+    for name, method, params in REQUESTS:
+        content, _ = ask(views[name], method, dict(params, injected=1))
+        assert content["ok"] is False and "unknown field 'injected'" in content["error"], (name, method, content)
+
+
+def test_a_reply_that_drifted_from_its_declaration_is_caught(views):
+    view = views["attention"]
+    content, buffers = ask(view, "head_pattern", {"layer": 0, "head": 1, "mode": "probabilities"})
+    declared = contract.requests(type(view))["head_pattern"]
+    with pytest.raises(contract.ContractError, match=r"result.pattern.buffer must be an integer from 0 to 0"):
+        declared.check_result({"pattern": dict(content["result"]["pattern"], buffer=1)}, buffers)
+    with pytest.raises(contract.ContractError, match="result needs the field 'pattern'"):
+        declared.check_result({"masked": content["result"]["pattern"]}, buffers)
+
+
+def test_rpc_declares_both_params_and_result_or_neither():
+    with pytest.raises(TypeError, match="declare both"):
+        rpc("half", params={"layer": contract.INT})
