@@ -295,6 +295,27 @@ class Model:
             plan.z_scale[layer] = z_scale
             plan.z_baseline[layer] = means[layer] if means is not None else torch.zeros(width)
 
+    def capture_batch(
+        self, rows: Sequence[torch.Tensor], capture: dict[str, set[int]], plan: Plan | None = None,
+    ) -> tuple[dict, torch.Tensor]:
+        """Captures of several prompts of different lengths in ONE forward.
+
+        `rows` are 1-D token-id tensors; they are right-padded to one length
+        with an attention mask (causal attention never lets a real token see
+        the padding after it). Returns ({name: {layer: [B, T, width]}}, mask
+        [B, T] with 1 = token, 0 = padding)."""
+        if not rows:
+            raise self._error("capture_batch needs at least one prompt")
+        length = max(len(ids) for ids in rows)
+        batch = torch.zeros(len(rows), length, dtype=torch.long)
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for row, ids in enumerate(rows):
+            batch[row, : len(ids)] = torch.as_tensor(ids)
+            mask[row, : len(ids)] = 1
+        saved = self.execute(batch, plan or Plan(), capture, logits="none", all_rows=True,
+                             attention_mask=None if bool(mask.all()) else mask)
+        return {name: saved[name] for name in capture}, mask
+
     def _mean_z(self, reference: Sequence[str] | None) -> dict[int, torch.Tensor]:
         """Mean of each head's output-projection input over every token of the reference prompts.
 
@@ -306,17 +327,8 @@ class Model:
             raise self._error("mean ablation needs reference=[prompt, ...] to average each head's output over")
         key = tuple(reference)
         if key not in self._reference_means:
-            prompts = [self.tokenize(prompt)[0] for prompt in reference]
-            length = max(len(ids) for ids in prompts)
-            batch = torch.zeros(len(prompts), length, dtype=torch.long)
-            mask = torch.zeros(len(prompts), length, dtype=torch.long)
-            for row, ids in enumerate(prompts):
-                batch[row, : len(ids)] = ids
-                mask[row, : len(ids)] = 1
-            z = self.execute(
-                batch, Plan(), self.all_layers(["z"]), logits="none", all_rows=True,
-                attention_mask=None if bool(mask.all()) else mask,
-            )["z"]
+            z, mask = self.capture_batch([self.tokenize(prompt)[0] for prompt in reference], self.all_layers(["z"]))
+            z = z["z"]
             weights = mask.float()[..., None]
             means = {layer: (z[layer].float() * weights).sum((0, 1)) / weights.sum() for layer in z}
             if len(self._reference_means) >= REFERENCE_CACHE:
