@@ -7,6 +7,14 @@ Wire format of the messages (mirrored by js/lib/rpc.ts):
                   {"kind": "cancel", "id": str}
     Python -> JS  {"kind": "response", "id": str, "ok": true, "result": ...} + buffers
                   {"kind": "response", "id": str, "ok": false, "error": str}
+
+A view's traits and requests are declared once (_contract.py says how); the
+params of a declared request are checked against it before its handler runs.
+
+Not anywidget 0.11's experimental `invoke`/`@command`: its replies carry no
+error (a failing command raises in the kernel and the browser waits out its
+3 s default timeout), an abort never reaches Python (no cancel), and its
+{"kind": "anywidget-command"} messages would replace this wire format.
 """
 
 from __future__ import annotations
