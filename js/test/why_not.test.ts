@@ -1,0 +1,22 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { fmt, linePoints } from "../why_not";
+import { attentionRow } from "../context_use";
+
+test("why_not: numbers print with 3 decimals, a missing estimate as a dash", () => {
+  assert.equal(fmt(0.94812), "0.948");
+  assert.equal(fmt(-2.0604), "-2.060");
+  assert.equal(fmt(null), "\u2013");
+});
+
+test("why_not: trajectory points span the width, probabilities clamped to the plot", () => {
+  assert.equal(linePoints([0, 0.5, 1], 100, 50), "0.0,50.0 50.0,25.0 100.0,0.0");
+  assert.equal(linePoints([1.5, -1], 10, 10), "0.0,0.0 10.0,10.0");
+});
+
+test("context_use: attention row of one head, or the mean of every head", () => {
+  // 2 layers x 2 heads x 3 tokens
+  const values = new Float32Array([1, 0, 0, 0, 1, 0, 0, 0, 1, 0.5, 0.5, 0]);
+  assert.deepEqual(Array.from(attentionRow(values, 2, 2, 3, "L1.H0")), [0, 0, 1]);
+  assert.deepEqual(Array.from(attentionRow(values, 2, 2, 3, "mean")), [0.375, 0.375, 0.25]);
+});

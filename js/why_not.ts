@@ -1,0 +1,246 @@
+// WhyNotView front end: the logit-lens trajectory of expected vs actual at the
+// answer position (critical layer marked), the ranked inhibitors (measured
+// ablation effects; gradient estimates in their own, marked column), the
+// missing components with their measured restore shares, the restore of the
+// top k, and buttons that open the attention view or the ablation panel.
+
+import type { RenderProps } from "@anywidget/types";
+import { decodeTensor, type EncodedTensor } from "./lib/codec";
+import { describeError } from "./lib/errors";
+import { mountView } from "./lib/view";
+
+export interface InhibitorRow { name: string; layer: number; head: number | null; effect: number; estimate: number | null }
+export interface MissingRow {
+  name: string; layer: number; head: number | null; restore_share: number; estimate: number | null;
+  norm_here: number; norm_reference: number; attention_here: number | null; attention_reference: number | null; label: string;
+}
+export interface RestoreResult { k: number; components: string[]; single_shares: number[]; together_share: number; labels: string[] }
+
+/** Mirrors the synced traits of nbinterp.widgets.why_not.WhyNotView. */
+export interface WhyNotModel {
+  model_name: string;
+  tokens: string[];
+  expected: string;
+  actual_token: string;
+  metric: number;
+  reference_metrics: number[];
+  row_labels: string[];
+  critical_layer: number | null;
+  _trajectory: { expected_rank: EncodedTensor; expected_probability: EncodedTensor; actual_rank: EncodedTensor; actual_probability: EncodedTensor };
+  inhibitor_list: InhibitorRow[];
+  missing_list: MissingRow[];
+  restored: RestoreResult | null;
+  _opened: string | null;
+  error: string;
+}
+
+const CSS = `
+.nbi-why-not table { border-collapse: collapse; font-size: 12px; margin: 4px 0 10px; }
+.nbi-why-not td, .nbi-why-not th { padding: 2px 8px; text-align: right; border-bottom: 1px solid #eee; }
+.nbi-why-not td:first-child, .nbi-why-not th:first-child { text-align: left; }
+.nbi-why-not .nbi-estimate { color: #777; font-style: italic; }
+.nbi-why-not .nbi-nothing { color: #a33; }
+.nbi-why-not h4 { margin: 10px 0 2px; font-size: 13px; }
+.nbi-why-not button { font-size: 11px; margin-left: 2px; }
+`;
+
+/** Signed number with 3 decimals (the view's one number format; tests compare against it). */
+export function fmt(value: number | null): string {
+  return value === null ? "\u2013" : value.toFixed(3);
+}
+
+/** SVG polyline points for values on [0, 1] over `width` x `height` (row i at x = i step). */
+export function linePoints(values: ArrayLike<number>, width: number, height: number): string {
+  const n = values.length;
+  const step = n > 1 ? width / (n - 1) : 0;
+  return Array.from(values, (v, i) => `${(i * step).toFixed(1)},${(height - Math.max(0, Math.min(1, v)) * height).toFixed(1)}`).join(" ");
+}
+
+function render({ model, el, host }: RenderProps<WhyNotModel>): () => void {
+  const { doc, root, rpc, errors, cleanups, guard, listen, dispose } = mountView(model, el, "why-not", { css: CSS });
+  const svgNS = "http://www.w3.org/2000/svg";
+  const header = doc.createElement("div");
+  const chart = doc.createElement("div");
+  const inhibitors = doc.createElement("div");
+  const missing = doc.createElement("div");
+  const restore = doc.createElement("div");
+  const opened = doc.createElement("div");
+  opened.className = "nbi-opened";
+  root.append(header, chart, inhibitors, missing, restore, opened);
+
+  const open = (layer: number, head: number | null, where: "attention" | "ablation") =>
+    rpc.request("open", { layer, head, open_in: where }).catch((err) => errors.show(describeError(err)));
+
+  function button(label: string, onClick: () => void): HTMLButtonElement {
+    const b = doc.createElement("button");
+    b.textContent = label;
+    b.addEventListener("click", () => guard(onClick));
+    return b;
+  }
+
+  function table(headings: string[], rows: Array<Array<string | Node>>, className: string): HTMLTableElement {
+    const t = doc.createElement("table");
+    t.className = className;
+    const head = t.createTHead().insertRow();
+    for (const h of headings) {
+      const th = doc.createElement("th");
+      th.textContent = h;
+      head.append(th);
+    }
+    const body = t.createTBody();
+    for (const row of rows) {
+      const tr = body.insertRow();
+      for (const cell of row) {
+        const td = tr.insertCell();
+        if (typeof cell === "string") td.textContent = cell;
+        else td.append(cell);
+      }
+    }
+    return t;
+  }
+
+  function drawHeader() {
+    const refs = model.get("reference_metrics");
+    header.textContent = `Why not ${JSON.stringify(model.get("expected"))}? ${model.get("model_name")} says ` +
+      `${JSON.stringify(model.get("actual_token"))}: logit(expected) \u2212 logit(actual) = ${fmt(model.get("metric"))}` +
+      (refs.length ? ` here, ${refs.map(fmt).join(", ")} in the reference${refs.length > 1 ? "s" : ""}` : "");
+    header.className = "nbi-summary";
+  }
+
+  function drawChart() {
+    const t = model.get("_trajectory");
+    const expected = decodeTensor(t.expected_probability).values;
+    const actual = decodeTensor(t.actual_probability).values;
+    const expectedRank = decodeTensor(t.expected_rank).values;
+    const actualRank = decodeTensor(t.actual_rank).values;
+    const labels = model.get("row_labels");
+    const width = 60 * Math.max(labels.length - 1, 1), height = 90, pad = 30;
+    const svg = doc.createElementNS(svgNS, "svg");
+    svg.setAttribute("width", String(width + 2 * pad));
+    svg.setAttribute("height", String(height + 40));
+    const g = doc.createElementNS(svgNS, "g");
+    g.setAttribute("transform", `translate(${pad},10)`);
+    svg.append(g);
+    const critical = model.get("critical_layer");
+    if (critical !== null) {
+      const x = (critical + 1) * (labels.length > 1 ? width / (labels.length - 1) : 0);
+      const line = doc.createElementNS(svgNS, "line");
+      for (const [k, v] of [["x1", x], ["x2", x], ["y1", 0], ["y2", height]] as const) line.setAttribute(k, String(v));
+      line.setAttribute("stroke", "#c33");
+      line.setAttribute("stroke-dasharray", "4 3");
+      line.setAttribute("class", "nbi-critical");
+      g.append(line);
+    }
+    for (const [values, colour, cls] of [[expected, "#1f77b4", "nbi-expected"], [actual, "#ff7f0e", "nbi-actual"]] as const) {
+      const poly = doc.createElementNS(svgNS, "polyline");
+      poly.setAttribute("points", linePoints(values, width, height));
+      poly.setAttribute("fill", "none");
+      poly.setAttribute("stroke", colour);
+      poly.setAttribute("stroke-width", "2");
+      poly.setAttribute("class", cls);
+      g.append(poly);
+    }
+    labels.forEach((label, i) => {
+      const text = doc.createElementNS(svgNS, "text");
+      text.setAttribute("x", String(i * (labels.length > 1 ? width / (labels.length - 1) : 0)));
+      text.setAttribute("y", String(height + 16));
+      text.setAttribute("font-size", "10");
+      text.setAttribute("text-anchor", "middle");
+      text.textContent = label;
+      g.append(text);
+    });
+    const caption = doc.createElement("div");
+    caption.className = "nbi-status";
+    caption.textContent = `measured (logit lens at the answer position): p(${JSON.stringify(model.get("expected"))}) blue, ` +
+      `p(${JSON.stringify(model.get("actual_token"))}) orange; ` +
+      (critical === null ? "expected ends on top" : critical < 0 ? "actual is ahead from the embeddings on" : `critical layer L${critical}: actual stays ahead after it`);
+    const ranks = table(["stream", ...labels], [
+      ["rank expected", ...Array.from(expectedRank, (v) => String(v))],
+      ["rank actual", ...Array.from(actualRank, (v) => String(v))],
+    ], "nbi-ranks");
+    chart.replaceChildren(svg, caption, ranks);
+  }
+
+  function drawInhibitors() {
+    const rows = model.get("inhibitor_list").slice(0, 12).map((r) => [
+      r.name, fmt(r.effect), Object.assign(doc.createElement("span"), { className: "nbi-estimate", textContent: fmt(r.estimate) }),
+      button("attention", () => open(r.layer, r.head, "attention")), button("ablate", () => open(r.layer, r.head, "ablation")),
+    ]);
+    const title = doc.createElement("h4");
+    title.textContent = "Inhibitors: zero-ablation effect on the logit difference (measured; > 0 pushes against expected)";
+    inhibitors.replaceChildren(title, table(["component", "effect (measured)", "gradient (estimated)", "", ""], rows, "nbi-inhibitors"));
+  }
+
+  function drawMissing() {
+    const list = model.get("missing_list");
+    const title = doc.createElement("h4");
+    if (!list.length) {
+      title.textContent = "Missing components: pass references=[prompt where the model says expected]";
+      missing.replaceChildren(title);
+      return;
+    }
+    title.textContent = "Missing: share of the gap restored by patching each in from the reference at the answer (measured)";
+    const rows = list.slice(0, 12).map((r) => {
+      const label = Object.assign(doc.createElement("span"), { textContent: r.label, className: r.label === "restores nothing" ? "nbi-nothing" : "" });
+      return [r.name, fmt(r.restore_share), label,
+        Object.assign(doc.createElement("span"), { className: "nbi-estimate", textContent: fmt(r.estimate) }),
+        `${fmt(r.attention_here)} / ${fmt(r.attention_reference)}`, `${fmt(r.norm_here)} / ${fmt(r.norm_reference)}`,
+        button("attention", () => open(r.layer, r.head, "attention"))];
+    });
+    missing.replaceChildren(title, table(["component", "restore (measured)", "", "first-order (estimated)", "attention to span here / ref", "norm here / ref", ""], rows, "nbi-missing"));
+  }
+
+  function drawRestore() {
+    const r = model.get("restored");
+    if (!r) return restore.replaceChildren();
+    const title = doc.createElement("h4");
+    title.textContent = `Restore the top ${r.k} together: ${fmt(r.together_share)} of the gap (measured)`;
+    title.className = "nbi-together";
+    const rows = r.components.map((name, i) => [name, fmt(r.single_shares[i]), r.labels[i]]);
+    const k = doc.createElement("input");
+    k.type = "number";
+    k.min = "1";
+    k.value = String(r.k);
+    k.style.width = "4em";
+    const again = button("restore top k", () => {
+      rpc.request("restore", { k: Number(k.value) }).catch((err) => errors.show(describeError(err)));
+    });
+    restore.replaceChildren(title, table(["component", "alone (measured)", ""], rows, "nbi-restore"), k, again);
+  }
+
+  let openedAbort: AbortController | null = null;
+  async function drawOpened() {
+    const ref = model.get("_opened");
+    openedAbort?.abort();
+    opened.replaceChildren();
+    if (!ref) return;
+    root.dataset.opened = ref;
+    if (!host?.getWidget) {
+      opened.textContent = "opened: display it with view.opened";
+      return;
+    }
+    const controller = new AbortController();
+    openedAbort = controller;
+    const box = doc.createElement("div");
+    opened.append(box);
+    const widget = await host.getWidget(ref);
+    if (!controller.signal.aborted) await widget.render({ el: box, signal: controller.signal });
+  }
+  cleanups.push(() => openedAbort?.abort());
+
+  guard(() => {
+    errors.show(model.get("error"));
+    drawHeader();
+    drawChart();
+    drawInhibitors();
+    drawMissing();
+    drawRestore();
+    root.dataset.drawn = "true";
+  });
+  listen("change:restored", drawRestore);
+  listen("change:error", () => errors.show(model.get("error")));
+  listen("change:_opened", () => { drawOpened().catch((err) => errors.show(describeError(err))); });
+  return () => dispose();
+}
+
+export default { render };
