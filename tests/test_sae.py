@@ -109,22 +109,23 @@ HF_HOOKS = {
 }
 
 
-def _hook_reference(hf, family, kind, layer, input_ids):
-    path, which = HF_HOOKS[family][kind]
-    module = hf.get_submodule(path.format(l=layer))
-    seen = {}
+def _hook_references(hf, family, n_layers, input_ids):
+    """{(kind, layer): activation [T, width]} read by plain forward hooks, one forward."""
+    seen, handles = {}, []
+    for layer in range(n_layers):
+        for kind, (path, which) in HF_HOOKS[family].items():
+            def record(mod, args, output, key=(kind, layer), which=which):
+                value = args[0] if which == "input" else output
+                seen[key] = (value[0] if isinstance(value, tuple) else value)[0].detach().clone()
 
-    def record(mod, args, output):
-        value = args[0] if which == "input" else output
-        seen["x"] = (value[0] if isinstance(value, tuple) else value)[0].detach().clone()
-
-    handle = module.register_forward_hook(record)
+            handles.append(hf.get_submodule(path.format(l=layer)).register_forward_hook(record))
     try:
         with torch.no_grad():
             hf(input_ids=input_ids)
     finally:
-        handle.remove()
-    return seen["x"]
+        for handle in handles:
+            handle.remove()
+    return seen
 
 
 def _hook_name(kind, layer):
@@ -142,23 +143,23 @@ def llama_model():
 
 
 def _check_mapping(model, family, prompt):
-    run_ids = model.tokenize(prompt)
+    references = _hook_references(model.hf, family, model.n_layers, model.tokenize(prompt))
+    run = model.run(prompt, capture=["resid_pre", "attn_out", "mlp_out", "neurons", "resid_final"])
     expected_sites = {"resid_pre": "resid_pre", "attn_out": "attn_out", "mlp_out": "mlp_out", "mlp.hook_post": "neurons"}
     for layer in range(model.n_layers):
         for kind in HF_HOOKS[family]:
             width = model.d_mlp if kind == "mlp.hook_post" else model.d_model
-            stub = _Stub(_hook_name(kind, layer), width)
-            site, site_layer = sae_site(stub, model)
+            site, site_layer = sae_site(_Stub(_hook_name(kind, layer), width), model)
             if kind == "resid_post":
                 last = layer == model.n_layers - 1
                 assert (site, site_layer) == (("resid_final", model.n_layers) if last else ("resid_pre", layer + 1))
             else:
                 assert (site, site_layer) == (expected_sites[kind], layer)
             # the site's activation is what the TransformerLens hook reads
-            reference = _hook_reference(model.hf, family, kind, layer, run_ids)
-            captured = model.run(prompt, capture=[site]).captured(site, site_layer)
+            reference = references[(kind, layer)]
             scale = reference.abs().max().item()
-            torch.testing.assert_close(captured.float(), reference.float(), rtol=1e-5, atol=1e-5 * scale)
+            torch.testing.assert_close(run.captured(site, site_layer).float(), reference.float(),
+                                       rtol=1e-5, atol=1e-5 * scale)
 
 
 class _Stub:
@@ -265,13 +266,22 @@ def _plain_topk_encode(weights, x, k):
     return torch.zeros_like(pre).scatter(-1, indices, values.clamp(min=0))
 
 
-def _hidden_states(bundled_model, texts, layer):
-    """HF hidden_states[layer] (the stream entering block `layer`) of each text, unpadded."""
-    out = []
+def _hidden_states(bundled_model, texts, layer, batch=100):
+    """HF hidden_states[layer] (the stream entering block `layer`) of each text, unpadded.
+    Right padding with a mask: real tokens never see the pads."""
+    tokenizer, out = bundled_model.tokenizer, []
+    ids = [tokenizer(text).input_ids for text in texts]
     with torch.no_grad():
-        for text in texts:
-            ids = bundled_model.tokenizer(text, return_tensors="pt").input_ids
-            out.append(bundled_model.hf(input_ids=ids, output_hidden_states=True).hidden_states[layer][0])
+        for start in range(0, len(ids), batch):
+            chunk = ids[start:start + batch]
+            width = max(map(len, chunk))
+            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
+            mask = torch.zeros(len(chunk), width, dtype=torch.long)
+            for row, seq in enumerate(chunk):
+                input_ids[row, :len(seq)], mask[row, :len(seq)] = torch.tensor(seq), 1
+            states = bundled_model.hf(input_ids=input_ids, attention_mask=mask,
+                                      output_hidden_states=True).hidden_states[layer]
+            out += [states[row, :len(seq)] for row, seq in enumerate(chunk)]
     return out
 
 
@@ -302,6 +312,10 @@ def test_bundled_card_reconstruction_figures(bundled_model, bundled_weights):
     # batches: float32 differences of ~1e-6 relative, far below 1e-3.
     assert abs(explained.item() - CARD["held_out"]["explained_variance"]) < 1e-3
     assert explained > 0.9
+    # the SAE's own helpers say the same
+    sae = bundled_sae()
+    assert abs(sae.explained_variance(x) - explained.item()) < 1e-4
+    torch.testing.assert_close(sae.reconstruction_error(x).mean(), 1 - explained, rtol=1e-4, atol=1e-5)
     l0 = (f > 0).sum(-1).float().mean().item()
     assert abs(l0 - CARD["held_out"]["l0"]) < 0.01
     dead = ((f > 0).sum(0) == 0).float().mean().item()
@@ -309,17 +323,15 @@ def test_bundled_card_reconstruction_figures(bundled_model, bundled_weights):
 
 
 def _auroc(score, positive):
-    """Mann-Whitney AUROC, ties counted half (rank-based, independent of the script's pairwise count)."""
-    order = torch.cat([score[positive], score[~positive]])
-    ranks = torch.empty(len(order))
-    sorted_scores, idx = order.sort()
-    ranks[idx] = torch.arange(1, len(order) + 1, dtype=torch.float)
-    for value in sorted_scores.unique():  # average ranks of ties
-        tied = order == value
-        ranks[tied] = ranks[tied].mean()
+    """Mann-Whitney AUROC from average ranks (ties count half), independent of the script's pairwise count."""
+    score = score.contiguous()
+    ordered = score.sort().values
+    below = torch.searchsorted(ordered, score, right=False)
+    through = torch.searchsorted(ordered, score, right=True)
+    ranks = (below + through + 1).double() / 2  # mean 1-based rank of each value's tie group
     n_pos = int(positive.sum())
-    n_neg = len(order) - n_pos
-    return ((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
+    n_neg = len(score) - n_pos
+    return ((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
 
 
 def test_bundled_concept_features_separate_their_groups(bundled_model, bundled_weights):
