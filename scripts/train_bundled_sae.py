@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 import nbinterp as ni
 from nbinterp.bundled import tasks
 from nbinterp.engine.plan import Plan
+from nbinterp.features.sae import SparseAutoencoder
 
 OUT = Path(__file__).resolve().parent.parent / "nbinterp" / "bundled" / "sae"
 LAYER = 3
@@ -82,9 +83,7 @@ def held_out_texts() -> list[str]:
             for e in tasks.examples(task, N_HELD_OUT, seed=HELD_OUT_SEED, split="test")]
 
 
-def train(x: torch.Tensor) -> ni.features.sae.SparseAutoencoder:
-    from nbinterp.features.sae import SparseAutoencoder
-
+def train(x: torch.Tensor) -> SparseAutoencoder:
     torch.manual_seed(0)
     W_dec = torch.randn(D_SAE, x.shape[1])
     W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True)
