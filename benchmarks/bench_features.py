@@ -26,7 +26,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 import nbinterp as ni
-from nbinterp.features.contexts import ContextIndex
+from nbinterp.representations.contexts import ContextIndex
 
 VOCAB = 50257
 

@@ -22,7 +22,7 @@ _WIDGET_CALLS = {
     "probe": "nbinterp.widgets.probe",
     "why_not": "nbinterp.widgets.why_not",
     "context_use": "nbinterp.widgets.context_use",
-    "load_sae": "nbinterp.features.sae",
+    "load_sae": "nbinterp.representations.sae",
 }
 
 __all__ = [

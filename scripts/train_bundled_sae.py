@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 import nbinterp as ni
 from nbinterp.bundled import tasks
 from nbinterp.engine.plan import Plan
-from nbinterp.features.sae import SparseAutoencoder
+from nbinterp.representations.sae import SparseAutoencoder
 
 OUT = Path(__file__).resolve().parent.parent / "nbinterp" / "bundled" / "sae"
 LAYER = 3

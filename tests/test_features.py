@@ -12,8 +12,8 @@ import torch
 
 import nbinterp as ni
 from conftest import PROMPT, random_model
-from nbinterp.features import directions
-from nbinterp.features.activations import FeatureActivations
+from nbinterp.representations import directions
+from nbinterp.representations.activations import FeatureActivations
 from reference_hooks import blocks, hooks, mlp_down
 
 TARGET, FOIL = "w5", "w9"

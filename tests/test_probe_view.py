@@ -10,7 +10,7 @@ import torch
 import nbinterp as ni
 from nbinterp.bundled import tasks
 from nbinterp.errors import NbinterpError
-from nbinterp.features.probe_usage import usage_test
+from nbinterp.representations.probe_usage import usage_test
 from nbinterp.widgets._buffers import decode
 
 

@@ -12,8 +12,8 @@ import torch
 import nbinterp as ni
 from nbinterp.bundled import tasks
 from nbinterp.errors import NbinterpError
-from nbinterp.features.probe_usage import random_directions, usage_test
-from nbinterp.features.probes import probe_layers
+from nbinterp.representations.probe_usage import random_directions, usage_test
+from nbinterp.representations.probes import probe_layers
 from reference_hooks import blocks
 
 METRIC = ("doctor", "nurse")

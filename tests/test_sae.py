@@ -19,7 +19,7 @@ import nbinterp as ni
 from conftest import PROMPT, random_model, word_tokenizer
 from nbinterp.bundled import tasks
 from nbinterp.errors import NbinterpError
-from nbinterp.features.sae import BUNDLED_SAE_DIR, SparseAutoencoder, bundled_sae, decoder_directions, load_sae, sae_site
+from nbinterp.representations.sae import BUNDLED_SAE_DIR, SparseAutoencoder, bundled_sae, decoder_directions, load_sae, sae_site
 
 sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is in the test extra: pip install -e '.[test]'")
 warnings.filterwarnings("ignore", category=DeprecationWarning)

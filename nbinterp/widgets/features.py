@@ -24,7 +24,7 @@ import torch
 import traitlets
 
 from nbinterp.errors import NbinterpError
-from nbinterp.features.activations import DIRECT_EFFECT_LABEL, STEER_MODES, FeatureActivations
+from nbinterp.representations.activations import DIRECT_EFFECT_LABEL, STEER_MODES, FeatureActivations
 from nbinterp.interventions.ablation import summarize
 from ._base import FrontendError, InterpWidget, choice_value, int_value, new_figure, rpc
 from ._buffers import encode

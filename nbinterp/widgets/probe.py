@@ -14,8 +14,8 @@ import torch
 import traitlets
 
 from nbinterp.errors import NbinterpError
-from nbinterp.features.probe_usage import Usage, UsageThresholds, parse_metric, usage_test
-from nbinterp.features.probes import DEFAULT_L2, ProbeResult, probe_layers
+from nbinterp.representations.probe_usage import Usage, UsageThresholds, parse_metric, usage_test
+from nbinterp.representations.probes import DEFAULT_L2, ProbeResult, probe_layers
 from ._base import FrontendError, InterpWidget, int_value, new_figure, rpc
 from ._buffers import encode
 
