@@ -47,6 +47,27 @@ def views(model):
         "patching": recording(patching),
         "ablation": recording(ablation),
         "logit_lens": recording(ni.logit_lens(model, PROMPT, target="w5")),
+        **bundled_views(),
+    }
+
+
+def bundled_views():
+    """The views whose analyses need the bundled model's planted behaviours."""
+    from nbinterp.bundled import tasks
+
+    bundled = ni.load()
+    ioi = "When Mary and John went to the store , John gave a drink to"
+    swapped = "When Mary and John went to the store , Mary gave a drink to"
+    bias = tasks.examples("bias", 12, seed=3) + tasks.examples("bias", 12, seed=4)
+    labels = [next(g for g, clans in tasks.GROUP_CLANS.items() if any(c in e.prompt.split() for c in clans))
+              for e in bias]
+    context = "The capital of Veldora is Brinn . The capital of Veldora is"
+    return {
+        "attribution": recording(ni.attribute(bundled, ioi, target="Mary", foil="John", background=False)),
+        "features": recording(ni.features(bundled, ioi, layer=1, corpus=[ioi, swapped], background=False)),
+        "probe": recording(ni.probe(bundled, [e.prompt for e in bias], labels, metric=("doctor", "nurse"))),
+        "why_not": recording(ni.why_not(bundled, ioi, expected="John", references=[swapped])),
+        "context_use": recording(ni.context_use(bundled, context, context=(1, 6))),
     }
 
 
@@ -108,6 +129,11 @@ REQUESTS = [
     ("patching", "cancel", {}),
     ("patching", "resume", {}),
     ("ablation", "run", {"ablations": {"L1.H0": 0.5}, "ablation": "mean"}),
+    ("features", "steer", {"steering": {"3": 2.0}, "mode": "scale"}),
+    ("features", "cancel_contexts", {}),
+    ("features", "resume_contexts", {}),
+    ("why_not", "open", {"layer": 3, "head": 0, "open_in": "attention"}),
+    ("why_not", "restore", {"k": 2}),
 ]
 
 

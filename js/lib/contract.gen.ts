@@ -203,3 +203,257 @@ export const LOGIT_LENS_TRAITS: Record<keyof LogitLensModel, Schema> = {
 };
 
 export const LOGIT_LENS_REQUESTS = {} as const;
+
+// ---- attribution: nbinterp.widgets.attribution.AttributionView
+
+/** The synced traits of AttributionView. */
+export interface AttributionModel {
+  _edge_matrix: Record<string, unknown> | null;
+  _edges: Record<string, unknown> | null;
+  _heads: Record<string, unknown>;
+  _verification: Record<string, unknown> | null;
+  error: string;
+  foil: string;
+  head: number;
+  layer: number;
+  method: string;
+  metric: number;
+  model_name: string;
+  n_heads: number;
+  n_layers: number;
+  progress: Record<string, unknown>;
+  selected: { query?: number; key?: number };
+  target: string;
+  tokens: string[];
+}
+
+export const ATTRIBUTION_TRAITS: Record<keyof AttributionModel, Schema> = {
+  _edge_matrix: { kind: "nullable", of: { kind: "map", of: { kind: "unknown" } } },
+  _edges: { kind: "nullable", of: { kind: "map", of: { kind: "unknown" } } },
+  _heads: { kind: "map", of: { kind: "unknown" } },
+  _verification: { kind: "nullable", of: { kind: "map", of: { kind: "unknown" } } },
+  error: { kind: "string" },
+  foil: { kind: "string" },
+  head: { kind: "int" },
+  layer: { kind: "int" },
+  method: { kind: "string" },
+  metric: { kind: "number" },
+  model_name: { kind: "string" },
+  n_heads: { kind: "int" },
+  n_layers: { kind: "int" },
+  progress: { kind: "map", of: { kind: "unknown" } },
+  selected: { kind: "object", fields: { query: { kind: "int" }, key: { kind: "int" } }, optional: ["query", "key"] },
+  target: { kind: "string" },
+  tokens: { kind: "list", of: { kind: "string" } },
+};
+
+export const ATTRIBUTION_REQUESTS = {} as const;
+
+// ---- features: nbinterp.widgets.features.FeatureView
+
+/** The synced traits of FeatureView. */
+export interface FeaturesModel {
+  _top: Record<string, unknown>;
+  baseline: Record<string, unknown>;
+  contexts: Record<string, unknown>;
+  error: string;
+  feature_info: Record<string, unknown>;
+  foil: string | null;
+  kind: string;
+  model_name: string;
+  n_features: number;
+  prompt: string;
+  reconstruction: Record<string, unknown>;
+  result: Record<string, unknown>;
+  selected_feature: number;
+  selected_token: number;
+  source_label: string;
+  steer_mode: "scale" | "clamp";
+  steering: Record<string, number>;
+  target: string | null;
+  tokens: string[];
+}
+
+export const FEATURES_TRAITS: Record<keyof FeaturesModel, Schema> = {
+  _top: { kind: "map", of: { kind: "unknown" } },
+  baseline: { kind: "map", of: { kind: "unknown" } },
+  contexts: { kind: "map", of: { kind: "unknown" } },
+  error: { kind: "string" },
+  feature_info: { kind: "map", of: { kind: "unknown" } },
+  foil: { kind: "nullable", of: { kind: "string" } },
+  kind: { kind: "string" },
+  model_name: { kind: "string" },
+  n_features: { kind: "int" },
+  prompt: { kind: "string" },
+  reconstruction: { kind: "map", of: { kind: "unknown" } },
+  result: { kind: "map", of: { kind: "unknown" } },
+  selected_feature: { kind: "int" },
+  selected_token: { kind: "int" },
+  source_label: { kind: "string" },
+  steer_mode: { kind: "choice", values: ["scale", "clamp"] },
+  steering: { kind: "map", of: { kind: "number" } },
+  target: { kind: "nullable", of: { kind: "string" } },
+  tokens: { kind: "list", of: { kind: "string" } },
+};
+
+export type FeaturesCancelContextsParams = Record<string, never>;
+export type FeaturesCancelContextsResult = { cancelled: boolean };
+export type FeaturesResumeContextsParams = Record<string, never>;
+export type FeaturesResumeContextsResult = { resumed: boolean };
+export type FeaturesSteerParams = { steering: Record<string, number>; mode?: "scale" | "clamp" };
+export type FeaturesSteerResult = { seq: number };
+
+export const FEATURES_REQUESTS = {
+  cancel_contexts: {
+    method: "cancel_contexts",
+    params: { kind: "object", fields: {}, optional: [] },
+    result: { kind: "object", fields: { cancelled: { kind: "boolean" } }, optional: [] },
+  } as RequestSpec<FeaturesCancelContextsParams, FeaturesCancelContextsResult>,
+  resume_contexts: {
+    method: "resume_contexts",
+    params: { kind: "object", fields: {}, optional: [] },
+    result: { kind: "object", fields: { resumed: { kind: "boolean" } }, optional: [] },
+  } as RequestSpec<FeaturesResumeContextsParams, FeaturesResumeContextsResult>,
+  steer: {
+    method: "steer",
+    params: { kind: "object", fields: { steering: { kind: "map", of: { kind: "number", min: -1000000.0, max: 1000000.0 }, entry: "the steering value of feature {key}" }, mode: { kind: "choice", values: ["scale", "clamp"] } }, optional: ["mode"] },
+    result: { kind: "object", fields: { seq: { kind: "int" } }, optional: [] },
+  } as RequestSpec<FeaturesSteerParams, FeaturesSteerResult>,
+} as const;
+
+// ---- probe: nbinterp.widgets.probe.ProbeView
+
+/** The synced traits of ProbeView. */
+export interface ProbeModel {
+  _accuracy: Record<string, unknown>;
+  _position_accuracy: Record<string, unknown>;
+  chance: number;
+  classes: string[];
+  error: string;
+  metric_label: string;
+  model_name: string;
+  n_test: number;
+  n_train: number;
+  position: number;
+  position_labels: string[];
+  progress: Record<string, unknown>;
+  selected_layer: number;
+  stream_labels: string[];
+  thresholds: Record<string, unknown>;
+  usage_results: Record<string, unknown>;
+}
+
+export const PROBE_TRAITS: Record<keyof ProbeModel, Schema> = {
+  _accuracy: { kind: "map", of: { kind: "unknown" } },
+  _position_accuracy: { kind: "map", of: { kind: "unknown" } },
+  chance: { kind: "number" },
+  classes: { kind: "list", of: { kind: "string" } },
+  error: { kind: "string" },
+  metric_label: { kind: "string" },
+  model_name: { kind: "string" },
+  n_test: { kind: "int" },
+  n_train: { kind: "int" },
+  position: { kind: "int" },
+  position_labels: { kind: "list", of: { kind: "string" } },
+  progress: { kind: "map", of: { kind: "unknown" } },
+  selected_layer: { kind: "int" },
+  stream_labels: { kind: "list", of: { kind: "string" } },
+  thresholds: { kind: "map", of: { kind: "unknown" } },
+  usage_results: { kind: "map", of: { kind: "unknown" } },
+};
+
+export const PROBE_REQUESTS = {} as const;
+
+// ---- why_not: nbinterp.widgets.why_not.WhyNotView
+
+/** The synced traits of WhyNotView. */
+export interface WhyNotModel {
+  _opened: string | null;
+  _trajectory: { expected_rank: EncodedTensor; expected_probability: EncodedTensor; actual_rank: EncodedTensor; actual_probability: EncodedTensor };
+  actual_token: string;
+  critical_layer: number | null;
+  error: string;
+  expected: string;
+  inhibitor_list: Array<{ name: string; layer: number; head: number | null; effect: number; estimate: number | null }>;
+  metric: number;
+  missing_list: Array<{ name: string; layer: number; head: number | null; restore_share: number; estimate: number | null; norm_here: number; norm_reference: number; attention_here: number | null; attention_reference: number | null; label: string }>;
+  model_name: string;
+  reference_metrics: number[];
+  restored: { k: number; components: string[]; single_shares: number[]; together_share: number; labels: string[] } | null;
+  row_labels: string[];
+  tokens: string[];
+}
+
+export const WHY_NOT_TRAITS: Record<keyof WhyNotModel, Schema> = {
+  _opened: { kind: "widget_ref" },
+  _trajectory: { kind: "object", fields: { expected_rank: { kind: "tensor" }, expected_probability: { kind: "tensor" }, actual_rank: { kind: "tensor" }, actual_probability: { kind: "tensor" } }, optional: [] },
+  actual_token: { kind: "string" },
+  critical_layer: { kind: "nullable", of: { kind: "int" } },
+  error: { kind: "string" },
+  expected: { kind: "string" },
+  inhibitor_list: { kind: "list", of: { kind: "object", fields: {'kind': 'string'}Schema, optional: [] } },
+  metric: { kind: "number" },
+  missing_list: { kind: "list", of: { kind: "object", fields: {'kind': 'string'}Schema, optional: [] } },
+  model_name: { kind: "string" },
+  reference_metrics: { kind: "list", of: { kind: "number" } },
+  restored: { kind: "nullable", of: { kind: "object", fields: { k: { kind: "int" }, components: { kind: "list", of: { kind: "string" } }, single_shares: { kind: "list", of: { kind: "number" } }, together_share: { kind: "number" }, labels: { kind: "list", of: { kind: "string" } } }, optional: [] } },
+  row_labels: { kind: "list", of: { kind: "string" } },
+  tokens: { kind: "list", of: { kind: "string" } },
+};
+
+export type WhyNotOpenParams = { layer: number; head?: number | null; open_in: string };
+export type WhyNotOpenResult = { opened: string };
+export type WhyNotRestoreParams = { k: number };
+export type WhyNotRestoreResult = { together_share: number };
+
+export const WHY_NOT_REQUESTS = {
+  open: {
+    method: "open",
+    params: { kind: "object", fields: { layer: { kind: "int" }, head: { kind: "nullable", of: { kind: "int" } }, open_in: { kind: "string" } }, optional: ["head"] },
+    result: { kind: "object", fields: { opened: { kind: "string" } }, optional: [] },
+  } as RequestSpec<WhyNotOpenParams, WhyNotOpenResult>,
+  restore: {
+    method: "restore",
+    params: { kind: "object", fields: { k: { kind: "int" } }, optional: [] },
+    result: { kind: "object", fields: { together_share: { kind: "number" } }, optional: [] },
+  } as RequestSpec<WhyNotRestoreParams, WhyNotRestoreResult>,
+} as const;
+
+// ---- context_use: nbinterp.widgets.context_use.ContextUseView
+
+/** The synced traits of ContextUseView. */
+export interface ContextUseModel {
+  _attention: EncodedTensor;
+  _ratio: EncodedTensor;
+  context_end: number;
+  context_start: number;
+  detector_score: number | null;
+  error: string;
+  knockout_result: { answer_before: string; answer_after: string; probability_before: number; probability_after: number; metric_before: number; metric_after: number; rival: string; n_edges: number };
+  model_name: string;
+  partly_ratio: number;
+  position: number;
+  reason: string;
+  selected: string;
+  tokens: string[];
+  verdict_text: "used" | "partly" | "ignored";
+}
+
+export const CONTEXT_USE_TRAITS: Record<keyof ContextUseModel, Schema> = {
+  _attention: { kind: "tensor" },
+  _ratio: { kind: "tensor" },
+  context_end: { kind: "int" },
+  context_start: { kind: "int" },
+  detector_score: { kind: "nullable", of: { kind: "number" } },
+  error: { kind: "string" },
+  knockout_result: { kind: "object", fields: { answer_before: { kind: "string" }, answer_after: { kind: "string" }, probability_before: { kind: "number" }, probability_after: { kind: "number" }, metric_before: { kind: "number" }, metric_after: { kind: "number" }, rival: { kind: "string" }, n_edges: { kind: "int" } }, optional: [] },
+  model_name: { kind: "string" },
+  partly_ratio: { kind: "number" },
+  position: { kind: "int" },
+  reason: { kind: "string" },
+  selected: { kind: "string" },
+  tokens: { kind: "list", of: { kind: "string" } },
+  verdict_text: { kind: "choice", values: ["used", "partly", "ignored"] },
+};
+
+export const CONTEXT_USE_REQUESTS = {} as const;

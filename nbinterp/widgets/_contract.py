@@ -54,6 +54,11 @@ VIEWS = {
     "patching": "nbinterp.widgets.patching:PatchingView",
     "ablation": "nbinterp.widgets.ablation:AblationPanel",
     "logit_lens": "nbinterp.widgets.logit_lens:LogitLensView",
+    "attribution": "nbinterp.widgets.attribution:AttributionView",
+    "features": "nbinterp.widgets.features:FeatureView",
+    "probe": "nbinterp.widgets.probe:ProbeView",
+    "why_not": "nbinterp.widgets.why_not:WhyNotView",
+    "context_use": "nbinterp.widgets.context_use:ContextUseView",
 }
 
 
