@@ -52,7 +52,7 @@ def render(spec: object, top: bool = True) -> str:
     """A spec as a TypeScript literal; a named object inside another is
     written as its constant (`TokenProbabilitySchema`)."""
     if isinstance(spec, dict):
-        if "name" in spec and not top:
+        if spec.get("kind") == "object" and "name" in spec and not top:  # not a field called "name"
             return f"{spec['name']}Schema"
         if not spec:
             return "{}"
