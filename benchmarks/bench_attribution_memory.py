@@ -97,7 +97,18 @@ def child(n_tokens: int, source: str) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     started = time.perf_counter()
-    if source == "view":
+    if source == "plain":
+        # the floor: a plain HF forward + backward of the same metric (weights
+        # frozen, gradients w.r.t. activations only), no nbinterp code
+        hf = model.hf
+        for parameter in hf.parameters():
+            parameter.requires_grad_(False)
+        with torch.enable_grad():
+            embeddings = hf.get_input_embeddings()(torch.as_tensor(ids).reshape(1, -1)).detach().requires_grad_(True)
+            logits = hf(inputs_embeds=embeddings).logits[0, -1]
+            (logits[model.token_id(target)] - logits[model.token_id(foil)]).backward()
+        att = None
+    elif source == "view":
         import nbinterp as ni
 
         att = ni.attribute(model, ids, target, foil, exact_budget=0).attribution
@@ -108,7 +119,7 @@ def child(n_tokens: int, source: str) -> dict:
     sampler.join()
     if reset:
         peak = max(peak, high_water())
-    assert len(att.edges) > 0
+    assert att is None or len(att.edges) > 0
     return {"T": n_tokens, "source": source, "before": before, "peak": peak, "increase": peak - before,
             "seconds": seconds, "cells": model.n_layers * model.n_heads * n_tokens * n_tokens,
             "hwm_reset": reset}
@@ -117,7 +128,9 @@ def child(n_tokens: int, source: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024])
-    parser.add_argument("--sources", nargs="+", default=["prompt", "run"], choices=["prompt", "run", "view"])
+    parser.add_argument("--sources", nargs="+", default=["plain", "prompt", "run"], choices=["plain", "prompt", "run", "view"],
+                        help="plain: a plain HF forward + backward of the metric (the floor); prompt: attribute from "
+                             "the prompt; run: from a gradient run made before; view: the widget")
     parser.add_argument("--child", nargs=2, metavar=("T", "SOURCE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
