@@ -25,8 +25,8 @@ from nbinterp.engine import plan as plans
 from nbinterp.engine.plan import Metric, Plan
 from nbinterp.engine.run import Run
 from nbinterp.errors import NbinterpError
-from nbinterp.features import directions
-from nbinterp.features.contexts import Context, ContextIndex, context_index
+from nbinterp.representations import directions
+from nbinterp.representations.contexts import Context, ContextIndex, context_index
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
@@ -125,7 +125,7 @@ class FeatureSource:
 def _decoder_weight(sae: Any) -> torch.Tensor | None:
     """[d_sae, d_in] decoder rows, if the object exposes them."""
     try:
-        from nbinterp.features.sae import decoder_directions
+        from nbinterp.representations.sae import decoder_directions
 
         return decoder_directions(sae).detach().float().cpu()
     except ImportError:
@@ -148,7 +148,7 @@ def feature_source(model: "Model", *, layer: Any = None, sae: Any = None, site: 
         raise NbinterpError(f"sae= needs an object with encode(x) and decode(f), not {type(sae).__name__}")
     if site is None:
         try:
-            from nbinterp.features.sae import sae_site
+            from nbinterp.representations.sae import sae_site
         except ImportError:
             sae_site = None
         if sae_site is not None:

@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
-from nbinterp.engine.plan import Plan
 from nbinterp.errors import NbinterpError
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
-    from nbinterp.features.activations import FeatureSource
+    from nbinterp.representations.activations import FeatureSource
 
 CONTEXT_K = 32  # documents kept per feature
 ELEMENT_BUDGET = 1 << 25  # feature activations per batch (tokens x features): ~128 MB of float32
@@ -177,15 +176,12 @@ class ContextIndex:
     def _encode_rows(self, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Feature activations [B, T, n_features] of right-padded documents
         (one forward), with the padded ids and the mask [B, T]."""
-        length = max(len(r) for r in rows)
+        site, layer = self.source.site, self.source.layer
+        saved, mask = self.model.capture_batch(rows, {site: {layer}})
+        length = mask.shape[1]
         ids = torch.zeros(len(rows), length, dtype=torch.long)
-        mask = torch.zeros(len(rows), length, dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = r
-            mask[i, : len(r)] = 1
-        site, layer = self.source.site, self.source.layer
-        saved = self.model.execute(ids, Plan(), {site: {layer}}, logits="none", all_rows=True,
-                                   attention_mask=None if bool(mask.all()) else mask)
         x = saved[site][layer].reshape(len(rows), length, -1)
         acts = self.source.encode(x.reshape(len(rows) * length, -1))
         return acts.reshape(len(rows), length, -1), ids, mask

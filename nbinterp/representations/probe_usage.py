@@ -20,7 +20,7 @@ import torch
 
 from nbinterp.engine.plan import Metric, Plan, check_scale
 from nbinterp.errors import NbinterpError
-from nbinterp.features.probes import ProbeResult, stream_site
+from nbinterp.representations.probes import ProbeResult, stream_site
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model

@@ -7,7 +7,7 @@ regression fitted in torch on a seeded, stratified train split and scored on
 the held-out rest. Every stream of every prompt comes from one batched
 forward through the engine (a few, for many prompts).
 
-Decodable is not the same as used: `nbinterp.features.probe_usage` removes a
+Decodable is not the same as used: `nbinterp.representations.probe_usage` removes a
 probe's direction from the stream and measures what the output does.
 """
 
@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 import torch
 
-from nbinterp.engine.plan import Plan
 from nbinterp.errors import NbinterpError
 
 if TYPE_CHECKING:
@@ -127,14 +126,7 @@ def capture_streams(model: "Model", token_ids: Sequence[torch.Tensor], offsets: 
     out = torch.empty(n_streams, len(token_ids), len(offsets), model.d_model)
     for start in range(0, len(token_ids), rows_per_batch):
         chunk = token_ids[start : start + rows_per_batch]
-        length = max(len(ids) for ids in chunk)
-        batch = torch.zeros(len(chunk), length, dtype=torch.long)
-        mask = torch.zeros(len(chunk), length, dtype=torch.long)
-        for row, ids in enumerate(chunk):
-            batch[row, : len(ids)] = ids
-            mask[row, : len(ids)] = 1
-        saved = model.execute(batch, Plan(), capture, logits="none", all_rows=True,
-                              attention_mask=None if bool(mask.all()) else mask)
+        saved, _ = model.capture_batch(chunk, capture)
         streams = [saved["resid_pre"][layer] for layer in range(model.n_layers)] + [saved["resid_final"][model.n_layers]]
         lengths = torch.tensor([len(ids) for ids in chunk])
         rows = torch.arange(len(chunk))
