@@ -1,7 +1,7 @@
 """Static pictures of views: sent after the live view in a real kernel (never
 before it), recorded where an exporter needs them; and the nbconvert
 preprocessor that turns widget outputs into those pictures for an offline
-HTML export. The end-to-end export in Chromium is tests/browser/test_export.py."""
+HTML export. The end-to-end export in Chromium is tests/browser/test_export_html.py."""
 
 from __future__ import annotations
 
