@@ -61,12 +61,13 @@ def main() -> None:
                 eager(ids, output_attentions=True)
 
         def attention_and_logits():
-            run = model.run(ids, capture=["qkv"])
+            # what HF returns: every position's logits and every layer's probabilities
+            run = model.run(ids, capture=["qkv", "logits"])
             for layer in range(model.n_layers):
                 run.attention(layer)
 
         def everything():
-            run = model.run(ids)
+            run = model.run(ids, capture=["logits", "qkv", "z", "w_o", "resid_pre", "attn_out", "mlp_out", "neurons"])
             for layer in range(model.n_layers):
                 run.attention(layer)
 
