@@ -35,7 +35,8 @@ model = ni.load(hf, tokenizer=tokenizer)
 prompt = "When Mary and John went to the store , John gave a drink to"
 panel = ni.ablate(model, prompt, target="Mary", foil="John", k=5)
 display(panel)
-grid = ni.patch(model, clean=prompt, corrupted=prompt.replace("John gave", "Mary gave"), target="Mary", foil="John", batch_size=4)
+# on this random model the IO/S swap barely moves the metric (refused as a near tie): corrupt the first name
+grid = ni.patch(model, clean=prompt, corrupted=prompt.replace("When Mary", "When John"), target="Mary", foil="John", batch_size=4)
 grid
 '''
 VIEW = ".nbi-ablation"
@@ -183,7 +184,8 @@ def test_patching_heatmaps_fill_in_and_a_click_opens_the_head(notebook: Notebook
     page.mouse.move(x, y)
     tip = page.locator(f"{PATCHING} .nbi-tooltip")
     tip.wait_for(state="visible")
-    shown = float(tip.locator(".nbi-tip-value").text_content().split()[-1])
+    # "measured effect 1.234" (plus a note when the value lies beyond the colour scale)
+    shown = float(tip.locator(".nbi-tip-value").text_content().split("measured effect ")[1].split()[0])
     truth = float(notebook.execute(f"print(repr(grid.effects['head'][{layer}, {head}].item()))"))
     assert shown == pytest.approx(truth, rel=1e-3, abs=1e-6)
     page.mouse.click(x, y)
