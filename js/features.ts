@@ -9,6 +9,7 @@
 import type { RenderProps } from "@anywidget/types";
 import { decodeTensor, type EncodedTensor } from "./lib/codec";
 import { type ColorScale, cssColor, divergingScale, formatValue, renderLegend, sequentialScale, textColorOn } from "./lib/colors";
+import { FEATURES_REQUESTS } from "./lib/contract.gen";
 import { describeError } from "./lib/errors";
 import { LatestOnly } from "./lib/latest";
 import { toggleGroup } from "./lib/style";
@@ -153,7 +154,7 @@ function render({ model, el, signal }: RenderProps<FeaturesModel>): () => void {
     b.addEventListener("click", () => guard(onClick));
     return b;
   };
-  const call = (method: string, params: Record<string, unknown> = {}) => rpc.request(method, params).catch((err) => errors.show(describeError(err)));
+  const shown = (reply: Promise<unknown>) => void reply.catch((err) => errors.show(describeError(err)));
   const select = (name: "selected_token" | "selected_feature", value: number) => {
     model.set(name, value);
     model.save_changes();
@@ -275,8 +276,8 @@ function render({ model, el, signal }: RenderProps<FeaturesModel>): () => void {
       `corpus pass: ${c.done_docs ?? 0} / ${c.total_docs ?? 0} documents (${c.done_tokens ?? 0} tokens) \u00b7 ${state}`);
     if (state !== "unavailable") line.append(bar);
     line.append(text);
-    if (state === "running") line.append(button("cancel", "nbi-cancel", () => void call("cancel_contexts")));
-    if (state === "cancelled") line.append(button("resume", "nbi-resume", () => void call("resume_contexts")));
+    if (state === "running") line.append(button("cancel", "nbi-cancel", () => shown(rpc.call(FEATURES_REQUESTS.cancel_contexts, {}))));
+    if (state === "cancelled") line.append(button("resume", "nbi-resume", () => shown(rpc.call(FEATURES_REQUESTS.resume_contexts, {}))));
     box.append(line);
     if (c.feature === undefined || c.feature !== selected) {
       if (state !== "unavailable" && state !== "error") box.append(el_("div", "nbi-caption", "top contexts: waiting for the corpus pass"));
@@ -315,7 +316,7 @@ function render({ model, el, signal }: RenderProps<FeaturesModel>): () => void {
     async (params) => {
       status.textContent = "running\u2026";
       root.dataset.busy = "true";
-      await rpc.request("steer", params);
+      await rpc.call(FEATURES_REQUESTS.steer, params);  // the reply is checked against the declaration
       if (requestFailed) {
         requestFailed = false;
         errors.show(model.get("error"));

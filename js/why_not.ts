@@ -6,6 +6,7 @@
 
 import type { RenderProps } from "@anywidget/types";
 import { decodeTensor, type EncodedTensor } from "./lib/codec";
+import { WHY_NOT_REQUESTS } from "./lib/contract.gen";
 import { describeError } from "./lib/errors";
 import { mountView } from "./lib/view";
 
@@ -69,7 +70,7 @@ function render({ model, el, host }: RenderProps<WhyNotModel>): () => void {
   root.append(header, chart, inhibitors, missing, restore, opened);
 
   const open = (layer: number, head: number | null, where: "attention" | "ablation") =>
-    rpc.request("open", { layer, head, open_in: where }).catch((err) => errors.show(describeError(err)));
+    rpc.call(WHY_NOT_REQUESTS.open, { layer, head, open_in: where }).catch((err) => errors.show(describeError(err)));
 
   function button(label: string, onClick: () => void): HTMLButtonElement {
     const b = doc.createElement("button");
@@ -203,7 +204,7 @@ function render({ model, el, host }: RenderProps<WhyNotModel>): () => void {
     k.value = String(r.k);
     k.style.width = "4em";
     const again = button("restore top k", () => {
-      rpc.request("restore", { k: Number(k.value) }).catch((err) => errors.show(describeError(err)));
+      rpc.call(WHY_NOT_REQUESTS.restore, { k: Number(k.value) }).catch((err) => errors.show(describeError(err)));
     });
     restore.replaceChildren(title, table(["component", "alone (measured)", ""], rows, "nbi-restore"), k, again);
   }
