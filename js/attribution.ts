@@ -17,6 +17,7 @@ import { toggleGroup } from "./lib/style";
 import { displayToken } from "./lib/tokens";
 import { Tooltip } from "./lib/tooltip";
 import { mountView } from "./lib/view";
+import { ATTRIBUTION_REQUESTS, type AttributionVerifyParams } from "./lib/contract.gen";
 
 type Method = "hybrid" | "qk_fix" | "linear";
 
@@ -117,15 +118,16 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   const progressText = el_("span", "nbi-progress");
   const stopButton = button("cancel", () => {
     const running = model.get("progress")?.state === "running";
-    rpc.request(running ? "cancel" : "resume", {}).catch((err) => errors.show(describeError(err)));
+    const reply = running ? rpc.call(ATTRIBUTION_REQUESTS.cancel, {}) : rpc.call(ATTRIBUTION_REQUESTS.resume, {});
+    reply.catch((err) => errors.show(describeError(err)));
   });
   let pending: AbortController | null = null;
-  const verify = (params: Record<string, unknown>, what: string) => {
+  const verify = (params: AttributionVerifyParams, what: string) => {
     pending?.abort();
     const controller = new AbortController();
     pending = controller;
     status.textContent = `verifying ${what}\u2026`;
-    rpc.request<{ n: number; seconds: number }>("verify", params, { signal: controller.signal })
+    rpc.call(ATTRIBUTION_REQUESTS.verify, params, { signal: controller.signal })
       .then(({ result }) => { status.textContent = `verified ${result.n} in ${result.seconds.toFixed(2)} s`; })
       .catch((err) => {
         if (!(err instanceof RpcError && err.failure === "cancelled")) {

@@ -134,6 +134,10 @@ REQUESTS = [
     ("features", "resume_contexts", {}),
     ("why_not", "open", {"layer": 3, "head": 0, "open_in": "attention"}),
     ("why_not", "restore", {"k": 2}),
+    ("attribution", "verify", {"what": "head", "layer": 3, "head": 0}),
+    ("attribution", "verify", {"what": "top_k", "k": 3}),
+    ("attribution", "cancel", {}),
+    ("attribution", "resume", {}),
 ]
 
 

@@ -247,7 +247,30 @@ export const ATTRIBUTION_TRAITS: Record<keyof AttributionModel, Schema> = {
   tokens: { kind: "list", of: { kind: "string" } },
 };
 
-export const ATTRIBUTION_REQUESTS = {} as const;
+export type AttributionCancelParams = Record<string, never>;
+export type AttributionCancelResult = { cancelled: boolean };
+export type AttributionResumeParams = Record<string, never>;
+export type AttributionResumeResult = { resumed: boolean };
+export type AttributionVerifyParams = { what: "top_k" | "edge" | "head" | "heads"; k?: number; edge?: number[]; layer?: number; head?: number };
+export type AttributionVerifyResult = { kind: string; n: number; seconds: number };
+
+export const ATTRIBUTION_REQUESTS = {
+  cancel: {
+    method: "cancel",
+    params: { kind: "object", fields: {}, optional: [] },
+    result: { kind: "object", fields: { cancelled: { kind: "boolean" } }, optional: [] },
+  } as RequestSpec<AttributionCancelParams, AttributionCancelResult>,
+  resume: {
+    method: "resume",
+    params: { kind: "object", fields: {}, optional: [] },
+    result: { kind: "object", fields: { resumed: { kind: "boolean" } }, optional: [] },
+  } as RequestSpec<AttributionResumeParams, AttributionResumeResult>,
+  verify: {
+    method: "verify",
+    params: { kind: "object", fields: { what: { kind: "choice", values: ["top_k", "edge", "head", "heads"] }, k: { kind: "int" }, edge: { kind: "list", of: { kind: "int" } }, layer: { kind: "int" }, head: { kind: "int" } }, optional: ["k", "edge", "layer", "head"] },
+    result: { kind: "object", fields: { kind: { kind: "string" }, n: { kind: "int" }, seconds: { kind: "number" } }, optional: [] },
+  } as RequestSpec<AttributionVerifyParams, AttributionVerifyResult>,
+} as const;
 
 // ---- features: nbinterp.widgets.features.FeatureView
 

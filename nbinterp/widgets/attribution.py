@@ -27,6 +27,7 @@ from nbinterp.analysis.attribution import DOMINANT, METHODS, Attribution, attrib
 from nbinterp.analysis.estimate_stats import Verification
 from nbinterp.errors import NbinterpError
 from ._base import HeadWidget, choice_value, int_value, new_figure, rpc
+from ._contract import BOOL, FLOAT, INT, STR, Choice, ListOf, Opt
 from ._buffers import encode
 from .attention import display_tokens
 
@@ -294,7 +295,9 @@ class AttributionView(HeadWidget):
                 self._send_matrix()
 
     # ------------------------------------------------------------- requests
-    @rpc("verify")
+    @rpc("verify", params={"what": Choice("top_k", "edge", "head", "heads"), "k": Opt(INT), "edge": Opt(ListOf(INT)),
+                           "layer": Opt(INT), "head": Opt(INT)},
+         result={"kind": STR, "n": INT, "seconds": FLOAT})
     def _rpc_verify(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
         """{"what": "top_k", "k"} | {"what": "edge", "edge": [l, h, q, k]} |
         {"what": "head", "layer", "head"} | {"what": "heads"}"""
@@ -318,12 +321,12 @@ class AttributionView(HeadWidget):
             result = self.verify_heads()
         return {"kind": result.kind, "n": len(result.keys), "seconds": result.seconds}, []
 
-    @rpc("cancel")
+    @rpc("cancel", params={}, result={"cancelled": BOOL})
     def _rpc_cancel(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
         self.cancel()
         return {"cancelled": True}, []
 
-    @rpc("resume")
+    @rpc("resume", params={}, result={"resumed": BOOL})
     def _rpc_resume(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
         self.resume()
         return {"resumed": True}, []
