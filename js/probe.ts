@@ -14,6 +14,7 @@ import { LatestOnly } from "./lib/latest";
 import { RpcError } from "./lib/rpc";
 import { Tooltip } from "./lib/tooltip";
 import { mountView } from "./lib/view";
+import { PROBE_REQUESTS } from "./lib/contract.gen";
 
 /** Usage.summary() in nbinterp/features/probe_usage.py. */
 export interface UsageSummary {
@@ -148,7 +149,7 @@ function render({ model, el }: RenderProps<ProbeModel>): () => void {
     async (layer) => {
       root.dataset.busy = "true";
       root.dataset.requested = String(layer);
-      await rpc.request("usage", { layer });
+      await rpc.call(PROBE_REQUESTS.usage, { layer });  // the reply is checked against the declaration
     },
     (err) => {
       if (!(err instanceof RpcError && err.failure === "closed")) errors.show(describeError(err));

@@ -138,6 +138,7 @@ REQUESTS = [
     ("attribution", "verify", {"what": "top_k", "k": 3}),
     ("attribution", "cancel", {}),
     ("attribution", "resume", {}),
+    ("probe", "usage", {"layer": 3}),
 ]
 
 

@@ -17,6 +17,7 @@ from nbinterp.errors import NbinterpError
 from nbinterp.representations.probe_usage import Usage, UsageThresholds, parse_metric, usage_test
 from nbinterp.representations.probes import DEFAULT_L2, ProbeResult, probe_layers
 from ._base import FrontendError, InterpWidget, int_value, new_figure, rpc
+from ._contract import FLOAT, INT, STR, ListOf, MapOf, Nullable
 from ._buffers import encode
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -131,7 +132,14 @@ class ProbeView(InterpWidget):
         return usage
 
     # ------------------------------------------------------------- messages
-    @rpc("usage")
+    @rpc("usage", params={"layer": INT}, result={
+        "layer": INT, "stream": STR, "metric": STR, "scale": FLOAT, "label": Nullable(STR), "n_test": INT,
+        "mean_abs_change": FLOAT, "control_mean_abs_change": ListOf(FLOAT),
+        "class_means_before": ListOf(FLOAT), "class_means_after": ListOf(FLOAT),
+        "gap_before": Nullable(FLOAT), "gap_after": Nullable(FLOAT), "control_gap_after": ListOf(FLOAT),
+        "probability_token": Nullable(STR), "probability_before": Nullable(ListOf(FLOAT)),
+        "probability_after": Nullable(ListOf(FLOAT)), "test_accuracy": FLOAT, "chance": FLOAT,
+        "verdict": STR, "explanation": STR, "forwards": INT, "thresholds": MapOf(FLOAT)})
     def _usage_request(self, params: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
         if set(params) != {"layer"}:
             raise FrontendError(f"usage takes exactly {{layer}}, got {sorted(params)}")
