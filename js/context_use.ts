@@ -4,10 +4,11 @@
 // knockout of all attention into the context and the verdict.
 
 import type { RenderProps } from "@anywidget/types";
-import { decodeTensor, type EncodedTensor } from "./lib/codec";
+import { decodeTensor } from "./lib/codec";
 import { cssColor, sequentialScale, textColorOn } from "./lib/colors";
 import { displayToken } from "./lib/tokens";
 import { mountView } from "./lib/view";
+import type { ContextUseModel } from "./lib/contract.gen";
 
 export interface KnockoutResult {
   answer_before: string; answer_after: string; probability_before: number; probability_after: number;
@@ -15,22 +16,8 @@ export interface KnockoutResult {
 }
 
 /** Mirrors the synced traits of nbinterp.widgets.context_use.ContextUseView. */
-export interface ContextUseModel {
-  model_name: string;
-  tokens: string[];
-  context_start: number;
-  context_end: number;
-  position: number;
-  _attention: EncodedTensor; // float32 [layers, heads, T]
-  _ratio: EncodedTensor; // float32 [layers, heads]
-  knockout_result: KnockoutResult;
-  verdict_text: "used" | "partly" | "ignored";
-  reason: string;
-  partly_ratio: number;
-  detector_score: number | null;
-  selected: string;
-  error: string;
-}
+// the synced traits: declared once in Python, generated into lib/contract.gen.ts
+export type { ContextUseModel };
 
 const CSS = `
 .nbi-context-use .nbi-token { display: inline-block; padding: 1px 3px; margin: 1px; border-radius: 2px; font-family: monospace; font-size: 12px; }

@@ -5,10 +5,11 @@
 // top k, and buttons that open the attention view or the ablation panel.
 
 import type { RenderProps } from "@anywidget/types";
-import { decodeTensor, type EncodedTensor } from "./lib/codec";
+import { decodeTensor } from "./lib/codec";
 import { WHY_NOT_REQUESTS } from "./lib/contract.gen";
 import { describeError } from "./lib/errors";
 import { mountView } from "./lib/view";
+import type { WhyNotModel } from "./lib/contract.gen";
 
 export interface InhibitorRow { name: string; layer: number; head: number | null; effect: number; estimate: number | null }
 export interface MissingRow {
@@ -18,22 +19,8 @@ export interface MissingRow {
 export interface RestoreResult { k: number; components: string[]; single_shares: number[]; together_share: number; labels: string[] }
 
 /** Mirrors the synced traits of nbinterp.widgets.why_not.WhyNotView. */
-export interface WhyNotModel {
-  model_name: string;
-  tokens: string[];
-  expected: string;
-  actual_token: string;
-  metric: number;
-  reference_metrics: number[];
-  row_labels: string[];
-  critical_layer: number | null;
-  _trajectory: { expected_rank: EncodedTensor; expected_probability: EncodedTensor; actual_rank: EncodedTensor; actual_probability: EncodedTensor };
-  inhibitor_list: InhibitorRow[];
-  missing_list: MissingRow[];
-  restored: RestoreResult | null;
-  _opened: string | null;
-  error: string;
-}
+// the synced traits: declared once in Python, generated into lib/contract.gen.ts
+export type { WhyNotModel };
 
 const CSS = `
 .nbi-why-not table { border-collapse: collapse; font-size: 12px; margin: 4px 0 10px; }
