@@ -143,7 +143,7 @@ def test_the_kernel_can_run_the_model_while_the_sweep_computes(model):
     # the same one-row forward each time; the other thread's plan leaking in would move logits by
     # far more than float32 rounding (64 eps x the largest logit)
     tol = 64 * torch.finfo(torch.float32).eps * float(ablated.abs().max())
-    while grid._thread.is_alive() or runs == 0:
+    while grid.running or runs == 0:
         torch.testing.assert_close(model.run(PROMPT, ablate={"L0.H1": 0.0}).logits, ablated, atol=tol, rtol=0)
         runs += 1
     assert grid.wait(30) and grid.error == ""

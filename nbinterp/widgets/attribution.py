@@ -15,7 +15,6 @@ computation lives in `nbinterp.analysis.attribution`; this view also answers
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +25,7 @@ import traitlets
 from nbinterp.analysis.attribution import DOMINANT, METHODS, Attribution, attribute as compute_attribution
 from nbinterp.analysis.estimate_stats import Verification
 from nbinterp.errors import NbinterpError
+from ._background import BackgroundJob
 from ._base import HeadWidget, choice_value, int_value, new_figure, rpc
 from ._contract import BOOL, FLOAT, INT, STR, Choice, ListOf, Opt
 from ._buffers import encode
@@ -114,10 +114,10 @@ class AttributionView(HeadWidget):
     def __init__(self, attribution: Attribution, *, layer: int | None = None, head: int | None = None,
                  background: bool = True) -> None:
         self._attribution = attribution
-        self._thread: threading.Thread | None = None
         self._send_lock = threading.RLock()  # the measuring thread and the kernel both send
-        self._started = time.perf_counter()
         model = attribution.model
+        self._job = BackgroundJob("nbinterp-attribution", model.lock, self._publish_updates, self._show_exception,
+                                  PUBLISH_EVERY_S)
         if layer is None or head is None:
             top = attribution.top_edges(1)
             best = top[0][:2] if top else (0, 0)
@@ -189,9 +189,7 @@ class AttributionView(HeadWidget):
     # -------------------------------------------------------- measurements
     def wait(self, timeout: float | None = None) -> bool:
         """Blocks until the measurements stop; True if every one is done."""
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        self._job.wait(timeout)
         return self._attribution.finished
 
     def cancel(self) -> None:
@@ -199,38 +197,23 @@ class AttributionView(HeadWidget):
         self._attribution.cancel()
 
     def resume(self, background: bool = True) -> None:
-        if self._attribution.finished or (self._thread is not None and self._thread.is_alive()):
+        if self._attribution.finished or self._job.running:
             return
         self._start(background)
 
     def _start(self, background: bool) -> None:
-        self._started = time.perf_counter() - self.progress.get("elapsed_s", 0.0)
-        if background:
-            self._thread = threading.Thread(target=self._work, name="nbinterp-attribution", daemon=True)
-            self._thread.start()
-        else:
-            self._work()
+        self._job.start(self._attribution.measure, lambda: self._attribution.finished, background,
+                        self.progress.get("elapsed_s", 0.0))
 
-    def _work(self) -> None:
-        last = 0.0
-        heads_changed = matrix_changed = False
-        try:
-            iterator = self._attribution.measure()
-            while True:
-                with self._attribution.model.lock:  # one batch at a time; other views run in between
-                    update = next(iterator, None)
-                if update is None:
-                    break
-                heads_changed |= update.kind == "head"
-                matrix_changed |= any(key[:2] == (self.layer, self.head) for key in update.keys)
-                if time.perf_counter() - last > PUBLISH_EVERY_S:
-                    self._publish("running", heads_changed, update.kind == "edge", matrix_changed)
-                    heads_changed = matrix_changed = False
-                    last = time.perf_counter()
-            self._publish("done" if self._attribution.finished else "cancelled")
-        except Exception as exc:  # noqa: BLE001 - shown in the view; the kernel is not ours to crash
-            self._publish("error", heads=False, edges=False, matrix=False)
-            self._show_exception(exc)
+    def _publish_updates(self, state: str, updates: list) -> None:
+        """What the measured batches since the last publish changed: the head grid,
+        the ranked edges, the matrix on screen."""
+        heads = any(u.kind == "head" for u in updates) or state != "running"
+        edges = any(u.kind == "edge" for u in updates) or state != "running"
+        matrix = any(key[:2] == (self.layer, self.head) for u in updates for key in u.keys) or state != "running"
+        if state == "error":
+            heads = edges = matrix = False
+        self._publish(state, heads, edges, matrix)
 
     def _publish(self, state: str, heads: bool = True, edges: bool = True, matrix: bool = True) -> None:
         with self._send_lock:
@@ -242,7 +225,7 @@ class AttributionView(HeadWidget):
                 self._send_matrix()
             m = self._attribution.measurement
             self.progress = {"done": m.done, "total": m.total, "heads_total": len(m.heads), "state": state,
-                             "elapsed_s": round(time.perf_counter() - self._started, 3)}
+                             "elapsed_s": round(self._job.elapsed(), 3)}
 
     # ----------------------------------------------------------- validation
     @property

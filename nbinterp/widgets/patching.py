@@ -8,8 +8,6 @@ kernel stays free to take the cancel; `grid.effects` waits for it."""
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +18,7 @@ import traitlets
 from nbinterp.errors import NbinterpError
 from nbinterp.analysis.logit_lens import display_text
 from nbinterp.analysis.patching_sweep import KIND_LABELS, SWEEP_KINDS, PatchingSweep, prepare
+from ._background import BackgroundJob
 from ._base import InterpWidget, choice_value, int_value, new_figure, rpc
 from ._buffers import encode
 from ._contract import BOOL, FLOAT, INT, STR, TENSOR, WIDGET_REF, Choice, ListOf, MapOf, Obj, Opt
@@ -63,8 +62,8 @@ class PatchingView(InterpWidget):
         self._model, self._clean_prompt = model, clean
         self._target, self._foil = target, foil
         self._sweep = PatchingSweep(setup, tuple(kinds), batch_size)
-        self._thread: threading.Thread | None = None
-        self._started = time.perf_counter()
+        self._job = BackgroundJob("nbinterp-patching", model.lock, lambda state, _: self._publish(state),
+                                  self._show_exception, PUBLISH_EVERY_S)
         self.opened: Any = None  # the widget the last click opened
         tokens = lambda ids: display_text(model.tokenizer, ids[0].tolist())  # noqa: E731
         name = lambda t: t if isinstance(t, str) else model.tokenizer.decode([t])  # noqa: E731
@@ -90,11 +89,14 @@ class PatchingView(InterpWidget):
     def setup(self) -> Any:
         return self._sweep.setup
 
+    @property
+    def running(self) -> bool:
+        """Whether the sweep is computing in the background now."""
+        return self._job.running
+
     def wait(self, timeout: float | None = None) -> bool:
         """Blocks until the sweep stops; True if it finished every cell."""
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        self._job.wait(timeout)
         return self._sweep.finished
 
     def cancel(self) -> None:
@@ -102,7 +104,7 @@ class PatchingView(InterpWidget):
         self._sweep.cancel()
 
     def resume(self, background: bool = True) -> None:
-        if self._sweep.finished or (self._thread is not None and self._thread.is_alive()):
+        if self._sweep.finished or self._job.running:
             return
         self._sweep._stop.clear()
         self._start(background)
@@ -117,30 +119,8 @@ class PatchingView(InterpWidget):
 
     # ------------------------------------------------------------ sweeping
     def _start(self, background: bool) -> None:
-        self._started = time.perf_counter() - self.progress.get("elapsed_s", 0.0)
-        if background:
-            self._thread = threading.Thread(target=self._work, name="nbinterp-patching", daemon=True)
-            self._thread.start()
-        else:
-            self._work()
-
-    def _work(self) -> None:
-        last = 0.0
-        try:
-            iterator = iter(self._sweep)
-            while True:
-                with self._model.lock:  # one batch at a time; other views may run in between
-                    cell = next(iterator, None)
-                if cell is None:
-                    break
-                now = time.perf_counter()
-                if now - last > PUBLISH_EVERY_S:
-                    self._publish("running")
-                    last = now
-            self._publish("done" if self._sweep.finished else "cancelled")
-        except Exception as exc:  # noqa: BLE001 - shown in the view; the kernel is not ours to crash
-            self._publish("error")
-            self._show_exception(exc)
+        self._job.start(lambda: iter(self._sweep), lambda: self._sweep.finished, background,
+                        self.progress.get("elapsed_s", 0.0))
 
     def _publish(self, state: str) -> None:
         sweep = self._sweep
@@ -154,7 +134,7 @@ class PatchingView(InterpWidget):
             payload[kind] = {"tensor": encode(torch.nan_to_num(values, nan=0.0), "float32"), "done": done}
         self._effects = payload
         self.progress = {"done": sweep.done, "total": sweep.total, "state": state,
-                         "elapsed_s": round(time.perf_counter() - self._started, 3)}
+                         "elapsed_s": round(self._job.elapsed(), 3)}
 
     # ------------------------------------------------------------ browser
     def _frontend_fields(self) -> dict[str, Any]:
