@@ -497,10 +497,10 @@ def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | 
 
     if isinstance(prompt, Run):
         run = prompt
-        if run._metric is None:
+        if run.gradient_metric is None:
             raise NbinterpError("this run has no gradients: pass the prompt, or a run made with gradients=True")
         expected = batch.metric_of(model, target, foil, position, len(run))
-        if run._metric != expected:
+        if run.gradient_metric != expected:
             raise NbinterpError("the run's gradients are of another target / foil / position: pass the prompt instead")
     else:
         run = model.run(prompt, target=target, foil=foil, position=position, gradients=True)

@@ -11,6 +11,7 @@ import torch
 
 from nbinterp.engine import attention_math
 from nbinterp.engine.plan import Metric, Plan, check_position
+from nbinterp.errors import NbinterpError
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
@@ -196,10 +197,15 @@ class Run:
     # ------------------------------------------------------------ gradients
     def _grads(self) -> dict[str, Any]:
         if self._metric is None:
-            raise self.model._error(
+            raise NbinterpError(
                 "this run has no gradients: call model.run(prompt, target=..., foil=..., gradients=True)"
             )
         return self._captured
+
+    @property
+    def gradient_metric(self) -> Metric | None:
+        """The metric this run's gradients are of (None without gradients)."""
+        return self._metric
 
     @property
     def metric(self) -> float:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 
 from nbinterp.engine.plan import PATCH_SITES, Plan, parse_site
+from nbinterp.errors import NbinterpError
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
@@ -20,13 +21,13 @@ def build_patch(model: "Model", plan: Plan, input_ids: torch.Tensor, source: Any
     if not isinstance(source, Run):
         source_ids = model.tokenize(source)
         if source_ids.shape[1] != n_tokens:
-            raise model._error(_length_message(model, source_ids, input_ids))
+            raise NbinterpError(_length_message(model, source_ids, input_ids))
         needed = sorted({PATCH_SITES[kind][0] for kind, *_ in parsed})
         source = model.run(source_ids, capture=needed)
     elif source.model is not model:
-        raise model._error("patch_from= must be a run of the same model")
+        raise NbinterpError("patch_from= must be a run of the same model")
     elif len(source) != n_tokens:
-        raise model._error(_length_message(model, source.input_ids, input_ids))
+        raise NbinterpError(_length_message(model, source.input_ids, input_ids))
 
     head_dim = model.head_dim
     for kind, layer, head, position in parsed:
