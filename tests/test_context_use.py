@@ -101,12 +101,13 @@ def test_detector_auroc_on_held_out_prompts(model):
 
 
 def test_auroc_reference_values():
-    assert auroc([0.9, 0.8, 0.1], [1, 1, 0]) == 1.0
-    assert auroc([0.1, 0.2, 0.9], [1, 1, 0]) == 0.0
-    assert auroc([0.5, 0.5], [1, 0]) == 0.5
+    # shares of correctly ordered pairs (counts over counts), with a float tolerance all the same
+    assert auroc([0.9, 0.8, 0.1], [1, 1, 0]) == pytest.approx(1.0, abs=1e-12)
+    assert auroc([0.1, 0.2, 0.9], [1, 1, 0]) == pytest.approx(0.0, abs=1e-12)
+    assert auroc([0.5, 0.5], [1, 0]) == pytest.approx(0.5, abs=1e-12)
     assert auroc([0.3, 0.6, 0.4, 0.7], [0, 1, 1, 0]) == pytest.approx(0.5)
     value, low, high = bootstrap_auroc([0.9, 0.8, 0.7, 0.2, 0.1, 0.3], [1, 1, 1, 0, 0, 0], n=200)
-    assert value == 1.0 and low == high == 1.0
+    assert (value, low, high) == pytest.approx((1.0, 1.0, 1.0), abs=1e-12)
 
 
 def test_clear_errors(model):
