@@ -329,7 +329,7 @@ class Attribution:
         compared = "qk_fix" if method == "hybrid" else method
         started = time.perf_counter()
         measured = batch.knockout_effects(self.model, self.run.input_ids, keys, self._metric()).numpy()
-        clean = batch.clean_metric(self.model, self.run.input_ids, self._metric())  # for display
+        clean = self.metric  # for display: the gradient run's own forward, no extra one
         seconds = time.perf_counter() - started
         estimate = np.nan_to_num(estimate)  # a no-op knockout (masked key) estimates 0
         summary = Summary.of(estimate, measured, k, scope)
@@ -358,7 +358,7 @@ class Attribution:
         if missing:
             measured[missing] = batch.ablation_effects(self.model, self.run.input_ids, [keys[i] for i in missing],
                                                        self._metric()).numpy()
-        clean = batch.clean_metric(self.model, self.run.input_ids, self._metric())
+        clean = self.metric  # for display (effects come with their own clean rows)
         seconds = time.perf_counter() - started
         estimate = np.array([float(self.head_estimates[key]) for key in keys])
         reused = len(keys) - len(missing)
@@ -383,7 +383,7 @@ class Attribution:
         keys = [tuple(x) for x in to_run.nonzero().tolist()]
         started = time.perf_counter()
         measured = batch.knockout_effects(self.model, self.run.input_ids, keys, self._metric(), rows)
-        clean = batch.clean_metric(self.model, self.run.input_ids, self._metric())
+        clean = self.metric  # for display (effects come with their own clean rows)
         seconds = time.perf_counter() - started
         effects = torch.full(valid.shape, float("nan"), dtype=torch.float64)
         effects[valid] = 0.0

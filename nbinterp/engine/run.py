@@ -41,7 +41,6 @@ class Run:
         # A few recently used layers' probabilities; all of them at 12 x 12 heads
         # and 1,024 tokens would hold 600 MB.
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
-        self._lens_target: int | None = None
 
     # ------------------------------------------------------------------ basics
     @property
@@ -110,8 +109,7 @@ class Run:
             # Re-run the same request (same plan, same input): a remote run sends
             # back only what is asked for, and each layer fetched alone would cost
             # a forward per layer.
-            fetched = self.model.execute(self.input_ids, self.plan, missing, logits="none",
-                                         lens_target=self._lens_target)
+            fetched = self.model.execute(self.input_ids, self.plan, missing, logits="none")
             for name in missing:
                 self._captured.setdefault(name, {}).update(fetched[name])
         return self
