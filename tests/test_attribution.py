@@ -11,6 +11,7 @@ import torch
 
 import nbinterp as ni
 from conftest import PROMPT, random_model
+from nbinterp.engine.plan import Metric
 from nbinterp.interventions import batch
 from nbinterp.analysis import attribution as attribution_module
 from nbinterp.analysis import edge_estimates as edge_estimates_module
@@ -28,7 +29,7 @@ def attribution(request, tokenizer):
 
 def test_batched_knockouts_and_ablations_equal_one_run_each(attribution):
     model, ids = attribution.model, attribution.run.input_ids
-    metric = batch.metric_of(model, TARGET, FOIL, -1, ids.shape[1])
+    metric = Metric.of(model, TARGET, FOIL, -1, ids.shape[1])
     edges = [(0, 1, 7, 3), (1, 2, 9, 4), (0, 0, 3, 3), (1, 3, 9, 9), (0, 2, 9, 0)]
     got = batch.knockout_metrics(model, ids, edges, metric, rows=3)  # two forwards, mixed layers
     expected = [model.run(PROMPT, knockout=[e]).logit_diff(TARGET, FOIL) for e in edges]

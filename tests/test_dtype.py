@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import nbinterp as ni
+from nbinterp.engine.plan import Metric
 from nbinterp.interventions import batch
 
 IOI = "When Mary and John went to the store , John gave a drink to"
@@ -31,7 +32,7 @@ def test_bfloat16_loads_when_asked_and_says_so(models):
 def test_effects_on_a_bfloat16_copy_match_float32_within_bfloat16_noise(models):
     float_model, bf16_model = models
     ids = float_model.tokenize(IOI)
-    metric = batch.metric_of(float_model, "Mary", "John", -1, ids.shape[1])
+    metric = Metric.of(float_model, "Mary", "John", -1, ids.shape[1])
     card = ni.bundled_card()
     mover = tuple(card["circuits"]["name_mover_heads"][0])
     # the name mover's edges to the indirect object and the subject, and a previous-token edge
@@ -57,7 +58,7 @@ def test_a_knockout_row_without_edges_equals_its_clean_row_in_bfloat16(models):
     is masked anyway, so use a real edge of ~zero probability) changes nothing."""
     _, bf16_model = models
     ids = bf16_model.tokenize(IOI)
-    metric = batch.metric_of(bf16_model, "Mary", "John", -1, ids.shape[1])
+    metric = Metric.of(bf16_model, "Mary", "John", -1, ids.shape[1])
     run = bf16_model.run(IOI, capture=["qkv"])
     probabilities = run.attention(1)
     head, query = 0, ids.shape[1] - 1
@@ -94,7 +95,7 @@ def test_cuda_runs_match_the_cpu():
     cpu = ni.load()
     gpu = ni.load(device="cuda")
     ids = cpu.tokenize(IOI)
-    metric = batch.metric_of(cpu, "Mary", "John", -1, ids.shape[1])
+    metric = Metric.of(cpu, "Mary", "John", -1, ids.shape[1])
     heads = [(l, h) for l in range(cpu.n_layers) for h in range(cpu.n_heads)]
     torch.testing.assert_close(batch.ablation_effects(gpu, ids, heads, metric),
                                batch.ablation_effects(cpu, ids, heads, metric), atol=1e-3, rtol=1e-3)

@@ -70,6 +70,7 @@ from nbinterp.analysis.edge_estimates import (  # noqa: F401 - re-exported: the 
 )
 from nbinterp.analysis.estimate_stats import Summary, Verification
 from nbinterp.analysis.exact_measurement import ExactMeasurement, MeasuredBatch
+from nbinterp.engine.plan import Metric
 from nbinterp.errors import NbinterpError
 from nbinterp.interventions import batch
 
@@ -275,7 +276,7 @@ class Attribution:
         return method
 
     def _metric(self) -> Any:
-        return batch.metric_of(self.model, self.target, self.foil, self.position, len(self.run))
+        return Metric.of(self.model, self.target, self.foil, self.position, len(self.run))
 
     # ------------------------------------------------------- measurements
     def measure(self) -> Iterator[MeasuredBatch]:
@@ -499,7 +500,7 @@ def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | 
         run = prompt
         if run.gradient_metric is None:
             raise NbinterpError("this run has no gradients: pass the prompt, or a run made with gradients=True")
-        expected = batch.metric_of(model, target, foil, position, len(run))
+        expected = Metric.of(model, target, foil, position, len(run))
         if run.gradient_metric != expected:
             raise NbinterpError("the run's gradients are of another target / foil / position: pass the prompt instead")
     else:
@@ -511,7 +512,7 @@ def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | 
         exact_budget = EXACT_FORWARDS * batch.batch_rows(model, n_tokens)
     all_heads = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
     heads = all_heads if len(all_heads) <= exact_budget else []
-    metric = batch.metric_of(model, target, foil, position, n_tokens)
+    metric = Metric.of(model, target, foil, position, n_tokens)
     measurement = ExactMeasurement(model, run.input_ids, metric, heads, choose_dominant(summary, exact_budget))
     att = Attribution(model, run, target, foil, position, head_estimates, summary, measurement, method, n_top)
     if measure:

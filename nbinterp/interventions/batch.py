@@ -43,9 +43,6 @@ def batch_rows(model: "Model", n_tokens: int) -> int:
     return max(1, min(MAX_ROWS, ELEMENT_BUDGET // per_row))
 
 
-def metric_of(model: "Model", target: str | int, foil: str | int | None, position: int, n_tokens: int) -> Metric:
-    return Metric.of(model, target, foil, position, n_tokens)
-
 
 # ------------------------------------------------------------------ knockouts
 def knockout_effects(
