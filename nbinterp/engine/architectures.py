@@ -20,14 +20,19 @@ layer l + 1.
 Not in the table (transformers 5.24): the ALiBi families (BLOOM, MPT, Falcon
 with alibi=True) compute attention inline instead of calling the attention
 interface, and BLOOM's attention and MPT's MLP add the residual inside the
-module; OPT has no MLP module (fc1 / fc2 sit on the decoder layer); Cohere
-scales its logits after the unembedding.
+module; Cohere scales its logits after the unembedding.
+
+OPT has no MLP module (fc1 / fc2 sit on the decoder layer, which flattens the
+tokens to [B*T, d] before them): its MLP's write is fc2's output, so the row
+names fc2 as the MLP and as its own down projection (`mlp_down=""`), and the
+trace views the MLP's tensors as [B, T, ...]. Its post-norm blocks
+(opt-350m) and its projected embeddings are refused (`refuse_config`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 from nbinterp.errors import UnsupportedArchitectureError
 
@@ -50,6 +55,12 @@ class Architecture:
     qk_projection: str | None = None  # a key of QK_PROJECTIONS
     position_embedding: str | None = None  # learned absolute positions, relative to the model root
     rotary: str | None = None  # the model's rotary module (gives cos, sin), relative to the model root
+    # OPT multiplies the query projection's output by head_dim ** -0.5 and calls
+    # the attention interface with scaling=1.0: the query side of a QK
+    # decomposition carries that factor.
+    query_prescaled: bool = False
+    # config -> why this family's config is not read correctly (None when it is)
+    refuse_config: Callable[[Any], str | None] | None = None
 
 
 _LLAMA_LIKE = Architecture(
@@ -65,6 +76,24 @@ _LLAMA_LIKE = Architecture(
     qk_projection="split",
     rotary="model.rotary_emb",
 )
+
+def _opt_refusal(config: Any) -> str | None:
+    """OPT configs whose stream is not what the engine's captures assume."""
+    if not getattr(config, "do_layer_norm_before", True):
+        # post-norm blocks: the stream between blocks is normalised after each
+        # write, so resid_pre(l + 1) != resid_pre(l) + attn_out(l) + mlp_out(l),
+        # and there is no final norm for the logit lens
+        return ("do_layer_norm_before=False (post-norm blocks, as in facebook/opt-350m): the residual stream "
+                "is re-normalised after every attention and MLP write, so per-component effects, the logit "
+                "lens and the QK decomposition would be wrong; the other OPT sizes (125m, 1.3b, ...) are pre-norm")
+    if getattr(config, "word_embed_proj_dim", None) not in (None, config.hidden_size):
+        return (f"word_embed_proj_dim={config.word_embed_proj_dim} != hidden_size={config.hidden_size} "
+                "(project_in / project_out around the blocks): the logit lens and direct effects would skip "
+                "project_out")
+    if getattr(config, "_remove_final_layer_norm", False):
+        return "_remove_final_layer_norm=True: there is no final norm for the logit lens to apply"
+    return None
+
 
 ARCHITECTURES: dict[str, Architecture] = {
     "gpt2": Architecture(
@@ -136,6 +165,23 @@ ARCHITECTURES: dict[str, Architecture] = {
         unembed="lm_head",
         embed="transformer.wte",
     ),
+    # Learned positions (offset by 2, counted from the attention mask), a
+    # pre-scaled query; the MLP is fc2 itself (see the module docstring).
+    "opt": Architecture(
+        layers="model.decoder.layers",
+        attention="self_attn",
+        out_proj="out_proj",
+        mlp="fc2",
+        mlp_down="",
+        final_norm="model.decoder.final_layer_norm",
+        unembed="lm_head",
+        embed="model.decoder.embed_tokens",
+        input_norm="self_attn_layer_norm",
+        qk_projection="split",
+        position_embedding="model.decoder.embed_positions",
+        query_prescaled=True,
+        refuse_config=_opt_refusal,
+    ),
     **{name: _LLAMA_LIKE for name in ("llama", "mistral", "qwen2", "olmo")},
     # Gemma scales embeddings, normalises after attention and soft-caps scores;
     # Qwen3 / OLMo2 normalise q and k per head: their scores are not decomposed.
@@ -173,15 +219,21 @@ def head_qk_projection(
         weight, bias = weights[0 if side == "query" else 1]
         index = head if side == "query" else head // (n_heads // shape.n_kv_heads)
         rows = slice(index * d_head, (index + 1) * d_head)
-        return weight[rows].T, None if bias is None else bias[rows]
+        weight, bias = weight[rows].T, None if bias is None else bias[rows]
+        if side == "query" and arch.query_prescaled:
+            scale = d_head**-0.5
+            weight, bias = weight * scale, None if bias is None else bias * scale
+        return weight, bias
     raise UnsupportedArchitectureError(f"no query/key projection layout {arch.qk_projection!r} in QK_PROJECTIONS")
 
 
 def get_path(root: Any, path: str) -> Any:
-    """`get_path(model, "model.layers")`, for HF modules and nnsight envoys alike."""
+    """`get_path(model, "model.layers")`, for HF modules and nnsight envoys alike.
+    Empty parts name the node itself (OPT's MLP is its own down projection: "fc2.")."""
     node = root
     for part in path.split("."):
-        node = getattr(node, part)
+        if part:
+            node = getattr(node, part)
     return node
 
 
@@ -231,7 +283,7 @@ def read_shape(config: Any) -> ModelShape:
         raise UnsupportedArchitectureError(
             f"the model config ({type(config).__name__}) does not say its {', '.join(missing)}; "
             "nbinterp supports decoder-only language models such as GPT-2, GPT-NeoX, GPT-J, "
-            "GPT-BigCode, Phi, Llama, Mistral, Qwen2 and Gemma2."
+            "GPT-BigCode, OPT, Phi, Llama, Mistral, Qwen2 and Gemma2."
         )
     n_kv_heads = _config_value(config, "num_key_value_heads") or n_heads
     head_dim = _config_value(config, "head_dim") or d_model // n_heads
@@ -259,13 +311,18 @@ def architecture_for(hf_model: Any) -> Architecture:
     for arch in candidates:
         missing = _missing_parts(hf_model, arch)
         if not missing:
+            problem = arch.refuse_config and arch.refuse_config(hf_model.config)
+            if problem:
+                raise UnsupportedArchitectureError(
+                    f"nbinterp does not support this {model_type!r} config: {problem}"
+                )
             return arch
         if best_missing is None or len(missing) < len(best_missing):
             best, best_missing = arch, missing
     raise UnsupportedArchitectureError(
         f"nbinterp has no adapter for model type {model_type!r} ({type(hf_model).__name__}). "
         f"The closest known layout lacks: {', '.join(best_missing)}. Supported: GPT-2, GPT-NeoX, "
-        "GPT-J, GPT-BigCode/StarCoder, Phi, Llama, Mistral, Qwen2/3, Gemma/Gemma2, OLMo; to add one, "
+        "GPT-J, GPT-BigCode/StarCoder, OPT, Phi, Llama, Mistral, Qwen2/3, Gemma/Gemma2, OLMo; to add one, "
         "describe its module paths in nbinterp.engine.architectures.ARCHITECTURES."
     )
 

@@ -197,17 +197,23 @@ def execute(
             mlp = get_path(block, arch.mlp)
             if l in plan.neuron_scale or plan.edits("neurons", l) or l in capture.get("neurons", ()):
                 down = get_path(mlp, arch.mlp_down)
+                # OPT's decoder layer flattens the tokens to [B*T, ...] before its MLP:
+                # read the MLP's tensors as [B, T, ...] and write them back as found
                 neurons = down.input
+                mlp_shape = neurons.shape
+                neurons = neurons.reshape(*input_ids.shape, -1)
                 if l in plan.neuron_scale:
                     neurons = neurons * plan.neuron_scale[l].to(neurons)
                 if plan.edits("neurons", l):
                     neurons = apply_edits(neurons, plan, "neurons", l)
                 if l in plan.neuron_scale or plan.edits("neurons", l):
-                    down.input = neurons
+                    down.input = neurons.reshape(mlp_shape)
                 if l in capture.get("neurons", ()):
                     saved["neurons"][l] = neurons[row].detach()
             if l in plan.mlp_scale or l in plan.patch_mlp or l in capture.get("mlp_out", ()) or plan.edits("mlp_out", l):
                 mlp_out = mlp.output
+                mlp_shape = mlp_out.shape
+                mlp_out = mlp_out.reshape(*input_ids.shape, -1)
                 if l in plan.patch_mlp:
                     where, values = plan.patch_mlp[l]
                     mlp_out = torch.where(where.to(mlp_out.device), values.to(mlp_out), mlp_out)
@@ -216,7 +222,7 @@ def execute(
                 if plan.edits("mlp_out", l):
                     mlp_out = apply_edits(mlp_out, plan, "mlp_out", l)
                 if l in plan.mlp_scale or l in plan.patch_mlp or plan.edits("mlp_out", l):
-                    mlp.output = mlp_out
+                    mlp.output = mlp_out.reshape(mlp_shape)
                 if l in capture.get("mlp_out", ()):
                     saved["mlp_out"][l] = mlp_out[row].detach()
         if n_layers in lens_streams or plan.edits("resid_final", n_layers) or capture.get("resid_final"):
