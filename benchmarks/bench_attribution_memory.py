@@ -111,7 +111,7 @@ def child(n_tokens: int, source: str) -> dict:
     elif source == "view":
         import nbinterp as ni
 
-        att = ni.attribute(model, ids, target, foil, exact_budget=0).attribution
+        att = ni.attribute(model, ids, target=target, foil=foil, exact_budget=0).attribution
     else:
         att = attribute(model, run if run is not None else ids, target, foil, exact_budget=0)
     seconds = time.perf_counter() - started

@@ -22,7 +22,7 @@ def model(request, tokenizer):
 
 @pytest.fixture
 def panel(model):
-    p = ni.ablate(model, PROMPT, TARGET, FOIL, k=5)
+    p = ni.ablate(model, PROMPT, target=TARGET, foil=FOIL, k=5)
     p.sent = []
     p.send = lambda content, buffers=None: p.sent.append(content)
     return p
@@ -153,7 +153,7 @@ def test_figure_and_static_png(panel, model):
 def test_target_and_foil_rows_are_always_there_with_before_and_after(model):
     # k=1: at most one of target / foil can be in the top k, so at least one
     # row must come from outside it.
-    panel = ni.ablate(model, PROMPT, TARGET, FOIL, k=1, ablations={"L0.H0": 0.0, "L1.H2": 0.0})
+    panel = ni.ablate(model, PROMPT, target=TARGET, foil=FOIL, k=1, ablate={"L0.H0": 0.0, "L1.H2": 0.0})
     after = model.run(PROMPT, ablate={"L0.H0": 0.0, "L1.H2": 0.0}).probabilities(-1)
     before = model.run(PROMPT).probabilities(-1)
     for name, token in (("target", TARGET), ("foil", FOIL)):

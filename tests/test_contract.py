@@ -41,7 +41,7 @@ def recording(view):
 def views(model):
     patching = ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", foil="w9", background=False)
     patching.open_cell("head", 1, 2, "ablation")  # sets selected and the _opened widget reference
-    ablation = ni.ablate(model, PROMPT, "w5", "w9", k=3, ablations={"L0.H1": 0.0})
+    ablation = ni.ablate(model, PROMPT, target="w5", foil="w9", k=3, ablate={"L0.H1": 0.0})
     return {
         "attention": recording(ni.attention(model, PROMPT, layer=1, head=2)),
         "patching": recording(patching),
@@ -65,8 +65,8 @@ def bundled_views():
     return {
         "attribution": recording(ni.attribute(bundled, ioi, target="Mary", foil="John", background=False)),
         "features": recording(ni.features(bundled, ioi, layer=1, corpus=[ioi, swapped], background=False)),
-        "probe": recording(ni.probe(bundled, [e.prompt for e in bias], labels, metric=("doctor", "nurse"))),
-        "why_not": recording(ni.why_not(bundled, ioi, expected="John", references=[swapped])),
+        "probe": recording(ni.probe(bundled, [e.prompt for e in bias], labels=labels, target="doctor", foil="nurse")),
+        "why_not": recording(ni.why_not(bundled, ioi, target="John", references=[swapped])),
         "context_use": recording(ni.context_use(bundled, context, context=(1, 6))),
     }
 

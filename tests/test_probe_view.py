@@ -23,7 +23,7 @@ def model():
 def view(model):
     drawn = tasks.examples("bias", 120, split="test", seed=3)
     unique = list({e.prompt: e for e in drawn}.values())[:60]
-    return ni.probe(model, [e.prompt for e in unique], [e.meta["group"] for e in unique], metric=("doctor", "nurse"),
+    return ni.probe(model, [e.prompt for e in unique], labels=[e.meta["group"] for e in unique], target="doctor", foil="nurse",
                     n_controls=2)
 
 
@@ -77,13 +77,13 @@ def test_a_usage_request_runs_the_test_and_bad_ones_show_errors(view, monkeypatc
 def test_bad_calls_are_clear_errors(model):
     prompts = ["Tovan Varn works as a", "Ashvi Quel works as a", "Kalo Varn works as a", "Suvi Quel works as a"]
     with pytest.raises(NbinterpError, match="labels has 2 entries but there are 4 prompts"):
-        ni.probe(model, prompts, ["A", "B"])
+        ni.probe(model, prompts, labels=["A", "B"])
     with pytest.raises(NbinterpError, match="a probe needs at least two classes"):
-        ni.probe(model, prompts, ["B"] * 4)
+        ni.probe(model, prompts, labels=["B"] * 4)
     with pytest.raises(NbinterpError, match="'Zorblax'"):
-        ni.probe(model, prompts[:3] + ["Zorblax Quel works as a"], ["A", "B", "A", "B"])
+        ni.probe(model, prompts[:3] + ["Zorblax Quel works as a"], labels=["A", "B", "A", "B"])
     with pytest.raises(NbinterpError, match="not one|does not know"):
-        ni.probe(model, prompts, ["A", "B", "A", "B"], metric=("doctor", "surgeon"))
-    no_metric = ni.probe(model, prompts, ["A", "B", "A", "B"], test_fraction=0.5)
+        ni.probe(model, prompts, labels=["A", "B", "A", "B"], target="doctor", foil="surgeon")
+    no_metric = ni.probe(model, prompts, labels=["A", "B", "A", "B"], test_fraction=0.5)
     with pytest.raises(NbinterpError, match="this view has no metric"):
         no_metric.usage(1)

@@ -24,7 +24,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def view(model):
-    return ni.why_not(model, PROMPT, expected="Yarrow", references=[REFERENCE])
+    return ni.why_not(model, PROMPT, target="Yarrow", references=[REFERENCE])
 
 
 def sent(widget):

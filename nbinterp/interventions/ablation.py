@@ -58,13 +58,15 @@ def ablation_code(prompt: str, ablations: dict[str, float], ablation: str = "zer
 
 
 def ablated_run(model: "Model", prompt: Any, ablations: dict[str, float], ablation: str = "zero",
-                reference: Sequence[str] | None = None) -> "Run":
-    """`model.run` with the ablations, reading only the logits (what the panel shows)."""
+                reference: Sequence[str] | None = None, position: int = -1) -> "Run":
+    """`model.run` with the ablations, reading only the logits (what the panel shows):
+    the last position's, or every position's when the panel reads another one."""
     if ablation not in ABLATION_MODES:
         raise NbinterpError(f"ablation must be one of {ABLATION_MODES}, not {ablation!r}")
     mean = ablation == "mean" and ablations
     return model.run(prompt, ablate=ablations, ablation=ablation if mean else "zero",
-                     reference=list(reference) if mean else None, capture=())
+                     reference=list(reference) if mean else None,
+                     capture=() if position in (-1, model.tokenize(prompt).shape[1] - 1) else ("logits",))
 
 
 @dataclass
@@ -92,13 +94,14 @@ class AblationSummary:
 
 
 def summarize(model: "Model", run: "Run", baseline: "Run | None", *, k: int = 10, target: Any = None,
-              foil: Any = None, ablations: dict[str, float] | None = None, ablation: str = "zero") -> AblationSummary:
-    """Top-k next tokens of `run` (last position) with their probability in
+              foil: Any = None, ablations: dict[str, float] | None = None, ablation: str = "zero",
+              position: int = -1) -> AblationSummary:
+    """Top-k next tokens of `run` at `position` (the last by default) with their probability in
     `baseline` too, and the target/foil numbers; the target and foil rows are
     there even when they fall out of the top k (an ablation that works pushes
     the target down, and that is the number to see)."""
-    probabilities = run.probabilities(-1)
-    before = (baseline if baseline is not None else run).probabilities(-1)
+    probabilities = run.probabilities(position)
+    before = (baseline if baseline is not None else run).probabilities(position)
     values, ids = probabilities.topk(min(k, probabilities.numel()))
     ids_list = ids.tolist()
     texts = display_text(model.tokenizer, ids_list)
@@ -114,7 +117,7 @@ def summarize(model: "Model", run: "Run", baseline: "Run | None", *, k: int = 10
 
     return AblationSummary(
         ablations=dict(ablations or {}), ablation=ablation, top_k=top,
-        logit_diff=None if target is None else run.logit_diff(target_id, foil_id),
+        logit_diff=None if target is None else run.logit_diff(target_id, foil_id, position),
         target_probability=None if target_id is None else float(probabilities[target_id]),
         foil_probability=None if foil_id is None else float(probabilities[foil_id]),
         target=row(target_id), foil=row(foil_id),

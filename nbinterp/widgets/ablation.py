@@ -17,8 +17,11 @@ from typing import Any, Sequence
 import traitlets
 
 from nbinterp.interventions.ablation import ABLATION_MODES, ablated_run, ablation_code, canonical_ablations, summarize
+from nbinterp.engine.plan import check_position
+from nbinterp.engine.run import Run
 from nbinterp.errors import NbinterpError
 from nbinterp.analysis.logit_lens import display_text
+from nbinterp.vocabulary import public_call
 from ._base import FrontendError, InterpWidget, choice_value, new_figure, rpc
 from ._contract import FLOAT, INT, STR, Choice, Either, ListOf, MapOf, Nullable, Number, Obj, Opt
 
@@ -54,16 +57,29 @@ class AblationPanel(InterpWidget):
     result = traitlets.Dict().tag(sync=True, schema=Either(SUMMARY, Obj({})))  # {} until the first run
     baseline = traitlets.Dict().tag(sync=True, schema=Either(SUMMARY, Obj({})))
 
-    def __init__(self, model: Any, prompt: str, *, target: Any = None, foil: Any = None, k: int = 10,
-                 ablations: dict | None = None, ablation: str = "zero", reference: Sequence[str] | None = None) -> None:
-        if not isinstance(prompt, str):
-            raise NbinterpError("the ablation panel takes the prompt as text, e.g. ni.ablate(model, 'When Mary and John ...')")
+    def __init__(self, model: Any, prompt: Any, *, target: Any = None, foil: Any = None, position: int = -1,
+                 k: int = 10, ablations: dict | None = None, ablation: str = "zero",
+                 reference: Sequence[str] | None = None) -> None:
+        if isinstance(prompt, Run):
+            # a run's tokens; its own ablations (if any) are where the sliders start
+            if ablations is None and isinstance(prompt.interventions.get("ablate"), dict):
+                ablations = prompt.interventions["ablate"]
+                ablation = prompt.interventions.get("ablation") or ablation
+                reference = reference or prompt.interventions.get("reference")
+            prompt = tuple(prompt.token_ids)
+        if isinstance(prompt, list):
+            prompt = tuple(prompt)  # hashable: mean references are cached by prompt
+        if not isinstance(prompt, str) and not (isinstance(prompt, (list, tuple)) and prompt):
+            raise NbinterpError("the ablation panel takes a prompt (text, token ids or a Run), e.g. "
+                                "ni.ablate(model, 'When Mary and John ...')")
         if not isinstance(k, numbers.Integral) or not 1 <= k <= 50:
             raise NbinterpError(f"k (how many next tokens to show) must be an integer from 1 to 50, not {k!r}")
         self._model = model
         self._input_ids = model.tokenize(prompt)
+        self._position = check_position(position, self._input_ids.shape[1])
         self._k = int(k)
         self._reference = list(reference) if reference else [prompt]
+        self._prompt = prompt  # as the user gave it: what the copied model.run(...) call repeats
         self._target, self._foil = target, foil
         self._seq = 0
         self._quiet = False  # set while an RPC sets traits, so observers don't run twice
@@ -74,12 +90,13 @@ class AblationPanel(InterpWidget):
             raise NbinterpError("a foil needs a target: ni.ablate(model, prompt, target=' Mary', foil=' John')")
         names = lambda t: None if t is None else (t if isinstance(t, str) else model.tokenizer.decode([t]))  # noqa: E731
         super().__init__(
-            model_name=str(getattr(model, "name", "")), prompt=prompt,
+            model_name=str(getattr(model, "name", "")),
+            prompt=prompt if isinstance(prompt, str) else model.tokenizer.decode(list(prompt)),
             tokens=display_text(model.tokenizer, self._input_ids[0].tolist()),
             n_layers=model.n_layers, n_heads=model.n_heads, target=names(target), foil=names(foil),
         )
         with model.lock:
-            self._baseline_run = ablated_run(model, self._input_ids, {})
+            self._baseline_run = ablated_run(model, self._input_ids, {}, position=self._position)
         self.baseline = self._summary(self._baseline_run, {}, "zero", 0.0)
         self._quiet = True
         try:
@@ -97,7 +114,7 @@ class AblationPanel(InterpWidget):
     @property
     def code(self) -> str:
         """The `model.run(...)` call that reproduces the current result."""
-        return ablation_code(self.prompt, self.ablations, self.ablation, self._reference)
+        return ablation_code(self._prompt, self.ablations, self.ablation, self._reference)
 
     def reset(self) -> None:
         """Back to the unablated model."""
@@ -146,7 +163,7 @@ class AblationPanel(InterpWidget):
         ablations, mode = dict(self.ablations), self.ablation
         start = time.perf_counter()
         with self._model.lock:
-            run = ablated_run(self._model, self._input_ids, ablations, mode, self._reference)
+            run = ablated_run(self._model, self._input_ids, ablations, mode, self._reference, self._position)
         self._run = run
         self.result = self._summary(run, ablations, mode, (time.perf_counter() - start) * 1000)
         if self.error:
@@ -154,10 +171,10 @@ class AblationPanel(InterpWidget):
 
     def _summary(self, run: Any, ablations: dict[str, float], mode: str, compute_ms: float) -> dict[str, Any]:
         summary = summarize(self._model, run, getattr(self, "_baseline_run", None), k=self._k, target=self._target,
-                            foil=self._foil, ablations=ablations, ablation=mode).to_dict()
+                            foil=self._foil, ablations=ablations, ablation=mode, position=self._position).to_dict()
         self._seq += 1
         summary.update(seq=self._seq, compute_ms=round(compute_ms, 2),
-                       code=ablation_code(self.prompt, ablations, mode, self._reference))
+                       code=ablation_code(self._prompt, ablations, mode, self._reference))
         return summary
 
     @rpc("run", params={"ablations": SLIDER_SCALES, "ablation": Opt(MODE)}, result={"seq": INT})
@@ -209,12 +226,16 @@ def _bad_mode(value: Any) -> str:
     raise NbinterpError(f"ablation must be 'zero' or 'mean' (towards the reference prompts' mean), not {value!r}")
 
 
-def ablate(model: Any, prompt: str, target: Any = None, foil: Any = None, *, k: int = 10,
-           ablations: dict | None = None, ablation: str = "zero", reference: Sequence[str] | None = None) -> AblationPanel:
-    """Sliders that scale every head (0..1.5) and MLP of `model` on `prompt`:
-    `panel = ni.ablate(model, "When Mary and John went to the store, John gave a drink to", " Mary", " John")`.
+@public_call(positional=("target", "foil"), renamed={"ablations": "ablate"})
+def ablate(model: Any, prompt: Any, *, target: Any = None, foil: Any = None, position: int = -1, k: int = 10,
+           ablate: dict | None = None, ablation: str = "zero", reference: Sequence[str] | None = None) -> AblationPanel:
+    """Sliders that scale every head (0..1.5) and MLP of `model` on `prompt` (text, token ids or a `Run`):
+    `panel = ni.ablate(model, "When Mary and John went to the store, John gave a drink to", target=" Mary", foil=" John")`.
 
+    `ablate=` sets the starting scales ({"L3.H1": 0.0, "L2.mlp": 0.5}, as in `model.run(ablate=)`);
+    `position` is where the next tokens and logit(target) - logit(foil) are read (the last token by default).
     ablation="mean" moves heads towards their mean output over `reference`
     prompts (default: the prompt itself) instead of zero; MLPs always scale
     towards zero. `panel.ablations` is two-way; `panel.result` the latest run."""
-    return AblationPanel(model, prompt, target=target, foil=foil, k=k, ablations=ablations, ablation=ablation, reference=reference)
+    return AblationPanel(model, prompt, target=target, foil=foil, position=position, k=k, ablations=ablate,
+                         ablation=ablation, reference=reference)

@@ -18,6 +18,7 @@ from nbinterp.errors import NbinterpError
 from ._base import FrontendError, HeadWidget, choice_value, dict_value, int_value, new_figure, rpc
 from ._contract import BOOL, FLOAT, INT, TENSOR, TENSOR_REF, Choice, ListOf, Nullable, Obj, Opt
 from ._buffers import encode, pack
+from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 MODES = ("probabilities", "value_weighted")
@@ -312,7 +313,8 @@ def _cell_outline(col: int, row: int) -> Any:
     return Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="#e0115f", linewidth=2)
 
 
-def attention(model: Any, prompt: Any, layer: int = 0, head: int = 0, *, mode: str = "probabilities",
+@public_call(positional=("layer", "head"))
+def attention(model: Any, prompt: Any, *, layer: int = 0, head: int = 0, mode: str = "probabilities",
               color_scale: str | None = None) -> AttentionView:
     """Interactive attention patterns of `prompt` (a string or a `Run`):
     `view = ni.attention(model, "When Mary and John went to the store, John gave a drink to")`.

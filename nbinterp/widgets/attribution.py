@@ -30,6 +30,7 @@ from ._base import HeadWidget, choice_value, int_value, new_figure, rpc
 from ._contract import BOOL, FLOAT, INT, STR, Choice, ListOf, Opt
 from ._buffers import encode
 from .attention import display_tokens
+from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 RANKED_EDGES = 50
@@ -356,7 +357,8 @@ def _outline(col: int, row: int) -> Any:
     return Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="#e0115f", linewidth=2)
 
 
-def attribute(model: Any, prompt: Any, target: str | int, foil: str | int | None = None, *, position: int = -1,
+@public_call(positional=("target", "foil"))
+def attribute(model: Any, prompt: Any, *, target: str | int, foil: str | int | None = None, position: int = -1,
               method: str = "hybrid", dominant: float = DOMINANT, exact_budget: int | None = None,
               layer: int | None = None, head: int | None = None, background: bool = True) -> AttributionView:
     """Which heads and attention edges change logit(target) - logit(foil), from

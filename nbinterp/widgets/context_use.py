@@ -16,6 +16,7 @@ from nbinterp.analysis.context_use import PARTLY_RATIO, ContextUse, context_use 
 from ._base import FrontendError, InterpWidget, new_figure
 from ._buffers import encode
 from ._contract import FLOAT, INT, STR, TENSOR, Choice, Nullable, Obj
+from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 KNOCKOUT = Obj({"answer_before": STR, "answer_after": STR, "probability_before": FLOAT, "probability_after": FLOAT,
@@ -89,7 +90,8 @@ class ContextUseView(InterpWidget):
         return f"ContextUseView({self.model_name!r}: context {self.result.verdict}; {self.result.reason})"
 
 
-def context_use(model: Any, prompt: Any, context: Any, *, detector: Any = None, position: int = -1) -> ContextUseView:
+@public_call(positional=("context",))
+def context_use(model: Any, prompt: Any, *, context: Any, detector: Any = None, position: int = -1) -> ContextUseView:
     """Does the answer use `context` (its text as in the prompt, or (start, end) token positions)?
     `cu = ni.context_use(model, prompt, context="the capital of Veldora is Quorn .")`, then
     `cu.ratio`, `cu.knockout`, `cu.verdict` (and `cu.score` with `detector=`, a fitted

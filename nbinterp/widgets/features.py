@@ -29,6 +29,7 @@ from nbinterp.interventions.ablation import summarize
 from ._base import FrontendError, InterpWidget, choice_value, int_value, new_figure, rpc
 from ._buffers import encode
 from ._contract import BOOL, FLOAT, INT, Choice, MapOf, Number, Opt
+from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 K_SHOWN = 10  # features per token sent to the browser
@@ -403,7 +404,8 @@ class FeatureView(InterpWidget):
                 f"feature {self.selected_feature}, steering={self.steering!r})")
 
 
-def features(model: Any, prompt: Any, layer: Any = None, *, sae: Any = None, site: Any = None, target: Any = None,
+@public_call(positional=("layer",))
+def features(model: Any, prompt: Any, *, layer: Any = None, sae: Any = None, site: Any = None, target: Any = None,
              foil: Any = None, k: int = 32, corpus: Sequence[Any] | None = None, context_batch_size: int | None = None,
              background: bool = True) -> FeatureView:
     """The features of `prompt`: `ni.features(model, prompt, layer=2)` (MLP

@@ -13,6 +13,7 @@ from nbinterp.analysis.logit_lens import LogitLens, logit_lens as compute_logit_
 from ._base import InterpWidget, new_figure
 from ._buffers import encode
 from ._contract import TENSOR, Obj, Opt
+from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
@@ -64,7 +65,8 @@ class LogitLensView(InterpWidget):
         return f"LogitLensView({self.model_name!r}, {len(self.tokens)} tokens, target={self.target!r})"
 
 
-def logit_lens(model: Any, prompt: Any, target: Any = None) -> LogitLensView:
+@public_call(positional=("target",))
+def logit_lens(model: Any, prompt: Any, *, target: Any = None) -> LogitLensView:
     """The top token and the target's probability at every layer and position:
     `lens = ni.logit_lens(model, "The capital of Veldora is", target=" Quorn")`;
     `lens.lens` holds the numbers."""

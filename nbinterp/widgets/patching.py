@@ -22,6 +22,7 @@ from ._background import BackgroundJob
 from ._base import InterpWidget, choice_value, int_value, new_figure, rpc
 from ._buffers import encode
 from ._contract import BOOL, FLOAT, INT, STR, TENSOR, WIDGET_REF, Choice, ListOf, MapOf, Obj, Opt
+from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 OPEN_IN = ("attention", "ablation")
@@ -224,7 +225,8 @@ class PatchingView(InterpWidget):
         return f"PatchingView({self.model_name!r}, {len(self.clean_tokens)} tokens, {p.get('done')}/{p.get('total')} cells, {p.get('state')})"
 
 
-def patch(model: Any, clean: str, corrupted: str, target: Any, foil: Any = None, *,
+@public_call(positional=("corrupted", "target", "foil"))
+def patch(model: Any, clean: str, *, corrupted: str, target: Any, foil: Any = None,
           kinds: Sequence[str] = SWEEP_KINDS, position: int = -1, batch_size: int | None = None,
           background: bool = True) -> PatchingView:
     """Activation patching from `clean` into `corrupted` (same token length):

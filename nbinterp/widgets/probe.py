@@ -7,6 +7,7 @@ not present. Clicking a layer runs its usage test in the kernel."""
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Hashable, Sequence
 
@@ -19,6 +20,7 @@ from nbinterp.representations.probes import DEFAULT_L2, ProbeResult, probe_layer
 from ._base import FrontendError, InterpWidget, int_value, new_figure, rpc
 from ._contract import FLOAT, INT, STR, ListOf, MapOf, Nullable
 from ._buffers import encode
+from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 PROGRESS_EVERY_S = 0.1
@@ -107,7 +109,7 @@ class ProbeView(InterpWidget):
     def _run_usage(self, layer: int, *, label: Hashable | None = None, scale: float = 0.0,
                    probabilities: bool = True) -> Usage:
         if self.metric is None:
-            raise NbinterpError("this view has no metric: make it with ni.probe(model, prompts, labels, metric=(target, foil))")
+            raise NbinterpError("this view has no metric: make it with ni.probe(model, prompts, labels=labels, target=..., foil=...)")
         last_sent = [0.0]
 
         def progress(done: int, total: int) -> None:
@@ -185,12 +187,15 @@ class ProbeView(InterpWidget):
                 f"{self.result.stream_labels[best]} {float(self.result.test_accuracy[best]):.2f})")
 
 
+@public_call(positional=("labels", "metric"))
 def probe(
     model: Any,
     prompts: Sequence[Any],
-    labels: Sequence[Hashable],
-    metric: Any = None,
     *,
+    labels: Sequence[Hashable],
+    target: Any = None,
+    foil: Any = None,
+    metric: Any = None,
     position: int = -1,
     all_positions: bool = False,
     test_fraction: float = 0.3,
@@ -201,13 +206,24 @@ def probe(
     thresholds: UsageThresholds = UsageThresholds(),
 ) -> ProbeView:
     """Linear probes on every residual stream, and the usage test:
-    `pr = ni.probe(model, prompts, labels, metric=("doctor", "nurse"))`.
+    `pr = ni.probe(model, prompts, labels=labels, target="doctor", foil="nurse")`.
 
     Probes read `position` (each prompt's last token by default; with
     `all_positions`, held-out accuracy at every end-aligned position too);
+    the usage test measures logit(target) - logit(foil) at the last token;
     `usage_layer` ("best", a layer, or None) is tested right away, any other
     on `pr.usage(layer)` or a click. `pr.accuracy`, `pr.direction(layer)`,
-    `pr.results[layer]` (a `Usage`) hold the numbers."""
+    `pr.results[layer]` (a `Usage`) hold the numbers. (`metric=(target, foil)`
+    is the earlier spelling: it still works for one release.)"""
+    if metric is not None:
+        if target is not None or foil is not None:
+            raise NbinterpError("probe() got both metric= and target=/foil=: write target= and foil= only")
+        warnings.warn("probe(): metric=(target, foil) is now target=..., foil=... (the same names in every call); "
+                      "metric= goes in the next release", DeprecationWarning, stacklevel=3)
+    elif target is not None:
+        metric = target if foil is None else (target, foil)
+    elif foil is not None:
+        raise NbinterpError("a foil needs a target: ni.probe(model, prompts, labels=labels, target='doctor', foil='nurse')")
     if metric is not None:
         parse_metric(model, metric)  # a bad token fails before the capture
     result = probe_layers(model, prompts, labels, position=position, all_positions=all_positions,

@@ -18,6 +18,7 @@ from nbinterp.errors import NbinterpError
 from ._base import InterpWidget, int_value, new_figure, rpc
 from ._buffers import encode
 from ._contract import FLOAT, INT, STR, TENSOR, ListOf, Nullable, Obj, Opt
+from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 OPEN_IN = ("attention", "ablation")
@@ -156,15 +157,17 @@ class WhyNotView(InterpWidget):
                 f"logit diff {self.result.metric:.3f})")
 
 
-def why_not(model: Any, prompt: Any, expected: Any, references: Any = (), *, actual: Any = None,
+@public_call(positional=("target", "references"), renamed={"expected": "target", "actual": "foil"})
+def why_not(model: Any, prompt: Any, *, target: Any, foil: Any = None, references: Any = (),
             position: int = -1, span: Any = None, k: int = 5) -> WhyNotView:
-    """Why `prompt` does not give `expected`: `wn = ni.why_not(model, prompt, expected="Quorn",
+    """Why `prompt` does not give `target`: `wn = ni.why_not(model, prompt, target="Quorn",
     references=[ok_prompt])`, then `wn.actual`, `wn.trajectory`, `wn.inhibitors`, `wn.missing`,
-    `wn.restore(k=5)`. References are prompts of the same token length where the model does
-    say `expected` (`nbinterp.analysis.why_not.contrast` builds one)."""
+    `wn.restore(k=5)`. `foil` is the token the model gives instead (default: its top token).
+    References are prompts of the same token length where the model does say `target`
+    (`nbinterp.analysis.why_not.contrast` builds one)."""
     if isinstance(references, str):
         references = [references]
     with model.lock:
-        result = compute_why_not(model, prompt, expected, references=list(references), actual=actual,
+        result = compute_why_not(model, prompt, target, references=list(references), actual=foil,
                                  position=position, span=span)
     return WhyNotView(result, model, prompt, k=k)

@@ -17,8 +17,8 @@ from nbinterp.bundled import tasks
 model = ni.load()
 drawn = tasks.examples("bias", 120, split="test", seed=3)
 examples = list({e.prompt: e for e in drawn}.values())[:60]
-pr = ni.probe(model, [e.prompt for e in examples], [e.meta["group"] for e in examples],
-              metric=("doctor", "nurse"), n_controls=2)
+pr = ni.probe(model, [e.prompt for e in examples], labels=[e.meta["group"] for e in examples],
+              target="doctor", foil="nurse", n_controls=2)
 pr
 '''
 VIEW = ".nbi-probe"

@@ -171,7 +171,7 @@ def test_patching_scale_is_fixed_pending_cells_hatched_and_one_marker(page: Any,
 
 
 def test_ablation_shows_target_and_foil_rows_ticks_only_when_ablated_and_a_scaled_bar(page: Any, model: Any) -> None:
-    panel = ni.ablate(model, PROMPT, "w5", "w9", k=1)
+    panel = ni.ablate(model, PROMPT, target="w5", foil="w9", k=1)
     open_view(page, panel, bundle="ablation.js")
     after = page.locator(".nbi-ablation .nbi-topk-after")
     assert after.locator(".nbi-tick").count() == 0, "nothing ablated: no 'before' ticks"
@@ -182,7 +182,7 @@ def test_ablation_shows_target_and_foil_rows_ticks_only_when_ablated_and_a_scale
 
 
 def test_ablation_rows_after_an_ablation(browser: Any, model: Any) -> None:
-    panel = ni.ablate(model, PROMPT, "w5", "w9", k=1, ablations={"L0.H0": 0.0, "L1.H1": 0.0})
+    panel = ni.ablate(model, PROMPT, target="w5", foil="w9", k=1, ablate={"L0.H0": 0.0, "L1.H1": 0.0})
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     page = context.new_page()
     open_view(page, panel, bundle="ablation.js")

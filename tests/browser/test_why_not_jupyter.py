@@ -20,7 +20,7 @@ model = ni.load()
 prompt = ("Context : the capital of Tarvos is Fallow . the capital of Tarvos is Yarrow . "
           "Question : the capital of Tarvos is")
 reference = contrast(prompt, "the capital of Tarvos is Fallow .", "the old tree near the road .")
-wn = ni.why_not(model, prompt, expected="Yarrow", references=[reference])
+wn = ni.why_not(model, prompt, target="Yarrow", references=[reference])
 cu = ni.context_use(model, prompt, context="the capital of Tarvos is Fallow . the capital of Tarvos is Yarrow .")
 display(wn)
 cu
