@@ -29,6 +29,8 @@ CONFIGS = {
     "phi": lambda: tf.PhiConfig(**_LLAMA_LIKE, **_COMMON),
     # parallel blocks, interleaved rotary on the first 4 of 8 dims per head
     "gptj": lambda: tf.GPTJConfig(n_layer=2, n_embd=32, n_head=4, n_positions=48, rotary_dim=4, vocab_size=VOCAB),
+    # learned positions offset by 2, query scaled before the attention call, MLP as fc1 / fc2 on the block
+    "opt": lambda: tf.OPTConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, ffn_dim=64, **_COMMON),
 }
 ARCHITECTURES = list(CONFIGS)
 

@@ -11,13 +11,15 @@ import torch
 # module path of the output projection / MLP down projection, per model type
 OUT_PROJ = {
     "gpt2": "attn.c_proj", "gpt_neox": "attention.dense", "gpt_bigcode": "attn.c_proj",
-    "phi": "self_attn.dense", "gptj": "attn.out_proj",
+    "phi": "self_attn.dense", "gptj": "attn.out_proj", "opt": "self_attn.out_proj",
 }
 MLP_DOWN = {
     "gpt2": "mlp.c_proj", "gpt_neox": "mlp.dense_4h_to_h", "gpt_bigcode": "mlp.c_proj",
-    "phi": "mlp.fc2", "gptj": "mlp.fc_out",
+    "phi": "mlp.fc2", "gptj": "mlp.fc_out", "opt": "fc2",
 }
-LAYERS = {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers", "gpt_bigcode": "transformer.h", "gptj": "transformer.h"}
+MLP = {"opt": "fc2"}  # OPT's fc1 / fc2 sit on the block: fc2's output is the MLP's write
+LAYERS = {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers", "gpt_bigcode": "transformer.h", "gptj": "transformer.h",
+          "opt": "model.decoder.layers"}
 
 
 def blocks(hf):
@@ -29,6 +31,10 @@ def blocks(hf):
 
 def out_proj(hf, layer):
     return blocks(hf)[layer].get_submodule(OUT_PROJ.get(hf.config.model_type, "self_attn.o_proj"))
+
+
+def mlp(hf, layer):
+    return blocks(hf)[layer].get_submodule(MLP.get(hf.config.model_type, "mlp"))
 
 
 def mlp_down(hf, layer):

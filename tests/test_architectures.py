@@ -1,8 +1,9 @@
 """Layout-specific facts of the decoder families in the architecture table,
 beyond the engine tests every family in conftest.CONFIGS runs
 (tests/test_engine.py): parallel blocks, learned positions with multi-query
-attention, additive per-head masks (how ALiBi reaches an SDPA call), and the
-attribution / QK tests re-run on the new families."""
+attention, additive per-head masks (how ALiBi reaches an SDPA call), OPT's
+offset positions, flattened MLP and refused configs, and the attribution / QK
+tests re-run on the new families."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import math
 
 import pytest
 import torch
+import transformers as tf
 
 import nbinterp as ni
-from conftest import PROMPT, random_model
+from conftest import PROMPT, VOCAB, random_model
 from nbinterp.analysis.attribution import attribute
 from nbinterp.analysis.qk import qk
 from nbinterp.engine.attention_math import attention_output, attention_probabilities
@@ -35,12 +37,12 @@ from test_attribution import (  # noqa: F401
 from test_qk import test_components_add_up_to_the_residual_stream, test_parts_sum_to_the_score_hf_computes  # noqa: F401
 
 PARALLEL = ["phi", "gptj", "gpt_neox"]  # GPT-NeoX's default use_parallel_residual=True
-SEQUENTIAL = ["gpt2", "gpt_bigcode"]
+SEQUENTIAL = ["gpt2", "gpt_bigcode", "opt"]
 CORRUPTED = "w6 w17 w3 w42 w9 w5 w17 w3 w28 w11"
 ATOL = 1e-5  # float32 activations of order 1
 
 
-@pytest.fixture(scope="module", params=["gpt_bigcode", "phi", "gptj"])
+@pytest.fixture(scope="module", params=["gpt_bigcode", "phi", "gptj", "opt"])
 def attribution(request, tokenizer):
     model = ni.load(random_model(request.param), tokenizer=tokenizer)
     return attribute(model, PROMPT, target="w5", foil="w9")
@@ -111,3 +113,52 @@ def test_an_alibi_bias_folded_into_a_per_head_mask_equals_torch_sdpa():
     # the bias matters: without it the heads differ from the reference
     plain = attention_probabilities(query, key, None, head_dim**-0.5)
     assert (plain - probs).abs().max() > 1e-2
+
+
+def test_opt_positions_are_its_table_offset_by_two(tokenizer):
+    """OPT's learned positions read row position + 2 of embed_positions (HF's
+    offset): the embed capture holds exactly those rows, and with the token
+    embeddings they make the stream entering layer 0."""
+    model = load("opt", tokenizer)
+    run = model.run(PROMPT, capture=["embed", "resid_pre"])
+    tokens, positions = run.captured("embed", 0)
+    decoder = model.hf.model.decoder
+    n_tokens = len(run)
+    torch.testing.assert_close(positions, decoder.embed_positions.weight[2 : 2 + n_tokens].detach(), atol=0, rtol=0)
+    torch.testing.assert_close(tokens, decoder.embed_tokens.weight[run.input_ids[0]].detach(), atol=0, rtol=0)
+    torch.testing.assert_close(run.residual(0), tokens + positions, atol=ATOL, rtol=0)
+    # the offset matters: rows 0.. are other vectors
+    assert (positions - decoder.embed_positions.weight[:n_tokens]).abs().max() > 1e-3
+
+
+def test_opt_padded_batch_rows_equal_their_single_runs(tokenizer):
+    """OPT flattens a batch's tokens to [B*T, d] before its MLP and counts
+    positions from the attention mask: each row of a right-padded batch gives
+    that prompt's own captures (the MLP's write and neurons per row, not per
+    flattened token)."""
+    model = load("opt", tokenizer)
+    prompts = [PROMPT, "w7 w8 w9 w10"]
+    layers = {"resid_pre": {1}, "mlp_out": {0, 1}, "neurons": {1}}
+    captured, mask = model.capture_batch([model.tokenize(p)[0] for p in prompts], layers)
+    assert mask.sum(1).tolist() == [10, 4]
+    for row, prompt in enumerate(prompts):
+        single = model.run(prompt, capture=["resid_pre", "mlp_out", "neurons"])
+        n = len(single)
+        torch.testing.assert_close(captured["resid_pre"][1][row, :n], single.residual(1), atol=ATOL, rtol=0)
+        for layer in (0, 1):
+            torch.testing.assert_close(captured["mlp_out"][layer][row, :n], single.mlp_out(layer), atol=ATOL, rtol=0)
+        torch.testing.assert_close(captured["neurons"][1][row, :n], single.captured("neurons", 1), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("flags, named", [
+    (dict(do_layer_norm_before=False), "do_layer_norm_before=False"),  # post-norm blocks (opt-350m)
+    (dict(word_embed_proj_dim=16), "word_embed_proj_dim=16"),  # project_in / project_out
+    (dict(do_layer_norm_before=False, word_embed_proj_dim=16), "do_layer_norm_before=False"),  # opt-350m's shape
+    (dict(_remove_final_layer_norm=True), "_remove_final_layer_norm=True"),
+])
+def test_opt_configs_the_engine_would_misread_are_refused_naming_the_flag(flags, named, tokenizer):
+    config = tf.OPTConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, ffn_dim=64,
+                          vocab_size=VOCAB, max_position_embeddings=48, **flags)
+    hf = tf.AutoModelForCausalLM.from_config(config).eval()
+    with pytest.raises(ni.UnsupportedArchitectureError, match=f"'opt' config: {named}"):
+        ni.load(hf, tokenizer=tokenizer)

@@ -75,8 +75,10 @@ def test_neuron_capture_equals_the_down_projection_input(arch_model):
     _, hf, model = arch_model
     run = model.run(PROMPT, capture=["neurons", "resid_final"])
     seen = {}
-    handles = [mlp_down(hf, l).register_forward_pre_hook(lambda m, a, l=l: seen.__setitem__(l, a[0][0].detach()))
-               for l in range(model.n_layers)]
+    # OPT's block flattens the tokens to [B*T, d_mlp] before its MLP: view them as [B, T, d_mlp]
+    handles = [mlp_down(hf, l).register_forward_pre_hook(
+        lambda m, a, l=l: seen.__setitem__(l, a[0].reshape(*run.input_ids.shape, -1)[0].detach()))
+        for l in range(model.n_layers)]
     handles.append(final_norm(hf).register_forward_pre_hook(lambda m, a: seen.__setitem__("final", a[0][0].detach())))
     with hooks(*handles), torch.no_grad():
         hf(run.input_ids)

@@ -9,7 +9,7 @@ import torch
 import nbinterp as ni
 from conftest import PROMPT, eager_copy, random_model
 from reference_hooks import (
-    blocks, head_slice, hooks, knocked_out_eager, mlp_down, out_proj, scale_head_input,
+    head_slice, hooks, knocked_out_eager, mlp, mlp_down, out_proj, scale_head_input,
 )
 
 ATOL = 1e-5  # probabilities and gradients
@@ -73,7 +73,6 @@ def test_mean_ablation_uses_the_reference_mean(arch_model):
 def test_mlp_and_neuron_ablation_equal_plain_hooks(arch_model):
     _, hf, model = arch_model
     run = model.run(PROMPT, ablate={"L1.mlp": 0.5}, ablate_neurons={(0, 3): 0.0, (0, 7): 2.0})
-    mlp = blocks(hf)[1].get_submodule("mlp")
 
     def scale_neurons(module, args):
         hidden = args[0].clone()
@@ -82,7 +81,7 @@ def test_mlp_and_neuron_ablation_equal_plain_hooks(arch_model):
         return (hidden,)
 
     handles = (
-        mlp.register_forward_hook(lambda m, a, out: out * 0.5),
+        mlp(hf, 1).register_forward_hook(lambda m, a, out: out * 0.5),
         mlp_down(hf, 0).register_forward_pre_hook(scale_neurons),
     )
     with hooks(*handles), torch.no_grad():
@@ -168,7 +167,7 @@ def test_head_patching_equals_a_plain_hook(arch_model):
     source = {}
     grab = [
         out_proj(hf, 1).register_forward_pre_hook(lambda m, a: source.setdefault("z", a[0].clone())),
-        blocks(hf)[0].mlp.register_forward_hook(lambda m, a, out: source.setdefault("mlp", out.clone())),
+        mlp(hf, 0).register_forward_hook(lambda m, a, out: source.setdefault("mlp", out.clone())),
     ]
     with hooks(*grab), torch.no_grad():
         hf(model.tokenize(PROMPT))
@@ -180,7 +179,7 @@ def test_head_patching_equals_a_plain_hook(arch_model):
 
     put = [
         out_proj(hf, 1).register_forward_pre_hook(put_head),
-        blocks(hf)[0].mlp.register_forward_hook(lambda m, a, out: source["mlp"]),
+        mlp(hf, 0).register_forward_hook(lambda m, a, out: source["mlp"]),
     ]
     with hooks(*put), torch.no_grad():
         expected = hf(model.tokenize(corrupted)).logits[0]

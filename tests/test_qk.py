@@ -15,7 +15,8 @@ from nbinterp.analysis.qk import qk, residual_components
 
 EPS = torch.finfo(torch.float32).eps
 
-SUPPORTED = ["gpt2", "gpt_neox", "llama", "qwen2", "mistral"]
+SUPPORTED = ["gpt2", "gpt_neox", "llama", "qwen2", "mistral", "opt"]
+LEARNED_POSITIONS = ("gpt2", "opt")
 CELLS = [(0, 1, 7, 3), (1, 2, 9, 6), (1, 3, 5, 5), (1, 0, 8, 0)]
 
 
@@ -85,7 +86,7 @@ def test_components_add_up_to_the_residual_stream(model_and_run):
     torch.testing.assert_close(parts.sum(0), run.residual(1)[[2, 9]].double(), atol=1e-5, rtol=1e-5)
     heads = [f"L0.H{h}" for h in range(model.n_heads)]
     assert labels[0] == "embed" and all(h in labels for h in heads) and "L0.mlp" in labels
-    assert ("pos_embed" in labels) == (model.hf.config.model_type == "gpt2")
+    assert ("pos_embed" in labels) == (model.hf.config.model_type in LEARNED_POSITIONS)
 
 
 def test_a_key_component_through_the_models_own_modules(tokenizer):
@@ -113,7 +114,7 @@ def test_a_key_component_through_the_models_own_modules(tokenizer):
 def test_layer_0_has_only_embeddings_and_bias(model_and_run):
     model, run = model_and_run
     d = qk(model, run, 0, 1, 7, 3)
-    expected = ["embed", "pos_embed", "bias"] if model.hf.config.model_type == "gpt2" else ["embed", "bias"]
+    expected = ["embed", "pos_embed", "bias"] if model.hf.config.model_type in LEARNED_POSITIONS else ["embed", "bias"]
     assert d.query_labels == expected == d.key_labels
 
 

@@ -22,7 +22,7 @@ REQUESTS = {
 }
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
+@pytest.fixture(scope="module", params=["gpt2", "llama", "opt"])  # OPT: its MLP tensors are reshaped in the trace
 def local_and_simulated(request, tokenizer):
     hf = random_model(request.param)
     return ni.load(hf, tokenizer=tokenizer), ni.load(hf, tokenizer=tokenizer, remote="local")
