@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from nbinterp.engine.tokens import display_text, display_token
 from nbinterp.errors import NbinterpError
 
 if TYPE_CHECKING:
@@ -131,13 +132,13 @@ def context_use(model: "Model", prompt: Any, context: Any, detector: "ContextDet
     verdict, reason = _verdict(knockout)
     score = None if detector is None else float(detector.score(ratio[None])[0])
     return ContextUse(
-        tokens=[model.tokenizer.decode([i]) for i in input_ids[0].tolist()], context=(start, end), position=position,
+        tokens=display_text(model.tokenizer, input_ids[0].tolist()), context=(start, end), position=position,
         attention=attention, ratio=ratio, knockout=knockout, verdict=verdict, reason=reason, score=score,
     )
 
 
 def _knockout(model, clean: torch.Tensor, knocked: torch.Tensor, n_edges: int) -> Knockout:
-    decode = lambda i: model.tokenizer.decode([int(i)])  # noqa: E731
+    decode = lambda i: display_token(model.tokenizer, int(i))  # noqa: E731
     before, after = int(clean.argmax()), int(knocked.argmax())
     rival = after if after != before else int(clean.topk(2).indices[1])
     p_clean, p_knocked = torch.softmax(clean, -1), torch.softmax(knocked, -1)

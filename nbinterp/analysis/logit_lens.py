@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nbinterp.engine.plan import Plan
+from nbinterp.engine.tokens import display_text
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
@@ -37,14 +38,6 @@ class LogitLens:
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.top_probabilities.shape)  # type: ignore[return-value]
-
-
-def display_text(tokenizer: Any, ids: list[int]) -> list[str]:
-    """Each token as text (" Mary", not "ĠMary"); the raw pieces if decoding fails."""
-    try:
-        return [tokenizer.decode([i]) for i in ids]
-    except Exception:  # noqa: BLE001 - a tokenizer without decode still has pieces
-        return tokenizer.convert_ids_to_tokens(ids)
 
 
 def logit_lens(model: "Model", prompt: Any, target: str | int | None = None) -> LogitLens:

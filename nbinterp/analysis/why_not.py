@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from nbinterp.engine.architectures import get_path
-from nbinterp.engine.plan import Metric, Plan
+from nbinterp.engine.batch import measure
+from nbinterp.engine.plan import Metric
+from nbinterp.engine.tokens import display_text
 from nbinterp.engine.trace import softcap_logits
 from nbinterp.errors import NbinterpError
 from nbinterp.interventions import batch
@@ -234,16 +236,11 @@ def critical_layer(expected_rank: torch.Tensor, actual_rank: torch.Tensor) -> in
 
 
 def mlp_ablation_effects(model: "Model", input_ids: torch.Tensor, metric: Metric) -> torch.Tensor:
-    """metric(MLP l zero-ablated) - metric(clean) for every layer, one forward (row 0 clean)."""
-    n_rows = model.n_layers + 1
-    plan = Plan()
-    for layer in range(model.n_layers):
-        scale = torch.ones(n_rows, 1, 1)
-        scale[layer + 1] = 0.0
-        plan.mlp_scale[layer] = scale  # type: ignore[assignment] - broadcasts per row like the other plan tensors
-    saved = model.execute(input_ids.expand(n_rows, -1), plan, {}, metric, gradients=False)
-    values = saved["metric"].reshape(n_rows).double()
-    return values[1:] - values[0]
+    """metric(MLP l zero-ablated) - metric(clean) for every layer (the engine's batched runner)."""
+    layers = list(range(model.n_layers))
+    measured = measure(model, input_ids, layers, lambda plan, slot, layer: plan.scale_mlp(slot, layer, 0.0), metric,
+                       rows=model.n_layers + 1)
+    return measured.effects[:, 0]
 
 
 def answer_span(model: "Model", ids: list[int], expected_id: int, references: list[list[int]], position: int) -> list[int]:
@@ -276,7 +273,7 @@ def why_not(
         actual_id = model.token_id(actual)
         if actual_id == expected_id:
             raise NbinterpError("actual and expected are the same token")
-    expected_text, actual_text = tokenizer.decode([expected_id]), tokenizer.decode([actual_id])
+    expected_text, actual_text = display_text(tokenizer, [expected_id, actual_id])
     metric = Metric(expected_id, actual_id, position)
     metric_here = float(logits[expected_id] - logits[actual_id])
 
@@ -338,7 +335,7 @@ def why_not(
                            metric, position, span_positions, parts)
 
     return WhyNot(
-        tokens=[tokenizer.decode([i]) for i in input_ids[0].tolist()], expected=expected_text, actual=actual_text,
+        tokens=display_text(tokenizer, input_ids[0].tolist()), expected=expected_text, actual=actual_text,
         position=position, metric=metric_here, trajectory=trajectory, inhibitors=inhibitors, missing=missing,
         span=span_positions, reference_metrics=reference_metrics,
         _context={"model": model, "input_ids": input_ids, "metric": metric, "reference_runs": reference_runs},
@@ -385,4 +382,5 @@ def _missing(model, run, grad_run, input_ids, reference_runs, reference_metrics,
 
 
 def _rows(model: "Model", input_ids: torch.Tensor) -> int:
-    return batch.batch_rows(model, input_ids.shape[1])
+    """Patch sets per forward: what fits, less the clean row each forward carries."""
+    return max(1, batch.batch_rows(model, input_ids.shape[1]) - 1)

@@ -17,7 +17,7 @@ from nbinterp.errors import NbinterpError
 from nbinterp.engine import plan as plans
 from nbinterp.engine.plan import Metric, Plan
 from nbinterp.engine.trace import CAPTURES, execute
-from nbinterp.interventions.patching import build_patch
+from nbinterp.engine.patch_plan import build_patch
 from nbinterp.engine.run import Run
 
 Prompt = "str | Sequence[int] | torch.Tensor"

@@ -52,7 +52,8 @@ class Plan:
     #   add:     x + delta            (delta [T, width] or [B, T, width]: steering vectors,
     #                                  SAE feature edits decode(f') - decode(f))
     #   project: x - (1 - scale) (x . u) u   (u a unit direction [width]: scale 0 removes
-    #                                  the component along u, e.g. a probe's direction)
+    #                                  the component along u, e.g. a probe's direction;
+    #                                  or u [B, 1, width] and scale [B, 1, 1], one per row)
     add: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     project: dict[tuple[str, int], tuple[torch.Tensor, float]] = field(default_factory=dict)
 
@@ -83,7 +84,10 @@ def apply_edits(x: torch.Tensor, plan: Plan, site: str, layer: int) -> torch.Ten
     if projection is not None:
         direction, scale = projection
         direction = direction.to(x)
-        x = x - (1.0 - scale) * (x @ direction)[..., None] * direction
+        if direction.dim() == 1:
+            x = x - (1.0 - scale) * (x @ direction)[..., None] * direction
+        else:  # one direction per row [B, 1, width], scales [B, 1, 1] (`batch.RowPlan.project`)
+            x = x - (1.0 - scale.to(x)) * (x * direction).sum(-1, keepdim=True) * direction
     return x
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from nbinterp.errors import NbinterpError
-from nbinterp.analysis.logit_lens import display_text
+from nbinterp.engine.tokens import display_text
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model

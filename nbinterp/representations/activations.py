@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from nbinterp.engine import plan as plans
+from nbinterp.engine.batch import RowPlan, measure
 from nbinterp.engine.plan import Metric, Plan
 from nbinterp.engine.run import Run
+from nbinterp.engine.tokens import display_text
 from nbinterp.errors import NbinterpError
 from nbinterp.representations import directions
 from nbinterp.representations.contexts import Context, ContextIndex, context_index
@@ -217,8 +219,6 @@ class FeatureActivations:
     # ------------------------------------------------------------ reading
     @property
     def tokens(self) -> list[str]:
-        from nbinterp.analysis.logit_lens import display_text
-
         return display_text(self.model.tokenizer, self.input_ids[0].tolist())
 
     @property
@@ -317,7 +317,7 @@ class FeatureActivations:
             key = (self.source.site, self.source.layer)
             result.metric_reconstructed = self._metric_value(self.model.run(self.input_ids, add={key: substitute}))
             if per_token:
-                result.metric_change_per_token = self._per_token_metric(substitute) - clean
+                result.metric_change_per_token = self._per_token_metric(substitute)
         self._error = result
         return result
 
@@ -325,23 +325,16 @@ class FeatureActivations:
         return run.logit_diff(self.metric.target, self.metric.foil)
 
     def _per_token_metric(self, substitute: torch.Tensor) -> torch.Tensor:
-        """metric with the reconstruction at token t only, every t: [T] (batched rows)."""
-        from nbinterp.interventions.batch import batch_rows
-
-        n = len(self)
-        out = torch.empty(n, dtype=torch.float64)
-        rows = batch_rows(self.model, n)
+        """metric(reconstruction at token t only) - metric(clean), every t: [T]
+        (the engine's batched runner: each forward carries its clean row)."""
         key = (self.source.site, self.source.layer)
-        for start in range(0, n, rows):
-            stop = min(n, start + rows)
-            delta = torch.zeros(stop - start, n, substitute.shape[-1])
-            for row, t in enumerate(range(start, stop)):
-                delta[row, t] = substitute[t]
-            plan = Plan()
-            plan.add[key] = delta
-            saved = self.model.execute(self.input_ids.expand(stop - start, -1), plan, {}, self.metric, gradients=False)
-            out[start:stop] = saved["metric"].reshape(-1).double()
-        return out
+
+        def fill(plan: RowPlan, slot: int, t: int) -> None:
+            delta = torch.zeros_like(substitute)
+            delta[t] = substitute[t]
+            plan.add(slot, *key, delta)
+
+        return measure(self.model, self.input_ids, list(range(len(self))), fill, self.metric).effects[:, 0]
 
     # ------------------------------------------------------------ effects
     def direct_logit_effect(self, feature: int, k: int = 10) -> dict[str, list[tuple[str, float]]]:
@@ -349,8 +342,6 @@ class FeatureActivations:
         last-position logits one unit of the feature raises / lowers most
         directly (see DIRECT_EFFECT_LABEL: an estimate through the final norm
         linearised at this prompt, every layer after the feature ignored)."""
-        from nbinterp.analysis.logit_lens import display_text
-
         effect = directions.direct_logit_effect(self.model, self.source.direction(feature), self._final_last)
         k = max(1, min(int(k), effect.numel()))
         out = {}

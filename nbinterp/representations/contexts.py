@@ -163,7 +163,7 @@ class ContextIndex:
         rows = [self.docs[doc] for doc, _, _ in entries]
         with self.model.lock:
             activations = self._encode_rows(rows)[0][..., feature]
-        from nbinterp.analysis.logit_lens import display_text
+        from nbinterp.engine.tokens import display_text
 
         out = []
         for row, (doc, position, value) in enumerate(entries):

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 import torch
 
-from nbinterp.engine.plan import Metric, Plan, check_scale
+from nbinterp.engine.batch import forwards_needed, measure
+from nbinterp.engine.plan import Metric, check_scale
 from nbinterp.errors import NbinterpError
 from nbinterp.representations.probes import ProbeResult, stream_site
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
 
-MAX_ROWS = 256  # prompts per forward
 Progress = Callable[[int, int], None]
 
 
@@ -180,24 +180,37 @@ def edited_metrics(
     scale: float, target: int, foil: int | None, progress: Callable[[], None] = lambda: None,
 ) -> torch.Tensor:
     """[len(directions), prompts] float64: the metric at each prompt's last token
-    with each direction projected out at `site` (None: no edit). Prompts of one
-    length share a forward (no padding, so the last token is one position)."""
+    with each direction projected out at `site` (None: no edit, the clean rows).
+    Prompts of one length share forwards (no padding, so the last token is one
+    position), through the engine's batched runner: the clean metric comes from
+    the same forwards as the edited ones."""
+    out = torch.empty(len(directions), len(token_ids), dtype=torch.float64)
+    edits = [d for d, direction in enumerate(directions) if direction is not None]
+    for length, rows in _rows_by_length(token_ids).items():
+        measured = measure(
+            model, torch.stack([token_ids[r] for r in rows]), edits,
+            lambda plan, slot, d: plan.project(slot, *site, directions[d], scale),
+            Metric(target, foil, length - 1), progress=progress,
+        )
+        index = torch.tensor(rows)
+        for n, d in enumerate(edits):
+            out[d, index] = measured.values[n]
+        for d, direction in enumerate(directions):
+            if direction is None:
+                out[d, index] = measured.clean[0]
+    return out
+
+
+def edit_forwards(model: "Model", token_ids: Sequence[torch.Tensor], n_edits: int) -> int:
+    """How many forwards `edited_metrics` runs for `n_edits` directions."""
+    return sum(forwards_needed(model, len(rows), length, n_edits) for length, rows in _rows_by_length(token_ids).items())
+
+
+def _rows_by_length(token_ids: Sequence[torch.Tensor]) -> dict[int, list[int]]:
     by_length: dict[int, list[int]] = {}
     for row, ids in enumerate(token_ids):
         by_length.setdefault(len(ids), []).append(row)
-    out = torch.empty(len(directions), len(token_ids), dtype=torch.float64)
-    for d, direction in enumerate(directions):
-        for length, rows in by_length.items():
-            for start in range(0, len(rows), MAX_ROWS):
-                chunk = rows[start : start + MAX_ROWS]
-                plan = Plan()
-                if direction is not None:
-                    plan.project[site] = (direction.float() / direction.float().norm(), scale)
-                saved = model.execute(torch.stack([token_ids[r] for r in chunk]), plan, {},
-                                      Metric(target, foil, length - 1), gradients=False, logits="none")
-                out[d, chunk] = saved["metric"].double().reshape(-1)
-                progress()
-    return out
+    return by_length
 
 
 def usage_test(
@@ -231,8 +244,7 @@ def usage_test(
     test = result.test_index
     token_ids = [result.token_ids[int(i)] for i in test]
     directions = [None, direction, *random_directions(model.d_model, n_controls, seed)]
-    n_lengths = sum(-(-n // MAX_ROWS) for n in _length_counts(token_ids).values())
-    total = len(directions) * n_lengths + (2 * len(token_ids) if probabilities else 0)
+    total = edit_forwards(model, token_ids, len(directions) - 1) + (2 * len(token_ids) if probabilities else 0)
     done = 0
 
     def step() -> None:
@@ -265,10 +277,3 @@ def usage_test(
         test_accuracy=float(result.test_accuracy[layer]), chance=result.chance, thresholds=thresholds,
         forwards=model.forwards - forwards_before,
     )
-
-
-def _length_counts(token_ids: Sequence[torch.Tensor]) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for ids in token_ids:
-        counts[len(ids)] = counts.get(len(ids), 0) + 1
-    return counts

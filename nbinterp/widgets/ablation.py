@@ -20,7 +20,7 @@ from nbinterp.interventions.ablation import ABLATION_MODES, ablated_run, ablatio
 from nbinterp.engine.plan import check_position
 from nbinterp.engine.run import Run
 from nbinterp.errors import NbinterpError
-from nbinterp.analysis.logit_lens import display_text
+from nbinterp.engine.tokens import display_text
 from nbinterp.vocabulary import public_call
 from ._base import FrontendError, InterpWidget, choice_value, new_figure, rpc
 from ._contract import FLOAT, INT, STR, Choice, Either, ListOf, MapOf, Nullable, Number, Obj, Opt

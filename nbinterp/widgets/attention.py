@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import traitlets
 
+from nbinterp.engine.tokens import display_text
 from nbinterp.errors import NbinterpError
 from ._base import FrontendError, HeadWidget, choice_value, dict_value, int_value, new_figure, rpc
 from ._contract import BOOL, FLOAT, INT, TENSOR, TENSOR_REF, Choice, ListOf, Nullable, Obj, Opt
@@ -91,11 +92,7 @@ def token_weights(run: Any, layer: int, token: int, mode: str, direction: str, h
 
 def display_tokens(run: Any) -> list[str]:
     """Each token as text (" Mary", not "ĠMary"); falls back to the raw pieces."""
-    tokenizer = getattr(run.model, "tokenizer", None)
-    try:
-        return [tokenizer.decode([i]) for i in run.token_ids]
-    except Exception:
-        return list(run.tokens)
+    return display_text(run.model.tokenizer, run.token_ids)
 
 
 class AttentionView(HeadWidget):

@@ -16,7 +16,7 @@ import torch
 import traitlets
 
 from nbinterp.errors import NbinterpError
-from nbinterp.analysis.logit_lens import display_text
+from nbinterp.engine.tokens import display_text
 from nbinterp.analysis.patching_sweep import KIND_LABELS, SWEEP_KINDS, PatchingSweep, prepare
 from ._background import BackgroundJob
 from ._base import InterpWidget, choice_value, int_value, new_figure, rpc
