@@ -4,6 +4,7 @@ object, or a remote model on NDIF through nnsight."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -140,15 +141,36 @@ def _from_pretrained(source: str | Path, tokenizer: Any, dtype: Any, device_map:
                     "checkpoint's dtype.", stacklevel=3,
                 )
         extra = {} if device_map is None else {"device_map": device_map}
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            str(source), dtype=dtype if dtype is not None else "auto", **extra, **kwargs
-        )
+        with _quiet_weight_loading() if local else contextlib.nullcontext():
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                str(source), dtype=dtype if dtype is not None else "auto", **extra, **kwargs
+            )
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
     except (OSError, ValueError) as error:
         where = "directory" if local else "Hugging Face id (is the hub reachable, and the id spelled right?)"
         raise NbinterpError(f"could not load {source!r} as a {where}: {error}") from error
     return hf_model, tokenizer, name
+
+
+@contextlib.contextmanager
+def _quiet_weight_loading() -> Any:
+    """Without transformers' "Loading weights" bar: a local load takes
+    milliseconds, and in a notebook the bar is an ipywidget that an HTML
+    export shows frozen at 0%. The user's progress-bar settings are restored
+    after (a hub download keeps its bars: it is not silenced)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    transformers_bars, hub_bars_off = hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if transformers_bars:
+            hf_logging.enable_progress_bar()
+        if hub_bars_off:
+            disable_progress_bars()
 
 
 def _load_remote(model_id: Any, timeout: float) -> Model:

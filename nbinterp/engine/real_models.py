@@ -151,7 +151,7 @@ def cache_dir(spec: RealModel, source: GgufSource) -> Path:
 
 def converted(spec: RealModel) -> Path:
     """The float32 checkpoint of `spec`, converted on first use (tens of seconds,
-    once); the folder holds config, safetensors, tokenizer and the card."""
+    once); the folder holds config, safetensors, tokenizer and the conversion's facts."""
     source = locate_gguf(spec)
     destination = cache_dir(spec, source)
     if (destination / MARKER).is_file():
@@ -169,9 +169,7 @@ def converted(spec: RealModel) -> Path:
     started = time.perf_counter()
     hf_model, tokenizer = load_gguf(spec, source)
     facts = {"seconds": round(time.perf_counter() - started, 1)}
-    write_conversion(
-        rebuild(hf_model), tokenizer, destination, conversion_facts(spec, source, facts), card(spec.alias),
-    )
+    write_conversion(rebuild(hf_model), tokenizer, destination, conversion_facts(spec, source, facts))
     return destination
 
 
@@ -221,9 +219,7 @@ def conversion_facts(spec: RealModel, source: GgufSource, extra: dict | None = N
     }
 
 
-def write_conversion(
-    hf_model: Any, tokenizer: Any, destination: Path, facts: dict, card_text: str | None = None,
-) -> Path:
+def write_conversion(hf_model: Any, tokenizer: Any, destination: Path, facts: dict) -> Path:
     """Save model + tokenizer into `destination` atomically: everything goes to a
     temporary folder beside it, renamed into place when complete. Two processes
     converting at once both finish; the first rename wins and the other's copy
@@ -234,8 +230,6 @@ def write_conversion(
     try:
         hf_model.save_pretrained(temporary)
         tokenizer.save_pretrained(temporary)
-        if card_text is not None:
-            (temporary / "README.md").write_text(card_text)
         (temporary / MARKER).write_text(json.dumps(facts, indent=1) + "\n")
         try:
             os.rename(temporary, destination)

@@ -91,6 +91,7 @@ class ContextIndex:
         self._active = torch.zeros(n, dtype=torch.long)
         self._seen_tokens = 0  # counted tokens (padding and <bos> excluded)
         self._next = 0
+        self._retry: list[int] = []  # batches whose forward was interrupted, handed out again first
         self._done_batches = 0
         self._done_docs = 0
         self._done_tokens = 0
@@ -117,11 +118,22 @@ class ContextIndex:
         self._stop.clear()
         while not self._stop.is_set():
             with self._lock:
-                if self._next >= len(self.batches):
+                if self._retry:
+                    index = self._retry.pop()
+                elif self._next < len(self.batches):
+                    index = self._next
+                    self._next += 1
+                else:
                     return
-                index = self._next
-                self._next += 1
-            self._process(self.batches[index])
+            try:
+                self._process(self.batches[index])
+            except BaseException:
+                # an error or a kernel interrupt mid-batch: nothing of it was
+                # merged (the merge is one assignment), so the pass keeps what
+                # it has and the batch is done again on resume
+                with self._lock:
+                    self._retry.append(index)
+                raise
             yield self.progress
 
     def run(self) -> "ContextIndex":
@@ -207,12 +219,12 @@ class ContextIndex:
             pos = torch.cat([self._pos, where.T], dim=1)
             keep = min(self.k, values.shape[1])
             values, order = values.topk(keep, dim=1)
-            self._values, self._doc, self._pos = values, doc.gather(1, order), pos.gather(1, order)
-            self._active += counts
-            self._seen_tokens += int(valid.sum())
-            self._done_batches += 1
-            self._done_docs += len(batch)
-            self._done_tokens += sum(len(r) for r in rows)
+            merged = (values, doc.gather(1, order), pos.gather(1, order), self._active + counts,
+                      self._seen_tokens + int(valid.sum()), self._done_batches + 1, self._done_docs + len(batch),
+                      self._done_tokens + sum(len(r) for r in rows))
+            # one assignment, so an interrupt leaves the pass before or after this batch, never half-way
+            (self._values, self._doc, self._pos, self._active, self._seen_tokens, self._done_batches,
+             self._done_docs, self._done_tokens) = merged
 
 
 def corpus_ids(model: "Model", corpus: Sequence[Any]) -> list[torch.Tensor]:

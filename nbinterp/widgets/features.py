@@ -26,6 +26,7 @@ import traitlets
 from nbinterp.errors import NbinterpError
 from nbinterp.representations.activations import DIRECT_EFFECT_LABEL, STEER_MODES, FeatureActivations
 from nbinterp.interventions.ablation import summarize
+from ._background import Worker
 from ._base import FrontendError, InterpWidget, choice_value, int_value, new_figure, rpc
 from ._buffers import encode
 from ._contract import BOOL, FLOAT, INT, Choice, MapOf, Number, Opt
@@ -82,6 +83,7 @@ class FeatureView(InterpWidget):
         self._context_thread: threading.Thread | None = None
         self._context_lock = threading.Lock()
         self._contexts_cancelled = False
+        self._closed = threading.Event()  # the view is closed: the contexts worker stops for good
         self._index: Any = None
         name = lambda t: None if t is None else (t if isinstance(t, str) else model.tokenizer.decode([t]))  # noqa: E731
         shown = min(K_SHOWN, acts.k)
@@ -139,6 +141,15 @@ class FeatureView(InterpWidget):
         thread = self._context_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+
+    def close(self) -> None:
+        """Closes the view and stops its contexts pass (after the batch in
+        flight), waiting for the thread."""
+        self._closed.set()
+        super().close()
+        thread = self._context_thread
+        if isinstance(thread, Worker):
+            thread.stop()
 
     def cancel_contexts(self) -> None:
         """Stops the corpus pass after the batch in flight; contexts then
@@ -252,10 +263,11 @@ class FeatureView(InterpWidget):
             return
         with self._context_lock:
             self._wanted = feature
-            if self._context_thread is not None:
+            if self._context_thread is not None or self._closed.is_set():
                 return  # the running worker picks up the latest wish
             if self._background:
-                self._context_thread = threading.Thread(target=self._context_work, name="nbinterp-features", daemon=True)
+                # a Worker: stopped and joined at close and at interpreter exit
+                self._context_thread = Worker(self._context_work, "nbinterp-features", self._closed.set)
                 self._context_thread.start()
                 return
             self._context_thread = threading.current_thread()
@@ -281,11 +293,11 @@ class FeatureView(InterpWidget):
                         if now - last > PUBLISH_EVERY_S:
                             self._publish_contexts("running")
                             last = now
-                        if self._contexts_cancelled:
+                        if self._contexts_cancelled or self._closed.is_set():
                             break
                 with self._context_lock:
                     wanted = self._wanted
-                    if wanted is None or wanted == self._shown_contexts:
+                    if wanted is None or wanted == self._shown_contexts or self._closed.is_set():
                         self._context_thread = None
                         return
                 items = index.contexts(wanted, CONTEXTS_SHOWN)
