@@ -298,6 +298,16 @@ def test_first_load_converts_once_then_reads_the_cache(monkeypatch, tmp_path):
     torch.testing.assert_close(first.run(prompt, capture=["logits"]).logits, expected, rtol=0, atol=_float32_tolerance(expected))
 
 
+def test_an_unwritable_cache_folder_says_how_to_choose_another(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("NBINTERP_CACHE", str(blocker / "cache"))  # a folder inside a file: mkdir fails
+    monkeypatch.setattr(real_models, "locate_gguf", lambda spec: _fake_source(tmp_path))
+    monkeypatch.setattr(real_models, "load_gguf", lambda spec, source=None: (random_model("llama"), word_tokenizer()))
+    with pytest.raises(ni.NbinterpError, match="could not write the converted smollm2 .* NBINTERP_CACHE"):
+        ni.load("smollm2")
+
+
 def test_concurrent_conversions_leave_one_complete_folder(tmp_path):
     destination = tmp_path / "cache" / "converted"
     models = [random_model("llama", seed) for seed in (0, 1)]

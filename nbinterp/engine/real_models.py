@@ -169,7 +169,13 @@ def converted(spec: RealModel) -> Path:
     started = time.perf_counter()
     hf_model, tokenizer = load_gguf(spec, source)
     facts = {"seconds": round(time.perf_counter() - started, 1)}
-    write_conversion(rebuild(hf_model), tokenizer, destination, conversion_facts(spec, source, facts))
+    try:
+        write_conversion(rebuild(hf_model), tokenizer, destination, conversion_facts(spec, source, facts))
+    except OSError as error:
+        raise NbinterpError(
+            f"could not write the converted {spec.alias} into {destination.parent} ({error}): set the "
+            "NBINTERP_CACHE environment variable to a writable folder with 600 MB free"
+        ) from error
     return destination
 
 
