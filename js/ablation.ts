@@ -2,7 +2,7 @@
 // MLP, zero/mean toggle, reset and "copy as code"; the output side shows
 // the top-k next tokens before vs after and the logit difference. Slider
 // moves go to Python as "run" requests through a latest-only runner, so
-// rapid moves never queue stale runs; the output is drawn from the `result`
+// rapid moves never queue stale runs; the output is drawn from the `_result`
 // trait, whoever changed it (a slider or Python code).
 
 import type { RenderProps } from "@anywidget/types";
@@ -89,8 +89,8 @@ function render({ model, el, signal }: RenderProps<AblationModel>): () => void {
     () => guard(() => {
       // Settled on the final values: show Python's state (a refused value snaps back).
       adoptTraits();
-      const result = model.get("result") as Summary;
-      status.textContent = result.compute_ms === undefined ? "" : `computed in ${result.compute_ms.toFixed(1)} ms`;
+      const result = model.get("_result");
+      status.textContent = result ? `computed in ${result.compute_ms.toFixed(1)} ms` : "";
       root.dataset.busy = "false";
     }),
   );
@@ -125,7 +125,7 @@ function render({ model, el, signal }: RenderProps<AblationModel>): () => void {
     submit();
   });
   const copy = button("copy as code", "nbi-copy", () => {
-    const code = (model.get("result") as Summary).code ?? "";
+    const code = model.get("_result")?.code ?? "";
     codeBox.textContent = code;
     codeBox.hidden = false;
     const clipboard = doc.defaultView?.navigator.clipboard;
@@ -339,9 +339,9 @@ function render({ model, el, signal }: RenderProps<AblationModel>): () => void {
   }
 
   function drawOutput() {
-    const result = checkTrait(model, ABLATION_TRAITS, "result") as Summary;
-    const baseline = checkTrait(model, ABLATION_TRAITS, "baseline") as Summary;
-    if (!result || !result.top_k || !baseline || !baseline.top_k) return;
+    const result = checkTrait(model, ABLATION_TRAITS, "_result");
+    const baseline = checkTrait(model, ABLATION_TRAITS, "_baseline");
+    if (!result || !baseline) return;
     const parts: HTMLElement[] = [];
     const changed = Object.keys(result.ablations).length > 0;
     if (result.logit_diff !== null && baseline.logit_diff !== null) {
@@ -392,13 +392,13 @@ function render({ model, el, signal }: RenderProps<AblationModel>): () => void {
     errors.show(model.get("error"));
     drawOutput();
   });
-  listen("change:result", () => {
+  listen("change:_result", () => {
     drawOutput();
     adoptTraits();
   });
   listen("change:ablations", adoptTraits);
   listen("change:ablation", adoptTraits);
-  listen("change:baseline", drawOutput);
+  listen("change:_baseline", drawOutput);
   listen("change:error", () => errors.show(model.get("error")));
 
   signal?.addEventListener("abort", dispose, { once: true });

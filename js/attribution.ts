@@ -7,7 +7,7 @@
 // it again). Every label comes from Python, which knows what each number is.
 
 import type { RenderProps } from "@anywidget/types";
-import { decodeTensor, type EncodedTensor, type Tensor } from "./lib/codec";
+import { decodeTensor, type Tensor } from "./lib/codec";
 import { cssColor, divergingScale, formatValue, renderLegend, textColorOn } from "./lib/colors";
 import { describeError } from "./lib/errors";
 import { HeadGrid, thumbSize } from "./lib/head_grid";
@@ -17,36 +17,13 @@ import { toggleGroup } from "./lib/style";
 import { displayToken } from "./lib/tokens";
 import { Tooltip } from "./lib/tooltip";
 import { mountView } from "./lib/view";
-import { ATTRIBUTION_REQUESTS, type AttributionVerifyParams } from "./lib/contract.gen";
+import { ATTRIBUTION_REQUESTS, type AttributionModel, type VerifiedRow } from "./lib/contract.gen";
+import type { ResultOf } from "./lib/contract";
 
-type Method = "hybrid" | "qk_fix" | "linear";
-
-interface Summary { spearman: number | null; recall_at_k: number | null; k: number; mae: number | null; n: number; scope: string }
-
-/** Mirrors the synced traits of nbinterp.widgets.attribution.AttributionView. */
-export interface AttributionModel {
-  model_name: string;
-  tokens: string[];
-  n_layers: number;
-  n_heads: number;
-  target: string;
-  foil: string;
-  metric: number;
-  method: Method;
-  layer: number;
-  head: number;
-  selected: { query?: number; key?: number };
-  error: string;
-  progress: { done?: number; total?: number; heads_total?: number; state?: string; elapsed_s?: number };
-  _heads: { method?: Method; label?: string; tensor?: EncodedTensor; measured?: EncodedTensor };
-  _edge_matrix: {
-    layer: number; head: number; method: Method; label: string; effect: EncodedTensor; measured: EncodedTensor; attention: EncodedTensor;
-  } | null;
-  _edges: { method: Method; label: string; tensor: EncodedTensor } | null;
-  _verification: {
-    kind: string; method: string; view_method: string; label: string; seconds: number; clean_metric: number; summary: Summary; rows: EncodedTensor;
-  } | null;
-}
+// the synced traits: declared once in Python, generated into lib/contract.gen.ts
+export type { AttributionModel };
+type Method = AttributionModel["method"];
+type Verified = ResultOf<typeof ATTRIBUTION_REQUESTS.verify_heads>;
 
 const METHOD_LABEL: Record<Method, string> = {
   hybrid: "hybrid (measured where dominant)", qk_fix: "QK fix (AtP*)", linear: "linear",
@@ -117,17 +94,17 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   const status = el_("span", "nbi-status");
   const progressText = el_("span", "nbi-progress");
   const stopButton = button("cancel", () => {
-    const running = model.get("progress")?.state === "running";
+    const running = model.get("progress").state === "running";
     const reply = running ? rpc.call(ATTRIBUTION_REQUESTS.cancel, {}) : rpc.call(ATTRIBUTION_REQUESTS.resume, {});
     reply.catch((err) => errors.show(describeError(err)));
   });
   let pending: AbortController | null = null;
-  const verify = (params: AttributionVerifyParams, what: string) => {
+  const verify = (call: (signal: AbortSignal) => Promise<{ result: Verified }>, what: string) => {
     pending?.abort();
     const controller = new AbortController();
     pending = controller;
     status.textContent = `verifying ${what}\u2026`;
-    rpc.call(ATTRIBUTION_REQUESTS.verify, params, { signal: controller.signal })
+    call(controller.signal)
       .then(({ result }) => { status.textContent = `verified ${result.n} in ${result.seconds.toFixed(2)} s`; })
       .catch((err) => {
         if (!(err instanceof RpcError && err.failure === "cancelled")) {
@@ -136,13 +113,16 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
         }
       });
   };
-  const verifyTop = button("verify top k", () => verify({ what: "top_k", k: Number(kInput.value) }, `the top ${kInput.value} edges`));
-  const verifyHead = button("verify head", () => verify({ what: "head", layer: model.get("layer"), head: model.get("head") }, "the head"));
-  const verifyHeads = button("verify all heads", () => verify({ what: "heads" }, "every head"));
+  const verifyTop = button("verify top k", () => verify(
+    (signal) => rpc.call(ATTRIBUTION_REQUESTS.verify_top_k, { k: Number(kInput.value) }, { signal }), `the top ${kInput.value} edges`));
+  const verifyHead = button("verify head", () => verify(
+    (signal) => rpc.call(ATTRIBUTION_REQUESTS.verify_head, { layer: model.get("layer"), head: model.get("head") }, { signal }), "the head"));
+  const verifyHeads = button("verify all heads", () => verify((signal) => rpc.call(ATTRIBUTION_REQUESTS.verify_heads, {}, { signal }), "every head"));
   const verifyEdge = button("verify edge", () => {
     const s = model.get("selected");
-    if (s.query === undefined || s.key === undefined) return errors.show("click a cell of the edge matrix first");
-    verify({ what: "edge", edge: [model.get("layer"), model.get("head"), s.query, s.key] }, "the edge");
+    const { query, key } = s;
+    if (query === undefined || key === undefined) return errors.show("click a cell of the edge matrix first");
+    verify((signal) => rpc.call(ATTRIBUTION_REQUESTS.verify_edge, { layer: model.get("layer"), head: model.get("head"), query, key }, { signal }), "the edge");
   });
   toolbar.append(title, methodToggle.element, kInput, verifyTop, verifyEdge, verifyHead, verifyHeads, status);
   const progressBar = el_("div", "nbi-toolbar");
@@ -209,9 +189,9 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   // ----------------------------------------------------------------- drawing
   function drawGrid() {
     const h = model.get("_heads");
-    if (!h?.tensor) return;
+    if (!h) return;
     heads = decodeTensor(h.tensor);
-    headMeasured = h.measured ? decodeTensor(h.measured) : null;
+    headMeasured = decodeTensor(h.measured);
     let nMeasured = 0;
     if (headMeasured) for (const v of headMeasured.values) nMeasured += v ? 1 : 0;
     let max = 0;
@@ -221,7 +201,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     grid.setSelected({ layer: model.get("layer"), head: model.get("head") });
     grid.draw();
     const count = h.method === "hybrid" ? ` \u00b7 ${nMeasured} of ${heads.values.length} heads measured` : "";
-    renderLegend(gridLegend, scale, `${h.label ?? ""}${count} (blue: the head helps the target)`);
+    renderLegend(gridLegend, scale, `${h.label}${count} (blue: the head helps the target)`);
     gridBox.dataset.measured = String(nMeasured);
   }
 
@@ -319,45 +299,39 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   function drawList() {
     const e = model.get("_edges");
     if (!e) return;
-    const t = decodeTensor(e.tensor);
-    const n = t.shape[0];
     let max = 0;
-    const width = t.shape[1];
-    for (let i = 0; i < n; i++) max = Math.max(max, Math.abs(t.values[i * width + 4]));
-    const rows = Array.from({ length: n }, (_, i) => {
-      const v = t.values.subarray(i * width, i * width + width);
-      return [`L${v[0]}.H${v[1]}`, tokenLabel(v[2]), tokenLabel(v[3]), v[4], v[5] ? "measured" : "estimate"];
-    });
+    for (const edge of e.rows) max = Math.max(max, Math.abs(edge.effect));
+    const rows = e.rows.map((edge) => [
+      `L${edge.layer}.H${edge.head}`, tokenLabel(edge.query), tokenLabel(edge.key), edge.effect, edge.measured ? "measured" : "estimate",
+    ]);
     listCaption.textContent = `top edges by |effect| \u00b7 ${METHOD_LABEL[e.method]}: ${e.label}; click to show`;
     listScroll.replaceChildren(
       table(["head", "query", "key", "effect", "from"], rows, (i) => {
-        const v = t.values.subarray(i * width, i * width + width);
-        save({ layer: v[0], head: v[1], selected: { query: v[2], key: v[3] } });
+        const edge = e.rows[i];
+        save({ layer: edge.layer, head: edge.head, selected: { query: edge.query, key: edge.key } });
       }, [3], divergingScale(max)));
   }
 
   function drawVerification() {
     const v = model.get("_verification");
     if (!v) return verifyBox.replaceChildren(el_("div", "nbi-strip-caption", "verify runs exact knockouts / ablations and compares them with the estimate"));
-    const t = decodeTensor(v.rows);
-    const [n, width] = t.shape;
+    const n = v.rows.length;
+    const edges = v.kind === "edge knockout";
     const s = v.summary;
     const num = (x: number | null, digits = 3) => (x === null ? "n/a" : x.toFixed(digits));
-    const stale = v.kind === "edge knockout" && v.view_method && v.view_method !== model.get("method");
+    const stale = edges && v.view_method !== null && v.view_method !== model.get("method");
     const summary = el_("div", "nbi-summary",
       `${v.label} \u00b7 Spearman ${num(s.spearman)} \u00b7 recall@${s.k} ${num(s.recall_at_k, 2)} \u00b7 MAE ${s.mae === null ? "n/a" : formatValue(s.mae)} over ${s.scope} \u00b7 clean logit diff ${formatValue(v.clean_metric)} \u00b7 ${v.seconds.toFixed(2)} s`);
     let max = 0;
-    for (let i = 0; i < n; i++) max = Math.max(max, Math.abs(t.values[i * width + width - 1]), Math.abs(t.values[i * width + width - 2]));
-    const rows = Array.from({ length: Math.min(n, SHOWN_ROWS) }, (_, i) => {
-      const r = t.values.subarray(i * width, (i + 1) * width);
-      const where = width === 6 ? [`L${r[0]}.H${r[1]}`, tokenLabel(r[2]), tokenLabel(r[3])] : [`L${r[0]}.H${r[1]}`];
-      return [...where, r[width - 2], r[width - 1], r[width - 2] - r[width - 1]];
-    });
-    const headers = width === 6 ? ["head", "query", "key", "estimate", "measured", "error"] : ["head", "estimate", "measured", "error"];
-    const k = width === 6 ? 3 : 1;
-    if (stale) {
+    for (const r of v.rows) max = Math.max(max, Math.abs(r.measured), Math.abs(r.estimate));
+    const where = (r: VerifiedRow) => (r.query !== null && r.key !== null
+      ? [`L${r.layer}.H${r.head}`, tokenLabel(r.query), tokenLabel(r.key)] : [`L${r.layer}.H${r.head}`]);
+    const rows = v.rows.slice(0, SHOWN_ROWS).map((r) => [...where(r), r.estimate, r.measured, r.estimate - r.measured]);
+    const headers = edges ? ["head", "query", "key", "estimate", "measured", "error"] : ["head", "estimate", "measured", "error"];
+    const k = edges ? 3 : 1;
+    if (stale && v.view_method !== null) {
       summary.append(el_("span", "nbi-stale",
-        ` \u00b7 this check was of the ${METHOD_LABEL[v.view_method as Method] ?? v.view_method} numbers; the view now shows ${METHOD_LABEL[model.get("method")]}: verify again to check those`));
+        ` \u00b7 this check was of the ${METHOD_LABEL[v.view_method]} numbers; the view now shows ${METHOD_LABEL[model.get("method")]}: verify again to check those`));
     }
     const caption = el_("div", "nbi-strip-caption", n > SHOWN_ROWS ? `first ${SHOWN_ROWS} of ${n} rows` : `${n} rows`);
     verifyBox.replaceChildren(summary, table(headers, rows, undefined, [k, k + 1], divergingScale(max)), caption);
@@ -370,18 +344,18 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   }
 
   function drawProgress() {
-    const p = model.get("progress") ?? {};
-    const total = p.total ?? 0;
-    root.dataset.progress = `${p.done ?? 0}/${total}:${p.state ?? ""}`;
+    const p = model.get("progress");
+    const total = p.total;
+    root.dataset.progress = `${p.done}/${total}:${p.state}`;
     if (!total) {
       progressText.textContent = "estimates only: nothing measured exactly (exact_budget=0 or nothing dominant)";
       stopButton.hidden = true;
       return;
     }
     const heads = p.heads_total ? `${p.heads_total} head ablations, then ` : "";
-    const what = `exact measurements (${heads}${total - (p.heads_total ?? 0)} dominant-edge knockouts)`;
-    const state = { running: "measuring", done: "done", cancelled: "cancelled", error: "stopped by an error" }[p.state ?? ""] ?? p.state ?? "";
-    progressText.textContent = `${what}: ${p.done ?? 0} / ${total} \u00b7 ${state} \u00b7 ${(p.elapsed_s ?? 0).toFixed(1)} s` +
+    const what = `exact measurements (${heads}${total - p.heads_total} dominant-edge knockouts)`;
+    const state = { running: "measuring", done: "done", cancelled: "cancelled", error: "stopped by an error" }[p.state];
+    progressText.textContent = `${what}: ${p.done} / ${total} \u00b7 ${state} \u00b7 ${p.elapsed_s.toFixed(1)} s` +
       (p.state === "running" ? " \u00b7 estimated numbers are replaced as they arrive" : "");
     stopButton.hidden = p.state === "done";
     stopButton.textContent = p.state === "running" ? "cancel" : "resume";

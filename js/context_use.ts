@@ -8,16 +8,10 @@ import { decodeTensor } from "./lib/codec";
 import { cssColor, sequentialScale, textColorOn } from "./lib/colors";
 import { displayToken } from "./lib/tokens";
 import { mountView } from "./lib/view";
-import type { ContextUseModel } from "./lib/contract.gen";
+import type { ContextUseModel, KnockoutResult } from "./lib/contract.gen";
 
-export interface KnockoutResult {
-  answer_before: string; answer_after: string; probability_before: number; probability_after: number;
-  metric_before: number; metric_after: number; rival: string; n_edges: number;
-}
-
-/** Mirrors the synced traits of nbinterp.widgets.context_use.ContextUseView. */
 // the synced traits: declared once in Python, generated into lib/contract.gen.ts
-export type { ContextUseModel };
+export type { ContextUseModel, KnockoutResult };
 
 const CSS = `
 .nbi-context-use .nbi-token { display: inline-block; padding: 1px 3px; margin: 1px; border-radius: 2px; font-family: monospace; font-size: 12px; }

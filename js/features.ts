@@ -7,85 +7,19 @@
 // reconstruction error per token in a second strip.
 
 import type { RenderProps } from "@anywidget/types";
-import { decodeTensor, type EncodedTensor } from "./lib/codec";
+import { decodeTensor } from "./lib/codec";
 import { type ColorScale, cssColor, divergingScale, formatValue, renderLegend, sequentialScale, textColorOn } from "./lib/colors";
-import { FEATURES_REQUESTS } from "./lib/contract.gen";
+import { FEATURES_REQUESTS, type FeaturesModel } from "./lib/contract.gen";
 import { describeError } from "./lib/errors";
 import { LatestOnly } from "./lib/latest";
 import { toggleGroup } from "./lib/style";
 import { displayToken, TokenStrip } from "./lib/tokens";
 import { mountView } from "./lib/view";
 
-type Mode = "scale" | "clamp";
-type Steering = Record<string, number>;
-
-interface TokenProbability { token: string; id: number; probability: number; before: number }
-interface Summary {
-  top_k: TokenProbability[];
-  logit_diff: number | null;
-  target?: TokenProbability | null;
-  foil?: TokenProbability | null;
-  steering: Steering;
-  mode: Mode;
-  seq: number;
-  compute_ms: number;
-  code: string;
-}
-interface ContextItem { doc: number; position: number; value: number; start: number; tokens: string[]; activations: number[] }
-interface Contexts {
-  state?: "running" | "done" | "cancelled" | "error" | "unavailable";
-  note?: string;
-  done_docs?: number;
-  total_docs?: number;
-  done_tokens?: number;
-  total_tokens?: number;
-  tokens_counted?: number;
-  feature?: number;
-  items?: ContextItem[];
-  density?: number | null;
-}
-interface FeatureInfo {
-  feature?: number;
-  activation?: EncodedTensor;
-  max?: number;
-  min?: number;
-  argmax?: number;
-  direct?: { positive: Array<{ token: string; value: number }>; negative: Array<{ token: string; value: number }> };
-  direct_error?: string;
-  direct_label?: string;
-}
-interface Reconstruction {
-  fvu?: EncodedTensor;
-  fvu_total?: number;
-  metric_clean?: number | null;
-  metric_reconstructed?: number | null;
-  metric_change?: number | null;
-  metric_change_per_token?: EncodedTensor | null;
-  exact?: boolean;
-}
-
-/** Mirrors the synced traits of nbinterp.widgets.features.FeatureView. */
-export interface FeaturesModel {
-  model_name: string;
-  prompt: string;
-  tokens: string[];
-  kind: "neurons" | "sae";
-  source_label: string;
-  n_features: number;
-  target: string | null;
-  foil: string | null;
-  selected_token: number;
-  selected_feature: number;
-  steering: Steering;
-  steer_mode: Mode;
-  feature_info: FeatureInfo;
-  contexts: Contexts;
-  result: Summary | Record<string, never>;
-  baseline: Summary | Record<string, never>;
-  reconstruction: Reconstruction;
-  error: string;
-  _top: { values?: EncodedTensor; indices?: EncodedTensor };
-}
+// the synced traits: declared once in Python, generated into lib/contract.gen.ts
+export type { FeaturesModel };
+type Mode = FeaturesModel["steer_mode"];
+type Steering = FeaturesModel["steering"];
 
 /** The features of one token, strongest first, from the [T, k] top-k arrays. */
 export function topFeaturesAt(values: Float32Array, indices: Float32Array, k: number, token: number): Array<{ feature: number; value: number }> {
@@ -142,14 +76,14 @@ const CSS = `
 function render({ model, el, signal }: RenderProps<FeaturesModel>): () => void {
   const { doc, root, rpc, errors, cleanups, guard, listen, dispose } = mountView(model, el, "features", { css: CSS });
   const tokens = model.get("tokens");
-  const el_ = (tag: string, cls = "", text = "") => {
+  const el_ = <K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text = "") => {
     const e = doc.createElement(tag);
     if (cls) e.className = cls;
     if (text) e.textContent = text;
     return e;
   };
   const button = (text: string, cls: string, onClick: () => void) => {
-    const b = el_("button", `nbi-button ${cls}`, text) as HTMLButtonElement;
+    const b = el_("button", `nbi-button ${cls}`, text);
     b.type = "button";
     b.addEventListener("click", () => guard(onClick));
     return b;
@@ -226,8 +160,8 @@ function render({ model, el, signal }: RenderProps<FeaturesModel>): () => void {
   function drawFeature() {
     const info = model.get("feature_info");
     featureCol.replaceChildren();
-    root.dataset.selectedFeature = String(info.feature ?? -1);
-    if (info.feature === undefined || !info.activation) {
+    root.dataset.selectedFeature = String(info?.feature ?? -1);
+    if (!info) {
       strip.setWeights(null, null);
       caption.textContent = "click a token, then one of its features";
       return;
@@ -236,13 +170,13 @@ function render({ model, el, signal }: RenderProps<FeaturesModel>): () => void {
     const scale = activationScale(activation);
     strip.setWeights(activation, scale);
     caption.textContent = `tokens coloured by feature #${info.feature}'s activation (measured); click a token for its top features`;
-    renderLegend(legend, scale, `feature #${info.feature}`, { note: `largest ${formatValue(info.max ?? 0)} at token ${info.argmax} ${JSON.stringify(tokens[info.argmax ?? 0] ?? "")}` });
+    renderLegend(legend, scale, `feature #${info.feature}`, { note: `largest ${formatValue(info.max)} at token ${info.argmax} ${JSON.stringify(tokens[info.argmax] ?? "")}` });
     const head = el_("h4", "", `feature #${info.feature}`);
-    const steerButton = button("steer it", "nbi-add-steer", () => addSlider(info.feature as number, info.max ?? 1));
+    const steerButton = button("steer it", "nbi-add-steer", () => addSlider(info.feature, info.max));
     head.append(" ", steerButton);
     featureCol.append(head);
     // direct logit effect
-    featureCol.append(el_("div", "nbi-caption nbi-direct-label", info.direct_label ?? ""));
+    featureCol.append(el_("div", "nbi-caption nbi-direct-label", info.direct_label));
     if (info.direct_error) featureCol.append(el_("div", "nbi-status nbi-direct-error", info.direct_error));
     if (info.direct) {
       const grid = el_("div", "nbi-effects");
@@ -264,34 +198,39 @@ function render({ model, el, signal }: RenderProps<FeaturesModel>): () => void {
     const box = featureCol.querySelector<HTMLElement>(".nbi-contexts");
     if (!box) return;
     const c = model.get("contexts");
-    const selected = model.get("feature_info").feature;
+    const selected = model.get("feature_info")?.feature;
     box.replaceChildren();
-    const state = c.state ?? "running";
+    if (!c) {  // the corpus pass has not reported yet
+      root.dataset.contexts = "running";
+      box.append(el_("div", "nbi-caption", "top contexts: waiting for the corpus pass"));
+      return;
+    }
+    const state = c.state;
     root.dataset.contexts = state;
     const line = el_("div", "nbi-toolbar");
-    const bar = el_("progress") as HTMLProgressElement;
-    bar.max = Math.max(c.total_docs ?? 1, 1);
-    bar.value = c.done_docs ?? 0;
-    const text = el_("span", "nbi-status nbi-progress", state === "unavailable" ? c.note ?? "" :
-      `corpus pass: ${c.done_docs ?? 0} / ${c.total_docs ?? 0} documents (${c.done_tokens ?? 0} tokens) \u00b7 ${state}`);
+    const bar = doc.createElement("progress");
+    bar.max = Math.max(c.total_docs, 1);
+    bar.value = c.done_docs;
+    const text = el_("span", "nbi-status nbi-progress", state === "unavailable" ? c.note :
+      `corpus pass: ${c.done_docs} / ${c.total_docs} documents (${c.done_tokens} tokens) \u00b7 ${state}`);
     if (state !== "unavailable") line.append(bar);
     line.append(text);
     if (state === "running") line.append(button("cancel", "nbi-cancel", () => shown(rpc.call(FEATURES_REQUESTS.cancel_contexts, {}))));
     if (state === "cancelled") line.append(button("resume", "nbi-resume", () => shown(rpc.call(FEATURES_REQUESTS.resume_contexts, {}))));
     box.append(line);
-    if (c.feature === undefined || c.feature !== selected) {
+    if (c.feature === null || c.feature !== selected) {
       if (state !== "unavailable" && state !== "error") box.append(el_("div", "nbi-caption", "top contexts: waiting for the corpus pass"));
       return;
     }
     box.dataset.feature = String(c.feature);
     const partial = state !== "done" ? ` (so far: ${c.done_docs} of ${c.total_docs} documents)` : "";
-    if (c.density !== null && c.density !== undefined) {
+    if (c.density !== null) {
       box.append(el_("div", "nbi-density", `density: active (> 0) on ${(100 * c.density).toPrecision(3)}% of ${c.tokens_counted} corpus tokens, measured${partial}`));
     }
-    box.append(el_("div", "nbi-label", `top ${c.items?.length ?? 0} contexts${partial}, each document once at its strongest token:`));
-    const peak = Math.max(...(c.items ?? []).map((i) => i.value), 1e-12);
+    box.append(el_("div", "nbi-label", `top ${c.items.length} contexts${partial}, each document once at its strongest token:`));
+    const peak = Math.max(...c.items.map((i) => i.value), 1e-12);
     const scale = sequentialScale(0, peak);
-    for (const item of c.items ?? []) {
+    for (const item of c.items) {
       const row = el_("div", "nbi-context");
       row.title = `document ${item.doc}, token ${item.position}: ${formatValue(item.value)}`;
       item.tokens.forEach((t, j) => {
@@ -328,8 +267,8 @@ function render({ model, el, signal }: RenderProps<FeaturesModel>): () => void {
     },
     () => guard(() => {
       adoptTraits();
-      const result = model.get("result") as Summary;
-      status.textContent = result.compute_ms === undefined ? "" : `computed in ${result.compute_ms.toFixed(1)} ms`;
+      const result = model.get("_result");
+      status.textContent = result ? `computed in ${result.compute_ms.toFixed(1)} ms` : "";
       root.dataset.busy = "false";
     }),
   );
@@ -366,7 +305,7 @@ function render({ model, el, signal }: RenderProps<FeaturesModel>): () => void {
       const r = sliderRange(mode, ranges.get(key) ?? Math.abs(local[key]) ?? 1);
       const row = el_("div", "nbi-steer-row");
       row.dataset.feature = key;
-      const input = el_("input") as HTMLInputElement;
+      const input = el_("input");
       input.type = "range";
       input.min = String(Math.min(r.min, local[key]));
       input.max = String(Math.max(r.max, local[key]));
@@ -405,9 +344,9 @@ function render({ model, el, signal }: RenderProps<FeaturesModel>): () => void {
   }
 
   function drawOutput() {
-    const result = model.get("result") as Summary;
-    const baseline = model.get("baseline") as Summary;
-    if (!result.top_k || !baseline.top_k) return;
+    const result = model.get("_result");
+    const baseline = model.get("_baseline");
+    if (!result || !baseline) return;
     output.replaceChildren();
     const target = model.get("target");
     const foil = model.get("foil");
@@ -443,9 +382,8 @@ function render({ model, el, signal }: RenderProps<FeaturesModel>): () => void {
       recon.append(el_("div", "nbi-caption nbi-recon-note", "neurons are read directly: nothing is reconstructed, so there is no reconstruction error"));
       return;
     }
-    if (!r.fvu) return;
     const fvu = decodeTensor(r.fvu).values;
-    recon.append(el_("h4", "", `SAE reconstruction error: FVU ${formatValue(r.fvu_total ?? 0)} over the prompt (measured)`));
+    recon.append(el_("h4", "", `SAE reconstruction error: FVU ${formatValue(r.fvu_total)} over the prompt (measured)`));
     recon.append(el_("div", "nbi-caption", "per token: ||x \u2212 x\u0302||\u00b2 / ||x \u2212 mean||\u00b2 (0 = exact, 1 = no better than the prompt's mean activation); hover a token"));
     const perToken = r.metric_change_per_token ? decodeTensor(r.metric_change_per_token).values : null;
     const scale = sequentialScale(0, 1);
@@ -477,7 +415,7 @@ function render({ model, el, signal }: RenderProps<FeaturesModel>): () => void {
     drawOutput();
     drawReconstruction();
     const info = model.get("feature_info");
-    if (info.feature !== undefined) ranges.set(String(info.feature), info.max ?? 1);
+    if (info) ranges.set(String(info.feature), info.max);
     root.dataset.drawn = "true";
   });
   listen("change:_top", () => { decodeTop(); drawTokenPanel(); });
@@ -485,14 +423,14 @@ function render({ model, el, signal }: RenderProps<FeaturesModel>): () => void {
   listen("change:selected_feature", drawTokenPanel);
   listen("change:feature_info", () => {
     const info = model.get("feature_info");
-    if (info.feature !== undefined) ranges.set(String(info.feature), info.max ?? 1);
+    if (info) ranges.set(String(info.feature), info.max);
     drawFeature();
   });
   listen("change:contexts", drawContexts);
-  listen("change:result", () => { drawOutput(); adoptTraits(); });
+  listen("change:_result", () => { drawOutput(); adoptTraits(); });
   listen("change:steering", adoptTraits);
   listen("change:steer_mode", adoptTraits);
-  listen("change:baseline", drawOutput);
+  listen("change:_baseline", drawOutput);
   listen("change:reconstruction", drawReconstruction);
   listen("change:error", () => errors.show(model.get("error")));
 

@@ -6,7 +6,7 @@
 // click wins). With per-position accuracy, a streams x positions heatmap.
 
 import type { RenderProps } from "@anywidget/types";
-import { decodeTensor, type EncodedTensor, type Tensor } from "./lib/codec";
+import { decodeTensor } from "./lib/codec";
 import { formatValue, renderLegend, sequentialScale } from "./lib/colors";
 import { describeError } from "./lib/errors";
 import { Heatmap } from "./lib/heatmap";
@@ -14,49 +14,11 @@ import { LatestOnly } from "./lib/latest";
 import { RpcError } from "./lib/rpc";
 import { Tooltip } from "./lib/tooltip";
 import { mountView } from "./lib/view";
-import { PROBE_REQUESTS } from "./lib/contract.gen";
+import { PROBE_REQUESTS, type ProbeModel, type UsageSummary } from "./lib/contract.gen";
 
-/** Usage.summary() in nbinterp/features/probe_usage.py. */
-export interface UsageSummary {
-  layer: number;
-  stream: string;
-  metric: string;
-  scale: number;
-  n_test: number;
-  mean_abs_change: number;
-  control_mean_abs_change: number[];
-  class_means_before: number[];
-  class_means_after: number[];
-  gap_before: number;
-  gap_after: number;
-  control_gap_after: number[];
-  probability_token: string;
-  probability_before: number[];
-  probability_after: number[];
-  test_accuracy: number;
-  verdict: string;
-  explanation: string;
-}
-
-/** Mirrors the synced traits of nbinterp.widgets.probe.ProbeView. */
-export interface ProbeModel {
-  model_name: string;
-  stream_labels: string[];
-  classes: string[];
-  n_train: number;
-  n_test: number;
-  position: number;
-  chance: number;
-  metric_label: string;
-  thresholds: { present_accuracy?: number; above_chance?: number; used_factor?: number; min_change?: number };
-  position_labels: string[];
-  usage_results: Record<string, UsageSummary>;
-  selected_layer: number;
-  progress: { layer?: number; done?: number; total?: number; state?: string };
-  error: string;
-  _accuracy: { train: EncodedTensor; test: EncodedTensor };
-  _position_accuracy: { test?: EncodedTensor };
-}
+// the synced traits and the usage test's numbers (Usage.summary()): declared
+// once in Python, generated into lib/contract.gen.ts
+export type { ProbeModel, UsageSummary };
 
 const CSS = `
 .nbi-probe table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
@@ -74,7 +36,7 @@ const CSS = `
 .nbi-probe .nbi-explanation { max-width: 900px; margin-top: 6px; color: #333; }
 `;
 
-const fixed = (value: number | undefined, digits = 3) => (value === undefined || !Number.isFinite(value) ? "\u2013" : value.toFixed(digits));
+const fixed = (value: number | null | undefined, digits = 3) => (value === null || value === undefined || !Number.isFinite(value) ? "\u2013" : value.toFixed(digits));
 
 export function verdictClass(verdict: string): string {
   if (verdict === "present and used") return "nbi-verdict-used";
@@ -143,8 +105,6 @@ function render({ model, el }: RenderProps<ProbeModel>): () => void {
   const tooltip = new Tooltip(root);
   root.append(heatBox, heatLegend, tooltip.el);
 
-  let train: Tensor | null = null;
-  let test: Tensor | null = null;
   const runner = new LatestOnly<number>(
     async (layer) => {
       root.dataset.busy = "true";
@@ -162,19 +122,18 @@ function render({ model, el }: RenderProps<ProbeModel>): () => void {
   cleanups.push(() => runner.dispose());
 
   function drawStatus() {
-    const p = model.get("progress") ?? {};
-    const labels = model.get("stream_labels");
-    const where = p.layer !== undefined ? labels[p.layer] ?? `${p.layer}` : "";
-    status.textContent = p.state === "running" ? `usage test of ${where}: ${p.done ?? 0} / ${p.total ?? "?"} forwards` : p.state === "done" ? `usage test of ${where} done` : "";
-    root.dataset.state = p.state ?? "idle";
+    const p = model.get("progress");
+    const where = p ? model.get("stream_labels")[p.layer] ?? `${p.layer}` : "";
+    status.textContent = p?.state === "running" ? `usage test of ${where}: ${p.done} / ${p.total} forwards` : p?.state === "done" ? `usage test of ${where} done` : "";
+    root.dataset.state = p?.state ?? "idle";
   }
 
   function drawTable() {
     const acc = model.get("_accuracy");
-    train = decodeTensor(acc.train);
-    test = decodeTensor(acc.test);
+    const train = decodeTensor(acc.train);
+    const test = decodeTensor(acc.test);
     const labels = model.get("stream_labels");
-    const results = model.get("usage_results") ?? {};
+    const results = model.get("usage_results");
     const selected = model.get("selected_layer");
     const chance = model.get("chance");
     tbody.replaceChildren();
@@ -195,20 +154,22 @@ function render({ model, el }: RenderProps<ProbeModel>): () => void {
         cell.append(track, text);
         return cell;
       };
-      const usage = results[String(layer)];
+      const usage: UsageSummary | undefined = results[String(layer)];
       const [low, high] = usage ? controlBand(usage.control_mean_abs_change) : [NaN, NaN];
-      const perClass = usage && usage.probability_before.length
-        ? classes.map((c, i) => `${c}: ${fixed(usage.probability_before[i])} \u2192 ${fixed(usage.probability_after[i])}`).join("; ")
+      const before = usage?.probability_before ?? null;
+      const after = usage?.probability_after ?? null;
+      const perClass = before && after && before.length
+        ? classes.map((c, i) => `${c}: ${fixed(before[i])} \u2192 ${fixed(after[i])}`).join("; ")
         : "";
       const verdict = el_("td", `nbi-verdict ${usage ? verdictClass(usage.verdict) : ""}`, usage ? usage.verdict : "click to test");
       row.append(
         el_("td", "nbi-stream", label),
-        bar(train!.values[layer], "#8fa6d6", "nbi-train-acc"),
-        bar(test!.values[layer], "#3b518b", "nbi-test-acc"),
+        bar(train.values[layer], "#8fa6d6", "nbi-train-acc"),
+        bar(test.values[layer], "#3b518b", "nbi-test-acc"),
         el_("td", "nbi-usage-probe", usage ? fixed(usage.mean_abs_change) : ""),
         el_("td", "nbi-usage-control", usage ? `${fixed(low)} .. ${fixed(high)}` : ""),
         el_("td", "nbi-gap", usage ? `${fixed(usage.gap_before)} \u2192 ${fixed(usage.gap_after)}` : ""),
-        el_("td", "nbi-probability", perClass ? `P(${usage!.probability_token}) ${perClass}` : ""),
+        el_("td", "nbi-probability", perClass ? `P(${usage?.probability_token ?? ""}) ${perClass}` : ""),
         verdict,
       );
       row.addEventListener("click", () => guard(() => {
@@ -224,7 +185,7 @@ function render({ model, el }: RenderProps<ProbeModel>): () => void {
 
   let heatmap: Heatmap | null = null;
   function drawPositions() {
-    const encoded = model.get("_position_accuracy")?.test;
+    const encoded = model.get("_position_accuracy");
     if (!encoded) return;
     const grid = decodeTensor(encoded);
     const [rows, cols] = grid.shape;

@@ -9,18 +9,10 @@ import { decodeTensor } from "./lib/codec";
 import { WHY_NOT_REQUESTS } from "./lib/contract.gen";
 import { describeError } from "./lib/errors";
 import { mountView } from "./lib/view";
-import type { WhyNotModel } from "./lib/contract.gen";
+import type { InhibitorRow, MissingRow, RestoreResult, WhyNotModel } from "./lib/contract.gen";
 
-export interface InhibitorRow { name: string; layer: number; head: number | null; effect: number; estimate: number | null }
-export interface MissingRow {
-  name: string; layer: number; head: number | null; restore_share: number; estimate: number | null;
-  norm_here: number; norm_reference: number; attention_here: number | null; attention_reference: number | null; label: string;
-}
-export interface RestoreResult { k: number; components: string[]; single_shares: number[]; together_share: number; labels: string[] }
-
-/** Mirrors the synced traits of nbinterp.widgets.why_not.WhyNotView. */
-// the synced traits: declared once in Python, generated into lib/contract.gen.ts
-export type { WhyNotModel };
+// the synced traits and their rows: declared once in Python, generated into lib/contract.gen.ts
+export type { InhibitorRow, MissingRow, RestoreResult, WhyNotModel };
 
 const CSS = `
 .nbi-why-not table { border-collapse: collapse; font-size: 12px; margin: 4px 0 10px; }

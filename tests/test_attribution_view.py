@@ -32,7 +32,7 @@ def view(model):
     return v
 
 
-def request(view, params, request_id="r1", method="verify"):
+def request(view, params, request_id="r1", method="verify_top_k"):
     view._on_frontend_msg(view, {"kind": "request", "id": request_id, "method": method, "params": params}, [])
     return view.sent[-1][0]
 
@@ -57,9 +57,10 @@ def test_sends_the_estimates_it_holds(view):
     np.testing.assert_allclose(decode(m["effect"]), effect, rtol=1e-6, atol=1e-12)
     np.testing.assert_array_equal(decode(m["measured"]), view.attribution.dense_exact()[view.layer, view.head].numpy())
     np.testing.assert_allclose(decode(m["attention"]), view.run.attention(view.layer)[view.head].numpy(), atol=1e-3)
-    ranked = decode(view._edges["tensor"])
-    assert [tuple(int(x) for x in row[:4]) for row in ranked[:5]] == [e[:4] for e in view.edges[:5]]
-    assert [bool(row[5]) for row in ranked] == [e.measured for e in view.top_edges(len(ranked))]
+    ranked = view._edges["rows"]
+    assert [(r["layer"], r["head"], r["query"], r["key"]) for r in ranked[:5]] == [e[:4] for e in view.edges[:5]]
+    assert [r["effect"] for r in ranked[:5]] == [e.estimate for e in view.edges[:5]]
+    assert [r["measured"] for r in ranked] == [e.measured for e in view.top_edges(len(ranked))]
     assert decode(view._heads["measured"]).all() and view._heads["method"] == "hybrid"
     assert "measured" in view._heads["label"] and "measured" in view._edges["label"]
     view.method = "linear"
@@ -73,32 +74,37 @@ def test_sends_the_estimates_it_holds(view):
 
 
 def test_verify_requests_run_exact_interventions(view, model):
-    reply = request(view, {"what": "edge", "edge": [1, 2, 9, 3]})
-    assert reply["ok"] and reply["result"]["n"] == 1
-    rows = decode(view._verification["rows"])
+    reply = request(view, {"layer": 1, "head": 2, "query": 9, "key": 3}, method="verify_edge")
+    assert reply["ok"] and reply["result"]["n"] == 1 and reply["result"]["kind"] == "edge knockout"
+    row = view._verification["rows"][0]
     exact = model.run(PROMPT, knockout=[(1, 2, 9, 3)]).logit_diff("w5", "w9") - model.run(PROMPT).logit_diff("w5", "w9")
-    assert rows[0, :4].tolist() == [1, 2, 9, 3] and rows[0, 5] == pytest.approx(exact, abs=1e-5)
-    reply = request(view, {"what": "head", "layer": 0, "head": 3})
+    assert (row["layer"], row["head"], row["query"], row["key"]) == (1, 2, 9, 3)
+    assert row["measured"] == pytest.approx(exact, abs=1e-5)
+    reply = request(view, {"layer": 0, "head": 3}, method="verify_head")
     exact = model.run(PROMPT, ablate={(0, 3): 0.0}).logit_diff("w5", "w9") - model.run(PROMPT).logit_diff("w5", "w9")
-    assert decode(view._verification["rows"])[0, 3] == pytest.approx(exact, abs=1e-5)
-    assert request(view, {"what": "heads"})["result"]["n"] == 8
+    row = view._verification["rows"][0]
+    assert (row["layer"], row["head"], row["query"], row["key"]) == (0, 3, None, None)
+    assert row["measured"] == pytest.approx(exact, abs=1e-5)
+    assert request(view, {}, method="verify_heads")["result"]["n"] == 8
     assert view._verification["label"] == "head ablation: gradient x activation estimate vs measured zero ablation"
-    assert request(view, {"what": "top_k", "k": 4})["result"]["n"] == 16
+    assert request(view, {"k": 4})["result"]["n"] == 16
     # hybrid: the estimated edges only, labelled so; its measured edges are not re-measured
     measured = {e[:4] for e in view.attribution.measured_edges()}
-    rows = decode(view._verification["rows"])
-    assert not measured & {tuple(int(x) for x in row[:4]) for row in rows}
+    rows = view._verification["rows"]
+    assert not measured & {(r["layer"], r["head"], r["query"], r["key"]) for r in rows}
     assert view._verification["label"] == "edge knockout: the hybrid's QK-fix estimates vs measured knockout"
     assert f"its {len(measured)} measured edges left out" in view._verification["summary"]["scope"]
     view.method = "linear"
-    request(view, {"what": "top_k", "k": 2})
+    request(view, {"k": 2})
     assert view._verification["label"] == "edge knockout: linear estimate vs measured knockout"
     assert view._verification["view_method"] == "linear"
 
 
 def test_bad_requests_and_values_are_refused_in_the_widget(view):
-    assert request(view, {"what": "edge", "edge": [1, 2, 3, 9]})["ok"] is False  # key after query
-    assert "out of range" in request(view, {"what": "top_k", "k": 0})["error"]
+    assert request(view, {"layer": 1, "head": 2, "query": 3, "key": 9}, method="verify_edge")["ok"] is False  # key after query
+    assert "k must be an integer from 1 to 500, got 0" in request(view, {"k": 0})["error"]
+    assert "query 12 is out of range 0..9" in request(view, {"layer": 1, "head": 2, "query": 12, "key": 0}, method="verify_edge")["error"]
+    assert "layer" in request(view, {"layer": 7, "head": 0}, method="verify_head")["error"]
     assert request(view, {"what": "everything"})["ok"] is False
     view.set_state({"method": "exact"})
     assert view.method == "hybrid" and view.error.startswith("The view sent a value that was refused")
@@ -143,7 +149,7 @@ def test_estimates_show_at_once_and_measurements_stream_in(model, monkeypatch):
     assert view.progress["state"] == "running" and view.progress["done"] == 0 and view.progress["total"] > 8
     assert not decode(view._heads["measured"]).any()
     np.testing.assert_allclose(decode(view._heads["tensor"]), view.attribution.head_estimates.numpy(), rtol=1e-6)
-    assert all(row[5] == 0 for row in decode(view._edges["tensor"]))
+    assert not any(row["measured"] for row in view._edges["rows"])
     slow.go.release()  # one batch
     while view.attribution.measurement.done < 2:
         threading.Event().wait(0.01)
@@ -164,8 +170,8 @@ def test_estimates_show_at_once_and_measurements_stream_in(model, monkeypatch):
     complete = compute_attribution(model, PROMPT, "w5", "w9")
     torch.testing.assert_close(view.attribution.heads, complete.heads, atol=1e-5, rtol=0)
     assert torch.equal(view.attribution.dense_exact(), complete.dense_exact())
-    ranked = decode(view._edges["tensor"])
-    assert [bool(row[5]) for row in ranked] == [e.measured for e in complete.top_edges(len(ranked))]
+    ranked = view._edges["rows"]
+    assert [row["measured"] for row in ranked] == [e.measured for e in complete.top_edges(len(ranked))]
 
 
 def test_cancel_request_and_no_budget(model):

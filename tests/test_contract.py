@@ -4,11 +4,14 @@ the browser sends is checked against it (unknown, missing, mistyped params)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 from pathlib import Path
 
 import anywidget
 import pytest
+import traitlets
 
 import nbinterp as ni
 from conftest import PROMPT, random_model
@@ -68,6 +71,7 @@ def bundled_views():
         "probe": recording(ni.probe(bundled, [e.prompt for e in bias], labels=labels, target="doctor", foil="nurse")),
         "why_not": recording(ni.why_not(bundled, ioi, target="John", references=[swapped])),
         "context_use": recording(ni.context_use(bundled, context, context=(1, 6))),
+        "bias": recording(ni.bias(bundled, prompts={g: [f"Anwen {c} works as a" for c in clans] for g, clans in tasks.GROUP_CLANS.items()}, target="doctor", foil="nurse")),
     }
 
 
@@ -79,6 +83,44 @@ def ask(view, method, params, request_id="r1"):
 def test_the_generated_typescript_is_up_to_date():
     committed = (ROOT / "js" / "lib" / "contract.gen.ts").read_text()
     assert load_generator().typescript() == committed, "js/lib/contract.gen.ts is stale: run python scripts/gen_contract.py"
+
+
+def test_the_generated_typescript_types_every_value():
+    """No `unknown` (an untyped dict or list) anywhere in the contract: every
+    trait and reply field is named and typed."""
+    generated = (ROOT / "js" / "lib" / "contract.gen.ts").read_text()
+    assert "unknown" not in generated and "any" not in generated.split()
+    for name in contract.VIEWS:
+        for trait, schema in contract.synced_traits(contract.view_class(name)).items():
+            assert "unknown" not in json.dumps(schema.spec()), (name, trait)
+
+
+def test_an_untyped_dict_or_list_trait_is_refused():
+    with pytest.raises(TypeError, match="no contract type for Dict; tag it with schema="):
+        contract.trait_schema(traitlets.Dict())
+    with pytest.raises(TypeError, match="a List trait needs its item trait"):
+        contract.trait_schema(traitlets.List())
+
+
+def test_every_view_keeps_its_numbers_in_result(views):
+    """One attribute for every view's computed numbers: the analysis' typed
+    result (a dataclass, or the Run / Attribution object the view shows)."""
+    for name, view in views.items():
+        result = view.result
+        assert not isinstance(result, dict), name
+        assert dataclasses.is_dataclass(result) or type(result).__name__ in ("Run", "Attribution"), (name, type(result))
+    ablation, features = views["ablation"], views["features"]
+    assert ablation.result.seq == ablation.get_state()["_result"]["seq"]
+    assert ablation.result.logit_diff == ablation.get_state()["_result"]["logit_diff"]
+    assert features.result.top_k[0].probability == features.get_state()["_result"]["top_k"][0]["probability"]
+
+
+def test_dict_access_to_a_result_still_works_with_a_deprecation_warning(views):
+    panel = views["ablation"]
+    with pytest.warns(DeprecationWarning, match=r"write \.logit_diff instead of \['logit_diff'\]"):
+        assert panel.result["logit_diff"] == panel.result.logit_diff
+    with pytest.warns(DeprecationWarning):
+        assert panel.baseline["top_k"][0] == dataclasses.asdict(panel.baseline.top_k[0])  # rows were dicts too
 
 
 def test_every_registered_view_is_declared_and_tested(views):
@@ -114,10 +156,18 @@ def test_the_declared_schemas_are_not_vacuous(views):
         schema["_pattern"].check(dict(attention["_pattern"], extra=1), "_pattern")
     with pytest.raises(contract.ContractError, match="mode must be one of probabilities, value_weighted"):
         schema["mode"].check("softmax", "mode")
-    ablation_result = views["ablation"].get_state()["result"]
-    with pytest.raises(contract.ContractError, match=r"result.top_k\[0\].probability must be a number"):
-        contract.synced_traits(type(views["ablation"]))["result"].check(
-            dict(ablation_result, top_k=[dict(ablation_result["top_k"][0], probability="0.5")]), "result")
+    ablation_result = views["ablation"].get_state()["_result"]
+    with pytest.raises(contract.ContractError, match=r"_result.top_k\[0\].probability must be a number"):
+        contract.synced_traits(type(views["ablation"]))["_result"].check(
+            dict(ablation_result, top_k=[dict(ablation_result["top_k"][0], probability="0.5")]), "_result")
+    attribution = contract.synced_traits(type(views["attribution"]))
+    edges = views["attribution"].get_state()["_edges"]
+    with pytest.raises(contract.ContractError, match=r"_edges.rows\[0\] got unknown field 'estimate'"):
+        attribution["_edges"].check(dict(edges, rows=[dict(edges["rows"][0], estimate=1.0)]), "_edges")
+    contexts = views["features"].get_state()["contexts"]
+    with pytest.raises(contract.ContractError, match=r"contexts.items\[0\].value must be a number"):
+        contract.synced_traits(type(views["features"]))["contexts"].check(
+            dict(contexts, items=[dict(contexts["items"][0], value=None)]), "contexts")
 
 
 REQUESTS = [
@@ -134,8 +184,10 @@ REQUESTS = [
     ("features", "resume_contexts", {}),
     ("why_not", "open", {"layer": 3, "head": 0, "open_in": "attention"}),
     ("why_not", "restore", {"k": 2}),
-    ("attribution", "verify", {"what": "head", "layer": 3, "head": 0}),
-    ("attribution", "verify", {"what": "top_k", "k": 3}),
+    ("attribution", "verify_head", {"layer": 3, "head": 0}),
+    ("attribution", "verify_top_k", {"k": 3}),
+    ("attribution", "verify_edge", {"layer": 3, "head": 0, "query": 12, "key": 2}),
+    ("attribution", "verify_heads", {}),
     ("attribution", "cancel", {}),
     ("attribution", "resume", {}),
     ("probe", "usage", {"layer": 3}),

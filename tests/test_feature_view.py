@@ -94,15 +94,15 @@ def test_steer_request_reruns_and_equals_the_engine(model, sae):
     fv = view(model, sae)
     feature = fv.selected_feature
     reply = request(fv, "steer", {"steering": {str(feature): 3.0}, "mode": "clamp"})
-    assert reply["ok"] is True and reply["result"] == {"seq": fv.result["seq"]}
+    assert reply["ok"] is True and reply["result"] == {"seq": fv.result.seq}
     assert fv.steering == {str(feature): 3.0} and fv.steer_mode == "clamp"
     run = fv.features.steer({feature: 3.0}, mode="clamp")
-    assert fv.result["logit_diff"] == pytest.approx(run.logit_diff(TARGET, FOIL), abs=1e-5)
-    assert [e["id"] for e in fv.result["top_k"]] == run.probabilities().topk(10).indices.tolist()
-    assert fv.result["logit_diff"] != pytest.approx(fv.baseline["logit_diff"], abs=1e-4)
+    assert fv.result.logit_diff == pytest.approx(run.logit_diff(TARGET, FOIL), abs=1e-5)
+    assert [e.id for e in fv.result.top_k] == run.probabilities().topk(10).indices.tolist()
+    assert fv.result.logit_diff != pytest.approx(fv.baseline.logit_diff, abs=1e-4)
     # Python-side trait change re-runs too; .steer returns a Run without moving the sliders
     fv.steering = {}
-    assert fv.result["logit_diff"] == pytest.approx(fv.baseline["logit_diff"], abs=1e-5)
+    assert fv.result.logit_diff == pytest.approx(fv.baseline.logit_diff, abs=1e-5)
     assert fv.steer({feature: 0.0}).logit_diff(TARGET, FOIL) == pytest.approx(
         fv.features.steer({feature: 0.0}).logit_diff(TARGET, FOIL)) and fv.steering == {}
 
@@ -115,10 +115,10 @@ def test_steer_request_reruns_and_equals_the_engine(model, sae):
 ])
 def test_bad_steering_requests_are_refused_with_a_message(model, sae, params, message):
     fv = view(model, sae)
-    seq = fv.result["seq"]
+    seq = fv.result.seq
     reply = request(fv, "steer", params)
     assert reply["ok"] is False and message in reply["error"]
-    assert fv.result["seq"] == seq and fv.steering == {}
+    assert fv.result.seq == seq and fv.steering == {}
 
 
 def test_a_non_finite_value_from_python_is_an_error(model, sae):

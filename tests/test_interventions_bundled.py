@@ -57,10 +57,10 @@ def test_patching_finds_the_name_mover_heads(model, name_movers):
 def test_ablating_the_name_movers_lowers_the_logit_diff(model, name_movers):
     clean, _, io, s = ioi_pairs(1)[0]
     panel = ni.ablate(model, clean, target=io, foil=s)
-    before = panel.result["logit_diff"]
+    before = panel.result.logit_diff
     panel.ablations = {f"L{l}.H{h}": 0.0 for l, h in name_movers}
-    assert panel.result["logit_diff"] < before - 0.5
-    assert panel.result["logit_diff"] == pytest.approx(
+    assert panel.result.logit_diff < before - 0.5
+    assert panel.result.logit_diff == pytest.approx(
         model.run(clean, ablate={(l, h): 0.0 for l, h in name_movers}).logit_diff(io, s), abs=1e-5)
 
 

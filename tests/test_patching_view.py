@@ -81,7 +81,7 @@ def test_clicking_a_cell_opens_that_component(model, kind, index, where, opened)
         assert view.focus_token == (9 if kind == "head" else index)
     else:
         assert view.ablations == ({"L1.H2": 0.0} if kind == "head" else {"L1.mlp": 0.0})
-        assert view.result["logit_diff"] == pytest.approx(
+        assert view.result.logit_diff == pytest.approx(
             model.run(PROMPT, ablate=view.ablations).logit_diff("w5", "w9"), abs=1e-6)
 
 

@@ -64,7 +64,8 @@ def test_a_usage_request_runs_the_test_and_bad_ones_show_errors(view, monkeypatc
     assert view.selected_layer == 0 and view.progress["state"] == "done" and view.progress["layer"] == 0
     assert sent[-1]["result"]["verdict"] == "not present"  # L0 at the last token holds no group
     view._on_frontend_msg(view, {"kind": "request", "id": "q2", "method": "usage", "params": {"layer": 9}}, [])
-    assert sent[-1] == {"kind": "response", "id": "q2", "ok": False, "error": "layer 9 is out of range 0..4"}
+    assert sent[-1] == {"kind": "response", "id": "q2", "ok": False,
+                        "error": "layer 9 is out of range: the probes sit on streams 0..4 (L0, L1, L2, L3, final)"}
     view._on_frontend_msg(view, {"kind": "request", "id": "q3", "method": "usage", "params": {"layer": "L1"}}, [])
     assert sent[-1]["ok"] is False and "layer must be an integer" in sent[-1]["error"]
     with pytest.raises(NbinterpError, match=r"layer 7 is out of range: the probes sit on streams 0..4"):

@@ -38,7 +38,7 @@ def test_ablation_panel(models):
     panel.ablations = {"L3.H0": 0.0, "L2.mlp": 0.5}
     assert remote.forwards - before == 1  # one forward per slider move
     expected = local.run(IOI, ablate={"L3.H0": 0.0, "L2.mlp": 0.5})
-    assert panel.result["logit_diff"] == pytest.approx(expected.logit_diff("Mary", "John"), abs=1e-4)
+    assert panel.result.logit_diff == pytest.approx(expected.logit_diff("Mary", "John"), abs=1e-4)
 
 
 def test_patching_view(models):

@@ -10,6 +10,78 @@ export const TokenProbabilitySchema: Schema = { kind: "object", fields: { token:
 export interface AblationSummary { ablations: Record<string, number>; ablation: "zero" | "mean"; top_k: TokenProbability[]; logit_diff: number | null; target_probability: number | null; foil_probability: number | null; target: TokenProbability | null; foil: TokenProbability | null; seq: number; compute_ms: number; code: string }
 export const AblationSummarySchema: Schema = { kind: "object", fields: { ablations: { kind: "map", of: { kind: "number" } }, ablation: { kind: "choice", values: ["zero", "mean"] }, top_k: { kind: "list", of: TokenProbabilitySchema }, logit_diff: { kind: "nullable", of: { kind: "number" } }, target_probability: { kind: "nullable", of: { kind: "number" } }, foil_probability: { kind: "nullable", of: { kind: "number" } }, target: { kind: "nullable", of: TokenProbabilitySchema }, foil: { kind: "nullable", of: TokenProbabilitySchema }, seq: { kind: "int" }, compute_ms: { kind: "number" }, code: { kind: "string" } }, optional: [], name: "AblationSummary" };
 
+export interface EdgeMatrix { layer: number; head: number; method: "hybrid" | "qk_fix" | "linear"; label: string; effect: EncodedTensor; measured: EncodedTensor; attention: EncodedTensor }
+export const EdgeMatrixSchema: Schema = { kind: "object", fields: { layer: { kind: "int" }, head: { kind: "int" }, method: { kind: "choice", values: ["hybrid", "qk_fix", "linear"] }, label: { kind: "string" }, effect: { kind: "tensor" }, measured: { kind: "tensor" }, attention: { kind: "tensor" } }, optional: [], name: "EdgeMatrix" };
+
+export interface RankedEdge { layer: number; head: number; query: number; key: number; effect: number; measured: boolean }
+export const RankedEdgeSchema: Schema = { kind: "object", fields: { layer: { kind: "int" }, head: { kind: "int" }, query: { kind: "int" }, key: { kind: "int" }, effect: { kind: "number" }, measured: { kind: "boolean" } }, optional: [], name: "RankedEdge" };
+
+export interface RankedEdges { method: "hybrid" | "qk_fix" | "linear"; label: string; rows: RankedEdge[] }
+export const RankedEdgesSchema: Schema = { kind: "object", fields: { method: { kind: "choice", values: ["hybrid", "qk_fix", "linear"] }, label: { kind: "string" }, rows: { kind: "list", of: RankedEdgeSchema } }, optional: [], name: "RankedEdges" };
+
+export interface HeadEffects { method: "hybrid" | "qk_fix" | "linear"; label: string; tensor: EncodedTensor; measured: EncodedTensor }
+export const HeadEffectsSchema: Schema = { kind: "object", fields: { method: { kind: "choice", values: ["hybrid", "qk_fix", "linear"] }, label: { kind: "string" }, tensor: { kind: "tensor" }, measured: { kind: "tensor" } }, optional: [], name: "HeadEffects" };
+
+export interface EstimateSummary { spearman: number | null; recall_at_k: number | null; k: number; mae: number | null; n: number; scope: string }
+export const EstimateSummarySchema: Schema = { kind: "object", fields: { spearman: { kind: "nullable", of: { kind: "number" } }, recall_at_k: { kind: "nullable", of: { kind: "number" } }, k: { kind: "int" }, mae: { kind: "nullable", of: { kind: "number" } }, n: { kind: "int" }, scope: { kind: "string" } }, optional: [], name: "EstimateSummary" };
+
+export interface VerifiedRow { layer: number; head: number; query: number | null; key: number | null; estimate: number; measured: number }
+export const VerifiedRowSchema: Schema = { kind: "object", fields: { layer: { kind: "int" }, head: { kind: "int" }, query: { kind: "nullable", of: { kind: "int" } }, key: { kind: "nullable", of: { kind: "int" } }, estimate: { kind: "number" }, measured: { kind: "number" } }, optional: [], name: "VerifiedRow" };
+
+export interface VerificationState { kind: "edge knockout" | "head ablation"; method: string; view_method: "hybrid" | "qk_fix" | "linear" | null; label: string; seconds: number; clean_metric: number; summary: EstimateSummary; rows: VerifiedRow[] }
+export const VerificationStateSchema: Schema = { kind: "object", fields: { kind: { kind: "choice", values: ["edge knockout", "head ablation"] }, method: { kind: "string" }, view_method: { kind: "nullable", of: { kind: "choice", values: ["hybrid", "qk_fix", "linear"] } }, label: { kind: "string" }, seconds: { kind: "number" }, clean_metric: { kind: "number" }, summary: EstimateSummarySchema, rows: { kind: "list", of: VerifiedRowSchema } }, optional: [], name: "VerificationState" };
+
+export interface AttributionProgress { done: number; total: number; heads_total: number; state: "running" | "done" | "cancelled" | "error"; elapsed_s: number }
+export const AttributionProgressSchema: Schema = { kind: "object", fields: { done: { kind: "int" }, total: { kind: "int" }, heads_total: { kind: "int" }, state: { kind: "choice", values: ["running", "done", "cancelled", "error"] }, elapsed_s: { kind: "number" } }, optional: [], name: "AttributionProgress" };
+
+export interface SteeringSummary { top_k: TokenProbability[]; logit_diff: number | null; target_probability: number | null; foil_probability: number | null; target: TokenProbability | null; foil: TokenProbability | null; steering: Record<string, number>; mode: "scale" | "clamp"; seq: number; compute_ms: number; code: string }
+export const SteeringSummarySchema: Schema = { kind: "object", fields: { top_k: { kind: "list", of: TokenProbabilitySchema }, logit_diff: { kind: "nullable", of: { kind: "number" } }, target_probability: { kind: "nullable", of: { kind: "number" } }, foil_probability: { kind: "nullable", of: { kind: "number" } }, target: { kind: "nullable", of: TokenProbabilitySchema }, foil: { kind: "nullable", of: TokenProbabilitySchema }, steering: { kind: "map", of: { kind: "number" } }, mode: { kind: "choice", values: ["scale", "clamp"] }, seq: { kind: "int" }, compute_ms: { kind: "number" }, code: { kind: "string" } }, optional: [], name: "SteeringSummary" };
+
+export interface ContextItem { doc: number; position: number; value: number; start: number; tokens: string[]; activations: number[] }
+export const ContextItemSchema: Schema = { kind: "object", fields: { doc: { kind: "int" }, position: { kind: "int" }, value: { kind: "number" }, start: { kind: "int" }, tokens: { kind: "list", of: { kind: "string" } }, activations: { kind: "list", of: { kind: "number" } } }, optional: [], name: "ContextItem" };
+
+export interface ContextsState { state: "running" | "done" | "cancelled" | "error" | "unavailable"; note: string; done_docs: number; total_docs: number; done_tokens: number; total_tokens: number; tokens_counted: number; feature: number | null; items: ContextItem[]; density: number | null }
+export const ContextsStateSchema: Schema = { kind: "object", fields: { state: { kind: "choice", values: ["running", "done", "cancelled", "error", "unavailable"] }, note: { kind: "string" }, done_docs: { kind: "int" }, total_docs: { kind: "int" }, done_tokens: { kind: "int" }, total_tokens: { kind: "int" }, tokens_counted: { kind: "int" }, feature: { kind: "nullable", of: { kind: "int" } }, items: { kind: "list", of: ContextItemSchema }, density: { kind: "nullable", of: { kind: "number" } } }, optional: [], name: "ContextsState" };
+
+export interface TokenValue { token: string; value: number }
+export const TokenValueSchema: Schema = { kind: "object", fields: { token: { kind: "string" }, value: { kind: "number" } }, optional: [], name: "TokenValue" };
+
+export interface FeatureInfo { feature: number; activation: EncodedTensor; max: number; argmax: number; min: number; direct_label: string; direct: { positive: TokenValue[]; negative: TokenValue[] } | null; direct_error: string | null }
+export const FeatureInfoSchema: Schema = { kind: "object", fields: { feature: { kind: "int" }, activation: { kind: "tensor" }, max: { kind: "number" }, argmax: { kind: "int" }, min: { kind: "number" }, direct_label: { kind: "string" }, direct: { kind: "nullable", of: { kind: "object", fields: { positive: { kind: "list", of: TokenValueSchema }, negative: { kind: "list", of: TokenValueSchema } }, optional: [] } }, direct_error: { kind: "nullable", of: { kind: "string" } } }, optional: [], name: "FeatureInfo" };
+
+export interface ReconstructionState { fvu: EncodedTensor; fvu_total: number; metric_clean: number | null; metric_reconstructed: number | null; metric_change: number | null; metric_change_per_token: EncodedTensor | null; exact: boolean }
+export const ReconstructionStateSchema: Schema = { kind: "object", fields: { fvu: { kind: "tensor" }, fvu_total: { kind: "number" }, metric_clean: { kind: "nullable", of: { kind: "number" } }, metric_reconstructed: { kind: "nullable", of: { kind: "number" } }, metric_change: { kind: "nullable", of: { kind: "number" } }, metric_change_per_token: { kind: "nullable", of: { kind: "tensor" } }, exact: { kind: "boolean" } }, optional: [], name: "ReconstructionState" };
+
+export interface UsageProgress { layer: number; done: number; total: number; state: "running" | "done" | "error" }
+export const UsageProgressSchema: Schema = { kind: "object", fields: { layer: { kind: "int" }, done: { kind: "int" }, total: { kind: "int" }, state: { kind: "choice", values: ["running", "done", "error"] } }, optional: [], name: "UsageProgress" };
+
+export interface UsageThresholds { present_accuracy: number; above_chance: number; used_factor: number; min_change: number }
+export const UsageThresholdsSchema: Schema = { kind: "object", fields: { present_accuracy: { kind: "number" }, above_chance: { kind: "number" }, used_factor: { kind: "number" }, min_change: { kind: "number" } }, optional: [], name: "UsageThresholds" };
+
+export interface UsageSummary { layer: number; stream: string; metric: string; scale: number; label: string | null; n_test: number; mean_abs_change: number; control_mean_abs_change: number[]; class_means_before: number[]; class_means_after: number[]; gap_before: number | null; gap_after: number | null; control_gap_after: number[]; probability_token: string | null; probability_before: number[] | null; probability_after: number[] | null; test_accuracy: number; chance: number; verdict: string; explanation: string; forwards: number; thresholds: UsageThresholds }
+export const UsageSummarySchema: Schema = { kind: "object", fields: { layer: { kind: "int" }, stream: { kind: "string" }, metric: { kind: "string" }, scale: { kind: "number" }, label: { kind: "nullable", of: { kind: "string" } }, n_test: { kind: "int" }, mean_abs_change: { kind: "number" }, control_mean_abs_change: { kind: "list", of: { kind: "number" } }, class_means_before: { kind: "list", of: { kind: "number" } }, class_means_after: { kind: "list", of: { kind: "number" } }, gap_before: { kind: "nullable", of: { kind: "number" } }, gap_after: { kind: "nullable", of: { kind: "number" } }, control_gap_after: { kind: "list", of: { kind: "number" } }, probability_token: { kind: "nullable", of: { kind: "string" } }, probability_before: { kind: "nullable", of: { kind: "list", of: { kind: "number" } } }, probability_after: { kind: "nullable", of: { kind: "list", of: { kind: "number" } } }, test_accuracy: { kind: "number" }, chance: { kind: "number" }, verdict: { kind: "string" }, explanation: { kind: "string" }, forwards: { kind: "int" }, thresholds: UsageThresholdsSchema }, optional: [], name: "UsageSummary" };
+
+export interface InhibitorRow { name: string; layer: number; head: number | null; effect: number; estimate: number | null }
+export const InhibitorRowSchema: Schema = { kind: "object", fields: { name: { kind: "string" }, layer: { kind: "int" }, head: { kind: "nullable", of: { kind: "int" } }, effect: { kind: "number" }, estimate: { kind: "nullable", of: { kind: "number" } } }, optional: [], name: "InhibitorRow" };
+
+export interface MissingRow { name: string; layer: number; head: number | null; restore_share: number; estimate: number | null; norm_here: number; norm_reference: number; attention_here: number | null; attention_reference: number | null; label: string }
+export const MissingRowSchema: Schema = { kind: "object", fields: { name: { kind: "string" }, layer: { kind: "int" }, head: { kind: "nullable", of: { kind: "int" } }, restore_share: { kind: "number" }, estimate: { kind: "nullable", of: { kind: "number" } }, norm_here: { kind: "number" }, norm_reference: { kind: "number" }, attention_here: { kind: "nullable", of: { kind: "number" } }, attention_reference: { kind: "nullable", of: { kind: "number" } }, label: { kind: "string" } }, optional: [], name: "MissingRow" };
+
+export interface RestoreResult { k: number; components: string[]; single_shares: number[]; together_share: number; labels: string[] }
+export const RestoreResultSchema: Schema = { kind: "object", fields: { k: { kind: "int" }, components: { kind: "list", of: { kind: "string" } }, single_shares: { kind: "list", of: { kind: "number" } }, together_share: { kind: "number" }, labels: { kind: "list", of: { kind: "string" } } }, optional: [], name: "RestoreResult" };
+
+export interface KnockoutResult { answer_before: string; answer_after: string; probability_before: number; probability_after: number; metric_before: number; metric_after: number; rival: string; n_edges: number }
+export const KnockoutResultSchema: Schema = { kind: "object", fields: { answer_before: { kind: "string" }, answer_after: { kind: "string" }, probability_before: { kind: "number" }, probability_after: { kind: "number" }, metric_before: { kind: "number" }, metric_after: { kind: "number" }, rival: { kind: "string" }, n_edges: { kind: "int" } }, optional: [], name: "KnockoutResult" };
+
+export interface ComponentShare { name: string; share: number; gap_ablated: number }
+export const ComponentShareSchema: Schema = { kind: "object", fields: { name: { kind: "string" }, share: { kind: "number" }, gap_ablated: { kind: "number" } }, optional: [], name: "ComponentShare" };
+
+export interface SideEffect { task: string; n: number; accuracy_before: number; accuracy_after: number; logit_diff_before: number | null; logit_diff_after: number | null }
+export const SideEffectSchema: Schema = { kind: "object", fields: { task: { kind: "string" }, n: { kind: "int" }, accuracy_before: { kind: "number" }, accuracy_after: { kind: "number" }, logit_diff_before: { kind: "nullable", of: { kind: "number" } }, logit_diff_after: { kind: "nullable", of: { kind: "number" } } }, optional: [], name: "SideEffect" };
+
+export interface BiasReduction { method: string; removed: string[]; n_held_out: number; gap_before: number; ci_before: number[]; gap_after: number; ci_after: number[]; side_effects: SideEffect[] }
+export const BiasReductionSchema: Schema = { kind: "object", fields: { method: { kind: "string" }, removed: { kind: "list", of: { kind: "string" } }, n_held_out: { kind: "int" }, gap_before: { kind: "number" }, ci_before: { kind: "list", of: { kind: "number" } }, gap_after: { kind: "number" }, ci_after: { kind: "list", of: { kind: "number" } }, side_effects: { kind: "list", of: SideEffectSchema } }, optional: [], name: "BiasReduction" };
+
 // ---- attention: nbinterp.widgets.attention.AttentionView
 
 /** The synced traits of AttentionView. */
@@ -139,31 +211,31 @@ export const PATCHING_REQUESTS = {
 
 /** The synced traits of AblationPanel. */
 export interface AblationModel {
+  _baseline: AblationSummary | null;
+  _result: AblationSummary | null;
   ablation: "zero" | "mean";
   ablations: Record<string, number>;
-  baseline: AblationSummary | Record<string, never>;
   error: string;
   foil: string | null;
   model_name: string;
   n_heads: number;
   n_layers: number;
   prompt: string;
-  result: AblationSummary | Record<string, never>;
   target: string | null;
   tokens: string[];
 }
 
 export const ABLATION_TRAITS: Record<keyof AblationModel, Schema> = {
+  _baseline: { kind: "nullable", of: AblationSummarySchema },
+  _result: { kind: "nullable", of: AblationSummarySchema },
   ablation: { kind: "choice", values: ["zero", "mean"] },
   ablations: { kind: "map", of: { kind: "number" } },
-  baseline: { kind: "either", of: [AblationSummarySchema, { kind: "object", fields: {}, optional: [] }] },
   error: { kind: "string" },
   foil: { kind: "nullable", of: { kind: "string" } },
   model_name: { kind: "string" },
   n_heads: { kind: "int" },
   n_layers: { kind: "int" },
   prompt: { kind: "string" },
-  result: { kind: "either", of: [AblationSummarySchema, { kind: "object", fields: {}, optional: [] }] },
   target: { kind: "nullable", of: { kind: "string" } },
   tokens: { kind: "list", of: { kind: "string" } },
 };
@@ -208,40 +280,40 @@ export const LOGIT_LENS_REQUESTS = {} as const;
 
 /** The synced traits of AttributionView. */
 export interface AttributionModel {
-  _edge_matrix: Record<string, unknown> | null;
-  _edges: Record<string, unknown> | null;
-  _heads: Record<string, unknown>;
-  _verification: Record<string, unknown> | null;
+  _edge_matrix: EdgeMatrix | null;
+  _edges: RankedEdges | null;
+  _heads: HeadEffects | null;
+  _verification: VerificationState | null;
   error: string;
   foil: string;
   head: number;
   layer: number;
-  method: string;
+  method: "hybrid" | "qk_fix" | "linear";
   metric: number;
   model_name: string;
   n_heads: number;
   n_layers: number;
-  progress: Record<string, unknown>;
+  progress: AttributionProgress;
   selected: { query?: number; key?: number };
   target: string;
   tokens: string[];
 }
 
 export const ATTRIBUTION_TRAITS: Record<keyof AttributionModel, Schema> = {
-  _edge_matrix: { kind: "nullable", of: { kind: "map", of: { kind: "unknown" } } },
-  _edges: { kind: "nullable", of: { kind: "map", of: { kind: "unknown" } } },
-  _heads: { kind: "map", of: { kind: "unknown" } },
-  _verification: { kind: "nullable", of: { kind: "map", of: { kind: "unknown" } } },
+  _edge_matrix: { kind: "nullable", of: EdgeMatrixSchema },
+  _edges: { kind: "nullable", of: RankedEdgesSchema },
+  _heads: { kind: "nullable", of: HeadEffectsSchema },
+  _verification: { kind: "nullable", of: VerificationStateSchema },
   error: { kind: "string" },
   foil: { kind: "string" },
   head: { kind: "int" },
   layer: { kind: "int" },
-  method: { kind: "string" },
+  method: { kind: "choice", values: ["hybrid", "qk_fix", "linear"] },
   metric: { kind: "number" },
   model_name: { kind: "string" },
   n_heads: { kind: "int" },
   n_layers: { kind: "int" },
-  progress: { kind: "map", of: { kind: "unknown" } },
+  progress: AttributionProgressSchema,
   selected: { kind: "object", fields: { query: { kind: "int" }, key: { kind: "int" } }, optional: ["query", "key"] },
   target: { kind: "string" },
   tokens: { kind: "list", of: { kind: "string" } },
@@ -251,8 +323,14 @@ export type AttributionCancelParams = Record<string, never>;
 export type AttributionCancelResult = { cancelled: boolean };
 export type AttributionResumeParams = Record<string, never>;
 export type AttributionResumeResult = { resumed: boolean };
-export type AttributionVerifyParams = { what: "top_k" | "edge" | "head" | "heads"; k?: number; edge?: number[]; layer?: number; head?: number };
-export type AttributionVerifyResult = { kind: string; n: number; seconds: number };
+export type AttributionVerifyEdgeParams = { layer: number; head: number; query: number; key: number };
+export type AttributionVerifyEdgeResult = { kind: "edge knockout" | "head ablation"; n: number; seconds: number };
+export type AttributionVerifyHeadParams = { layer: number; head: number };
+export type AttributionVerifyHeadResult = { kind: "edge knockout" | "head ablation"; n: number; seconds: number };
+export type AttributionVerifyHeadsParams = Record<string, never>;
+export type AttributionVerifyHeadsResult = { kind: "edge knockout" | "head ablation"; n: number; seconds: number };
+export type AttributionVerifyTopKParams = { k: number };
+export type AttributionVerifyTopKResult = { kind: "edge knockout" | "head ablation"; n: number; seconds: number };
 
 export const ATTRIBUTION_REQUESTS = {
   cancel: {
@@ -265,29 +343,44 @@ export const ATTRIBUTION_REQUESTS = {
     params: { kind: "object", fields: {}, optional: [] },
     result: { kind: "object", fields: { resumed: { kind: "boolean" } }, optional: [] },
   } as RequestSpec<AttributionResumeParams, AttributionResumeResult>,
-  verify: {
-    method: "verify",
-    params: { kind: "object", fields: { what: { kind: "choice", values: ["top_k", "edge", "head", "heads"] }, k: { kind: "int" }, edge: { kind: "list", of: { kind: "int" } }, layer: { kind: "int" }, head: { kind: "int" } }, optional: ["k", "edge", "layer", "head"] },
-    result: { kind: "object", fields: { kind: { kind: "string" }, n: { kind: "int" }, seconds: { kind: "number" } }, optional: [] },
-  } as RequestSpec<AttributionVerifyParams, AttributionVerifyResult>,
+  verify_edge: {
+    method: "verify_edge",
+    params: { kind: "object", fields: { layer: { kind: "int" }, head: { kind: "int" }, query: { kind: "int" }, key: { kind: "int" } }, optional: [] },
+    result: { kind: "object", fields: { kind: { kind: "choice", values: ["edge knockout", "head ablation"] }, n: { kind: "int" }, seconds: { kind: "number" } }, optional: [] },
+  } as RequestSpec<AttributionVerifyEdgeParams, AttributionVerifyEdgeResult>,
+  verify_head: {
+    method: "verify_head",
+    params: { kind: "object", fields: { layer: { kind: "int" }, head: { kind: "int" } }, optional: [] },
+    result: { kind: "object", fields: { kind: { kind: "choice", values: ["edge knockout", "head ablation"] }, n: { kind: "int" }, seconds: { kind: "number" } }, optional: [] },
+  } as RequestSpec<AttributionVerifyHeadParams, AttributionVerifyHeadResult>,
+  verify_heads: {
+    method: "verify_heads",
+    params: { kind: "object", fields: {}, optional: [] },
+    result: { kind: "object", fields: { kind: { kind: "choice", values: ["edge knockout", "head ablation"] }, n: { kind: "int" }, seconds: { kind: "number" } }, optional: [] },
+  } as RequestSpec<AttributionVerifyHeadsParams, AttributionVerifyHeadsResult>,
+  verify_top_k: {
+    method: "verify_top_k",
+    params: { kind: "object", fields: { k: { kind: "int", min: 1, max: 500 } }, optional: [] },
+    result: { kind: "object", fields: { kind: { kind: "choice", values: ["edge knockout", "head ablation"] }, n: { kind: "int" }, seconds: { kind: "number" } }, optional: [] },
+  } as RequestSpec<AttributionVerifyTopKParams, AttributionVerifyTopKResult>,
 } as const;
 
 // ---- features: nbinterp.widgets.features.FeatureView
 
 /** The synced traits of FeatureView. */
 export interface FeaturesModel {
-  _top: Record<string, unknown>;
-  baseline: Record<string, unknown>;
-  contexts: Record<string, unknown>;
+  _baseline: SteeringSummary | null;
+  _result: SteeringSummary | null;
+  _top: { values: EncodedTensor; indices: EncodedTensor };
+  contexts: ContextsState | null;
   error: string;
-  feature_info: Record<string, unknown>;
+  feature_info: FeatureInfo | null;
   foil: string | null;
-  kind: string;
+  kind: "neurons" | "sae";
   model_name: string;
   n_features: number;
   prompt: string;
-  reconstruction: Record<string, unknown>;
-  result: Record<string, unknown>;
+  reconstruction: ReconstructionState;
   selected_feature: number;
   selected_token: number;
   source_label: string;
@@ -298,23 +391,23 @@ export interface FeaturesModel {
 }
 
 export const FEATURES_TRAITS: Record<keyof FeaturesModel, Schema> = {
-  _top: { kind: "map", of: { kind: "unknown" } },
-  baseline: { kind: "map", of: { kind: "unknown" } },
-  contexts: { kind: "map", of: { kind: "unknown" } },
+  _baseline: { kind: "nullable", of: SteeringSummarySchema },
+  _result: { kind: "nullable", of: SteeringSummarySchema },
+  _top: { kind: "object", fields: { values: { kind: "tensor" }, indices: { kind: "tensor" } }, optional: [] },
+  contexts: { kind: "nullable", of: ContextsStateSchema },
   error: { kind: "string" },
-  feature_info: { kind: "map", of: { kind: "unknown" } },
+  feature_info: { kind: "nullable", of: FeatureInfoSchema },
   foil: { kind: "nullable", of: { kind: "string" } },
-  kind: { kind: "string" },
+  kind: { kind: "choice", values: ["neurons", "sae"] },
   model_name: { kind: "string" },
   n_features: { kind: "int" },
   prompt: { kind: "string" },
-  reconstruction: { kind: "map", of: { kind: "unknown" } },
-  result: { kind: "map", of: { kind: "unknown" } },
+  reconstruction: ReconstructionStateSchema,
   selected_feature: { kind: "int" },
   selected_token: { kind: "int" },
   source_label: { kind: "string" },
   steer_mode: { kind: "choice", values: ["scale", "clamp"] },
-  steering: { kind: "map", of: { kind: "number" } },
+  steering: { kind: "map", of: { kind: "number", min: -1000000.0, max: 1000000.0 }, entry: "the steering value of feature {key}" },
   target: { kind: "nullable", of: { kind: "string" } },
   tokens: { kind: "list", of: { kind: "string" } },
 };
@@ -348,8 +441,8 @@ export const FEATURES_REQUESTS = {
 
 /** The synced traits of ProbeView. */
 export interface ProbeModel {
-  _accuracy: Record<string, unknown>;
-  _position_accuracy: Record<string, unknown>;
+  _accuracy: { train: EncodedTensor; test: EncodedTensor };
+  _position_accuracy: EncodedTensor | null;
   chance: number;
   classes: string[];
   error: string;
@@ -359,16 +452,16 @@ export interface ProbeModel {
   n_train: number;
   position: number;
   position_labels: string[];
-  progress: Record<string, unknown>;
+  progress: UsageProgress | null;
   selected_layer: number;
   stream_labels: string[];
-  thresholds: Record<string, unknown>;
-  usage_results: Record<string, unknown>;
+  thresholds: UsageThresholds;
+  usage_results: Record<string, UsageSummary>;
 }
 
 export const PROBE_TRAITS: Record<keyof ProbeModel, Schema> = {
-  _accuracy: { kind: "map", of: { kind: "unknown" } },
-  _position_accuracy: { kind: "map", of: { kind: "unknown" } },
+  _accuracy: { kind: "object", fields: { train: { kind: "tensor" }, test: { kind: "tensor" } }, optional: [] },
+  _position_accuracy: { kind: "nullable", of: { kind: "tensor" } },
   chance: { kind: "number" },
   classes: { kind: "list", of: { kind: "string" } },
   error: { kind: "string" },
@@ -378,21 +471,21 @@ export const PROBE_TRAITS: Record<keyof ProbeModel, Schema> = {
   n_train: { kind: "int" },
   position: { kind: "int" },
   position_labels: { kind: "list", of: { kind: "string" } },
-  progress: { kind: "map", of: { kind: "unknown" } },
+  progress: { kind: "nullable", of: UsageProgressSchema },
   selected_layer: { kind: "int" },
   stream_labels: { kind: "list", of: { kind: "string" } },
-  thresholds: { kind: "map", of: { kind: "unknown" } },
-  usage_results: { kind: "map", of: { kind: "unknown" } },
+  thresholds: UsageThresholdsSchema,
+  usage_results: { kind: "map", of: UsageSummarySchema },
 };
 
 export type ProbeUsageParams = { layer: number };
-export type ProbeUsageResult = { layer: number; stream: string; metric: string; scale: number; label: string | null; n_test: number; mean_abs_change: number; control_mean_abs_change: number[]; class_means_before: number[]; class_means_after: number[]; gap_before: number | null; gap_after: number | null; control_gap_after: number[]; probability_token: string | null; probability_before: number[] | null; probability_after: number[] | null; test_accuracy: number; chance: number; verdict: string; explanation: string; forwards: number; thresholds: Record<string, number> };
+export type ProbeUsageResult = { layer: number; stream: string; metric: string; scale: number; label: string | null; n_test: number; mean_abs_change: number; control_mean_abs_change: number[]; class_means_before: number[]; class_means_after: number[]; gap_before: number | null; gap_after: number | null; control_gap_after: number[]; probability_token: string | null; probability_before: number[] | null; probability_after: number[] | null; test_accuracy: number; chance: number; verdict: string; explanation: string; forwards: number; thresholds: UsageThresholds };
 
 export const PROBE_REQUESTS = {
   usage: {
     method: "usage",
     params: { kind: "object", fields: { layer: { kind: "int" } }, optional: [] },
-    result: { kind: "object", fields: { layer: { kind: "int" }, stream: { kind: "string" }, metric: { kind: "string" }, scale: { kind: "number" }, label: { kind: "nullable", of: { kind: "string" } }, n_test: { kind: "int" }, mean_abs_change: { kind: "number" }, control_mean_abs_change: { kind: "list", of: { kind: "number" } }, class_means_before: { kind: "list", of: { kind: "number" } }, class_means_after: { kind: "list", of: { kind: "number" } }, gap_before: { kind: "nullable", of: { kind: "number" } }, gap_after: { kind: "nullable", of: { kind: "number" } }, control_gap_after: { kind: "list", of: { kind: "number" } }, probability_token: { kind: "nullable", of: { kind: "string" } }, probability_before: { kind: "nullable", of: { kind: "list", of: { kind: "number" } } }, probability_after: { kind: "nullable", of: { kind: "list", of: { kind: "number" } } }, test_accuracy: { kind: "number" }, chance: { kind: "number" }, verdict: { kind: "string" }, explanation: { kind: "string" }, forwards: { kind: "int" }, thresholds: { kind: "map", of: { kind: "number" } } }, optional: [] },
+    result: { kind: "object", fields: { layer: { kind: "int" }, stream: { kind: "string" }, metric: { kind: "string" }, scale: { kind: "number" }, label: { kind: "nullable", of: { kind: "string" } }, n_test: { kind: "int" }, mean_abs_change: { kind: "number" }, control_mean_abs_change: { kind: "list", of: { kind: "number" } }, class_means_before: { kind: "list", of: { kind: "number" } }, class_means_after: { kind: "list", of: { kind: "number" } }, gap_before: { kind: "nullable", of: { kind: "number" } }, gap_after: { kind: "nullable", of: { kind: "number" } }, control_gap_after: { kind: "list", of: { kind: "number" } }, probability_token: { kind: "nullable", of: { kind: "string" } }, probability_before: { kind: "nullable", of: { kind: "list", of: { kind: "number" } } }, probability_after: { kind: "nullable", of: { kind: "list", of: { kind: "number" } } }, test_accuracy: { kind: "number" }, chance: { kind: "number" }, verdict: { kind: "string" }, explanation: { kind: "string" }, forwards: { kind: "int" }, thresholds: UsageThresholdsSchema }, optional: [] },
   } as RequestSpec<ProbeUsageParams, ProbeUsageResult>,
 } as const;
 
@@ -406,12 +499,12 @@ export interface WhyNotModel {
   critical_layer: number | null;
   error: string;
   expected: string;
-  inhibitor_list: Array<{ name: string; layer: number; head: number | null; effect: number; estimate: number | null }>;
+  inhibitor_list: InhibitorRow[];
   metric: number;
-  missing_list: Array<{ name: string; layer: number; head: number | null; restore_share: number; estimate: number | null; norm_here: number; norm_reference: number; attention_here: number | null; attention_reference: number | null; label: string }>;
+  missing_list: MissingRow[];
   model_name: string;
   reference_metrics: number[];
-  restored: { k: number; components: string[]; single_shares: number[]; together_share: number; labels: string[] } | null;
+  restored: RestoreResult | null;
   row_labels: string[];
   tokens: string[];
 }
@@ -423,17 +516,17 @@ export const WHY_NOT_TRAITS: Record<keyof WhyNotModel, Schema> = {
   critical_layer: { kind: "nullable", of: { kind: "int" } },
   error: { kind: "string" },
   expected: { kind: "string" },
-  inhibitor_list: { kind: "list", of: { kind: "object", fields: { name: { kind: "string" }, layer: { kind: "int" }, head: { kind: "nullable", of: { kind: "int" } }, effect: { kind: "number" }, estimate: { kind: "nullable", of: { kind: "number" } } }, optional: [] } },
+  inhibitor_list: { kind: "list", of: InhibitorRowSchema },
   metric: { kind: "number" },
-  missing_list: { kind: "list", of: { kind: "object", fields: { name: { kind: "string" }, layer: { kind: "int" }, head: { kind: "nullable", of: { kind: "int" } }, restore_share: { kind: "number" }, estimate: { kind: "nullable", of: { kind: "number" } }, norm_here: { kind: "number" }, norm_reference: { kind: "number" }, attention_here: { kind: "nullable", of: { kind: "number" } }, attention_reference: { kind: "nullable", of: { kind: "number" } }, label: { kind: "string" } }, optional: [] } },
+  missing_list: { kind: "list", of: MissingRowSchema },
   model_name: { kind: "string" },
   reference_metrics: { kind: "list", of: { kind: "number" } },
-  restored: { kind: "nullable", of: { kind: "object", fields: { k: { kind: "int" }, components: { kind: "list", of: { kind: "string" } }, single_shares: { kind: "list", of: { kind: "number" } }, together_share: { kind: "number" }, labels: { kind: "list", of: { kind: "string" } } }, optional: [] } },
+  restored: { kind: "nullable", of: RestoreResultSchema },
   row_labels: { kind: "list", of: { kind: "string" } },
   tokens: { kind: "list", of: { kind: "string" } },
 };
 
-export type WhyNotOpenParams = { layer: number; head?: number | null; open_in: string };
+export type WhyNotOpenParams = { layer: number; head?: number | null; open_in: "attention" | "ablation" };
 export type WhyNotOpenResult = { opened: string };
 export type WhyNotRestoreParams = { k: number };
 export type WhyNotRestoreResult = { together_share: number };
@@ -441,7 +534,7 @@ export type WhyNotRestoreResult = { together_share: number };
 export const WHY_NOT_REQUESTS = {
   open: {
     method: "open",
-    params: { kind: "object", fields: { layer: { kind: "int" }, head: { kind: "nullable", of: { kind: "int" } }, open_in: { kind: "string" } }, optional: ["head"] },
+    params: { kind: "object", fields: { layer: { kind: "int" }, head: { kind: "nullable", of: { kind: "int" } }, open_in: { kind: "choice", values: ["attention", "ablation"] } }, optional: ["head"] },
     result: { kind: "object", fields: { opened: { kind: "string" } }, optional: [] },
   } as RequestSpec<WhyNotOpenParams, WhyNotOpenResult>,
   restore: {
@@ -461,7 +554,7 @@ export interface ContextUseModel {
   context_start: number;
   detector_score: number | null;
   error: string;
-  knockout_result: { answer_before: string; answer_after: string; probability_before: number; probability_after: number; metric_before: number; metric_after: number; rival: string; n_edges: number };
+  knockout_result: KnockoutResult;
   model_name: string;
   partly_ratio: number;
   position: number;
@@ -478,7 +571,7 @@ export const CONTEXT_USE_TRAITS: Record<keyof ContextUseModel, Schema> = {
   context_start: { kind: "int" },
   detector_score: { kind: "nullable", of: { kind: "number" } },
   error: { kind: "string" },
-  knockout_result: { kind: "object", fields: { answer_before: { kind: "string" }, answer_after: { kind: "string" }, probability_before: { kind: "number" }, probability_after: { kind: "number" }, metric_before: { kind: "number" }, metric_after: { kind: "number" }, rival: { kind: "string" }, n_edges: { kind: "int" } }, optional: [] },
+  knockout_result: KnockoutResultSchema,
   model_name: { kind: "string" },
   partly_ratio: { kind: "number" },
   position: { kind: "int" },
@@ -489,3 +582,42 @@ export const CONTEXT_USE_TRAITS: Record<keyof ContextUseModel, Schema> = {
 };
 
 export const CONTEXT_USE_REQUESTS = {} as const;
+
+// ---- bias: nbinterp.widgets.bias.BiasView
+
+/** The synced traits of BiasView. */
+export interface BiasModel {
+  ci: number[];
+  components_shown: ComponentShare[];
+  error: string;
+  foil: string;
+  gap: number;
+  group_means: number[];
+  group_names: string[];
+  group_sizes: number[];
+  model_name: string;
+  n_components: number;
+  p_value: number;
+  paired: boolean;
+  reduction: BiasReduction | null;
+  target: string;
+}
+
+export const BIAS_TRAITS: Record<keyof BiasModel, Schema> = {
+  ci: { kind: "list", of: { kind: "number" } },
+  components_shown: { kind: "list", of: ComponentShareSchema },
+  error: { kind: "string" },
+  foil: { kind: "string" },
+  gap: { kind: "number" },
+  group_means: { kind: "list", of: { kind: "number" } },
+  group_names: { kind: "list", of: { kind: "string" } },
+  group_sizes: { kind: "list", of: { kind: "int" } },
+  model_name: { kind: "string" },
+  n_components: { kind: "int" },
+  p_value: { kind: "number" },
+  paired: { kind: "boolean" },
+  reduction: { kind: "nullable", of: BiasReductionSchema },
+  target: { kind: "string" },
+};
+
+export const BIAS_REQUESTS = {} as const;

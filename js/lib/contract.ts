@@ -11,7 +11,7 @@ import type { DType } from "./codec";
 
 export type Schema =
   | { kind: "int" | "number"; min?: number; max?: number }
-  | { kind: "string" | "boolean" | "unknown" | "tensor" | "tensor_ref" | "widget_ref" }
+  | { kind: "string" | "boolean" | "tensor" | "tensor_ref" | "widget_ref" }
   | { kind: "choice"; values: readonly string[] }
   | { kind: "nullable" | "list"; of: Schema }
   | { kind: "map"; of: Schema; keys?: readonly string[]; entry?: string }
@@ -80,8 +80,6 @@ export function problem(schema: Schema, value: unknown, path: string, buffers?: 
       return typeof value === "string" ? null : fail("a string");
     case "boolean":
       return typeof value === "boolean" ? null : fail("true or false");
-    case "unknown":
-      return null;
     case "choice":
       return typeof value === "string" && schema.values.includes(value) ? null : fail(`one of ${schema.values.join(", ")}`);
     case "nullable":

@@ -3,7 +3,10 @@ import { test } from "node:test";
 import type { AnyModel } from "@anywidget/types";
 import { floatToHalf } from "../lib/codec";
 import { check, checkResult, checkTrait, ContractError, problem } from "../lib/contract";
-import { ABLATION_REQUESTS, ATTENTION_REQUESTS, ATTENTION_TRAITS, LOGIT_LENS_TRAITS, type LogitLensModel } from "../lib/contract.gen";
+import {
+  ABLATION_REQUESTS, ATTENTION_REQUESTS, ATTENTION_TRAITS, ATTRIBUTION_TRAITS, FEATURES_TRAITS, LOGIT_LENS_TRAITS, PROBE_TRAITS,
+  type LogitLensModel, type RankedEdge,
+} from "../lib/contract.gen";
 import { RpcClient, RpcError } from "../lib/rpc";
 
 const float32 = (...values: number[]) => new DataView(new Float32Array(values).buffer);
@@ -42,6 +45,22 @@ test("trait schemas: choices, nullables, optional fields, lists", () => {
   assert.equal(problem(ATTENTION_TRAITS.selected, {}, "selected"), null);
   assert.match(problem(ATTENTION_TRAITS.selected, { query: "3" }, "selected") ?? "", /selected\.query must be an integer/);
   assert.match(problem(ATTENTION_TRAITS.tokens, ["a", 2], "tokens") ?? "", /tokens\[1\] must be a string, got 2/);
+});
+
+test("the data traits of the attribution, feature and probe views are typed field by field", () => {
+  const edge: RankedEdge = { layer: 1, head: 0, query: 4, key: 2, effect: -0.5, measured: true };
+  const edges = { method: "hybrid", label: "knockout effect", rows: [edge] };
+  assert.equal(problem(ATTRIBUTION_TRAITS._edges, edges, "_edges"), null);
+  assert.match(problem(ATTRIBUTION_TRAITS._edges, { ...edges, rows: [{ ...edge, measured: 1 }] }, "_edges") ?? "",
+    /_edges\.rows\[0\]\.measured must be true or false, got 1/);
+  assert.match(problem(ATTRIBUTION_TRAITS._edges, { ...edges, method: "exact" }, "_edges") ?? "", /_edges\.method must be one of hybrid, qk_fix, linear/);
+  assert.match(problem(ATTRIBUTION_TRAITS.progress, { done: 1, total: 2, heads_total: 0, state: "paused", elapsed_s: 0 }, "progress") ?? "",
+    /progress\.state must be one of running, done, cancelled, error/);
+  const contexts = { state: "done", note: "", done_docs: 1, total_docs: 1, done_tokens: 5, total_tokens: 5, tokens_counted: 5,
+    feature: 3, items: [{ doc: 0, position: 2, value: 1.5, start: 0, tokens: ["a"], activations: [1.5] }], density: 0.2 };
+  assert.equal(problem(FEATURES_TRAITS.contexts, contexts, "contexts"), null);
+  assert.match(problem(FEATURES_TRAITS.contexts, { ...contexts, items: [{ doc: 0 }] }, "contexts") ?? "", /contexts\.items\[0\]\.position is missing/);
+  assert.match(problem(PROBE_TRAITS.thresholds, { present_accuracy: 0.8 }, "thresholds") ?? "", /thresholds\.above_chance is missing/);
 });
 
 test("checkTrait reads a trait and throws a ContractError when it drifted", () => {

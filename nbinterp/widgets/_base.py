@@ -22,7 +22,9 @@ from __future__ import annotations
 import io
 import logging
 import numbers
+import warnings
 from collections import deque
+from dataclasses import asdict
 from typing import Any, Callable
 
 import anywidget
@@ -44,13 +46,29 @@ class FrontendError(ContractError):
     """The browser sent something malformed or out of range."""
 
 
-def int_value(value: Any, what: str, low: int, high: int) -> int:
-    """An integer in [low, high) from JSON (no bools, no floats)."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise FrontendError(f"{what} must be an integer, got {value!r}")
+def in_range(value: int, what: str, low: int, high: int) -> int:
+    """`value` (an integer: its declaration checked that) if it lies in
+    [low, high), the range this instance allows (the prompt's tokens, the
+    model's layers); else a FrontendError that says the range."""
     if not low <= value < high:
         raise FrontendError(f"{what} {value} is out of range {low}..{high - 1}")
     return int(value)
+
+
+def all_or_none(value: dict[str, Any], what: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    """An object its declaration checked (every field optional), holding all
+    of `fields` or none of them ({} for "none")."""
+    if value and set(value) != set(fields):
+        raise FrontendError(f"{what} needs all of the fields {list(fields)} or none, got {sorted(value)}")
+    return value
+
+
+# Kept for the views not yet moved to in_range (their browser values are checked
+# against the declaration first, so these only add the instance's range).
+def int_value(value: Any, what: str, low: int, high: int) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise FrontendError(f"{what} must be an integer, got {value!r}")
+    return in_range(value, what, low, high)
 
 
 def choice_value(value: Any, what: str, choices: tuple[str, ...]) -> str:
@@ -60,14 +78,9 @@ def choice_value(value: Any, what: str, choices: tuple[str, ...]) -> str:
 
 
 def dict_value(value: Any, what: str, fields: dict[str, Callable[[Any], Any]]) -> dict[str, Any]:
-    """An object with exactly the given fields, or {} for "none"."""
     if not isinstance(value, dict):
         raise FrontendError(f"{what} must be an object, got {type(value).__name__}")
-    if not value:
-        return {}
-    if set(value) != set(fields):
-        raise FrontendError(f"{what} needs exactly the fields {sorted(fields)}, got {sorted(value)}")
-    return {name: check(value[name]) for name, check in fields.items()}
+    return {name: check(value[name]) for name, check in all_or_none(value, what, tuple(fields)).items()}
 
 
 def rpc(name: str, params: dict[str, Schema | Opt] | None = None,
@@ -86,6 +99,24 @@ def rpc(name: str, params: dict[str, Schema | Opt] | None = None,
         return method
 
     return mark
+
+
+class DictAccessDeprecated:
+    """For a view's result dataclass that was a dict (`panel.result["logit_diff"]`)
+    one release ago: the old subscripts keep working, with a DeprecationWarning
+    that names the attribute to write instead."""
+
+    def _legacy(self, key: str) -> Any:
+        warnings.warn(f"view.result and view.baseline are {type(self).__name__} dataclasses now: write "
+                      f".{key} instead of [{key!r}] (dict access goes in the next release)",
+                      DeprecationWarning, stacklevel=3)
+        return asdict(self)[key]  # type: ignore[call-overload]
+
+    def __getitem__(self, key: str) -> Any:
+        return self._legacy(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._legacy(key) if key in self.__dataclass_fields__ else default  # type: ignore[attr-defined]
 
 
 class InterpWidget(anywidget.AnyWidget):
@@ -111,8 +142,11 @@ class InterpWidget(anywidget.AnyWidget):
 
     # --------------------------------------------------------- trait changes
     def _frontend_fields(self) -> dict[str, Callable[[Any], Any]]:
-        """Traits the browser may set, each with a check that returns the
-        clean value or raises FrontendError. Anything else is refused."""
+        """Traits the browser may set, each with what this instance adds to
+        the trait's declaration (a range that depends on the prompt or the
+        model), returning the clean value or raising FrontendError. The
+        declaration is checked first, so these trust the value's type.
+        Anything not listed is refused."""
         return {"error": lambda v: "" if v == "" else _refuse("error can only be cleared from the browser")}
 
     def set_state(self, sync_data: dict[str, Any]) -> None:
@@ -126,10 +160,9 @@ class InterpWidget(anywidget.AnyWidget):
             try:
                 if check is None:
                     raise FrontendError(f"{name} cannot be set from the browser")
-                clean = check(value)
-                if name in declared:  # the view's checks say it best; the declaration is the backstop
-                    declared[name].check(clean, name)
-                accepted[name] = clean
+                if name in declared:  # one layer: the declaration says what the value may be
+                    declared[name].check(value, name)
+                accepted[name] = check(value)
             except ContractError as exc:
                 problems.append(str(exc))
                 refused.append(name)
@@ -238,10 +271,10 @@ _declared_cache: dict[type, dict[str, Schema]] = {}
 
 
 def _declared_traits(cls: type) -> dict[str, Schema]:
-    """The schemas of a declared view's synced traits ({} for a view not in
-    _contract.VIEWS), worked out once per class."""
+    """The schemas of the values the browser may send for a declared view's
+    synced traits ({} for a view not in _contract.VIEWS), worked out once per class."""
     if cls not in _declared_cache:
-        _declared_cache[cls] = synced_traits(cls) if is_declared_view(cls) else {}
+        _declared_cache[cls] = synced_traits(cls, from_browser=True) if is_declared_view(cls) else {}
     return _declared_cache[cls]
 
 
@@ -263,12 +296,15 @@ class HeadWidget(InterpWidget):
 
     def _frontend_fields(self) -> dict[str, Callable[[Any], Any]]:
         n_tokens = len(self.tokens)
-        position = lambda what: lambda v: int_value(v, what, 0, n_tokens)  # noqa: E731
+
+        def selected(value: dict[str, int]) -> dict[str, int]:
+            return {what: in_range(v, what, 0, n_tokens) for what, v in all_or_none(value, "selected", ("query", "key")).items()}
+
         fields = super()._frontend_fields()
         fields.update(
-            layer=lambda v: int_value(v, "layer", 0, self.n_layers),
-            head=lambda v: int_value(v, "head", 0, self.n_heads),
-            selected=lambda v: dict_value(v, "selected", {"query": position("query"), "key": position("key")}),
+            layer=lambda v: in_range(v, "layer", 0, self.n_layers),
+            head=lambda v: in_range(v, "head", 0, self.n_heads),
+            selected=selected,
         )
         return fields
 

@@ -8,9 +8,10 @@ against the same declaration.
 How a view declares its contract
 --------------------------------
 1. Traits: declare them with traitlets as usual. Unicode, Int, Float, Bool,
-   List(...) and anywidget.WidgetTrait map by themselves (allow_none=True adds
-   `| null`). Where the traitlets type says too little (a Dict, a Unicode that
-   holds one of a few words), say the shape in the tag::
+   List(<item trait>) and anywidget.WidgetTrait map by themselves
+   (allow_none=True adds `| null`). Where the traitlets type says too little
+   (a Dict, a Unicode that holds one of a few words), say the shape in the
+   tag; a Dict or List without it is refused, so nothing crosses untyped::
 
        mode = traitlets.Unicode("probabilities").tag(sync=True, schema=Choice(*MODES))
        _pattern = traitlets.Dict(allow_none=True, default_value=None).tag(
@@ -25,8 +26,10 @@ How a view declares its contract
    `Opt(s)`: the field may be left out. A tensor in a reply
    (`_buffers.pack`) is TENSOR_REF. Params are checked against the
    declaration before the handler runs (unknown, missing and mistyped params
-   are refused with a message); the handler still checks ranges that depend
-   on the instance (a layer below n_layers).
+   are refused with a message), so the handler trusts their types and only
+   asks the model about what depends on the instance (a layer below n_layers).
+   Give an Obj that several traits or replies share a `name`: the generated
+   file then declares it once as an interface the views import.
 3. Register the view in VIEWS below ("features": "nbinterp.widgets.features:FeaturesView"),
    run `python scripts/gen_contract.py`, and in js/<view>.ts import
    `FeaturesModel` and `FEATURES_REQUESTS` from "./lib/contract.gen"; send
@@ -59,6 +62,7 @@ VIEWS = {
     "probe": "nbinterp.widgets.probe:ProbeView",
     "why_not": "nbinterp.widgets.why_not:WhyNotView",
     "context_use": "nbinterp.widgets.context_use:ContextUseView",
+    "bias": "nbinterp.widgets.bias:BiasView",
 }
 
 
@@ -116,7 +120,7 @@ class Number(Schema):
 
 @dataclass(frozen=True)
 class Scalar(Schema):
-    kind: str  # string | boolean | unknown
+    kind: str  # string | boolean
 
     def ts(self) -> str:
         return self.kind
@@ -345,7 +349,7 @@ class WidgetRef(Schema):
 
 
 INT, FLOAT = Number(integer=True), Number()
-STR, BOOL, ANY = Scalar("string"), Scalar("boolean"), Scalar("unknown")
+STR, BOOL = Scalar("string"), Scalar("boolean")
 TENSOR, TENSOR_REF, WIDGET_REF = Tensor(in_reply=False), Tensor(in_reply=True), WidgetRef()
 
 
@@ -401,9 +405,9 @@ def trait_schema(trait: traitlets.TraitType) -> Schema:
         schema = STR
     elif isinstance(trait, traitlets.List):
         inner = trait._trait  # noqa: SLF001 - traitlets keeps the item trait here
-        schema = ListOf(trait_schema(inner) if inner is not None else ANY)
-    elif isinstance(trait, traitlets.Dict):
-        schema = MapOf(ANY)
+        if inner is None:
+            raise TypeError("a List trait needs its item trait (List(Unicode())) or schema=ListOf(...)")
+        schema = ListOf(trait_schema(inner))
     else:
         raise TypeError(f"no contract type for {type(trait).__name__}; tag it with schema=...")
     if trait.allow_none and not isinstance(schema, Nullable):
@@ -411,13 +415,17 @@ def trait_schema(trait: traitlets.TraitType) -> Schema:
     return schema
 
 
-def synced_traits(cls: type) -> dict[str, Schema]:
-    """The view's own synced traits (not ipywidgets' plumbing), by name."""
+def synced_traits(cls: type, from_browser: bool = False) -> dict[str, Schema]:
+    """The view's own synced traits (not ipywidgets' plumbing), by name.
+    from_browser: what the browser may set each to, where the trait's tag
+    narrows it (`from_browser=SLIDER_SCALES`: Python may set any finite
+    scale, a slider only 0..1.5)."""
     import anywidget
 
     base = set(anywidget.AnyWidget.class_trait_names(sync=True))
     traits = (declared_class(cls) or cls).class_traits(sync=True)
-    return {name: trait_schema(traits[name]) for name in sorted(traits) if name not in base}
+    narrowed = lambda t: t.metadata.get("from_browser") if from_browser else None  # noqa: E731
+    return {name: narrowed(traits[name]) or trait_schema(traits[name]) for name in sorted(traits) if name not in base}
 
 
 def requests(cls: type) -> dict[str, Request]:

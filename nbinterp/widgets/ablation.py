@@ -8,28 +8,30 @@ front end always ends on the result of the final values."""
 
 from __future__ import annotations
 
-import math
 import numbers
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import traitlets
 
-from nbinterp.interventions.ablation import ABLATION_MODES, ablated_run, ablation_code, canonical_ablations, summarize
+from nbinterp.interventions.ablation import (
+    ABLATION_MODES, AblationSummary, ablated_run, ablation_code, canonical_ablations, summarize,
+)
 from nbinterp.engine.plan import check_position
 from nbinterp.engine.run import Run
 from nbinterp.errors import NbinterpError
 from nbinterp.engine.tokens import display_text
 from nbinterp.vocabulary import public_call
-from ._base import FrontendError, InterpWidget, choice_value, new_figure, rpc
-from ._contract import FLOAT, INT, STR, Choice, Either, ListOf, MapOf, Nullable, Number, Obj, Opt
+from ._base import DictAccessDeprecated, FrontendError, InterpWidget, new_figure, rpc
+from ._contract import FLOAT, INT, STR, Choice, ListOf, MapOf, Nullable, Number, Obj, Opt
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 SCALE_RANGE = (0.0, 1.5)  # the sliders' range; Python may set any finite scale
 MODE = Choice(*ABLATION_MODES)
 TOKEN_PROBABILITY = Obj({"token": STR, "id": INT, "probability": FLOAT, "before": FLOAT}, name="TokenProbability")
-# nbinterp.interventions.ablation.AblationSummary.to_dict() + what the panel adds
+# PanelRun.state(): nbinterp.interventions.ablation.AblationSummary + what the panel adds
 SUMMARY = Obj({
     "ablations": MapOf(FLOAT), "ablation": MODE, "top_k": ListOf(TOKEN_PROBABILITY),
     "logit_diff": Nullable(FLOAT), "target_probability": Nullable(FLOAT), "foil_probability": Nullable(FLOAT),
@@ -38,6 +40,20 @@ SUMMARY = Obj({
 }, name="AblationSummary")
 # what the sliders may send: the message names the entry as the user sees it
 SLIDER_SCALES = MapOf(Number(low=SCALE_RANGE[0], high=SCALE_RANGE[1]), entry="the scale of {key}")
+
+
+@dataclass
+class PanelRun(AblationSummary, DictAccessDeprecated):
+    """The panel's latest run (`panel.result`; `panel.baseline` without
+    ablations): the next-token summary, numbered, timed and as code."""
+
+    seq: int = 0
+    compute_ms: float = 0.0
+    code: str = ""  # the model.run(...) call that repeats it
+
+    def state(self) -> dict[str, Any]:
+        """As the panel's trait (SUMMARY)."""
+        return asdict(self)
 
 
 class AblationPanel(InterpWidget):
@@ -52,10 +68,12 @@ class AblationPanel(InterpWidget):
     n_heads = traitlets.Int(1).tag(sync=True)
     target = traitlets.Unicode(None, allow_none=True).tag(sync=True)
     foil = traitlets.Unicode(None, allow_none=True).tag(sync=True)
-    ablations = traitlets.Dict().tag(sync=True, schema=MapOf(FLOAT))  # component -> scale
+    # component -> scale; the browser's come from the sliders
+    ablations = traitlets.Dict().tag(sync=True, schema=MapOf(FLOAT), from_browser=SLIDER_SCALES)
     ablation = traitlets.Unicode("zero").tag(sync=True, schema=MODE)
-    result = traitlets.Dict().tag(sync=True, schema=Either(SUMMARY, Obj({})))  # {} until the first run
-    baseline = traitlets.Dict().tag(sync=True, schema=Either(SUMMARY, Obj({})))
+    # PanelRun.state() of .result and .baseline (set in __init__: never null on screen)
+    _result = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(SUMMARY))
+    _baseline = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(SUMMARY))
 
     def __init__(self, model: Any, prompt: Any, *, target: Any = None, foil: Any = None, position: int = -1,
                  k: int = 10, ablations: dict | None = None, ablation: str = "zero",
@@ -97,7 +115,8 @@ class AblationPanel(InterpWidget):
         )
         with model.lock:
             self._baseline_run = ablated_run(model, self._input_ids, {}, position=self._position)
-        self.baseline = self._summary(self._baseline_run, {}, "zero", 0.0)
+        self._baseline_summary = self._summary(self._baseline_run, {}, "zero", 0.0)
+        self._baseline = self._baseline_summary.state()
         self._quiet = True
         try:
             self.ablation = ablation
@@ -116,6 +135,16 @@ class AblationPanel(InterpWidget):
         """The `model.run(...)` call that reproduces the current result."""
         return ablation_code(self._prompt, self.ablations, self.ablation, self._reference)
 
+    @property
+    def result(self) -> PanelRun:
+        """The latest run: next tokens and the metric with the ablations on."""
+        return self._latest
+
+    @property
+    def baseline(self) -> PanelRun:
+        """The run without ablations."""
+        return self._baseline_summary
+
     def reset(self) -> None:
         """Back to the unablated model."""
         self.ablations = {}
@@ -131,23 +160,13 @@ class AblationPanel(InterpWidget):
 
     def _frontend_fields(self) -> dict[str, Any]:
         fields = super()._frontend_fields()
-        fields.update(ablations=self._check_from_browser, ablation=lambda v: choice_value(v, "ablation", ABLATION_MODES))
+        fields.update(ablations=self._check_from_browser, ablation=lambda v: v)  # a choice: its declaration is the whole check
         return fields
 
-    def _check_from_browser(self, value: Any) -> dict[str, float]:
-        """The sliders' values: known components, numbers within the slider range."""
-        if not isinstance(value, dict):
-            raise FrontendError(f"ablations must be an object, got {type(value).__name__}")
+    def _check_from_browser(self, value: dict[str, float]) -> dict[str, float]:
+        """The sliders' values (SLIDER_SCALES checked the numbers): components this model has."""
         if len(value) > self.n_layers * (self.n_heads + 1):
             raise FrontendError(f"ablations has {len(value)} entries; this model has only {self.n_layers * (self.n_heads + 1)} components")
-        low, high = SCALE_RANGE
-        for key, scale in value.items():
-            try:
-                self._model.parse_component(key)
-            except NbinterpError as exc:
-                raise FrontendError(str(exc)) from None
-            if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (math.isfinite(scale) and low <= scale <= high):
-                raise FrontendError(f"the scale of {key!r} must be a number from {low:g} to {high:g}, got {scale!r}")
         try:
             return canonical_ablations(self._model, value)
         except NbinterpError as exc:
@@ -165,23 +184,23 @@ class AblationPanel(InterpWidget):
         with self._model.lock:
             run = ablated_run(self._model, self._input_ids, ablations, mode, self._reference, self._position)
         self._run = run
-        self.result = self._summary(run, ablations, mode, (time.perf_counter() - start) * 1000)
+        self._latest = self._summary(run, ablations, mode, (time.perf_counter() - start) * 1000)
+        self._result = self._latest.state()
         if self.error:
             self.error = ""
 
-    def _summary(self, run: Any, ablations: dict[str, float], mode: str, compute_ms: float) -> dict[str, Any]:
+    def _summary(self, run: Any, ablations: dict[str, float], mode: str, compute_ms: float) -> PanelRun:
         summary = summarize(self._model, run, getattr(self, "_baseline_run", None), k=self._k, target=self._target,
-                            foil=self._foil, ablations=ablations, ablation=mode, position=self._position).to_dict()
+                            foil=self._foil, ablations=ablations, ablation=mode, position=self._position)
         self._seq += 1
-        summary.update(seq=self._seq, compute_ms=round(compute_ms, 2),
-                       code=ablation_code(self._prompt, ablations, mode, self._reference))
-        return summary
+        return PanelRun(**{f.name: getattr(summary, f.name) for f in fields(summary)}, seq=self._seq,
+                        compute_ms=round(compute_ms, 2), code=ablation_code(self._prompt, ablations, mode, self._reference))
 
     @rpc("run", params={"ablations": SLIDER_SCALES, "ablation": Opt(MODE)}, result={"seq": INT})
     def _rpc_run(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
         """Re-run with the sliders' values: {"ablations": {...}, "ablation": "zero" | "mean"}."""
-        ablations = self._check_from_browser(params.get("ablations"))
-        mode = choice_value(params.get("ablation", self.ablation), "ablation", ABLATION_MODES)
+        ablations = self._check_from_browser(params["ablations"])
+        mode = params.get("ablation", self.ablation)
         # One state message for the three traits, then the reply: fewer hops on a busy machine.
         with self.hold_sync():
             self._quiet = True
@@ -191,19 +210,19 @@ class AblationPanel(InterpWidget):
             finally:
                 self._quiet = False
             self._rerun()
-        return {"seq": self.result["seq"]}, []
+        return {"seq": self.result.seq}, []
 
     # ------------------------------------------------------------- export
     def to_figure(self, *, dpi: int = 100) -> Any:
         """Top-k bars before vs after, and the logit difference in the title."""
-        before, after = self.baseline["top_k"], self.result["top_k"]
+        before, after = self.baseline.top_k, self.result.top_k
         figure = new_figure(figsize=(9, 0.35 * max(len(after), 4) + 1.2), dpi=dpi)
         for column, (entries, title, colour) in enumerate(((before, "before", "#9aa5b8"), (after, "after", "#3b518b"))):
             ax = figure.add_subplot(1, 2, column + 1)
-            labels = [repr(e["token"]) for e in entries][::-1]
-            ax.barh(range(len(entries)), [e["probability"] for e in entries][::-1], color=colour)
+            labels = [repr(e.token) for e in entries][::-1]
+            ax.barh(range(len(entries)), [e.probability for e in entries][::-1], color=colour)
             if column == 1:
-                ax.scatter([e["before"] for e in entries][::-1], range(len(entries)), marker="|", color="#222", s=120, label="before")
+                ax.scatter([e.before for e in entries][::-1], range(len(entries)), marker="|", color="#222", s=120, label="before")
                 ax.legend(loc="lower right", fontsize=7)
             ax.set_yticks(range(len(entries)), labels, fontsize=8)
             ax.set_xlim(0, 1)
@@ -211,9 +230,9 @@ class AblationPanel(InterpWidget):
             ax.set_title(title)
         ablated = ", ".join(f"{k}={v:g}" for k, v in self.ablations.items()) or "nothing"
         title = f"{self.model_name} \u00b7 ablated: {ablated} ({self.ablation})"
-        if self.result.get("logit_diff") is not None:
+        if self.result.logit_diff is not None:
             what = f"logit({self.target!r}) - logit({self.foil!r})" if self.foil is not None else f"logit({self.target!r})"
-            title += f"\n{what}: {self.baseline['logit_diff']:.3f} \u2192 {self.result['logit_diff']:.3f}"
+            title += f"\n{what}: {self.baseline.logit_diff:.3f} \u2192 {self.result.logit_diff:.3f}"
         figure.suptitle(title, fontsize=9)
         figure.tight_layout()
         return figure

@@ -16,7 +16,7 @@ import traitlets
 
 from nbinterp.engine.tokens import display_text
 from nbinterp.errors import NbinterpError
-from ._base import FrontendError, HeadWidget, choice_value, dict_value, int_value, new_figure, rpc
+from ._base import FrontendError, HeadWidget, all_or_none, in_range, new_figure, rpc
 from ._contract import BOOL, FLOAT, INT, TENSOR, TENSOR_REF, Choice, ListOf, Nullable, Obj, Opt
 from ._buffers import encode, pack
 from nbinterp.vocabulary import public_call
@@ -139,6 +139,11 @@ class AttentionView(HeadWidget):
         return self._run
 
     @property
+    def result(self) -> Any:
+        """The `Run` whose attention the view shows (every view's numbers are its `.result`)."""
+        return self._run
+
+    @property
     def _model(self) -> Any:
         return self._run.model
 
@@ -146,20 +151,17 @@ class AttentionView(HeadWidget):
     def _frontend_fields(self) -> dict[str, Any]:
         n_tokens = len(self.tokens)
         fields = super()._frontend_fields()
+        trusted = lambda v: v  # noqa: E731 - a choice: its declaration is the whole check
         fields.update(
-            mode=lambda v: choice_value(v, "mode", MODES),
-            color_scale=lambda v: choice_value(v, "color_scale", COLOR_SCALES),
-            focus_token=lambda v: -1 if v == -1 else int_value(v, "focus_token", 0, n_tokens),
-            strip_scope=lambda v: choice_value(v, "strip_scope", STRIP_SCOPES),
-            strip_direction=lambda v: choice_value(v, "strip_direction", STRIP_DIRECTIONS),
+            mode=trusted, color_scale=trusted, strip_scope=trusted, strip_direction=trusted,
+            focus_token=lambda v: -1 if v == -1 else in_range(v, "focus_token", 0, n_tokens),
             zoom=self._check_zoom,
         )
         return fields
 
-    def _check_zoom(self, value: Any) -> dict[str, int]:
+    def _check_zoom(self, value: dict[str, int]) -> dict[str, int]:
         n = len(self.tokens)
-        bound = lambda what: lambda v: int_value(v, what, 0, n + 1)  # noqa: E731
-        zoom = dict_value(value, "zoom", {k: bound(k) for k in ZOOM_FIELDS})
+        zoom = {k: in_range(v, k, 0, n + 1) for k, v in all_or_none(value, "zoom", ZOOM_FIELDS).items()}
         if zoom and not (zoom["query_start"] < zoom["query_stop"] and zoom["key_start"] < zoom["key_stop"]):
             raise FrontendError(f"zoom window is empty: {zoom}")
         return zoom
@@ -232,9 +234,8 @@ class AttentionView(HeadWidget):
     @rpc("head_pattern", params={"layer": INT, "head": INT, "mode": Choice(*MODES), "with_mask": Opt(BOOL)},
          result={"pattern": TENSOR_REF, "masked": Opt(TENSOR_REF)})
     def _rpc_head_pattern(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
-        layer = int_value(params.get("layer"), "layer", 0, self.n_layers)
-        head = int_value(params.get("head"), "head", 0, self.n_heads)
-        mode = choice_value(params.get("mode"), "mode", MODES)
+        layer, mode = in_range(params["layer"], "layer", 0, self.n_layers), params["mode"]
+        head = in_range(params["head"], "head", 0, self.n_heads)
         tensors = {"pattern": encode(self._values(layer, mode)[head], "float16")}
         if params.get("with_mask"):  # once per layer: the view keeps it
             tensors["masked"] = encode(self._masked(layer).to(torch.uint8), "uint8")
@@ -244,14 +245,12 @@ class AttentionView(HeadWidget):
                                   "head": Opt(Nullable(INT))},  # no head: summed over the layer's heads
          result={"weights": TENSOR_REF})
     def _rpc_token_weights(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
-        layer = int_value(params.get("layer"), "layer", 0, self.n_layers)
-        token = int_value(params.get("token"), "token", 0, len(self.tokens))
-        mode = choice_value(params.get("mode"), "mode", MODES)
-        direction = choice_value(params.get("direction"), "direction", STRIP_DIRECTIONS)
+        layer = in_range(params["layer"], "layer", 0, self.n_layers)
+        token = in_range(params["token"], "token", 0, len(self.tokens))
         head = params.get("head")
         if head is not None:
-            head = int_value(head, "head", 0, self.n_heads)
-        weights = token_weights(self._run, layer, token, mode, direction, head)
+            head = in_range(head, "head", 0, self.n_heads)
+        weights = token_weights(self._run, layer, token, params["mode"], params["direction"], head)
         metas, buffers = pack({"weights": encode(weights, "float32")})
         return metas, buffers
 

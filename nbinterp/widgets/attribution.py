@@ -26,14 +26,14 @@ from nbinterp.analysis.attribution import DOMINANT, METHODS, Attribution, attrib
 from nbinterp.analysis.estimate_stats import Verification
 from nbinterp.errors import NbinterpError
 from ._background import BackgroundJob
-from ._base import HeadWidget, choice_value, int_value, new_figure, rpc
-from ._contract import BOOL, FLOAT, INT, STR, Choice, ListOf, Opt
+from ._base import HeadWidget, int_value, new_figure, rpc
+from ._contract import BOOL, FLOAT, INT, STR, TENSOR, Choice, ListOf, Nullable, Number, Obj
 from ._buffers import encode
 from .attention import display_tokens
 from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
-RANKED_EDGES = 50
+RANKED_EDGES_SHOWN = 50
 MAX_VERIFY_K = 500
 PUBLISH_EVERY_S = 0.25  # streaming granularity of the measurements
 
@@ -51,6 +51,28 @@ EDGE_LABELS = {
 ESTIMATE_NAMES = {"qk_fix": "QK-fix estimate", "linear": "linear estimate",
                   "gradient x activation": "gradient x activation estimate"}
 
+# ---- the traits' and requests' declarations (_contract.py): named fields throughout
+METHOD = Choice(*METHODS)
+STATES = ("running", "done", "cancelled", "error")
+VERIFIED_KINDS = Choice("edge knockout", "head ablation")
+PROGRESS = Obj({"done": INT, "total": INT, "heads_total": INT, "state": Choice(*STATES), "elapsed_s": FLOAT},
+               name="AttributionProgress")
+HEAD_EFFECTS = Obj({"method": METHOD, "label": STR, "tensor": TENSOR, "measured": TENSOR}, name="HeadEffects")
+EDGE_MATRIX = Obj({"layer": INT, "head": INT, "method": METHOD, "label": STR, "effect": TENSOR, "measured": TENSOR,
+                   "attention": TENSOR}, name="EdgeMatrix")
+RANKED_EDGE = Obj({"layer": INT, "head": INT, "query": INT, "key": INT, "effect": FLOAT, "measured": BOOL},
+                  name="RankedEdge")
+RANKED_EDGES = Obj({"method": METHOD, "label": STR, "rows": ListOf(RANKED_EDGE)}, name="RankedEdges")
+# one verified edge (query, key set) or head (query, key null)
+VERIFIED_ROW = Obj({"layer": INT, "head": INT, "query": Nullable(INT), "key": Nullable(INT), "estimate": FLOAT,
+                    "measured": FLOAT}, name="VerifiedRow")
+ESTIMATE_SUMMARY = Obj({"spearman": Nullable(FLOAT), "recall_at_k": Nullable(FLOAT), "k": INT, "mae": Nullable(FLOAT),
+                        "n": INT, "scope": STR}, name="EstimateSummary")
+VERIFICATION = Obj({"kind": VERIFIED_KINDS, "method": STR, "view_method": Nullable(METHOD), "label": STR,
+                    "seconds": FLOAT, "clean_metric": FLOAT, "summary": ESTIMATE_SUMMARY,
+                    "rows": ListOf(VERIFIED_ROW)}, name="VerificationState")
+VERIFIED = {"kind": VERIFIED_KINDS, "n": INT, "seconds": FLOAT}  # every verify request's reply
+
 
 def edge_matrix(attribution: Attribution, layer: int, head: int, method: str) -> torch.Tensor:
     """[T, T] knockout effect of one head's edges (0 where none exists)."""
@@ -65,10 +87,10 @@ def measured_mask(attribution: Attribution, layer: int, head: int, method: str) 
     return torch.zeros(n, n, dtype=torch.bool)
 
 
-def ranked_edges(attribution: Attribution, method: str, k: int = RANKED_EDGES) -> torch.Tensor:
-    """[k, 6] rows (layer, head, query, key, effect, measured 0/1), largest |effect| first."""
-    rows = attribution.top_edges(k, method)
-    return torch.tensor([[*r[:5], float(r.measured)] for r in rows], dtype=torch.float64).reshape(-1, 6)
+def ranked_edges(attribution: Attribution, method: str, k: int = RANKED_EDGES_SHOWN) -> list[dict[str, Any]]:
+    """The top k edges, largest |effect| first, as named rows (RANKED_EDGE)."""
+    return [{"layer": e.layer, "head": e.head, "query": e.query, "key": e.key, "effect": float(e.estimate),
+             "measured": bool(e.measured)} for e in attribution.top_edges(k, method)]
 
 
 def verification_label(v: Verification) -> str:
@@ -82,17 +104,18 @@ def verification_label(v: Verification) -> str:
 
 
 def verification_state(v: Verification) -> dict[str, Any]:
-    """A verification as a trait value: summary in JSON, rows as one tensor."""
-    keys = np.array(v.keys, dtype=np.float64).reshape(len(v.keys), -1)
-    rows = np.concatenate([keys, v.estimate[:, None], v.measured[:, None]], axis=1) if len(v.keys) else np.zeros((0, 6))
+    """A verification as a trait value (VERIFICATION): one named row per edge or head."""
     s = v.summary
     finite = lambda x: None if not np.isfinite(x) else float(x)  # noqa: E731
+    rows = [{"layer": int(key[0]), "head": int(key[1]),
+             "query": int(key[2]) if len(key) == 4 else None, "key": int(key[3]) if len(key) == 4 else None,
+             "estimate": float(e), "measured": float(m)} for key, e, m in zip(v.keys, v.estimate, v.measured)]
     return {
-        "kind": v.kind, "method": v.method, "view_method": v.extra.get("view_method", ""),
+        "kind": v.kind, "method": v.method, "view_method": v.extra.get("view_method"),
         "label": verification_label(v), "seconds": v.seconds, "clean_metric": v.clean_metric,
         "summary": {"spearman": finite(s.spearman), "recall_at_k": finite(s.recall_at_k), "k": s.k,
                     "mae": finite(s.mae), "n": s.n, "scope": s.scope},
-        "rows": encode(rows, "float32"),
+        "rows": rows,
     }
 
 
@@ -105,12 +128,13 @@ class AttributionView(HeadWidget):
     target = traitlets.Unicode("").tag(sync=True)
     foil = traitlets.Unicode("").tag(sync=True)
     metric = traitlets.Float(0.0).tag(sync=True)
-    method = traitlets.Unicode("hybrid").tag(sync=True)
-    progress = traitlets.Dict().tag(sync=True)  # {done, total, heads_total, state: running|done|cancelled|error, elapsed_s}
-    _heads = traitlets.Dict().tag(sync=True)
-    _edge_matrix = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
-    _edges = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
-    _verification = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True)
+    method = traitlets.Unicode("hybrid").tag(sync=True, schema=METHOD)
+    progress = traitlets.Dict({"done": 0, "total": 0, "heads_total": 0, "state": "running", "elapsed_s": 0.0}).tag(
+        sync=True, schema=PROGRESS)
+    _heads = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(HEAD_EFFECTS))
+    _edge_matrix = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(EDGE_MATRIX))
+    _edges = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(RANKED_EDGES))
+    _verification = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(VERIFICATION))
 
     def __init__(self, attribution: Attribution, *, layer: int | None = None, head: int | None = None,
                  background: bool = True) -> None:
@@ -136,6 +160,11 @@ class AttributionView(HeadWidget):
             self._start(background)
 
     # -------------------------------------------- the Attribution's own API
+    @property
+    def result(self) -> Attribution:
+        """The analysis (every view's numbers are its `.result`); measurements may still be streaming in."""
+        return self._attribution
+
     @property
     def attribution(self) -> Attribution:
         return self._attribution
@@ -235,12 +264,12 @@ class AttributionView(HeadWidget):
 
     def _frontend_fields(self) -> dict[str, Any]:
         fields = super()._frontend_fields()
-        fields.update(method=lambda v: choice_value(v, "method", METHODS))
+        fields.update(method=lambda v: v)  # the declaration (METHOD) is the check
         return fields
 
     @traitlets.validate("method")
     def _valid_method(self, proposal: Any) -> str:
-        if proposal["value"] not in METHODS:
+        if proposal["value"] not in METHODS:  # Python's own assignments; the browser's pass the declaration first
             raise NbinterpError(f"method must be one of {METHODS}, not {proposal['value']!r}")
         return proposal["value"]
 
@@ -266,7 +295,7 @@ class AttributionView(HeadWidget):
     def _send_edges(self) -> None:
         with self._send_lock:
             self._edges = {"method": self.method, "label": EDGE_LABELS[self.method],
-                           "tensor": encode(ranked_edges(self._attribution, self.method), "float32")}
+                           "rows": ranked_edges(self._attribution, self.method)}
 
     @traitlets.observe("layer", "head", "method")
     def _on_change(self, change: Any) -> None:
@@ -279,30 +308,32 @@ class AttributionView(HeadWidget):
                 self._send_matrix()
 
     # ------------------------------------------------------------- requests
-    @rpc("verify", params={"what": Choice("top_k", "edge", "head", "heads"), "k": Opt(INT), "edge": Opt(ListOf(INT)),
-                           "layer": Opt(INT), "head": Opt(INT)},
-         result={"kind": STR, "n": INT, "seconds": FLOAT})
-    def _rpc_verify(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
-        """{"what": "top_k", "k"} | {"what": "edge", "edge": [l, h, q, k]} |
-        {"what": "head", "layer", "head"} | {"what": "heads"}"""
-        what = choice_value(params.get("what"), "what", ("top_k", "edge", "head", "heads"))
-        if what == "top_k":
-            result = self.verify(int_value(params.get("k"), "k", 1, MAX_VERIFY_K + 1))
-        elif what == "edge":
-            edge = params.get("edge")
-            if not isinstance(edge, list) or len(edge) != 4:
-                raise NbinterpError("edge must be [layer, head, query, key]")
-            n = len(self.tokens)
-            layer = int_value(edge[0], "layer", 0, self.n_layers)
-            head = int_value(edge[1], "head", 0, self.n_heads)
-            query, key = int_value(edge[2], "query", 0, n), int_value(edge[3], "key", 0, n)
-            result = self.verify(edges=[(layer, head, query, key)])
-        elif what == "head":
-            layer = int_value(params.get("layer"), "layer", 0, self.n_layers)
-            head = int_value(params.get("head"), "head", 0, self.n_heads)
-            result = self.verify_heads(heads=[(layer, head)])
-        else:
-            result = self.verify_heads()
+    # One request per kind of check, each with its own named params: the
+    # declaration checks their types before the handler runs; what depends on
+    # this prompt and model (a layer that exists, a query inside the prompt) the
+    # model and the positions' range say here.
+    @rpc("verify_top_k", params={"k": Number(integer=True, low=1, high=MAX_VERIFY_K)}, result=VERIFIED)
+    def _rpc_verify_top_k(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
+        return self._verified(self.verify(params["k"]))
+
+    @rpc("verify_edge", params={"layer": INT, "head": INT, "query": INT, "key": INT}, result=VERIFIED)
+    def _rpc_verify_edge(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
+        n = len(self.tokens)
+        edge = (self._model.check_layer(params["layer"]), self._model.check_head(params["head"]),
+                int_value(params["query"], "query", 0, n), int_value(params["key"], "key", 0, n))
+        return self._verified(self.verify(edges=[edge]))
+
+    @rpc("verify_head", params={"layer": INT, "head": INT}, result=VERIFIED)
+    def _rpc_verify_head(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
+        head = (self._model.check_layer(params["layer"]), self._model.check_head(params["head"]))
+        return self._verified(self.verify_heads(heads=[head]))
+
+    @rpc("verify_heads", params={}, result=VERIFIED)
+    def _rpc_verify_heads(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
+        return self._verified(self.verify_heads())
+
+    @staticmethod
+    def _verified(result: Verification) -> tuple[Any, list[bytes]]:
         return {"kind": result.kind, "n": len(result.keys), "seconds": result.seconds}, []
 
     @rpc("cancel", params={}, result={"cancelled": BOOL})

@@ -20,7 +20,7 @@ from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 KNOCKOUT = Obj({"answer_before": STR, "answer_after": STR, "probability_before": FLOAT, "probability_after": FLOAT,
-                "metric_before": FLOAT, "metric_after": FLOAT, "rival": STR, "n_edges": INT})
+                "metric_before": FLOAT, "metric_after": FLOAT, "rival": STR, "n_edges": INT}, name="KnockoutResult")
 
 
 class ContextUseView(InterpWidget):

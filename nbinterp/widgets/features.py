@@ -17,6 +17,7 @@ import math
 import numbers
 import threading
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,11 +26,12 @@ import traitlets
 
 from nbinterp.errors import NbinterpError
 from nbinterp.representations.activations import DIRECT_EFFECT_LABEL, STEER_MODES, FeatureActivations
-from nbinterp.interventions.ablation import summarize
+from nbinterp.interventions.ablation import AblationSummary, summarize
 from ._background import Worker
-from ._base import FrontendError, InterpWidget, choice_value, int_value, new_figure, rpc
+from ._base import DictAccessDeprecated, FrontendError, InterpWidget, in_range, new_figure, rpc
 from ._buffers import encode
-from ._contract import BOOL, FLOAT, INT, Choice, MapOf, Number, Opt
+from ._contract import BOOL, FLOAT, INT, STR, TENSOR, Choice, ListOf, MapOf, Nullable, Number, Obj, Opt
+from .ablation import TOKEN_PROBABILITY
 from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -40,6 +42,52 @@ VALUE_LIMIT = 1e6  # steering values the browser may send
 PUBLISH_EVERY_S = 0.1
 MODE = Choice(*STEER_MODES)
 SLIDER_VALUES = MapOf(Number(low=-VALUE_LIMIT, high=VALUE_LIMIT), entry="the steering value of feature {key}")
+CONTEXT_STATES = ("running", "done", "cancelled", "error", "unavailable")
+
+# ---- the traits' declarations (_contract.py): named fields throughout
+TOKEN_VALUE = Obj({"token": STR, "value": FLOAT}, name="TokenValue")
+FEATURE_INFO = Obj({
+    "feature": INT, "activation": TENSOR, "max": FLOAT, "argmax": INT, "min": FLOAT, "direct_label": STR,
+    # the direct logit effect, or why there is none (e.g. a remote model)
+    "direct": Nullable(Obj({"positive": ListOf(TOKEN_VALUE), "negative": ListOf(TOKEN_VALUE)})),
+    "direct_error": Nullable(STR),
+}, name="FeatureInfo")
+CONTEXT_ITEM = Obj({"doc": INT, "position": INT, "value": FLOAT, "start": INT, "tokens": ListOf(STR),
+                    "activations": ListOf(FLOAT)}, name="ContextItem")
+CONTEXTS = Obj({
+    "state": Choice(*CONTEXT_STATES), "note": STR,
+    "done_docs": INT, "total_docs": INT, "done_tokens": INT, "total_tokens": INT, "tokens_counted": INT,
+    # the feature whose top contexts are shown (null: none yet) and its density over the tokens counted
+    "feature": Nullable(INT), "items": ListOf(CONTEXT_ITEM), "density": Nullable(FLOAT),
+}, name="ContextsState")
+STEERED = Obj({
+    "top_k": ListOf(TOKEN_PROBABILITY), "logit_diff": Nullable(FLOAT), "target_probability": Nullable(FLOAT),
+    "foil_probability": Nullable(FLOAT), "target": Nullable(TOKEN_PROBABILITY), "foil": Nullable(TOKEN_PROBABILITY),
+    "steering": MapOf(FLOAT), "mode": MODE, "seq": INT, "compute_ms": FLOAT, "code": STR,
+}, name="SteeringSummary")
+RECONSTRUCTION = Obj({
+    "fvu": TENSOR, "fvu_total": FLOAT, "metric_clean": Nullable(FLOAT), "metric_reconstructed": Nullable(FLOAT),
+    "metric_change": Nullable(FLOAT), "metric_change_per_token": Nullable(TENSOR), "exact": BOOL,
+}, name="ReconstructionState")
+
+
+@dataclass
+class SteeredRun(AblationSummary, DictAccessDeprecated):
+    """The feature view's latest run (`fv.result`; `fv.baseline` before any
+    steering): the next-token summary of `nbinterp.interventions.ablation`,
+    with the steering that produced it."""
+
+    steering: dict[str, float] = field(default_factory=dict)
+    mode: str = "scale"
+    seq: int = 0
+    compute_ms: float = 0.0
+    code: str = ""  # the fv.steer(...) call that repeats it
+
+    def state(self) -> dict[str, Any]:
+        """As the view's trait (STEERED): no ablation fields, nothing was ablated."""
+        state = asdict(self)
+        del state["ablations"], state["ablation"]
+        return state
 
 
 class FeatureView(InterpWidget):
@@ -50,21 +98,25 @@ class FeatureView(InterpWidget):
     model_name = traitlets.Unicode("").tag(sync=True)
     prompt = traitlets.Unicode("").tag(sync=True)
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    kind = traitlets.Unicode("neurons").tag(sync=True)  # neurons | sae
+    kind = traitlets.Unicode("neurons").tag(sync=True, schema=Choice("neurons", "sae"))
     source_label = traitlets.Unicode("").tag(sync=True)
     n_features = traitlets.Int(1).tag(sync=True)
     target = traitlets.Unicode(None, allow_none=True).tag(sync=True)
     foil = traitlets.Unicode(None, allow_none=True).tag(sync=True)
     selected_token = traitlets.Int(-1).tag(sync=True)
     selected_feature = traitlets.Int(-1).tag(sync=True)
-    steering = traitlets.Dict().tag(sync=True, schema=MapOf(FLOAT))  # {"feature": value}
+    steering = traitlets.Dict().tag(sync=True, schema=SLIDER_VALUES)  # {"feature": value}
     steer_mode = traitlets.Unicode("scale").tag(sync=True, schema=MODE)
-    feature_info = traitlets.Dict().tag(sync=True)
-    contexts = traitlets.Dict().tag(sync=True)
-    result = traitlets.Dict().tag(sync=True)
-    baseline = traitlets.Dict().tag(sync=True)
-    reconstruction = traitlets.Dict().tag(sync=True)
-    _top = traitlets.Dict().tag(sync=True)  # {values, indices}: [T, k_shown] float32 each
+    # the selected feature (null: none selected)
+    feature_info = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(FEATURE_INFO))
+    # the corpus pass and the selected feature's top contexts (null: not started)
+    contexts = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(CONTEXTS))
+    reconstruction = traitlets.Dict().tag(sync=True, schema=RECONSTRUCTION)
+    # SteeredRun.state() of .result and .baseline (set in __init__: never null on screen)
+    _result = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(STEERED))
+    _baseline = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(STEERED))
+    # the top k_shown features per token: float32 [T, k_shown] each (indices as floats)
+    _top = traitlets.Dict().tag(sync=True, schema=Obj({"values": TENSOR, "indices": TENSOR}))
 
     def __init__(self, model: Any, prompt: Any, *, layer: Any = None, sae: Any = None, site: Any = None,
                  target: Any = None, foil: Any = None, k: int = 32, corpus: Sequence[Any] | None = None,
@@ -95,8 +147,9 @@ class FeatureView(InterpWidget):
             _top={"values": encode(acts.top_values[:, :shown], "float32"),
                   "indices": encode(acts.top_indices[:, :shown].float(), "float32")},
         )
-        self.baseline = self._summary(acts.run, {}, "scale", 0.0)
-        self.result = dict(self.baseline)
+        self._baseline_run = self._summary(acts.run, {}, "scale", 0.0)
+        self._latest = self._baseline_run
+        self._baseline = self._result = self._baseline_run.state()
         self.reconstruction = self._reconstruction_payload()
         self._quiet = True
         try:
@@ -110,6 +163,17 @@ class FeatureView(InterpWidget):
     @property
     def model(self) -> Any:
         return self._model
+
+    @property
+    def result(self) -> SteeredRun:
+        """The latest run: next tokens and the metric with the steering on
+        (the same as `baseline` until something is steered)."""
+        return self._latest
+
+    @property
+    def baseline(self) -> SteeredRun:
+        """The run without steering."""
+        return self._baseline_run
 
     @property
     def activations(self) -> torch.Tensor:
@@ -203,6 +267,8 @@ class FeatureView(InterpWidget):
             feature = self._check_feature(feature)
             if isinstance(number, bool) or not isinstance(number, numbers.Real) or not math.isfinite(number):
                 raise NbinterpError(f"the steering value of feature {feature} must be a finite number, got {number!r}")
+            if abs(number) > VALUE_LIMIT:
+                raise NbinterpError(f"the steering value of feature {feature} must lie within \u00b1{VALUE_LIMIT:g}, got {number!r}")
             out[str(feature)] = float(number)
         return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
@@ -214,21 +280,18 @@ class FeatureView(InterpWidget):
                 raise FrontendError(str(exc)) from None
         return wrapped
 
-    def _browser_steering(self, value: Any) -> dict[str, float]:
-        steering = self._from_browser(self._canonical_steering)(value)
-        for feature, number in steering.items():
-            if abs(number) > VALUE_LIMIT:
-                raise FrontendError(f"the steering value of feature {feature} must lie within \u00b1{VALUE_LIMIT:g}, got {number!r}")
-        return steering
+    def _browser_steering(self, value: dict[str, float]) -> dict[str, float]:
+        """Slider values (their declaration checked the numbers): features this source has, at most STEERED_MAX."""
+        return self._from_browser(self._canonical_steering)(value)
 
     def _frontend_fields(self) -> dict[str, Any]:
         fields = super()._frontend_fields()
         n_tokens = len(self.tokens)
         fields.update(
-            selected_token=lambda v: int_value(v, "selected_token", -1, n_tokens),
-            selected_feature=lambda v: -1 if v == -1 else int_value(v, "feature", 0, self.n_features),
+            selected_token=lambda v: in_range(v, "selected_token", -1, n_tokens),
+            selected_feature=lambda v: -1 if v == -1 else in_range(v, "feature", 0, self.n_features),
             steering=self._browser_steering,
-            steer_mode=lambda v: choice_value(v, "steer_mode", STEER_MODES),
+            steer_mode=lambda v: v,  # a choice: its declaration is the whole check
         )
         return fields
 
@@ -240,14 +303,14 @@ class FeatureView(InterpWidget):
 
     def _show_feature(self, feature: int) -> None:
         if feature < 0:
-            self.feature_info = {}
+            self.feature_info = None
             return
         acts = self.features
         values = acts.feature(feature)
         info: dict[str, Any] = {
             "feature": feature, "activation": encode(values, "float32"),
             "max": float(values.max()), "argmax": int(values.argmax()), "min": float(values.min()),
-            "direct_label": DIRECT_EFFECT_LABEL,
+            "direct_label": DIRECT_EFFECT_LABEL, "direct": None, "direct_error": None,
         }
         try:
             effect = acts.direct_logit_effect(feature, 8)
@@ -313,16 +376,17 @@ class FeatureView(InterpWidget):
 
     def _publish_contexts(self, state: str, feature: int | None = None, items: list | None = None, note: str = "") -> None:
         index = self._index
-        payload: dict[str, Any] = {"state": state, "note": note}
-        if index is not None:
-            payload.update(index.progress)
-            payload["tokens_counted"] = index.tokens_seen
+        progress = index.progress if index is not None else {}
+        payload: dict[str, Any] = {"state": state, "note": note, "tokens_counted": index.tokens_seen if index else 0,
+                                   **{k: progress.get(k, 0) for k in ("done_docs", "total_docs", "done_tokens", "total_tokens")},
+                                   "feature": None, "items": [], "density": None}
+        shown = self.contexts
         if feature is not None:
             payload.update(feature=feature, items=items or [],
                            density=None if not index.tokens_seen else index.density(feature))
-        elif self.contexts.get("feature") is not None and state == "running":
+        elif shown is not None and shown["feature"] is not None and state == "running":
             # keep what is on screen while the pass advances
-            payload.update({k: self.contexts[k] for k in ("feature", "items", "density") if k in self.contexts})
+            payload.update({k: shown[k] for k in ("feature", "items", "density")})
         self.contexts = payload
 
     @rpc("cancel_contexts", params={}, result={"cancelled": BOOL})
@@ -347,26 +411,25 @@ class FeatureView(InterpWidget):
         with self._model.lock:
             run = self.features.steer({int(k): v for k, v in steering.items()}, mode)
         self._run = run
-        self.result = self._summary(run, steering, mode, (time.perf_counter() - start) * 1000)
+        self._latest = self._summary(run, steering, mode, (time.perf_counter() - start) * 1000)
+        self._result = self._latest.state()
         if self.error:
             self.error = ""
 
-    def _summary(self, run: Any, steering: dict[str, float], mode: str, compute_ms: float) -> dict[str, Any]:
+    def _summary(self, run: Any, steering: dict[str, float], mode: str, compute_ms: float) -> SteeredRun:
         summary = summarize(self._model, run, self.features.run, k=10,
-                            target=self.features.target, foil=self.features.foil).to_dict()
-        summary.pop("ablations", None)
-        summary.pop("ablation", None)
+                            target=self.features.target, foil=self.features.foil)
         self._seq += 1
         shown = ", ".join(f"{k}: {v:g}" for k, v in steering.items())
-        summary.update(steering=dict(steering), mode=mode, seq=self._seq, compute_ms=round(compute_ms, 2),
-                       code=f"fv.steer({{{shown}}}, mode={mode!r})")
-        return summary
+        return SteeredRun(**{f.name: getattr(summary, f.name) for f in fields(summary)}, steering=dict(steering),
+                          mode=mode, seq=self._seq, compute_ms=round(compute_ms, 2),
+                          code=f"fv.steer({{{shown}}}, mode={mode!r})")
 
     @rpc("steer", params={"steering": SLIDER_VALUES, "mode": Opt(MODE)}, result={"seq": INT})
     def _rpc_steer(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
         """Re-run with the sliders' values: {"steering": {"feature": value}, "mode": "scale" | "clamp"}."""
-        steering = self._browser_steering(params.get("steering"))
-        mode = choice_value(params.get("mode", self.steer_mode), "mode", STEER_MODES)
+        steering = self._browser_steering(params["steering"])
+        mode = params.get("mode", self.steer_mode)
         with self.hold_sync():
             self._quiet = True
             try:
@@ -375,7 +438,7 @@ class FeatureView(InterpWidget):
             finally:
                 self._quiet = False
             self._rerun()
-        return {"seq": self.result["seq"]}, []
+        return {"seq": self.result.seq}, []
 
     # ------------------------------------------------------------ the error
     def _reconstruction_payload(self) -> dict[str, Any]:

@@ -39,6 +39,11 @@ class LogitLensView(InterpWidget):
         super().__init__(model_name=model_name, tokens=lens.tokens, row_labels=lens.row_labels,
                          target=lens.target, top_tokens=lens.top_tokens, _lens=tensors)
 
+    @property
+    def result(self) -> LogitLens:
+        """The numbers (every view's are its `.result`; `.lens` is the same object)."""
+        return self.lens
+
     def to_figure(self, *, dpi: int = 100) -> Any:
         """The same heatmap, top tokens written in the cells where they fit."""
         lens = self.lens

@@ -19,7 +19,7 @@ from nbinterp.errors import NbinterpError
 from nbinterp.engine.tokens import display_text
 from nbinterp.analysis.patching_sweep import KIND_LABELS, SWEEP_KINDS, PatchingSweep, prepare
 from ._background import BackgroundJob
-from ._base import InterpWidget, choice_value, int_value, new_figure, rpc
+from ._base import FrontendError, InterpWidget, in_range, new_figure, rpc
 from ._buffers import encode
 from ._contract import BOOL, FLOAT, INT, STR, TENSOR, WIDGET_REF, Choice, ListOf, MapOf, Obj, Opt
 from nbinterp.vocabulary import public_call
@@ -87,6 +87,13 @@ class PatchingView(InterpWidget):
         return {kind: values.clone() for kind, values in self._sweep.effects.items()}
 
     @property
+    def result(self) -> PatchingSweep:
+        """The sweep (every view's numbers are its `.result`): its `effects`
+        hold kind -> [layer, position] (or [layer, head]); waits for a running sweep."""
+        self.wait()
+        return self._sweep
+
+    @property
     def setup(self) -> Any:
         return self._sweep.setup
 
@@ -140,7 +147,7 @@ class PatchingView(InterpWidget):
     # ------------------------------------------------------------ browser
     def _frontend_fields(self) -> dict[str, Any]:
         fields = super()._frontend_fields()
-        fields.update(open_in=lambda v: choice_value(v, "open_in", OPEN_IN))
+        fields.update(open_in=lambda v: v)  # a choice: its declaration is the whole check
         return fields
 
     @rpc("cancel", params={}, result={"cancelled": BOOL})
@@ -156,11 +163,12 @@ class PatchingView(InterpWidget):
     @rpc("open", params={"kind": KIND, "layer": INT, "index": INT, "open_in": Opt(Choice(*OPEN_IN))},
          result={"opened": STR})  # the handler narrows kind to this sweep's kinds
     def _rpc_open(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
-        kind = choice_value(params.get("kind"), "kind", tuple(self._sweep.kinds))
+        kind = params["kind"]
+        if kind not in self._sweep.kinds:
+            raise FrontendError(f"this sweep has no {kind} cells; it computed {', '.join(self._sweep.kinds)}")
         rows, cols = self._sweep.effects[kind].shape
-        layer = int_value(params.get("layer"), "layer", 0, rows)
-        index = int_value(params.get("index"), "index", 0, cols)
-        where = choice_value(params.get("open_in", self.open_in), "open_in", OPEN_IN)
+        layer, index = in_range(params["layer"], "layer", 0, rows), in_range(params["index"], "index", 0, cols)
+        where = params.get("open_in", self.open_in)
         self.open_cell(kind, layer, index, where)
         return {"opened": type(self.opened).__name__}, []
 

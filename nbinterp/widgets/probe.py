@@ -17,13 +17,26 @@ import traitlets
 from nbinterp.errors import NbinterpError
 from nbinterp.representations.probe_usage import Usage, UsageThresholds, parse_metric, usage_test
 from nbinterp.representations.probes import DEFAULT_L2, ProbeResult, probe_layers
-from ._base import FrontendError, InterpWidget, int_value, new_figure, rpc
-from ._contract import FLOAT, INT, STR, ListOf, MapOf, Nullable
+from ._base import InterpWidget, new_figure, rpc
+from ._contract import FLOAT, INT, STR, TENSOR, Choice, ListOf, MapOf, Nullable, Obj
 from ._buffers import encode
 from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 PROGRESS_EVERY_S = 0.1
+
+# ---- the traits' and requests' declarations (_contract.py)
+THRESHOLDS = Obj({name: FLOAT for name in UsageThresholds.__dataclass_fields__}, name="UsageThresholds")
+# Usage.summary(): one usage test, every number named
+USAGE_SUMMARY = Obj({
+    "layer": INT, "stream": STR, "metric": STR, "scale": FLOAT, "label": Nullable(STR), "n_test": INT,
+    "mean_abs_change": FLOAT, "control_mean_abs_change": ListOf(FLOAT),
+    "class_means_before": ListOf(FLOAT), "class_means_after": ListOf(FLOAT),
+    "gap_before": Nullable(FLOAT), "gap_after": Nullable(FLOAT), "control_gap_after": ListOf(FLOAT),
+    "probability_token": Nullable(STR), "probability_before": Nullable(ListOf(FLOAT)),
+    "probability_after": Nullable(ListOf(FLOAT)), "test_accuracy": FLOAT, "chance": FLOAT,
+    "verdict": STR, "explanation": STR, "forwards": INT, "thresholds": THRESHOLDS}, name="UsageSummary")
+PROGRESS = Obj({"layer": INT, "done": INT, "total": INT, "state": Choice("running", "done", "error")}, name="UsageProgress")
 
 
 class ProbeView(InterpWidget):
@@ -39,13 +52,16 @@ class ProbeView(InterpWidget):
     position = traitlets.Int(-1).tag(sync=True)
     chance = traitlets.Float(0.0).tag(sync=True)
     metric_label = traitlets.Unicode("").tag(sync=True)
-    thresholds = traitlets.Dict().tag(sync=True)
+    thresholds = traitlets.Dict().tag(sync=True, schema=THRESHOLDS)
     position_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    usage_results = traitlets.Dict().tag(sync=True)  # str(layer) -> Usage.summary()
+    usage_results = traitlets.Dict().tag(sync=True, schema=MapOf(USAGE_SUMMARY))  # str(layer) -> Usage.summary()
     selected_layer = traitlets.Int(-1).tag(sync=True)
-    progress = traitlets.Dict().tag(sync=True)  # {layer, done, total, state: running|done|error}
-    _accuracy = traitlets.Dict().tag(sync=True)  # {train, test}: float32 [streams]
-    _position_accuracy = traitlets.Dict().tag(sync=True)  # {test: float32 [streams, positions]} or {}
+    # the usage test running or last run; null before the first
+    progress = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(PROGRESS))
+    # probe accuracy per stream, float32 [streams] each
+    _accuracy = traitlets.Dict().tag(sync=True, schema=Obj({"train": TENSOR, "test": TENSOR}))
+    # held-out accuracy per stream and position, float32 [streams, positions]; null unless all_positions
+    _position_accuracy = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(TENSOR))
 
     def __init__(self, model: Any, result: ProbeResult, metric: Any = None, *, n_controls: int = 5, seed: int = 0,
                  thresholds: UsageThresholds = UsageThresholds()) -> None:
@@ -57,10 +73,10 @@ class ProbeView(InterpWidget):
         self.usage_thresholds = thresholds
         self.results: dict[int, Usage] = {}
         metric_label = parse_metric(model, metric)[2] if metric is not None else ""
-        position_accuracy = {}
+        position_accuracy = None
         position_labels: list[str] = []
         if result.position_accuracy is not None:
-            position_accuracy = {"test": encode(result.position_accuracy, "float32")}
+            position_accuracy = encode(result.position_accuracy, "float32")
             position_labels = [f"{o} {t}".strip() for o, t in zip(result.position_offsets, result.position_tokens)]
         super().__init__(
             model_name=str(getattr(model, "name", "")), stream_labels=result.stream_labels,
@@ -134,20 +150,10 @@ class ProbeView(InterpWidget):
         return usage
 
     # ------------------------------------------------------------- messages
-    @rpc("usage", params={"layer": INT}, result={
-        "layer": INT, "stream": STR, "metric": STR, "scale": FLOAT, "label": Nullable(STR), "n_test": INT,
-        "mean_abs_change": FLOAT, "control_mean_abs_change": ListOf(FLOAT),
-        "class_means_before": ListOf(FLOAT), "class_means_after": ListOf(FLOAT),
-        "gap_before": Nullable(FLOAT), "gap_after": Nullable(FLOAT), "control_gap_after": ListOf(FLOAT),
-        "probability_token": Nullable(STR), "probability_before": Nullable(ListOf(FLOAT)),
-        "probability_after": Nullable(ListOf(FLOAT)), "test_accuracy": FLOAT, "chance": FLOAT,
-        "verdict": STR, "explanation": STR, "forwards": INT, "thresholds": MapOf(FLOAT)})
+    @rpc("usage", params={"layer": INT}, result=USAGE_SUMMARY.fields)
     def _usage_request(self, params: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
-        if set(params) != {"layer"}:
-            raise FrontendError(f"usage takes exactly {{layer}}, got {sorted(params)}")
-        layer = int_value(params["layer"], "layer", 0, len(self.result.stream_labels))
         try:
-            usage = self._run_usage(layer)
+            usage = self._run_usage(self._layer(params["layer"]))
         except NbinterpError as exc:
             self.error = str(exc)
             raise

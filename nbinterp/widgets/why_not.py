@@ -13,22 +13,22 @@ import anywidget
 import traitlets
 
 from nbinterp.analysis.why_not import WhyNot, why_not as compute_why_not
-from nbinterp.errors import NbinterpError
 
-from ._base import InterpWidget, int_value, new_figure, rpc
+from ._base import InterpWidget, in_range, new_figure, rpc
 from ._buffers import encode
-from ._contract import FLOAT, INT, STR, TENSOR, ListOf, Nullable, Obj, Opt
+from ._contract import FLOAT, INT, STR, TENSOR, Choice, ListOf, Nullable, Obj, Opt
 from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 OPEN_IN = ("attention", "ablation")
 
-INHIBITOR = Obj({"name": STR, "layer": INT, "head": Nullable(INT), "effect": FLOAT, "estimate": Nullable(FLOAT)})
+INHIBITOR = Obj({"name": STR, "layer": INT, "head": Nullable(INT), "effect": FLOAT, "estimate": Nullable(FLOAT)},
+                name="InhibitorRow")
 MISSING = Obj({"name": STR, "layer": INT, "head": Nullable(INT), "restore_share": FLOAT, "estimate": Nullable(FLOAT),
                "norm_here": FLOAT, "norm_reference": FLOAT, "attention_here": Nullable(FLOAT),
-               "attention_reference": Nullable(FLOAT), "label": STR})
+               "attention_reference": Nullable(FLOAT), "label": STR}, name="MissingRow")
 RESTORE = Obj({"k": INT, "components": ListOf(STR), "single_shares": ListOf(FLOAT), "together_share": FLOAT,
-               "labels": ListOf(STR)})
+               "labels": ListOf(STR)}, name="RestoreResult")
 
 
 def inhibitor_rows(result: WhyNot) -> list[dict[str, Any]]:
@@ -100,18 +100,15 @@ class WhyNotView(InterpWidget):
 
     @rpc("restore", params={"k": INT}, result={"together_share": FLOAT})
     def _rpc_restore(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
-        k = int_value(params.get("k"), "k", 1, len(self.result.missing) + 1)
+        k = in_range(params["k"], "k", 1, len(self.result.missing) + 1)
         return {"together_share": self.restore(k).together_share}, []
 
-    @rpc("open", params={"layer": INT, "head": Opt(Nullable(INT)), "open_in": STR}, result={"opened": STR})
+    @rpc("open", params={"layer": INT, "head": Opt(Nullable(INT)), "open_in": Choice(*OPEN_IN)}, result={"opened": STR})
     def _rpc_open(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
-        layer = int_value(params.get("layer"), "layer", 0, self._model.n_layers)
+        layer = self._model.check_layer(params["layer"])
         head = params.get("head")
-        head = None if head is None else int_value(head, "head", 0, self._model.n_heads)
-        where = params.get("open_in")
-        if where not in OPEN_IN:
-            raise NbinterpError(f"open in 'attention' or 'ablation', not {where!r}")
-        self.open_component(layer, head, where)
+        head = None if head is None else self._model.check_head(head)
+        self.open_component(layer, head, params["open_in"])
         return {"opened": type(self.opened).__name__}, []
 
     def open_component(self, layer: int, head: int | None, where: str = "attention") -> Any:
