@@ -85,7 +85,8 @@ def test_in_parallel_blocks_the_mlp_reads_the_block_input_not_the_attention_outp
 def test_multi_query_attention_has_one_key_value_head(tokenizer):
     model = load("gpt_bigcode", tokenizer)
     assert (model.n_heads, model.n_kv_heads, model.head_dim) == (4, 1, 8)
-    query, key, value, _, _ = model.run(PROMPT).captured("qkv", 1)
+    inputs = model.run(PROMPT).captured("qkv", 1)
+    query, key, value = inputs.query, inputs.key, inputs.value
     assert query.shape == (4, 10, 8) and key.shape == value.shape == (1, 10, 8)
 
 
@@ -121,7 +122,8 @@ def test_opt_positions_are_its_table_offset_by_two(tokenizer):
     embeddings they make the stream entering layer 0."""
     model = load("opt", tokenizer)
     run = model.run(PROMPT, capture=["embed", "resid_pre"])
-    tokens, positions = run.captured("embed", 0)
+    embeddings = run.captured("embed", 0)
+    tokens, positions = embeddings.tokens, embeddings.positions
     decoder = model.hf.model.decoder
     n_tokens = len(run)
     torch.testing.assert_close(positions, decoder.embed_positions.weight[2 : 2 + n_tokens].detach(), atol=0, rtol=0)

@@ -138,7 +138,8 @@ def test_value_weighted_norms(arch_model):
     run = model.run(PROMPT)
     layer, head, query, key = 1, 2, 7, 3
     # the norm of what head `head` moves from `key` to `query`, from first principles
-    query_states, key_states, value, _, _ = run.captured("qkv", layer)
+    inputs = run.captured("qkv", layer)
+    query_states, key_states, value = inputs.query, inputs.key, inputs.value
     n_rep = model.n_heads // model.n_kv_heads
     v = value[head // n_rep, key]
     # the head's rows of the output projection, read from the HF module itself

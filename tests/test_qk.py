@@ -104,7 +104,7 @@ def test_a_key_component_through_the_models_own_modules(tokenizer):
         k_part = (block.attn.c_attn(frozen) - block.attn.c_attn(torch.zeros_like(frozen)))
     width = model.n_heads * model.head_dim
     k_head = k_part[width + head * model.head_dim : width + (head + 1) * model.head_dim]
-    q_captured = run.captured("qkv", layer)[0][head, query]
+    q_captured = run.captured("qkv", layer).query[head, query]
     expected = float(q_captured @ k_head) * model.head_dim ** -0.5
     assert d.by_key_component()["L0.H2"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert sum(d.by_query_component().values()) == pytest.approx(sum(d.by_key_component().values()))

@@ -44,10 +44,11 @@ def logit_lens(model: "Model", prompt: Any, target: str | int | None = None) -> 
     """Top token and target probability at every layer and position of `prompt` (one forward)."""
     input_ids = model.tokenize(prompt)
     target_id = None if target is None else model.token_id(target)
-    saved = model.execute(input_ids, Plan(), model.all_layers(["lens"]), logits="none", lens_target=target_id)
+    saved = model.execute(input_ids, Plan(), model.all_layers(["lens"]), logits="none",
+                          lens_tokens=() if target_id is None else (target_id,))
     streams = [saved["lens"][layer] for layer in range(model.n_layers + 1)]
-    top_p = torch.stack([s[0] for s in streams]).float().cpu()
-    top_ids = torch.stack([s[1] for s in streams]).cpu()
+    top_p = torch.stack([s.top_probability for s in streams]).float().cpu()
+    top_ids = torch.stack([s.top_token for s in streams]).cpu()
     tokenizer = model.tokenizer
     return LogitLens(
         tokens=display_text(tokenizer, input_ids[0].tolist()),
@@ -56,6 +57,6 @@ def logit_lens(model: "Model", prompt: Any, target: str | int | None = None) -> 
         top_probabilities=top_p,
         target=None if target is None else (target if isinstance(target, str) else tokenizer.decode([target_id])),
         target_id=target_id,
-        target_probabilities=None if target_id is None else torch.stack([s[2] for s in streams]).float().cpu(),
+        target_probabilities=None if target_id is None else torch.stack([s.token_probabilities[:, 0] for s in streams]).float().cpu(),
         top_tokens=[display_text(tokenizer, row) for row in top_ids.tolist()],
     )

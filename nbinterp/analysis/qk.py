@@ -97,7 +97,8 @@ def residual_components(model: "Model", run: "Run", layer: int, positions: list[
     Everything is read from the run's captures (one forward for all of them,
     on the server for a remote model)."""
     _fetch_inputs(run, layer)
-    token_embedding, position_embedding = run.captured("embed", 0)
+    embeddings = run.captured("embed", 0)
+    token_embedding, position_embedding = embeddings.tokens, embeddings.positions
     labels = ["embed"]
     parts = [token_embedding[positions].double().cpu()]
     if position_embedding is not None:
@@ -151,10 +152,10 @@ def _project(model: "Model", projections: tuple, x: torch.Tensor, head: int, sid
 
 def _rotate(rotary: Any, x: torch.Tensor, position: int) -> torch.Tensor:
     """Rotary embedding at one position, applied to [n, D] (linear in x);
-    `rotary` is the run's (cos, sin) [T, rotary dims], or None."""
+    `rotary` is the run's `Rotary` tables [T, rotary dims], or None."""
     if rotary is None:
         return x
-    cos, sin = (r[position].double().cpu() for r in rotary)
+    cos, sin = (r[position].double().cpu() for r in (rotary.cos, rotary.sin))
     n_rot = cos.shape[-1]  # NeoX and Phi rotate only the first rotary dims
     rot, rest = x[..., :n_rot], x[..., n_rot:]
     half = n_rot // 2
@@ -178,11 +179,12 @@ def qk(model: "Model", prompt_or_run: Any, layer: int, head: int, query: int, ke
     score = float(run.attention_scores(layer)[head, query, key])
     if key > query or not score > torch.finfo(torch.float32).min / 2:
         raise NbinterpError(f"query {query} cannot attend to key {key} in L{layer}.H{head} (masked: causal order or sliding window): pick a key the query can see")
-    _, _, _, _, kwargs = run.captured("qkv", layer)
-    if kwargs.get("softcap"):
+    inputs = run.captured("qkv", layer)
+    if inputs.softcap:
         raise UnsupportedArchitectureError("soft-capped attention scores are not decomposed")
-    scaling = kwargs.get("scaling") or model.head_dim ** -0.5
-    norm_params, projections = run.captured("qk_weights", layer)
+    scaling = inputs.scaling or model.head_dim ** -0.5
+    weights = run.captured("qk_weights", layer)
+    norm_params, projections = (weights.norm_weight, weights.norm_bias), weights.projections
     labels, components = residual_components(model, run, layer, [query, key])
     resid = run.residual(layer)[[query, key]].double()
     normed, constant = _frozen_norm(model, norm_params, components, resid)

@@ -16,7 +16,8 @@ from nbinterp.engine.architectures import Architecture, ModelShape, architecture
 from nbinterp.errors import NbinterpError
 from nbinterp.engine import plan as plans
 from nbinterp.engine.plan import Metric, Plan
-from nbinterp.engine.trace import CAPTURES, execute
+from nbinterp.engine.captures import typed
+from nbinterp.engine.trace import CAPTURES, TraceRequest, execute
 from nbinterp.engine.patch_plan import build_patch
 from nbinterp.engine.run import Run
 
@@ -252,18 +253,18 @@ class Model:
         self, input_ids: torch.Tensor, plan: Plan, capture: dict[str, set[int]],
         metric: Metric | None = None, gradients: bool | None = None, **options: Any,
     ) -> dict:
-        """The engine's one trace (`nbinterp.engine.trace.execute`), under the model's lock, results on CPU.
+        """The engine's one trace (`nbinterp.engine.trace.execute`), under the model's lock, results on CPU,
+        captures typed (`nbinterp.engine.captures`). `options` are `TraceRequest` fields
+        (logits, lens_tokens, attention_mask, all_rows, direct_effect).
 
         The one execution path: every analysis builds a `Plan`, the captures it
         needs per layer and its metric, and calls this once per forward."""
         device = self._device()
+        request = TraceRequest(input_ids.to(device), plan, capture, metric, gradients, **options)
         with self.lock:
-            saved = execute(
-                self.nn, self.arch, self.shape, input_ids.to(device), plan, capture, metric, self.remote, gradients,
-                **options,
-            )
+            saved = execute(self.nn, self.arch, self.shape, request, self.remote)
         self.forwards += 1
-        return _to_cpu(dict(saved))
+        return typed(_to_cpu(dict(saved)))
 
     def _device(self) -> torch.device:
         if self.remote is True:

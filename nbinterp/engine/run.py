@@ -149,10 +149,10 @@ class Run:
         return self._attention(layer, scores=True)
 
     def _attention(self, layer: int, scores: bool) -> torch.Tensor:
-        query, key, _, mask, kwargs = self.captured("qkv", layer)
+        inputs = self.captured("qkv", layer)
         args = (
-            query[None], key[None], None if mask is None else mask[None],
-            kwargs["scaling"] or query.shape[-1] ** -0.5, kwargs["softcap"], kwargs["sliding_window"],
+            inputs.query[None], inputs.key[None], None if inputs.mask is None else inputs.mask[None],
+            inputs.scaling or inputs.query.shape[-1] ** -0.5, inputs.softcap, inputs.sliding_window,
         )
         if scores:
             return attention_math.attention_scores(*args)[0]
@@ -161,12 +161,12 @@ class Run:
 
     def output_weight(self, layer: int) -> torch.Tensor:
         """[heads, head_dim, d_model] float32: the output projection of `layer` split per head."""
-        weight, _ = self.captured("w_o", layer)
+        weight = self.captured("w_o", layer).weight
         return attention_math.per_head_output_weight(weight.float(), self.model.n_heads, self.model.arch.conv1d_out_proj)
 
     def output_bias(self, layer: int) -> torch.Tensor | None:
         """[d_model]: the output projection's bias of `layer` (None without one)."""
-        _, bias = self.captured("w_o", layer)
+        bias = self.captured("w_o", layer).bias
         return None if bias is None else bias.float()
 
     def head_outputs(self, layer: int) -> torch.Tensor:
@@ -177,7 +177,7 @@ class Run:
     def value_weighted(self, layer: int) -> torch.Tensor:
         """[heads, T, T]: ||a_ij v_j W_O^h||, what each head moves from key j to query i."""
         self._fetch_together(layer, "qkv", "w_o")
-        _, _, value, _, _ = self.captured("qkv", layer)
+        value = self.captured("qkv", layer).value
         return attention_math.value_weighted_norms(self.attention(layer), value.float(), self.output_weight(layer))
 
     def residual(self, layer: int) -> torch.Tensor:
@@ -217,7 +217,7 @@ class Run:
         computed here per layer from the gradient at the attention call's output and
         the values, so the trace never keeps probabilities of every layer for autograd."""
         grad_out = self._grads()["grad_attn"][self._layer(layer)]  # [T, H, D]
-        _, _, value, _, _ = self.captured("qkv", layer)  # [H_kv, T, D]
+        value = self.captured("qkv", layer).value  # [H_kv, T, D]
         value = attention_math.repeat_kv(value[None].float(), grad_out.shape[1] // value.shape[0])[0]
         return torch.einsum("qhd,hkd->hqk", grad_out, value)
 

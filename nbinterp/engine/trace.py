@@ -1,41 +1,33 @@
 """The one nnsight trace every run goes through: it reads what was asked for
 and applies the interventions (head / MLP / neuron scaling, mean ablation,
-attention-edge knockout, activation patching), and takes gradients of a metric
-in the same forward + one backward.
+attention-edge knockout, activation patching, edits), and takes gradients of
+a metric in the same forward + one backward.
 
-The trace body uses torch ops on tensors prepared beforehand, so the same
-request runs locally, through nnsight's `remote="local"` serialisation check,
-or on NDIF.
+`execute` opens ONE trace and calls one step per site in forward order
+(nnsight needs reads in the order the model computes them): embeddings,
+then per block the stream entering it, the attention call, the head
+outputs (z), the attention output, the neurons, the MLP output; then the
+final stream, the unembedding and metric, the logit lens, the direct logit
+effects and the gradients. The steps use torch ops on tensors prepared
+beforehand, so the same request runs locally, through nnsight's
+`remote="local"` serialisation check, or on NDIF. What each capture holds:
+`nbinterp.engine.captures`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from nbinterp.engine.architectures import QK_PROJECTIONS, Architecture, ModelShape, attention_call, get_path
 from nbinterp.engine.attention_math import attention_output, attention_probabilities
-from nbinterp.engine.plan import Metric, Plan, apply_edits
+from nbinterp.engine.plan import apply_edits
+from nbinterp.engine.request import DirectEffect, TraceRequest
 
-# What a run can capture per layer (each name -> the layers to read, row 0 of the batch):
-#   qkv        (query, key, value, mask, kwargs) at the attention call: what the
-#              probabilities are recomputed from
-#   z          the output projection's input [T, H*D] (every head's output before mixing)
-#   w_o        the output projection's weight (read on the server for remote models)
-#   resid_pre  the residual stream entering the block [T, d_model]
-#   attn_out   the attention block's output [T, d_model]
-#   mlp_out    the MLP's output [T, d_model]
-#   embed      (layer 0) the token embedding's and, for learned positions, the
-#              position embedding's outputs [T, d_model]
-#   rotary     (layer 0) the rotary module's (cos, sin) [T, rotary dims]
-#   qk_weights the input norm's (weight, bias) and the query/key projections'
-#              (weight, bias) pairs (QK_PROJECTIONS): what the QK decomposition reads
-#   neurons    the MLP's hidden activations [T, d_mlp] (the down projection's input)
-#   resid_final (layer n_layers) the stream after the last block [T, d_model]
-#   lens       the logit lens of the stream entering the block (and, as layer
-#              n_layers, of the final stream): top token, its probability and the
-#              lens target's probability per position, reduced inside the trace
+__all__ = ["CAPTURES", "DirectEffect", "TraceRequest", "execute", "softcap_logits"]
+
 CAPTURES = ("qkv", "z", "w_o", "resid_pre", "attn_out", "mlp_out", "neurons", "resid_final", "lens", "embed",
             "rotary", "qk_weights")
 
@@ -45,242 +37,329 @@ def softcap_logits(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     return logits if cap is None else torch.tanh(logits / cap) * cap
 
 
+@dataclass
+class Sites:
+    """The model's modules a request touches (nnsight envoys), looked up once before the trace."""
+
+    root: Any
+    arch: Architecture
+    shape: ModelShape
+    layers: Any
+    calls: dict[int, Any]
+    final_norm: Any
+    unembed: Any
+
+    @classmethod
+    def of(cls, nn_model: Any, arch: Architecture, shape: ModelShape, request: TraceRequest) -> "Sites":
+        layers = get_path(nn_model, arch.layers)
+        wanted = set(request.plan.knockout) | request.capture.get("qkv", set())
+        calls = {l: attention_call(get_path(layers[l], arch.attention)) for l in wanted}
+        return cls(nn_model, arch, shape, layers, calls, get_path(nn_model, arch.final_norm),
+                   get_path(nn_model, arch.unembed))
+
+
+@dataclass
+class TraceState:
+    """What the steps accumulate inside the trace: the results and the tensors the backward needs."""
+
+    saved: dict[str, Any]
+    attn_for_grad: list = field(default_factory=list)
+    z_for_grad: list = field(default_factory=list)
+    proj_for_grad: list = field(default_factory=list)
+    lens_inputs: dict[int, Any] = field(default_factory=dict)
+    metric_row: Any = None
+
+
 def _param(module: Any, name: str) -> torch.Tensor | None:
     """A module's parameter (read where the model lives: on the server for remote models), or None."""
     value = getattr(module, name, None)
     return None if value is None else value.detach()
 
 
-def execute(
-    nn_model: Any,
-    arch: Architecture,
-    shape: ModelShape,
-    input_ids: torch.Tensor,
-    plan: Plan,
-    capture: dict[str, set[int]],
-    metric: Metric | None = None,
-    remote: bool | str = False,
-    gradients: bool | None = None,
-    logits: str = "last",
-    lens_target: int | None = None,
-    attention_mask: torch.Tensor | None = None,
-    all_rows: bool = False,
-) -> dict[str, Any]:
-    """Run one forward (and, with gradients, one backward) and return plain tensors.
+def _patched(x: torch.Tensor, patch: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    if patch is None:
+        return x
+    where, values = patch
+    return torch.where(where.to(x.device), values.to(x), x)
 
-    `capture` maps names in CAPTURES to the layers to read (batch row 0).
-    `logits`: "last" returns the last position's logits [V] as "last_logits",
-    "all" also every position's [T, V] as "logits", "none" neither.
-    With a metric and several rows (or gradients=False), only the metric's
-    position is unembedded and "metric" [B] comes back. With gradients (the
-    default for a metric on a one-row batch): "metric", and per layer
-    "grad_attn" [T, H, D] (d metric / d the attention call's output, from which
-    d metric / d probability = grad_attn . v), "grad_z" [T, H*D] and
-    "grad_out_proj" [T, d_model]; "qkv" and "z" are captured for every layer
-    alongside. No probabilities are recomputed for gradients: the model keeps
-    its own (SDPA) attention, so a forward + backward costs what it costs in
-    plain torch.
-    `attention_mask` [B, T] (1 = token, 0 = right padding) runs prompts of
-    different lengths in one batch; `all_rows` keeps every row of the
-    captures (z, resid_pre, attn_out, mlp_out) instead of row 0.
-    """
-    layers = get_path(nn_model, arch.layers)
-    n_layers = shape.n_layers
-    rows = input_ids.shape[0]
-    want_grads = metric is not None and rows == 1 if gradients is None else gradients
-    metric_rows = metric is not None and not want_grads
-    capture = {name: set(layers_) for name, layers_ in capture.items()}
-    if want_grads:
+
+def execute(nn_model: Any, arch: Architecture, shape: ModelShape, request: TraceRequest,
+            remote: bool | str = False) -> dict[str, Any]:
+    """Run one forward (and, with gradients, one backward) and return plain tensors."""
+    if request.want_grads:
         for name in ("qkv", "z"):
-            capture[name] = set(range(n_layers))
-    override = set(plan.knockout)
-    read_attention_inputs = override | capture.get("qkv", set())
-    calls = {l: attention_call(get_path(layers[l], arch.attention)) for l in read_attention_inputs}
-    unembed = get_path(nn_model, arch.unembed)
-    final_norm = get_path(nn_model, arch.final_norm)
-    lens_streams = capture.get("lens", set())
-    cap = shape.final_logit_softcap
-    row = slice(None) if all_rows else 0
-    inputs = input_ids if attention_mask is None else {"input_ids": input_ids, "attention_mask": attention_mask}
-
-    with torch.set_grad_enabled(want_grads), nn_model.trace(inputs, remote=remote):
-        saved = {name: {} for name in CAPTURES}
-        attn_for_grad, z_for_grad, proj_for_grad, lens_inputs = [], [], [], {}
-        # reads follow the forward order: embeddings and rotary tables come first
-        if capture.get("embed"):
-            tokens = get_path(nn_model, arch.embed).output[0].detach()
-            positions = None
-            if arch.position_embedding is not None:
-                positions = get_path(nn_model, arch.position_embedding).output
-                positions = positions.reshape(-1, positions.shape[-1])[-input_ids.shape[1]:].detach()
-            saved["embed"][0] = (tokens, positions)
-        if capture.get("rotary"):
-            saved["rotary"][0] = None
-            if arch.rotary is not None:
-                cos, sin = get_path(nn_model, arch.rotary).output
-                saved["rotary"][0] = (cos[0].detach(), sin[0].detach())
-        for l in range(n_layers):
-            block = layers[l]
-            if (l in plan.patch_resid or l in capture.get("resid_pre", ()) or l in lens_streams
-                    or plan.edits("resid_pre", l)):
-                resid = block.input
-                if l in plan.patch_resid:
-                    where, values = plan.patch_resid[l]
-                    resid = torch.where(where.to(resid.device), values.to(resid), resid)
-                if plan.edits("resid_pre", l):
-                    resid = apply_edits(resid, plan, "resid_pre", l)
-                if l in plan.patch_resid or plan.edits("resid_pre", l):
-                    block.input = resid
-                if l in capture.get("resid_pre", ()):
-                    saved["resid_pre"][l] = resid[row].detach()
-                if l in lens_streams:
-                    lens_inputs[l] = resid[0:1].detach()
-            attention = get_path(block, arch.attention)
-            if l in read_attention_inputs or want_grads:
-                call = calls[l]
-                args, kwargs = call.inputs
-                query, key, value, mask = args[1], args[2], args[3], args[4]
-                if l in override:
-                    probs = attention_probabilities(
-                        query, key, mask,
-                        kwargs.get("scaling") or query.shape[-1] ** -0.5,
-                        kwargs.get("softcap"), kwargs.get("sliding_window"),
-                        plan.knockout[l].to(query.device),
-                    )
-                    call.output = (attention_output(probs, value), probs)
-                if want_grads:
-                    attn_for_grad.append(call.output[0])
-                if l in capture.get("qkv", ()):
-                    saved["qkv"][l] = (
-                        query[0].detach(), key[0].detach(), value[0].detach(),
-                        None if mask is None else mask[0].detach(),
-                        {k: kwargs.get(k) for k in ("scaling", "softcap", "sliding_window")},
-                    )
-            out_proj = get_path(attention, arch.out_proj)
-            if l in capture.get("w_o", ()):
-                bias = out_proj.bias
-                saved["w_o"][l] = (out_proj.weight.detach(), None if bias is None else bias.detach())
-            if l in capture.get("qk_weights", ()):
-                norm = get_path(block, arch.input_norm)
-                saved["qk_weights"][l] = (
-                    (_param(norm, "weight"), _param(norm, "bias")),
-                    tuple((_param(get_path(attention, m), "weight"), _param(get_path(attention, m), "bias"))
-                          for m in QK_PROJECTIONS[arch.qk_projection]),
-                )
-            needs_z = want_grads or l in plan.z_scale or l in plan.patch_z or l in capture.get("z", ())
-            if needs_z:
-                z = out_proj.input
-                if l in plan.patch_z:
-                    where, values = plan.patch_z[l]
-                    z = torch.where(where.to(z.device), values.to(z), z)
-                if l in plan.z_scale:
-                    baseline = plan.z_baseline[l].to(z)
-                    z = baseline + plan.z_scale[l].to(z) * (z - baseline)
-                if l in plan.patch_z or l in plan.z_scale:
-                    out_proj.input = z
-                if l in capture.get("z", ()):
-                    saved["z"][l] = z[row].detach()
-                if want_grads:
-                    z_for_grad.append(z)
-                    proj_for_grad.append(out_proj.output)
-            if l in plan.patch_attn or l in capture.get("attn_out", ()) or plan.edits("attn_out", l):
-                attn_out = attention.output[0]
-                if l in plan.patch_attn:
-                    where, values = plan.patch_attn[l]
-                    attn_out = torch.where(where.to(attn_out.device), values.to(attn_out), attn_out)
-                if plan.edits("attn_out", l):
-                    attn_out = apply_edits(attn_out, plan, "attn_out", l)
-                if l in plan.patch_attn or plan.edits("attn_out", l):
-                    attention.output = (attn_out, *attention.output[1:])
-                if l in capture.get("attn_out", ()):
-                    saved["attn_out"][l] = attn_out[row].detach()
-            mlp = get_path(block, arch.mlp)
-            if l in plan.neuron_scale or plan.edits("neurons", l) or l in capture.get("neurons", ()):
-                down = get_path(mlp, arch.mlp_down)
-                # OPT's decoder layer flattens the tokens to [B*T, ...] before its MLP:
-                # read the MLP's tensors as [B, T, ...] and write them back as found
-                neurons = down.input
-                mlp_shape = neurons.shape
-                neurons = neurons.reshape(*input_ids.shape, -1)
-                if l in plan.neuron_scale:
-                    neurons = neurons * plan.neuron_scale[l].to(neurons)
-                if plan.edits("neurons", l):
-                    neurons = apply_edits(neurons, plan, "neurons", l)
-                if l in plan.neuron_scale or plan.edits("neurons", l):
-                    down.input = neurons.reshape(mlp_shape)
-                if l in capture.get("neurons", ()):
-                    saved["neurons"][l] = neurons[row].detach()
-            if l in plan.mlp_scale or l in plan.patch_mlp or l in capture.get("mlp_out", ()) or plan.edits("mlp_out", l):
-                mlp_out = mlp.output
-                mlp_shape = mlp_out.shape
-                mlp_out = mlp_out.reshape(*input_ids.shape, -1)
-                if l in plan.patch_mlp:
-                    where, values = plan.patch_mlp[l]
-                    mlp_out = torch.where(where.to(mlp_out.device), values.to(mlp_out), mlp_out)
-                if l in plan.mlp_scale:
-                    mlp_out = mlp_out * plan.mlp_scale[l]
-                if plan.edits("mlp_out", l):
-                    mlp_out = apply_edits(mlp_out, plan, "mlp_out", l)
-                if l in plan.mlp_scale or l in plan.patch_mlp or plan.edits("mlp_out", l):
-                    mlp.output = mlp_out.reshape(mlp_shape)
-                if l in capture.get("mlp_out", ()):
-                    saved["mlp_out"][l] = mlp_out[row].detach()
-        if n_layers in lens_streams or plan.edits("resid_final", n_layers) or capture.get("resid_final"):
-            final = final_norm.input
-            if plan.edits("resid_final", n_layers):
-                final = apply_edits(final, plan, "resid_final", n_layers)
-                final_norm.input = final
-            if capture.get("resid_final"):
-                saved["resid_final"][n_layers] = final[row].detach()
-            if n_layers in lens_streams:
-                lens_inputs[n_layers] = final[0:1].detach()
-        if metric_rows:
-            # Only the metric's position is read: unembed just that one (a large
-            # vocabulary makes the unembedding a third of a small model's cost).
-            unembed.input = unembed.input[:, metric.position : metric.position + 1]
-            last = softcap_logits(unembed.output[:, 0].float(), cap)
-            value = last[:, metric.target]
-            if metric.foil is not None:
-                value = value - last[:, metric.foil]
-            saved["metric"] = value.detach()
-        elif want_grads and logits != "all":
-            # Unembed only the metric's position (and the last one, for the run's
-            # logits): the backward then never holds [T, vocab] logits and their
-            # gradient (~0.4 GB for GPT-2 at T = 1,024).
-            n_tokens = input_ids.shape[1]
-            rows = sorted({metric.position, n_tokens - 1})
-            unembed.input = unembed.input[:, rows]
-            kept = softcap_logits(unembed.output[0], cap)
-            metric_row = kept[rows.index(metric.position)]
-            if logits != "none":
-                saved["last_logits"] = kept[-1].detach().float()
-        else:
-            all_logits = softcap_logits(unembed.output[0], cap)
-            metric_row = None if metric is None else all_logits[metric.position]
-            if logits != "none":
-                saved["last_logits"] = all_logits[-1].detach().float()
-            if logits == "all":
-                saved["logits"] = all_logits.detach().float()
-        if lens_inputs:
-            # The model's own final norm and unembedding on earlier streams,
-            # reduced here so only [streams, T] numbers leave the trace.
-            with torch.no_grad():
-                for l, resid in lens_inputs.items():
-                    probabilities = torch.softmax(softcap_logits(unembed(final_norm(resid))[0].float(), cap), dim=-1)
-                    best = probabilities.max(dim=-1)
-                    saved["lens"][l] = (
-                        best.values, best.indices,
-                        None if lens_target is None else probabilities[:, lens_target],
-                    )
-        if want_grads:
-            value = metric_row[metric.target]
-            if metric.foil is not None:
-                value = value - metric_row[metric.foil]
-            grads = torch.autograd.grad(value, attn_for_grad + z_for_grad + proj_for_grad)
-            grads = [g[0].detach().float() for g in grads]
-            saved["metric"] = value.detach().float()
-            saved["grad_attn"] = grads[:n_layers]
-            saved["grad_z"] = grads[n_layers : 2 * n_layers]
-            saved["grad_out_proj"] = grads[2 * n_layers :]
-        saved = saved.save()
+            request.capture[name] = set(range(shape.n_layers))
+    sites = Sites.of(nn_model, arch, shape, request)
+    with torch.set_grad_enabled(request.want_grads), nn_model.trace(request.inputs, remote=remote):
+        state = TraceState({name: {} for name in CAPTURES})
+        embeddings(sites, request, state)
+        for l in range(shape.n_layers):
+            resid_pre(sites, request, state, l)
+            attention_inputs(sites, request, state, l)
+            attention_weights(sites, request, state, l)
+            head_outputs(sites, request, state, l)
+            attention_out(sites, request, state, l)
+            neurons(sites, request, state, l)
+            mlp_out(sites, request, state, l)
+        final_stream(sites, request, state)
+        unembed_and_metric(sites, request, state)
+        logit_lens(sites, request, state)
+        direct_effects(sites, request, state)
+        gradients(sites, request, state)
+        saved = state.saved.save()
     return saved
+
+
+# ------------------------------------------------------------------ the steps, in forward order
+def embeddings(sites: Sites, request: TraceRequest, state: TraceState) -> None:
+    """Token and (learned) position embeddings, and the rotary tables: the first reads."""
+    if request.capture.get("embed"):
+        tokens = get_path(sites.root, sites.arch.embed).output[0].detach()
+        positions = None
+        if sites.arch.position_embedding is not None:
+            positions = get_path(sites.root, sites.arch.position_embedding).output
+            positions = positions.reshape(-1, positions.shape[-1])[-request.input_ids.shape[1]:].detach()
+        state.saved["embed"][0] = {"tokens": tokens, "positions": positions}
+    if request.capture.get("rotary"):
+        state.saved["rotary"][0] = None
+        if sites.arch.rotary is not None:
+            cos, sin = get_path(sites.root, sites.arch.rotary).output
+            state.saved["rotary"][0] = {"cos": cos[0].detach(), "sin": sin[0].detach()}
+
+
+def resid_pre(sites: Sites, request: TraceRequest, state: TraceState, l: int) -> None:
+    """The stream entering block l: patched, edited, read, and kept for the logit lens."""
+    plan = request.plan
+    edited = l in plan.patch_resid or plan.edits("resid_pre", l)
+    if not (edited or request.wants("resid_pre", l) or request.wants("lens", l)):
+        return
+    block = sites.layers[l]
+    resid = _patched(block.input, plan.patch_resid.get(l))
+    if plan.edits("resid_pre", l):
+        resid = apply_edits(resid, plan, "resid_pre", l)
+    if edited:
+        block.input = resid
+    if request.wants("resid_pre", l):
+        state.saved["resid_pre"][l] = resid[request.row].detach()
+    if request.wants("lens", l):
+        state.lens_inputs[l] = resid[0:1].detach()
+
+
+def attention_inputs(sites: Sites, request: TraceRequest, state: TraceState, l: int) -> None:
+    """The attention call: its inputs read, its output replaced for knocked-out edges."""
+    if l not in sites.calls:
+        return
+    call = sites.calls[l]
+    args, kwargs = call.inputs
+    query, key, value, mask = args[1], args[2], args[3], args[4]
+    knockout = request.plan.knockout.get(l)
+    if knockout is not None:
+        probs = attention_probabilities(
+            query, key, mask, kwargs.get("scaling") or query.shape[-1] ** -0.5, kwargs.get("softcap"),
+            kwargs.get("sliding_window"), knockout.to(query.device),
+        )
+        call.output = (attention_output(probs, value), probs)
+    if request.want_grads:
+        state.attn_for_grad.append(call.output[0])
+    if request.wants("qkv", l):
+        state.saved["qkv"][l] = {
+            "query": query[0].detach(), "key": key[0].detach(), "value": value[0].detach(),
+            "mask": None if mask is None else mask[0].detach(),
+            **{k: kwargs.get(k) for k in ("scaling", "softcap", "sliding_window")},
+        }
+
+
+def attention_weights(sites: Sites, request: TraceRequest, state: TraceState, l: int) -> None:
+    """Parameters of block l read where the model lives: W_O, the QK decomposition's."""
+    if not (request.wants("w_o", l) or request.wants("qk_weights", l)):
+        return
+    block = sites.layers[l]
+    attention = get_path(block, sites.arch.attention)
+    if request.wants("w_o", l):
+        out_proj = get_path(attention, sites.arch.out_proj)
+        state.saved["w_o"][l] = {"weight": out_proj.weight.detach(), "bias": _param(out_proj, "bias")}
+    if request.wants("qk_weights", l):
+        norm = get_path(block, sites.arch.input_norm)
+        state.saved["qk_weights"][l] = {
+            "norm_weight": _param(norm, "weight"), "norm_bias": _param(norm, "bias"),
+            "projections": tuple((_param(get_path(attention, m), "weight"), _param(get_path(attention, m), "bias"))
+                                 for m in QK_PROJECTIONS[sites.arch.qk_projection]),
+        }
+
+
+def head_outputs(sites: Sites, request: TraceRequest, state: TraceState, l: int) -> None:
+    """z, the output projection's input [.., H*D]: patched, scaled per head (ablation), read."""
+    plan = request.plan
+    edited = l in plan.z_scale or l in plan.patch_z
+    if not (edited or request.want_grads or request.wants("z", l)):
+        return
+    out_proj = get_path(get_path(sites.layers[l], sites.arch.attention), sites.arch.out_proj)
+    z = _patched(out_proj.input, plan.patch_z.get(l))
+    if l in plan.z_scale:
+        baseline = plan.z_baseline[l].to(z)
+        z = baseline + plan.z_scale[l].to(z) * (z - baseline)
+    if edited:
+        out_proj.input = z
+    if request.wants("z", l):
+        state.saved["z"][l] = z[request.row].detach()
+    if request.want_grads:
+        state.z_for_grad.append(z)
+        state.proj_for_grad.append(out_proj.output)
+
+
+def attention_out(sites: Sites, request: TraceRequest, state: TraceState, l: int) -> None:
+    """The attention block's output: patched, edited, read."""
+    plan = request.plan
+    edited = l in plan.patch_attn or plan.edits("attn_out", l)
+    if not (edited or request.wants("attn_out", l)):
+        return
+    attention = get_path(sites.layers[l], sites.arch.attention)
+    out = _patched(attention.output[0], plan.patch_attn.get(l))
+    if plan.edits("attn_out", l):
+        out = apply_edits(out, plan, "attn_out", l)
+    if edited:
+        attention.output = (out, *attention.output[1:])
+    if request.wants("attn_out", l):
+        state.saved["attn_out"][l] = out[request.row].detach()
+
+
+# OPT's decoder layer flattens the tokens to [B*T, ...] before its MLP: the MLP
+# steps read its tensors as [B, T, ...] and write them back as found.
+def neurons(sites: Sites, request: TraceRequest, state: TraceState, l: int) -> None:
+    """The MLP's hidden activations (the down projection's input): scaled, edited, read."""
+    plan = request.plan
+    edited = l in plan.neuron_scale or plan.edits("neurons", l)
+    if not (edited or request.wants("neurons", l)):
+        return
+    down = get_path(get_path(sites.layers[l], sites.arch.mlp), sites.arch.mlp_down)
+    found = down.input
+    x = found.reshape(*request.input_ids.shape, -1)
+    if l in plan.neuron_scale:
+        x = x * plan.neuron_scale[l].to(x)
+    if plan.edits("neurons", l):
+        x = apply_edits(x, plan, "neurons", l)
+    if edited:
+        down.input = x.reshape(found.shape)
+    if request.wants("neurons", l):
+        state.saved["neurons"][l] = x[request.row].detach()
+
+
+def mlp_out(sites: Sites, request: TraceRequest, state: TraceState, l: int) -> None:
+    """The MLP's output: patched, scaled (ablation), edited, read."""
+    plan = request.plan
+    edited = l in plan.mlp_scale or l in plan.patch_mlp or plan.edits("mlp_out", l)
+    if not (edited or request.wants("mlp_out", l)):
+        return
+    mlp = get_path(sites.layers[l], sites.arch.mlp)
+    found = mlp.output
+    x = _patched(found.reshape(*request.input_ids.shape, -1), plan.patch_mlp.get(l))
+    if l in plan.mlp_scale:
+        x = x * plan.mlp_scale[l]
+    if plan.edits("mlp_out", l):
+        x = apply_edits(x, plan, "mlp_out", l)
+    if edited:
+        mlp.output = x.reshape(found.shape)
+    if request.wants("mlp_out", l):
+        state.saved["mlp_out"][l] = x[request.row].detach()
+
+
+def final_stream(sites: Sites, request: TraceRequest, state: TraceState) -> None:
+    """The stream after the last block (the final norm's input): edited, read, lens."""
+    n = sites.shape.n_layers
+    edited = request.plan.edits("resid_final", n)
+    if not (edited or request.capture.get("resid_final") or request.wants("lens", n)):
+        return
+    final = sites.final_norm.input
+    if edited:
+        final = apply_edits(final, request.plan, "resid_final", n)
+        sites.final_norm.input = final
+    if request.capture.get("resid_final"):
+        state.saved["resid_final"][n] = final[request.row].detach()
+    if request.wants("lens", n):
+        state.lens_inputs[n] = final[0:1].detach()
+
+
+def unembed_and_metric(sites: Sites, request: TraceRequest, state: TraceState) -> None:
+    """The logits asked for, and the metric (per row, or kept for the backward)."""
+    metric, cap, unembed = request.metric, sites.shape.final_logit_softcap, sites.unembed
+    if request.metric_rows:
+        # Only the metric's position is read: unembed just that one (a large
+        # vocabulary makes the unembedding a third of a small model's cost).
+        unembed.input = unembed.input[:, metric.position : metric.position + 1]
+        last = softcap_logits(unembed.output[:, 0].float(), cap)
+        value = last[:, metric.target]
+        if metric.foil is not None:
+            value = value - last[:, metric.foil]
+        state.saved["metric"] = value.detach()
+    elif request.want_grads and request.logits != "all":
+        # Unembed only the metric's position (and the last one, for the run's
+        # logits): the backward then never holds [T, vocab] logits and their
+        # gradient (~0.4 GB for GPT-2 at T = 1,024).
+        positions = sorted({metric.position, request.input_ids.shape[1] - 1})
+        unembed.input = unembed.input[:, positions]
+        kept = softcap_logits(unembed.output[0], cap)
+        state.metric_row = kept[positions.index(metric.position)]
+        if request.logits != "none":
+            state.saved["last_logits"] = kept[-1].detach().float()
+    else:
+        all_logits = softcap_logits(unembed.output[0], cap)
+        state.metric_row = None if metric is None else all_logits[metric.position]
+        if request.logits != "none":
+            state.saved["last_logits"] = all_logits[-1].detach().float()
+        if request.logits == "all":
+            state.saved["logits"] = all_logits.detach().float()
+
+
+def logit_lens(sites: Sites, request: TraceRequest, state: TraceState) -> None:
+    """The model's own final norm and unembedding on earlier streams, reduced here
+    so only [streams, T] numbers leave the trace."""
+    ids = list(request.lens_tokens)
+    with torch.no_grad():
+        for l, resid in state.lens_inputs.items():
+            logits = softcap_logits(sites.unembed(sites.final_norm(resid))[0].float(), sites.shape.final_logit_softcap)
+            probabilities = torch.softmax(logits, dim=-1)
+            best = probabilities.max(dim=-1)
+            entry = {"top_probability": best.values, "top_token": best.indices,
+                     "token_probabilities": None, "token_ranks": None}
+            if ids:
+                entry["token_probabilities"] = probabilities[:, ids]
+                # one token at a time: [T, vocab] comparisons, never [T, n, vocab]
+                entry["token_ranks"] = torch.stack([(logits > logits[:, i : i + 1]).sum(-1) for i in ids], dim=-1)
+            state.saved["lens"][l] = entry
+
+
+def direct_effects(sites: Sites, request: TraceRequest, state: TraceState) -> None:
+    """`DirectEffect`: J_norm(x) v through the model's own final norm (double
+    backward: g = J^T u is linear in u, so d<g, v>/du = J v), then W_U."""
+    effect = request.direct_effect
+    if effect is None:
+        return
+    w_u = sites.unembed.weight
+    vectors = effect.vectors
+    if effect.mlp_layer is not None:
+        down = get_path(get_path(sites.layers[effect.mlp_layer], sites.arch.mlp), sites.arch.mlp_down).weight
+        # Conv1D stores [in, out], Linear [out, in]
+        vectors = vectors.to(down.device).float() @ (down if sites.arch.conv1d_out_proj else down.T).detach().float()
+    with torch.enable_grad():
+        x = effect.final_stream.to(w_u.device, w_u.dtype).detach().requires_grad_(True)
+        y = sites.final_norm(x)
+        u = torch.zeros_like(y, requires_grad=True)
+        (g,) = torch.autograd.grad(y, x, u, create_graph=True)
+        moved = torch.stack([torch.autograd.grad(g, u, v.to(g), retain_graph=True)[0] for v in vectors])
+    state.saved["direct_effect"] = (moved.detach().float() @ w_u.detach().float().T)
+
+
+def gradients(sites: Sites, request: TraceRequest, state: TraceState) -> None:
+    """One backward of the metric to the attention outputs, z and the output projections."""
+    if not request.want_grads:
+        return
+    metric, n = request.metric, sites.shape.n_layers
+    value = state.metric_row[metric.target]
+    if metric.foil is not None:
+        value = value - state.metric_row[metric.foil]
+    grads = torch.autograd.grad(value, state.attn_for_grad + state.z_for_grad + state.proj_for_grad)
+    grads = [g[0].detach().float() for g in grads]
+    state.saved["metric"] = value.detach().float()
+    state.saved["grad_attn"] = grads[:n]
+    state.saved["grad_z"] = grads[n : 2 * n]
+    state.saved["grad_out_proj"] = grads[2 * n :]
