@@ -115,7 +115,7 @@ def test_fifty_rapid_slider_events_end_on_the_final_value(notebook: NotebookPage
     assert {k: shown[k] for k in truth} == truth
     runs = shown["seq"] - seq_before
     assert 1 <= runs <= 5, f"{runs} runs for 50 slider events: moves did not coalesce"
-    assert notebook.execute("print(panel.result['seq'], panel.ablations)").strip().split(maxsplit=1) == [
+    assert notebook.execute("print(panel.result.seq, panel.ablations)").strip().split(maxsplit=1) == [
         str(shown["seq"]), "{'L0.H1': 0.35, 'L1.H2': 0.0}"]
 
 

@@ -178,7 +178,7 @@ def test_ablation_shows_target_and_foil_rows_ticks_only_when_ablated_and_a_scale
     axis = page.locator(".nbi-ablation .nbi-ld-axis span").all_text_contents()
     span = float(page.locator(".nbi-ablation .nbi-ld-axis").get_attribute("data-span"))
     assert len(axis) == 5 and float(axis[0]) == -span and float(axis[-1]) == span
-    assert span >= abs(panel.baseline["logit_diff"])
+    assert span >= abs(panel.baseline.logit_diff)
 
 
 def test_ablation_rows_after_an_ablation(browser: Any, model: Any) -> None:
@@ -191,7 +191,7 @@ def test_ablation_rows_after_an_ablation(browser: Any, model: Any) -> None:
             row = page.locator(f".nbi-ablation {column} .nbi-row[data-role='{role}']")
             assert row.count() == 1, (column, role)
             shown = row.locator(".nbi-prob, .nbi-tracked-prob").text_content()
-            assert float(shown) == pytest.approx(summary[role]["probability"], rel=5e-2, abs=5e-5)
+            assert float(shown) == pytest.approx(getattr(summary, role).probability, rel=5e-2, abs=5e-5)
     assert page.locator(".nbi-ablation .nbi-topk-after .nbi-tick").count() >= 3  # ablated: before ticks
     context.close()
 
