@@ -22,6 +22,7 @@ _WIDGET_CALLS = {
     "probe": "nbinterp.widgets.probe",
     "why_not": "nbinterp.widgets.why_not",
     "context_use": "nbinterp.widgets.context_use",
+    "bias": "nbinterp.widgets.bias",
     "load_sae": "nbinterp.representations.sae",
 }
 

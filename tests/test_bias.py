@@ -259,3 +259,29 @@ def test_dataframe_rows_and_missing_pandas(bundled, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(NbinterpError, match="needs pandas: pip install pandas"):
         PromptSet.from_dataframe(frame)
+
+
+# ----------------------------------------------------------------------- view
+def test_view_shows_the_analysis_and_its_reduction(bundled):
+    from nbinterp.widgets import _contract as contract
+    from nbinterp.widgets.bias import SHOWN_COMPONENTS
+
+    view = ni.bias(bundled, small_bias_set(4), components=False, n_resamples=500)
+    assert view.n_components == 0 and view.components_shown == []
+    assert (view.gap, tuple(view.ci), view.p_value) == (view.result.gap, view.result.ci, view.result.p_value)
+    components = view.components  # measured on first use, and then shown
+    assert view.n_components == len(components) == bundled.n_layers * (bundled.n_heads + 1)
+    shown = view.components_shown
+    assert len(shown) == min(SHOWN_COMPONENTS, len(components))
+    assert [c["share"] for c in shown] == sorted((c["share"] for c in shown), reverse=True)
+    assert shown[0]["name"] == components[0].name
+    r = view.reduce(k=2, capability={"ioi": [(e.prompt, e.target, e.foil) for e in tasks.examples("ioi", 2)]})
+    assert view.reduction["gap_after"] == r.gap_after and view.reduction["removed"] == r.removed
+    assert view.reduction["side_effects"][0]["task"] == "ioi"
+    schemas = contract.synced_traits(type(view))
+    state = view.get_state()
+    for name, schema in schemas.items():
+        schema.check(state[name], name)
+    figure = view.to_figure()
+    assert len(figure.axes) == 3
+    assert view.static_png()[:4] == b"\x89PNG"

@@ -76,18 +76,26 @@ class Reduction:
                 f"{len(self.side_effects)} side-effect tasks>")
 
 
+@dataclass(repr=False, eq=False)
 class Bias:
-    """The result of `ni.bias` without its view; see the module docstring."""
+    """The result of `ni.bias` without its view; see the module docstring.
+    Measured on construction: the metrics, gap, interval and p-value; the
+    components' shares on first use of `.components`."""
 
-    def __init__(self, model: "Model", data: TokenizedSet, groups: tuple[str, str], *, seed: int = 0,
-                 n_resamples: int = 2000) -> None:
-        self.model, self.data, self.group_names, self.seed, self.n_resamples = model, data, groups, seed, n_resamples
+    model: "Model"
+    data: TokenizedSet
+    group_names: tuple[str, str]
+    seed: int = 0
+    n_resamples: int = 2000
+
+    def __post_init__(self) -> None:
+        model, data, groups = self.model, self.data, self.group_names
         self.layout = layout_of(data.prompts, groups)
         check_layout(self.layout, groups)
         self.metrics = dataset_runs.clean_metrics(model, data)  # float64 [rows]
         self.gap = float(gap(self.metrics, self.layout))
-        self.ci = bootstrap_interval(self.metrics, self.layout, n_resamples=n_resamples, seed=seed)
-        self.p_value = permutation_p_value(self.metrics, self.layout, n_permutations=n_resamples, seed=seed)
+        self.ci = bootstrap_interval(self.metrics, self.layout, n_resamples=self.n_resamples, seed=self.seed)
+        self.p_value = permutation_p_value(self.metrics, self.layout, n_permutations=self.n_resamples, seed=self.seed)
         self._components: list[ComponentShare] | None = None
         self._ablated: torch.Tensor | None = None  # [components, rows]
         self._component_keys = dataset_runs.every_component(model)

@@ -1,0 +1,176 @@
+// BiasView front end: the gap between two groups with its 95% interval, the
+// components' measured shares of it (bars, largest first), and after
+// `reduce` the held-out gap before / after with the side effects on
+// capability prompts. Everything is drawn from traits; nothing is requested.
+
+import type { RenderProps } from "@anywidget/types";
+import { mountView } from "./lib/view";
+import type { BiasModel, BiasReduction, ComponentShare, SideEffect } from "./lib/contract.gen";
+
+// the synced traits: declared once in Python, generated into lib/contract.gen.ts
+export type { BiasModel, BiasReduction, ComponentShare, SideEffect };
+
+const CSS = `
+.nbi-bias .nbi-row { display: flex; align-items: center; gap: 6px; font-size: 11px; margin: 1px 0; }
+.nbi-bias .nbi-label { width: 110px; text-align: right; font-family: monospace; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.nbi-bias .nbi-track { position: relative; width: 320px; height: 14px; background: #f3f3f3; }
+.nbi-bias .nbi-bar { position: absolute; top: 2px; height: 10px; }
+.nbi-bias .nbi-zero { position: absolute; top: 0; bottom: 0; width: 1px; background: #444; }
+.nbi-bias .nbi-interval { position: absolute; top: 6px; height: 2px; background: #000; }
+.nbi-bias .nbi-value { width: 150px; font-family: monospace; }
+.nbi-bias h4 { margin: 8px 0 2px; font-size: 12px; }
+.nbi-bias table { border-collapse: collapse; font-size: 11px; }
+.nbi-bias td, .nbi-bias th { padding: 1px 8px; text-align: right; }
+`;
+
+/** Where a value sits on a track spanning [lo, hi], in percent (clamped). */
+export function percentOf(value: number, lo: number, hi: number): number {
+  if (!(hi > lo)) return 50;
+  return Math.min(100, Math.max(0, ((value - lo) / (hi - lo)) * 100));
+}
+
+/** A symmetric-enough axis [lo, hi] that holds 0 and every value, padded by 5%. */
+export function axisFor(values: number[]): [number, number] {
+  const finite = values.filter((v) => Number.isFinite(v));
+  let lo = Math.min(0, ...finite), hi = Math.max(0, ...finite);
+  if (hi === lo) hi = lo + 1;
+  const pad = (hi - lo) * 0.05;
+  return [lo - pad, hi + pad];
+}
+
+function render({ model, el }: RenderProps<BiasModel>): () => void {
+  const { doc, root, errors, guard, listen, dispose } = mountView(model, el, "bias", { css: CSS });
+  const summary = doc.createElement("div");
+  summary.className = "nbi-verdict";
+  const gapBox = doc.createElement("div");
+  const componentBox = doc.createElement("div");
+  const reductionBox = doc.createElement("div");
+  root.append(summary, gapBox, componentBox, reductionBox);
+
+  function bar(label: string, value: number, axis: [number, number], colour: string, interval?: number[], text?: string) {
+    const row = doc.createElement("div");
+    row.className = "nbi-row";
+    const name = Object.assign(doc.createElement("span"), { className: "nbi-label", textContent: label, title: label });
+    const track = Object.assign(doc.createElement("span"), { className: "nbi-track" });
+    const zero = percentOf(0, ...axis), at = percentOf(value, ...axis);
+    const fill = Object.assign(doc.createElement("span"), { className: "nbi-bar" });
+    fill.style.left = `${Math.min(zero, at)}%`;
+    fill.style.width = `${Math.abs(at - zero)}%`;
+    fill.style.background = colour;
+    const zeroLine = Object.assign(doc.createElement("span"), { className: "nbi-zero" });
+    zeroLine.style.left = `${zero}%`;
+    track.append(fill, zeroLine);
+    if (interval && interval.length === 2) {
+      const whisker = Object.assign(doc.createElement("span"), { className: "nbi-interval" });
+      const a = percentOf(interval[0], ...axis), b = percentOf(interval[1], ...axis);
+      whisker.style.left = `${a}%`;
+      whisker.style.width = `${Math.max(0.5, b - a)}%`;
+      track.append(whisker);
+    }
+    const shown = Object.assign(doc.createElement("span"), { className: "nbi-value", textContent: text ?? value.toFixed(3) });
+    row.dataset.value = String(value);
+    row.append(name, track, shown);
+    return row;
+  }
+
+  function drawGap() {
+    const [a, b] = model.get("group_names");
+    const [low, high] = model.get("ci");
+    const gap = model.get("gap");
+    const [meanA, meanB] = model.get("group_means");
+    const [nA, nB] = model.get("group_sizes");
+    const foil = model.get("foil");
+    const metric = foil ? `logit(${model.get("target")}) - logit(${foil})` : `logit(${model.get("target")})`;
+    summary.textContent = `${model.get("model_name")}: mean ${metric} over ${a} (${nA} rows) minus ${b} (${nB} rows)` +
+      (model.get("paired") ? ", counterfactual pairs" : "");
+    const axis = axisFor([low, high, meanA, meanB]);
+    const crosses = low <= 0 && 0 <= high;
+    gapBox.replaceChildren(
+      Object.assign(doc.createElement("h4"), { textContent: "gap (measured), 95% bootstrap interval" }),
+      bar(`mean ${a}`, meanA, axis, "#8fa8d0"),
+      bar(`mean ${b}`, meanB, axis, "#8fa8d0"),
+      bar("gap", gap, axis, crosses ? "#bbb" : "#4c72b0", [low, high],
+        `${gap.toFixed(3)} [${low.toFixed(3)}, ${high.toFixed(3)}]`),
+      Object.assign(doc.createElement("div"), {
+        className: "nbi-status",
+        textContent: `permutation test of the group labels: p = ${model.get("p_value").toPrecision(3)}` +
+          (crosses ? " \u00b7 the interval crosses 0: no difference shown" : ""),
+      }),
+    );
+    gapBox.dataset.gap = String(gap);
+  }
+
+  function drawComponents() {
+    const shown = model.get("components_shown");
+    const total = model.get("n_components");
+    if (!total) {
+      componentBox.replaceChildren(Object.assign(doc.createElement("div"), {
+        className: "nbi-status", textContent: "components not measured yet (b.components measures them)",
+      }));
+      return;
+    }
+    const axis = axisFor(shown.map((c) => c.share));
+    componentBox.replaceChildren(
+      Object.assign(doc.createElement("h4"), {
+        textContent: `share of the gap per component (measured: each zero-ablated alone on every row), ${shown.length} largest of ${total}`,
+      }),
+      ...shown.map((c) => {
+        const row = bar(c.name, c.share, axis, c.share >= 0 ? "#dd8452" : "#8172b3", undefined,
+          `${(100 * c.share).toFixed(1)}% \u00b7 gap ${c.gap_ablated.toFixed(2)}`);
+        row.dataset.component = c.name;
+        row.title = `${c.name} zero-ablated: gap ${c.gap_ablated.toFixed(4)} (measured)`;
+        return row;
+      }),
+    );
+  }
+
+  function drawReduction() {
+    const r = model.get("reduction");
+    if (!r) {
+      reductionBox.replaceChildren(Object.assign(doc.createElement("div"), {
+        className: "nbi-status", textContent: "b.reduce(k=3) shows the held-out gap before / after here",
+      }));
+      return;
+    }
+    const axis = axisFor([...r.ci_before, ...r.ci_after]);
+    const table = doc.createElement("table");
+    const head = table.createTHead().insertRow();
+    for (const t of ["task", "n", "accuracy before", "after", "logit diff before", "after"]) {
+      head.append(Object.assign(doc.createElement("th"), { textContent: t }));
+    }
+    const fmt = (v: number | null, digits = 2) => (v === null ? "\u2013" : v.toFixed(digits));
+    for (const s of r.side_effects) {
+      const tr = table.createTBody().insertRow();
+      tr.dataset.task = s.task;
+      for (const t of [s.task, String(s.n), fmt(s.accuracy_before), fmt(s.accuracy_after), fmt(s.logit_diff_before), fmt(s.logit_diff_after)]) {
+        tr.insertCell().textContent = t;
+      }
+    }
+    reductionBox.replaceChildren(
+      Object.assign(doc.createElement("h4"), {
+        textContent: `held-out gap (${r.n_held_out} rows), ${r.method === "ablate" ? "ablating" : "projecting out"} ${r.removed.join(", ")}`,
+      }),
+      bar("before", r.gap_before, axis, "#4c72b0", r.ci_before,
+        `${r.gap_before.toFixed(3)} [${r.ci_before[0].toFixed(3)}, ${r.ci_before[1].toFixed(3)}]`),
+      bar("after", r.gap_after, axis, "#55a868", r.ci_after,
+        `${r.gap_after.toFixed(3)} [${r.ci_after[0].toFixed(3)}, ${r.ci_after[1].toFixed(3)}]`),
+      Object.assign(doc.createElement("h4"), { textContent: "side effects: the same intervention on capability prompts" }),
+      r.side_effects.length ? table : Object.assign(doc.createElement("div"), { className: "nbi-status", textContent: "no capability prompts" }),
+    );
+  }
+
+  guard(() => {
+    errors.show(model.get("error"));
+    drawGap();
+    drawComponents();
+    drawReduction();
+    root.dataset.drawn = "true";
+  });
+  listen("change:components_shown", drawComponents);
+  listen("change:n_components", drawComponents);
+  listen("change:reduction", drawReduction);
+  listen("change:error", () => errors.show(model.get("error")));
+  return () => dispose();
+}
+
+export default { render };

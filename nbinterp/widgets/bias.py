@@ -1,0 +1,151 @@
+"""BiasView: a difference between two groups of prompts with its interval,
+every head's and MLP's measured share of it, and, after `reduce`, the
+held-out gap before and after removing the chosen components with the side
+effects on capability prompts. A thin view over `nbinterp.analysis.bias`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import traitlets
+
+from nbinterp.analysis.bias import Bias, Reduction, measure_bias
+
+from ._base import InterpWidget, new_figure
+from ._contract import FLOAT, INT, STR, ListOf, Nullable, Obj
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+SHOWN_COMPONENTS = 24  # the largest shares by size; the rest are in `.components`
+
+COMPONENT_SHARE = Obj({"name": STR, "share": FLOAT, "gap_ablated": FLOAT}, name="ComponentShare")
+SIDE_EFFECT = Obj({"task": STR, "n": INT, "accuracy_before": FLOAT, "accuracy_after": FLOAT,
+                   "logit_diff_before": Nullable(FLOAT), "logit_diff_after": Nullable(FLOAT)}, name="SideEffect")
+REDUCTION = Obj({"method": STR, "removed": ListOf(STR), "n_held_out": INT, "gap_before": FLOAT,
+                 "ci_before": ListOf(FLOAT), "gap_after": FLOAT, "ci_after": ListOf(FLOAT),
+                 "side_effects": ListOf(SIDE_EFFECT)}, name="BiasReduction")
+
+
+class BiasView(InterpWidget):
+    """See `nbinterp.bias`. `.gap`, `.ci`, `.p_value`, `.components` and `.reduce(k)` answer as the analysis."""
+
+    _esm = STATIC / "bias.js"
+
+    model_name = traitlets.Unicode("").tag(sync=True)
+    target = traitlets.Unicode("").tag(sync=True)
+    foil = traitlets.Unicode("").tag(sync=True)
+    group_names = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    group_sizes = traitlets.List(traitlets.Int()).tag(sync=True)
+    group_means = traitlets.List(traitlets.Float()).tag(sync=True)
+    paired = traitlets.Bool(False).tag(sync=True)
+    gap = traitlets.Float(0.0).tag(sync=True)
+    ci = traitlets.List(traitlets.Float()).tag(sync=True)
+    p_value = traitlets.Float(1.0).tag(sync=True)
+    n_components = traitlets.Int(0).tag(sync=True)  # how many were measured (0: not measured)
+    components_shown = traitlets.List().tag(sync=True, schema=ListOf(COMPONENT_SHARE))
+    reduction = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(REDUCTION))
+
+    def __init__(self, result: Bias, *, measure_components: bool = True) -> None:
+        self.result = result
+        self.last_reduction: Reduction | None = None
+        rows = result.data.prompts.rows
+        names = result.group_names
+        super().__init__(
+            model_name=str(getattr(result.model, "name", "")), target=_token_text(rows[0].target),
+            foil="" if rows[0].foil is None else _token_text(rows[0].foil), group_names=list(names),
+            group_sizes=[len(result.layout.a_rows), len(result.layout.b_rows)],
+            group_means=list(result.group_means()), paired=result.layout.pairs is not None, gap=result.gap,
+            ci=list(result.ci), p_value=result.p_value,
+        )
+        if measure_components:
+            self._show_components()
+
+    @property
+    def components(self) -> list:
+        """Every head and MLP by its measured share of the gap, largest first (measured on first use)."""
+        components = self.result.components
+        if not self.n_components:
+            self._show_components()
+        return components
+
+    def _show_components(self) -> None:
+        components = self.result.components
+        largest = sorted(components, key=lambda c: -abs(c.share))[:SHOWN_COMPONENTS]
+        self.components_shown = [{"name": c.name, "share": c.share, "gap_ablated": c.gap_ablated}
+                                 for c in sorted(largest, key=lambda c: -c.share)]
+        self.n_components = len(components)
+
+    def reduce(self, k: int = 3, *, method: str = "ablate", direction: Any = None, site: Any = None,
+               fit: float = 0.5, seed: int | None = None, capability: Any = "bundled") -> Reduction:
+        """`nbinterp.analysis.bias.Bias.reduce` (held-out gap before / after, side
+        effects), and the view's before/after bars show it."""
+        reduction = self.result.reduce(k, method=method, direction=direction, site=site, fit=fit, seed=seed,
+                                       capability=capability)
+        self.last_reduction = reduction
+        self.reduction = {
+            "method": reduction.method, "removed": list(reduction.removed), "n_held_out": len(reduction.held_out_rows),
+            "gap_before": reduction.gap_before, "ci_before": list(reduction.ci_before),
+            "gap_after": reduction.gap_after, "ci_after": list(reduction.ci_after),
+            "side_effects": [vars(s).copy() for s in reduction.side_effects],
+        }
+        return reduction
+
+    def to_figure(self, *, dpi: int = 100) -> Any:
+        reduced = self.last_reduction is not None
+        figure = new_figure(figsize=(9 if reduced else 6.5, 3), dpi=dpi)
+        axes = figure.subplots(1, 3 if reduced else 2, gridspec_kw={"width_ratios": [1, 2.2, 1.6][: 3 if reduced else 2]})
+        ax = axes[0]
+        low, high = self.result.ci
+        ax.bar([0], [self.result.gap], color="#4c72b0", yerr=[[self.result.gap - low], [high - self.result.gap]],
+               capsize=6)
+        ax.axhline(0, color="#444", lw=0.8)
+        ax.set_xticks([0], [f"{self.group_names[0]} - {self.group_names[1]}"])
+        ax.set_ylabel("gap (logit diff)")
+        ax.set_title(f"gap {self.result.gap:.2f}, p = {self.result.p_value:.3g}", fontsize=9)
+        ax = axes[1]
+        shown = self.components_shown[:12]
+        if shown:
+            ax.barh(range(len(shown)), [c["share"] for c in shown], color="#dd8452")
+            ax.set_yticks(range(len(shown)), [c["name"] for c in shown], fontsize=7)
+            ax.invert_yaxis()
+            ax.axvline(0, color="#444", lw=0.8)
+            ax.set_xlabel("share of the gap (measured: zero-ablated)")
+        else:
+            ax.text(0.5, 0.5, "components not measured", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(f"largest shares of {self.n_components} components", fontsize=9)
+        if reduced:
+            r = self.last_reduction
+            ax = axes[2]
+            values = [r.gap_before, r.gap_after]
+            errors = [[v - ci[0] for v, ci in zip(values, (r.ci_before, r.ci_after))],
+                      [ci[1] - v for v, ci in zip(values, (r.ci_before, r.ci_after))]]
+            ax.bar([0, 1], values, yerr=errors, capsize=6, color=["#4c72b0", "#55a868"])
+            ax.axhline(0, color="#444", lw=0.8)
+            ax.set_xticks([0, 1], ["before", "after"])
+            ax.set_title(f"held-out gap, {r.method} {len(r.removed)}", fontsize=9)
+        figure.tight_layout()
+        return figure
+
+    def __repr__(self) -> str:
+        a, b = self.group_names
+        low, high = self.ci
+        return (f"BiasView({self.model_name!r}: {a} - {b} gap {self.gap:.3f} (95% CI {low:.3f}..{high:.3f}), "
+                f"p = {self.p_value:.4f}, {sum(self.group_sizes)} rows)")
+
+
+def bias(model: Any, data: Any = None, *, prompts: Any = None, target: Any = None, foil: Any = None,
+         groups: Sequence[str] | None = None, components: bool = True, seed: int = 0,
+         n_resamples: int = 2000) -> BiasView:
+    """A bias over a data set: `b = ni.bias(model, prompts={"A": [...], "B": [...]}, target=" doctor",
+    foil=" nurse")` (or a `nbinterp.analysis.datasets.PromptSet` / DataFrame as `data`).
+    `b.gap`, `b.ci` (95% bootstrap), `b.p_value` (permutation test), `b.components` (every head
+    and MLP by its exact share of the gap; `components=False` measures them on first use),
+    `b.reduce(k=3)` (held-out gap before / after and side effects)."""
+    with model.lock:
+        result = measure_bias(model, data, prompts=prompts, target=target, foil=foil, groups=groups, seed=seed,
+                              n_resamples=n_resamples)
+        return BiasView(result, measure_components=components)
+
+
+def _token_text(token: Any) -> str:
+    return str(token)
