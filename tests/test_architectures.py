@@ -164,3 +164,28 @@ def test_opt_configs_the_engine_would_misread_are_refused_naming_the_flag(flags,
     hf = tf.AutoModelForCausalLM.from_config(config).eval()
     with pytest.raises(ni.UnsupportedArchitectureError, match=f"'opt' config: {named}"):
         ni.load(hf, tokenizer=tokenizer)
+
+
+def test_opt_neuron_directions_and_direct_logit_effects_read_fc2_and_the_final_norm(tokenizer):
+    """OPT's MLP is fc2 itself: a neuron's direction is its fc2 column, and its
+    direct logit effect goes through decoder.final_layer_norm and lm_head
+    (checked against a float64 central difference of those HF modules)."""
+    import copy
+
+    from nbinterp.representations.directions import direct_logit_effect, neuron_directions
+
+    model = load("opt", tokenizer)
+    decoder = model.hf.model.decoder
+    torch.testing.assert_close(neuron_directions(model, 1), decoder.layers[1].fc2.weight.detach().T, atol=0, rtol=0)
+    final = model.run(PROMPT, capture=["resid_final"]).captured("resid_final", model.n_layers)[-1]
+    direction = neuron_directions(model, 1)[5]
+    got = direct_logit_effect(model, direction, final)
+    norm, unembed = copy.deepcopy(decoder.final_layer_norm).double(), copy.deepcopy(model.hf.lm_head).double()
+    step = 1e-4
+    with torch.no_grad():
+        x, d = final.double(), direction.double()
+        expected = (unembed(norm(x + step * d)) - unembed(norm(x - step * d))) / (2 * step)
+    # float32 jvp against a float64 difference (truncation ~step^2): float32 rounding of the terms
+    scale = float(expected.abs().max())
+    assert scale > 1e-3
+    torch.testing.assert_close(got.double(), expected, atol=1e-5 * scale, rtol=1e-4)
