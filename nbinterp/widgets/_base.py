@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import logging
-import numbers
 import warnings
 from collections import deque
 from dataclasses import asdict
@@ -61,26 +60,6 @@ def all_or_none(value: dict[str, Any], what: str, fields: tuple[str, ...]) -> di
     if value and set(value) != set(fields):
         raise FrontendError(f"{what} needs all of the fields {list(fields)} or none, got {sorted(value)}")
     return value
-
-
-# Kept for the views not yet moved to in_range (their browser values are checked
-# against the declaration first, so these only add the instance's range).
-def int_value(value: Any, what: str, low: int, high: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise FrontendError(f"{what} must be an integer, got {value!r}")
-    return in_range(value, what, low, high)
-
-
-def choice_value(value: Any, what: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise FrontendError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def dict_value(value: Any, what: str, fields: dict[str, Callable[[Any], Any]]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise FrontendError(f"{what} must be an object, got {type(value).__name__}")
-    return {name: check(value[name]) for name, check in all_or_none(value, what, tuple(fields)).items()}
 
 
 def rpc(name: str, params: dict[str, Schema | Opt] | None = None,

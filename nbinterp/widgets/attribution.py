@@ -26,7 +26,7 @@ from nbinterp.analysis.attribution import DOMINANT, METHODS, Attribution, attrib
 from nbinterp.analysis.estimate_stats import Verification
 from nbinterp.errors import NbinterpError
 from ._background import BackgroundJob
-from ._base import HeadWidget, int_value, new_figure, rpc
+from ._base import HeadWidget, in_range, new_figure, rpc
 from ._contract import BOOL, FLOAT, INT, STR, TENSOR, Choice, ListOf, Nullable, Number, Obj
 from ._buffers import encode
 from .attention import display_tokens
@@ -320,7 +320,7 @@ class AttributionView(HeadWidget):
     def _rpc_verify_edge(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
         n = len(self.tokens)
         edge = (self._model.check_layer(params["layer"]), self._model.check_head(params["head"]),
-                int_value(params["query"], "query", 0, n), int_value(params["key"], "key", 0, n))
+                in_range(params["query"], "query", 0, n), in_range(params["key"], "key", 0, n))
         return self._verified(self.verify(edges=[edge]))
 
     @rpc("verify_head", params={"layer": INT, "head": INT}, result=VERIFIED)
