@@ -1,12 +1,19 @@
 """Static pictures of views: sent after the live view in a real kernel (never
-before it), recorded where an exporter needs them; and the nbconvert
-preprocessor that turns widget outputs into those pictures for an offline
-HTML export. The end-to-end export in Chromium is tests/browser/test_export_html.py."""
+before it), recorded where an exporter needs them; the nbconvert
+preprocessor that turns widget outputs into those pictures (and progress
+bars into their final text) for an offline HTML export; the config that
+makes plain `jupyter nbconvert --to html` use it; and a model load that
+shows no progress widget. The end-to-end export in Chromium is
+tests/browser/test_export_html.py."""
 
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -95,64 +102,140 @@ def test_a_bundle_made_outside_a_kernel_has_its_picture() -> None:
 
 
 # ------------------------------------------------------------ preprocessor
-def widget_output(model_id: str, picture: bool) -> Any:
-    data = {"text/plain": f"View({model_id})", WIDGET_VIEW: {"model_id": model_id, "version_major": 2, "version_minor": 0}}
+def widget_output(model_id: str, picture: bool, text: str | None = None) -> Any:
+    data = {"text/plain": text or f"View({model_id})",
+            WIDGET_VIEW: {"model_id": model_id, "version_major": 2, "version_minor": 0}}
     if picture:
         data["image/png"] = base64.b64encode(PNG_MAGIC).decode()
     return new_output("display_data", data=data)
 
 
+FROZEN_BAR = "Loading weights:   0%|          | 0/52 [00:00<?, ?it/s]"
+
+
 def notebook_with_widgets() -> Any:
-    """A view with a picture (model "view", its layout "view_layout") and a
-    progress bar without one ("box" -> children "bar", "label"; "bar" ->
-    "bar_style"), plus a model that nothing displays ("orphan")."""
-    def state(name: str, **refs: Any) -> dict[str, Any]:
-        return {"model_name": name, "model_module": "m", "model_module_version": "1", "state": {"_model_name": name, **refs}}
+    """A view with a picture (model "view", its layout "view_layout"), a tqdm
+    progress bar as stored when it ended ("box" -> children "label", "bar",
+    "counts"; "bar" -> "bar_style") whose text/plain froze at 0%, a slider
+    of another library ("slider" -> "slider_layout"), and a model that
+    nothing displays ("orphan")."""
+    def state(name: str, **fields: Any) -> dict[str, Any]:
+        return {"model_name": name, "model_module": "m", "model_module_version": "1", "state": {"_model_name": name, **fields}}
 
     states = {
         "view": state("AnyModel", layout="IPY_MODEL_view_layout"),
         "view_layout": state("LayoutModel"),
-        "box": state("HBoxModel", children=["IPY_MODEL_bar", "IPY_MODEL_label"]),
-        "bar": state("FloatProgressModel", style="IPY_MODEL_bar_style"),
+        "box": state("HBoxModel", children=["IPY_MODEL_label", "IPY_MODEL_bar", "IPY_MODEL_counts"]),
+        "label": state("HTMLModel", value="Loading weights: "),
+        "bar": state("FloatProgressModel", min=0, max=52, value=52, style="IPY_MODEL_bar_style"),
         "bar_style": state("ProgressStyleModel"),
-        "label": state("HTMLModel"),
+        "counts": state("HTMLModel", value="\u200752/52\u2007[00:00&lt;00:00,\u200710787.61it/s]"),
+        "slider": state("IntSliderModel", value=3, layout="IPY_MODEL_slider_layout"),
+        "slider_layout": state("LayoutModel"),
         "orphan": state("LayoutModel"),
     }
-    nb = new_notebook(cells=[new_code_cell("bar", outputs=[widget_output("box", False)]),
-                             new_code_cell("view", outputs=[widget_output("view", True)])])
+    nb = new_notebook(cells=[new_code_cell("bar", outputs=[widget_output("box", False, FROZEN_BAR)]),
+                             new_code_cell("view", outputs=[widget_output("view", True)]),
+                             new_code_cell("slider", outputs=[widget_output("slider", False)])])
     nb.metadata["widgets"] = {WIDGET_STATE: {"state": states, "version_major": 2, "version_minor": 0}}
     return nb
 
 
-def test_static_export_turns_every_widget_into_its_picture_or_text_and_drops_the_state() -> None:
+def test_pictures_and_final_progress_replace_widgets_and_only_live_widgets_keep_state() -> None:
     nb, _ = StaticViews().preprocess(notebook_with_widgets(), {})
-    bar, view = (cell.outputs[0].data for cell in nb.cells)
-    assert set(bar) == {"text/plain"} and set(view) == {"text/plain", "image/png"}
+    bar, view, slider = (cell.outputs[0].data for cell in nb.cells)
+    assert set(view) == {"text/plain", "image/png"}
+    assert bar == {"text/plain": "Loading weights: 100% 52/52 [00:00<00:00, 10787.61it/s]"}
+    assert WIDGET_VIEW in slider  # another library's widget, no picture: nbconvert shows it as before
+    assert set(nb.metadata["widgets"][WIDGET_STATE]["state"]) == {"slider", "slider_layout"}
+
+
+def test_without_live_widgets_every_widget_becomes_its_picture_or_text_and_the_state_goes() -> None:
+    nb, _ = StaticViews(keep_live_widgets=False).preprocess(notebook_with_widgets(), {})
+    bar, view, slider = (cell.outputs[0].data for cell in nb.cells)
+    assert set(view) == {"text/plain", "image/png"} and set(slider) == {"text/plain"}
+    assert bar["text/plain"].startswith("Loading weights: 100%")
     assert "widgets" not in nb.metadata
 
 
-def test_keeping_live_widgets_keeps_exactly_the_state_they_reach() -> None:
-    nb, _ = StaticViews(keep_live_widgets=True).preprocess(notebook_with_widgets(), {})
-    bar, view = (cell.outputs[0].data for cell in nb.cells)
-    assert WIDGET_VIEW in bar and set(view) == {"text/plain", "image/png"}
-    assert set(nb.metadata["widgets"][WIDGET_STATE]["state"]) == {"box", "bar", "bar_style", "label"}
-
-
-def test_a_notebook_without_pictured_widgets_is_left_alone() -> None:
+def test_a_notebook_without_pictures_or_progress_bars_is_left_alone() -> None:
     nb = notebook_with_widgets()
-    nb.cells[1].outputs = []
+    nb.cells = nb.cells[2:]
     before = nb.metadata["widgets"][WIDGET_STATE]["state"].copy()
-    nb, _ = StaticViews(keep_live_widgets=True).preprocess(nb, {})
+    nb, _ = StaticViews().preprocess(nb, {})
     assert nb.metadata["widgets"][WIDGET_STATE]["state"] == before and WIDGET_VIEW in nb.cells[0].outputs[0].data
 
 
 def test_the_html_exporter_shows_the_picture_and_loads_no_widget_manager() -> None:
     from nbconvert import HTMLExporter
 
+    nb = notebook_with_widgets()
+    nb.cells = nb.cells[:2]
     exporter = HTMLExporter(preprocessors=[StaticViews])
-    html, _ = exporter.from_notebook_node(notebook_with_widgets())
+    html, _ = exporter.from_notebook_node(nb)
     assert html.count(f'src="data:image/png;base64,{base64.b64encode(PNG_MAGIC).decode()}') == 1
     assert exporter.jupyter_widgets_base_url not in html and WIDGET_VIEW not in html
-    plain, _ = HTMLExporter().from_notebook_node(notebook_with_widgets())
-    assert exporter.jupyter_widgets_base_url in plain  # the reason for the preprocessor
+    assert "100%" in html and "0/52" not in html
+    # nothing on the page uses require.js or MathJax: the page asks cdnjs for neither
+    assert exporter.require_js_url not in html and exporter.mathjax_url not in html
+    assert not re.search(r'src="https?://', html)
 
+
+def test_page_scripts_stay_where_the_notebook_uses_them() -> None:
+    from nbconvert import HTMLExporter
+    from nbformat.v4 import new_markdown_cell
+
+    exporter = HTMLExporter(preprocessors=[StaticViews])
+    with_math = notebook_with_widgets()
+    with_math.cells = [new_markdown_cell("the logit difference $\\ell_t - \\ell_f$")] + with_math.cells[:2]
+    html, _ = exporter.from_notebook_node(with_math)
+    assert exporter.mathjax_url in html and exporter.require_js_url not in html
+    live, _ = exporter.from_notebook_node(notebook_with_widgets())  # the slider stays live: it needs both
+    assert exporter.require_js_url in live and exporter.jupyter_widgets_base_url in live
+
+
+# ------------------------------------------------- what `pip install` sets up
+def test_the_environment_s_nbconvert_config_installs_the_preprocessor() -> None:
+    """The wheel's shared data (pyproject.toml) puts the config where every
+    `jupyter nbconvert` of this environment reads it; an editable install too."""
+    from jupyter_core.paths import ENV_CONFIG_PATH
+
+    installed = [Path(d) / "jupyter_nbconvert_config.json" for d in ENV_CONFIG_PATH]
+    installed = [p for p in installed if p.is_file()]
+    assert installed, f"no jupyter_nbconvert_config.json in {ENV_CONFIG_PATH}: reinstall nbinterp (pip install -e .)"
+    shipped = json.loads((REPO / "nbinterp" / "jupyter_config" / "jupyter_nbconvert_config.json").read_text())
+    assert json.loads(installed[0].read_text()) == shipped
+    assert shipped["HTMLExporter"]["preprocessors"] == ["nbinterp.export.StaticViews"]
+
+
+def test_plain_nbconvert_on_a_notebook_saved_with_widget_state_needs_nothing_outside(tmp_path: Path) -> None:
+    """What JupyterLab saves with "save widget state" on: outputs that carry
+    the pictures, and the state of every widget (a progress bar included)."""
+    import nbformat
+
+    nb = notebook_with_widgets()
+    nb.cells = nb.cells[:2]
+    nbformat.write(nb, tmp_path / "saved.ipynb")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               JUPYTER_CONFIG_DIR=str(tmp_path / "config"))
+    done = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "saved.ipynb"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    html = (tmp_path / "saved.html").read_text()
+    assert "data:image/png;base64," in html and "Loading weights: 100%" in html
+    assert "unpkg.com" not in html and "jsdelivr" not in html and WIDGET_VIEW not in html
+    assert not re.search(r'src="https?://', html)
+
+
+def test_loading_a_model_shows_no_weight_loading_progress_bar(capfd: Any) -> None:
+    import nbinterp as ni
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    ni.load()
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the user's setting is back
+    hf_logging.disable_progress_bar()
+    ni.load()
+    assert not hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
