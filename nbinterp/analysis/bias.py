@@ -87,6 +87,9 @@ class Bias:
     group_names: tuple[str, str]
     seed: int = 0
     n_resamples: int = 2000
+    # which heads / MLPs `.components` and `reduce` consider (None: every one);
+    # a large model's full sweep costs (components + 1) forwards of every row
+    only: Sequence[Any] | None = None
 
     def __post_init__(self) -> None:
         model, data, groups = self.model, self.data, self.group_names
@@ -98,7 +101,12 @@ class Bias:
         self.p_value = permutation_p_value(self.metrics, self.layout, n_permutations=self.n_resamples, seed=self.seed)
         self._components: list[ComponentShare] | None = None
         self._ablated: torch.Tensor | None = None  # [components, rows]
-        self._component_keys = dataset_runs.every_component(model)
+        if self.only is None:
+            self._component_keys = dataset_runs.every_component(model)
+        else:
+            if isinstance(self.only, (str, tuple)) or not self.only:
+                raise NbinterpError('components= is True, False or a list like ["L3.H1", "L2.mlp"]')
+            self._component_keys = list(dict.fromkeys(model.parse_component(key) for key in self.only))
 
     def group_means(self) -> tuple[float, float]:
         return (float(self.metrics[self.layout.a_rows].mean()), float(self.metrics[self.layout.b_rows].mean()))
@@ -171,7 +179,8 @@ class Bias:
 
 
 def measure_bias(model: "Model", data: Any = None, *, prompts: Any = None, target: Any = None, foil: Any = None,
-                 groups: Sequence[str] | None = None, seed: int = 0, n_resamples: int = 2000) -> Bias:
+                 groups: Sequence[str] | None = None, seed: int = 0, n_resamples: int = 2000,
+                 only: Sequence[Any] | None = None) -> Bias:
     """The analysis behind `ni.bias` (no widget)."""
     prompt_set = as_prompt_set(data, prompts=prompts, target=target, foil=foil)
     names = tuple(groups) if groups is not None else tuple(prompt_set.groups)
@@ -185,7 +194,7 @@ def measure_bias(model: "Model", data: Any = None, *, prompts: Any = None, targe
         prompt_set = prompt_set.subset([i for i, row in enumerate(prompt_set.rows) if row.group in names])
     if not isinstance(n_resamples, int) or n_resamples < 100:
         raise NbinterpError(f"n_resamples must be an integer >= 100 (2000 is the default), got {n_resamples!r}")
-    return Bias(model, prompt_set.check(model), (names[0], names[1]), seed=seed, n_resamples=n_resamples)
+    return Bias(model, prompt_set.check(model), (names[0], names[1]), seed=seed, n_resamples=n_resamples, only=only)
 
 
 def layout_of(prompt_set: PromptSet, groups: tuple[str, str]) -> GroupLayout:

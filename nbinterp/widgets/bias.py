@@ -134,17 +134,18 @@ class BiasView(InterpWidget):
 
 
 def bias(model: Any, data: Any = None, *, prompts: Any = None, target: Any = None, foil: Any = None,
-         groups: Sequence[str] | None = None, components: bool = True, seed: int = 0,
+         groups: Sequence[str] | None = None, components: bool | Sequence[Any] = True, seed: int = 0,
          n_resamples: int = 2000) -> BiasView:
     """A bias over a data set: `b = ni.bias(model, prompts={"A": [...], "B": [...]}, target=" doctor",
     foil=" nurse")` (or a `nbinterp.analysis.datasets.PromptSet` / DataFrame as `data`).
     `b.gap`, `b.ci` (95% bootstrap), `b.p_value` (permutation test), `b.components` (every head
-    and MLP by its exact share of the gap; `components=False` measures them on first use),
-    `b.reduce(k=3)` (held-out gap before / after and side effects)."""
+    and MLP by its exact share of the gap; `components=False` measures them on first use, a list
+    like ["L3.H1", "L2.mlp"] only those), `b.reduce(k=3)` (held-out gap before / after and side effects)."""
+    only = None if isinstance(components, bool) else components
     with model.lock:
         result = measure_bias(model, data, prompts=prompts, target=target, foil=foil, groups=groups, seed=seed,
-                              n_resamples=n_resamples)
-        return BiasView(result, measure_components=components)
+                              n_resamples=n_resamples, only=only)
+        return BiasView(result, measure_components=components is not False)
 
 
 def _token_text(token: Any) -> str:
