@@ -7,7 +7,9 @@ JupyterLab when "save widget state" is on), and loads
 view's picture in the same output is dropped.
 
 `StaticViews` turns every widget output that carries a picture (each nbinterp
-view's `image/png`) into that picture and every progress bar (tqdm's, from a
+view's `image/png`, or the picture stored in its widget state, which is
+where a notebook JupyterLab saved with widget state has it for a view shown
+as a cell's result) into that picture and every progress bar (tqdm's, from a
 download or a loop) into one line of text with its final count, and keeps the
 stored state only of widgets left live: when every widget has a picture, the
 page loads no widget manager and asks nothing outside for widgets.
@@ -40,6 +42,9 @@ MODEL_REFERENCE = re.compile(r"IPY_MODEL_([0-9a-zA-Z_-]+)")
 PROGRESS_MODELS = ("FloatProgressModel", "IntProgressModel")
 TEXT_MODELS = ("HTMLModel", "LabelModel", "HTMLMathModel")
 TAG = re.compile(r"<[^>]*>")
+# where a view's picture sits in its stored widget state (widgets/_picture.py STATE_KEY;
+# not imported from there: that would load torch and every view into nbconvert)
+PICTURE_STATE_KEY = "_static_png"
 # An empty script the page loads from itself, for page scripts nothing uses
 NO_SCRIPT = "data:text/javascript,"
 MATH = re.compile(r"\$|\\\(|\\\[|\\begin\{")
@@ -67,6 +72,10 @@ class StaticViews(Preprocessor):
                 if not isinstance(view, dict):
                     continue
                 model_id = view.get("model_id", "")
+                if "image/png" not in data:
+                    stored = stored_picture(states, model_id)
+                    if stored is not None:
+                        data["image/png"] = stored
                 progress = progress_text(states, model_id)
                 if "image/png" not in data and progress is None and self.keep_live_widgets:
                     live.add(model_id)
@@ -101,6 +110,14 @@ def _uses(nb: Any, pattern: re.Pattern[str], mimetypes: tuple[str, ...], markdow
                 if mimetype == "application/javascript" or pattern.search(text):
                     return True
     return False
+
+
+def stored_picture(states: dict[str, Any], model_id: str) -> str | None:
+    """The base64 PNG a view stored in its widget state, or None."""
+    for buffer in states.get(model_id, {}).get("buffers", []) or []:
+        if buffer.get("path") == [PICTURE_STATE_KEY] and buffer.get("encoding", "base64") == "base64":
+            return buffer.get("data")
+    return None
 
 
 def progress_text(states: dict[str, Any], model_id: str) -> str | None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from nbinterp.export import WIDGET_STATE, WIDGET_VIEW, StaticViews
+from nbinterp.export import PICTURE_STATE_KEY, WIDGET_STATE, WIDGET_VIEW, StaticViews
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "When Mary and John went to the store , John gave a drink to"
@@ -76,6 +76,24 @@ def test_a_cell_result_goes_out_without_its_picture_which_follows_by_display_id(
     assert update["data"][WIDGET_VIEW]["model_id"] == result["data"][WIDGET_VIEW]["model_id"]
     assert update["data"]["text/plain"] == result["data"]["text/plain"]
     assert_png(update)
+
+
+def test_a_cell_result_s_picture_also_goes_into_its_widget_state(kernel: Any) -> None:
+    """JupyterLab ignores the display update above; the picture sent into the
+    widget model is what its saved widget state keeps."""
+    messages = execute(kernel, "ni.attention(model, prompt, layer=1, head=1)")
+    (_, result), = [(kind, content) for kind, content in outputs(messages) if kind == "execute_result"]
+    model_id = result["data"][WIDGET_VIEW]["model_id"]
+    stored = [m for m in messages if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == model_id
+              and m["content"]["data"].get("buffer_paths") == [[PICTURE_STATE_KEY]]]
+    assert len(stored) == 1 and stored[0]["content"]["data"]["method"] == "update"
+    assert bytes(stored[0]["buffers"][0]).startswith(PNG_MAGIC)
+
+
+def test_the_exporter_and_the_widgets_agree_on_where_the_picture_is_stored() -> None:
+    from nbinterp.widgets._picture import STATE_KEY
+
+    assert STATE_KEY == PICTURE_STATE_KEY
 
 
 def test_a_displayed_view_carries_its_picture_since_frontends_rebuild_updated_displays(kernel: Any) -> None:
@@ -224,6 +242,52 @@ def test_plain_nbconvert_on_a_notebook_saved_with_widget_state_needs_nothing_out
     html = (tmp_path / "saved.html").read_text()
     assert "data:image/png;base64," in html and "Loading weights: 100%" in html
     assert "unpkg.com" not in html and "jsdelivr" not in html and WIDGET_VIEW not in html
+    assert not re.search(r'src="https?://', html)
+
+
+def test_a_view_without_a_picture_in_its_output_gets_the_one_in_its_stored_state() -> None:
+    nb = notebook_with_widgets()
+    nb.cells = nb.cells[1:2]
+    del nb.cells[0].outputs[0].data["image/png"]
+    picture = base64.b64encode(PNG_MAGIC + b"stored").decode()
+    nb.metadata["widgets"][WIDGET_STATE]["state"]["view"]["buffers"] = [
+        {"path": [PICTURE_STATE_KEY], "encoding": "base64", "data": picture}]
+    nb, _ = StaticViews().preprocess(nb, {})
+    assert nb.cells[0].outputs[0].data == {"text/plain": "View(view)", "image/png": picture}
+    assert "widgets" not in nb.metadata
+
+
+def test_a_notebook_saved_from_jupyterlab_shows_a_cell_result_s_picture(tmp_path: Path) -> None:
+    """JupyterLab keeps a cell's result as it first came (no picture: it
+    ignores the display update) and, with "save widget state" on, every
+    widget's state. Executed here by nbclient (which stores the state the
+    same way), the outputs' pictures removed as JupyterLab would save them,
+    then through plain `jupyter nbconvert --to html`."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = new_notebook(cells=[new_code_cell("import nbinterp as ni\nmodel = ni.load()"),
+                             new_code_cell(f"ni.attention(model, {PROMPT!r}, layer=1, head=1)")],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    env_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    os.environ["PYTHONPATH"], before = env_path, os.environ.get("PYTHONPATH")
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = before
+    (output,) = [o for o in nb.cells[1].outputs if o.output_type == "execute_result"]
+    output.data.pop("image/png", None)
+    assert WIDGET_VIEW in output.data
+    nbformat.write(nb, tmp_path / "saved.ipynb")
+    env = dict(os.environ, PYTHONPATH=env_path, JUPYTER_CONFIG_DIR=str(tmp_path / "config"))
+    done = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "saved.ipynb"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    html = (tmp_path / "saved.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 1 and WIDGET_VIEW not in html
     assert not re.search(r'src="https?://', html)
 
 

@@ -9,6 +9,11 @@ or nbconvert records the update in the output, so an exported notebook has the
 picture. JupyterLab and Notebook 7 track display ids of `display_data` only,
 so they ignore the update and the live view is not rebuilt under the user.
 
+The picture also goes into the widget's model, as the state key
+`_static_png` (a binary buffer, outside the view's traits), so a notebook
+JupyterLab saves with its widget state carries the picture of a view shown
+as a cell's result too; nbinterp.export puts it back into the output.
+
 A view passed to `display(...)` (a `display_data`, whose id the frontends do
 track) gets its picture drawn before it is sent, as does any view outside an
 IPython kernel or with NBINTERP_EAGER_PICTURE=1 in the kernel's environment.
@@ -28,6 +33,7 @@ log = logging.getLogger("nbinterp.widgets.picture")
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 EAGER_ENV = "NBINTERP_EAGER_PICTURE"
+STATE_KEY = "_static_png"  # the picture in a widget's stored state (nbinterp/export.py reads it)
 
 # model id -> view whose bundle left without a picture, until its message is sent
 _unsent: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
@@ -108,6 +114,21 @@ def _draw_after_cell(*_result: Any) -> None:
         data, metadata = view.live_bundle()
         if _add_picture(view, data):
             update_display(data, raw=True, metadata=metadata, display_id=display_id)
+            _store_in_model(view, base64.b64decode(data["image/png"]))
+
+
+def _store_in_model(view: Any, png: bytes) -> None:
+    """Puts the picture into the browser's copy of the widget model: an
+    "update" message of the widget protocol with one binary buffer, so the
+    frontend's saved widget state holds it (JupyterLab ignores the display
+    update of a cell's result, see the module docstring)."""
+    comm = getattr(view, "comm", None)
+    if comm is None:
+        return
+    try:
+        comm.send(data={"method": "update", "state": {}, "buffer_paths": [[STATE_KEY]]}, buffers=[png])
+    except Exception:
+        log.exception("nbinterp: the picture could not be stored in the widget's state")
 
 
 def _add_picture(view: Any, data: dict[str, Any]) -> bool:
