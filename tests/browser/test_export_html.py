@@ -5,20 +5,26 @@ display(), whose picture goes with it) goes through `jupyter nbconvert --to
 html --execute` exactly as the README writes it (no preprocessor flag: the
 package's installed nbconvert config adds it), and the page is opened in
 Chromium from file:// with every other request refused and recorded: none
-is made, and no progress widget ("Loading weights") is left on the page."""
+is made, and no progress widget ("Loading weights") is left on the page.
+
+The same for a notebook saved from real JupyterLab with "save widget state"
+on: JupyterLab keeps a cell's result without its picture (it ignores the
+display update), so the picture comes from the widget state."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import REPO, write_notebook
+from conftest import REPO, NotebookPage, write_notebook
 
 PROMPT = "When Mary and John went to the store , John gave a drink to"
 CELLS = [
@@ -100,3 +106,62 @@ def test_every_view_shows_its_picture_offline(exported: Path, browser: Any) -> N
     assert refused == [], f"the page asked outside for {refused}"
     assert "Loading weights" not in page_text and progress_widgets == 0, "a progress widget is left on the page"
     assert errors == []
+
+
+def export_offline(notebook: Path, execute: bool) -> Path:
+    """`jupyter nbconvert --to html [--execute] NOTEBOOK` as a user types it, in
+    a clean Jupyter config (only the environment's, which nbinterp installs)."""
+    root = notebook.parent
+    command = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", *(["--execute"] if execute else []),
+               notebook.name]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
+        env[name] = str(root / f"export-{name.lower()}")
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return notebook.with_suffix(".html")
+
+
+SAVED_CELL = f"import nbinterp as ni\nmodel = ni.load()\nni.attention(model, {PROMPT!r}, layer=1, head=1)"
+SAVE_STATE = Path("@jupyter-widgets") / "jupyterlab-manager" / "plugin.jupyterlab-settings"
+
+
+def test_a_notebook_saved_from_jupyterlab_with_widget_state_exports_its_pictures(
+        browser: Any, jupyter_factory: Any) -> None:
+    server = jupyter_factory("lab", "saved.ipynb", [SAVED_CELL])
+    settings = Path(server.log.name).parent / "jupyterlab_settings_dir" / SAVE_STATE
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps({"saveState": True}))  # read when the page loads, below
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = NotebookPage(context.new_page(), server)
+    page.open("saved.ipynb")
+    page.run_first_cell(".nbi-attention[data-drawn]")
+    saved_path = server.root / "saved.ipynb"
+    deadline = time.monotonic() + 60
+    while True:  # the picture reaches the widget model after the cell; save until the state has it
+        page.page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+        time.sleep(1.0)
+        saved = json.loads(saved_path.read_text())
+        states = saved.get("metadata", {}).get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+        pictured = [m for m in states.get("state", {}).values()
+                    if any(b.get("path") == ["_static_png"] for b in m.get("buffers", []))]
+        if pictured or time.monotonic() > deadline:
+            break
+    assert page.unexpected_page_errors() == []
+    context.close()
+    assert len(pictured) == 1, "JupyterLab saved no picture in the widget state"
+    outputs = [o for o in saved["cells"][0]["outputs"] if o["output_type"] == "execute_result"]
+    assert len(outputs) == 1 and "image/png" not in outputs[0]["data"]  # why the state has to carry it
+
+    html = export_offline(saved_path, execute=False)
+    view = browser.new_context().new_page()
+    refused: list[str] = []
+    view.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://")
+               else (refused.append(route.request.url), route.abort()))
+    view.goto(html.as_uri(), wait_until="load")
+    images = view.evaluate("""() => [...document.querySelectorAll('.jp-OutputArea-output img')].map(
+      (img) => ({ complete: img.complete, natural: [img.naturalWidth, img.naturalHeight] }))""")
+    placeholders = view.locator('script[type="application/vnd.jupyter.widget-view+json"]').count()
+    view.context.close()
+    assert len(images) == 1 and images[0]["complete"] and min(images[0]["natural"]) >= 200, images
+    assert placeholders == 0 and refused == [], refused
