@@ -220,3 +220,23 @@ def test_interrupting_the_kernel_mid_stream_keeps_the_model_and_the_numbers(tmp_
     assert after["lock_free"]
     assert after["logit_diff_error"] < 1e-4  # float32 logits of order 10
     assert after["finished"] and after["resumed_max_error"] < 1e-4
+
+
+def test_an_interrupted_foreground_contexts_request_leaves_the_view_answering(model: Any, monkeypatch: Any) -> None:
+    view = ni.features(model, PROMPT, sae=ni.load_sae(SAE_DIR), corpus=long_corpus()[:40], background=False)
+    assert view.contexts["state"] == "done"
+    index = view._index
+    first, second = (int(f) for f in view.features.top_indices[-1, 1:3])
+    contexts = index.contexts
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(index, "contexts", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        view.selected_feature = first
+    assert view.contexts["state"] == "cancelled"
+    monkeypatch.setattr(index, "contexts", contexts)
+    view.selected_feature = second  # before the fix the view thought a pass was still running: no answer
+    assert view.contexts["state"] == "done" and view.contexts["feature"] == second
+    assert view.contexts["items"] == [c.to_dict() for c in index.contexts(second, len(view.contexts["items"]))]

@@ -368,6 +368,13 @@ class FeatureView(InterpWidget):
                     self._shown_contexts = wanted
                 state = "done" if index.finished else "cancelled"
                 self._publish_contexts(state, feature=wanted, items=[c.to_dict() for c in items])
+        except KeyboardInterrupt:
+            # a kernel interrupt of a foreground pass: what was counted stays
+            # (the index redoes the cut batch), and the next selection starts again
+            with self._context_lock:
+                self._context_thread = None
+            self._publish_contexts("cancelled")
+            raise
         except Exception as exc:  # noqa: BLE001 - shown in the view; the kernel keeps working
             with self._context_lock:
                 self._context_thread = None
