@@ -1,0 +1,134 @@
+"""ni.bias speed: the gap over a data set and every head's and MLP's exact share.
+
+1. The bundled model, 200 prompts of the planted profession bias (two
+   templates, so two token lengths): the gap with its interval and p-value,
+   then every component zero-ablated alone on every row. Target: <= 10 s.
+2. A GPT-2-small-sized random-init model (12 layers, 12 heads, d_model 768,
+   vocabulary 50,257), the same number of prompts of word tokens in two
+   lengths: the 156-component sweep against one batched forward of the data
+   set (plain Hugging Face, right-padded with an attention mask), measured
+   side by side in this process. Target: <= 25x.
+
+The exact sweep runs every row once per component plus the clean rows
+(`measure` packs (prompts x component slots) into forwards of at most
+MAX_ROWS rows), so on a compute-bound CPU its floor is about
+(components + 1) forwards of the data set; the ratio printed says how close
+it comes. Memory: rows are chunked per forward, only float64
+[components, rows] numbers are kept; the peak resident memory is printed.
+
+    python benchmarks/bench_bias.py [--rows 200] [--gpt2-rows 200] [--threads 1] [--repeats 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+
+import nbinterp as ni
+from nbinterp.analysis import dataset_runs
+from nbinterp.analysis.bias import measure_bias
+from nbinterp.analysis.datasets import PromptSet
+from nbinterp.bundled import tasks
+
+SMALL_VOCAB = 50257
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bundled_case(n_rows: int) -> None:
+    model = ni.load()
+    half = n_rows // 2
+    prompts = {g: [e.prompt for e in tasks.examples("bias", half, seed=1, group=g)] for g in ("A", "B")}
+    measure_bias(model, prompts={g: p[:4] for g, p in prompts.items()}, target="doctor", foil="nurse").components  # warm-up
+    forwards = model.forwards
+    started = time.perf_counter()
+    b = measure_bias(model, prompts=prompts, target="doctor", foil="nurse")
+    gap_s = time.perf_counter() - started
+    components = b.components
+    total_s = time.perf_counter() - started
+    print(f"bundled, {n_rows} prompts: gap {b.gap:.3f} CI [{b.ci[0]:.3f}, {b.ci[1]:.3f}] p {b.p_value:.4f} in "
+          f"{gap_s:.2f} s; + {len(components)} components' exact shares: {total_s:.2f} s total "
+          f"({model.forwards - forwards} forwards; target <= 10 s) -> {'OK' if total_s <= 10 else 'OVER'}")
+
+
+def gpt2_small(device: str):
+    import transformers as tf
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, **{f"w{i}": i for i in range(1, SMALL_VOCAB)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    torch.manual_seed(0)
+    hf = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=12, n_head=12, n_embd=768, vocab_size=SMALL_VOCAB)).eval()
+    return hf.to(device), ni.load(hf, tokenizer=tokenizer)
+
+
+def word_prompts(n_rows: int) -> PromptSet:
+    """Two templates (6 and 10 words) x fillers; groups differ in one word."""
+    templates = ["w11 {x} w12 w13 w14 w15", "w21 w22 w23 {x} w24 w25 w26 w27 w28 w29"]
+    per_template = n_rows // 4
+    fillers = {"y": [f"w{100 + i}" for i in range(per_template)]}
+    templates = [t.replace("w12", "{y}") if "w12" in t else t.replace("w22", "{y}") for t in templates]
+    return PromptSet.from_templates(templates, attribute="x", groups={"A": ["w5"], "B": ["w7"]}, fillers=fillers,
+                                    target="w3", foil="w9")
+
+
+def plain_forward(hf, data, device: str) -> float:
+    """One right-padded forward of every row (the baseline), seconds."""
+    ids = data.input_ids
+    length = max(len(i) for i in ids)
+    batch = torch.zeros(len(ids), length, dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    for row, i in enumerate(ids):
+        batch[row, : len(i)], mask[row, : len(i)] = i, 1
+    batch, mask = batch.to(device), mask.to(device)
+    started = time.perf_counter()
+    with torch.no_grad():
+        hf(input_ids=batch, attention_mask=mask).logits[:, -1].float().sum().item()
+    return time.perf_counter() - started
+
+
+def gpt2_case(n_rows: int, repeats: int, device: str) -> None:
+    hf, model = gpt2_small(device)
+    data = word_prompts(n_rows).check(model)
+    components = dataset_runs.every_component(model)
+    plain_forward(hf, data, device)  # warm-up
+    forward_s, sweep_s = [], []
+    for _ in range(repeats):
+        forward_s.append(plain_forward(hf, data, device))
+        started = time.perf_counter()
+        dataset_runs.component_metrics(model, data, components)
+        sweep_s.append(time.perf_counter() - started)
+    forward, sweep = statistics.median(forward_s), statistics.median(sweep_s)
+    ratio = sweep / forward
+    print(f"gpt2-small (random init), {len(data)} prompts: one batched forward {forward:.3f} s; "
+          f"{len(components)} components' exact shares {sweep:.2f} s = {ratio:.1f}x "
+          f"(target <= 25x -> {'OK' if ratio <= 25 else 'OVER'}; floor of exact full forwards ~{len(components) + 1}x); "
+          f"peak RSS {peak_rss_mb():.0f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200)
+    parser.add_argument("--gpt2-rows", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-gpt2", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    bundled_case(args.rows)
+    if not args.skip_gpt2:
+        gpt2_case(args.gpt2_rows, args.repeats, args.device)
+
+
+if __name__ == "__main__":
+    main()
