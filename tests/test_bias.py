@@ -285,3 +285,14 @@ def test_view_shows_the_analysis_and_its_reduction(bundled):
     figure = view.to_figure()
     assert len(figure.axes) == 3
     assert view.static_png()[:4] == b"\x89PNG"
+
+
+def test_a_component_list_measures_only_those(bundled):
+    data = small_bias_set(2)
+    full = {c.name: c.share for c in measure_bias(bundled, data, n_resamples=200).components}
+    chosen = ni.bias(bundled, data, components=["L0.mlp", (2, 3), "L3.H1"], n_resamples=200)
+    assert [c.name for c in chosen.components] == sorted(["L0.mlp", "L2.H3", "L3.H1"], key=lambda n: -full[n])
+    for c in chosen.components:
+        assert c.share == pytest.approx(full[c.name], abs=2 * METRIC_ATOL / abs(chosen.gap))
+    with pytest.raises(NbinterpError, match="cannot read component 'L9.H0'|layer 9 is out of range"):
+        ni.bias(bundled, data, components=["L9.H0"])

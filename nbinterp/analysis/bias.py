@@ -100,7 +100,7 @@ class Bias:
         self.ci = bootstrap_interval(self.metrics, self.layout, n_resamples=self.n_resamples, seed=self.seed)
         self.p_value = permutation_p_value(self.metrics, self.layout, n_permutations=self.n_resamples, seed=self.seed)
         self._components: list[ComponentShare] | None = None
-        self._ablated: torch.Tensor | None = None  # [components, rows]
+        self._effects: torch.Tensor | None = None  # [components, rows]
         if self.only is None:
             self._component_keys = dataset_runs.every_component(model)
         else:
@@ -111,19 +111,25 @@ class Bias:
     def group_means(self) -> tuple[float, float]:
         return (float(self.metrics[self.layout.a_rows].mean()), float(self.metrics[self.layout.b_rows].mean()))
 
-    def ablated_metrics(self, progress: Callable[[], None] | None = None) -> torch.Tensor:
-        """[components, rows]: each row's metric with one component zero-ablated
-        (components in `dataset_runs.every_component` order). Measured once."""
-        if self._ablated is None:
+    def ablation_effects(self, progress: Callable[[], None] | None = None) -> torch.Tensor:
+        """[components, rows]: metric(row, one component zero-ablated) - metric(row),
+        both rows of the same forward (so a component that changes nothing has
+        effect 0 exactly). Components in `component_keys` order. Measured once."""
+        if self._effects is None:
             measured = dataset_runs.component_metrics(self.model, self.data, self._component_keys, progress=progress)
-            self._ablated = measured.values
-        return self._ablated
+            self._effects = measured.effects
+        return self._effects
+
+    @property
+    def component_keys(self) -> list[tuple[int, Any]]:
+        """(layer, head or "mlp") of every component considered."""
+        return list(self._component_keys)
 
     @property
     def components(self) -> list[ComponentShare]:
         """Every head and MLP, largest share of the gap first."""
         if self._components is None:
-            self._components = shares(self._component_keys, self.ablated_metrics(), self.metrics, self.layout)
+            self._components = shares(self._component_keys, self.ablation_effects(), self.metrics, self.layout)
         return self._components
 
     def reduce(self, k: int = 3, *, method: str = "ablate", direction: Any = None, site: Any = None,
@@ -142,7 +148,8 @@ class Bias:
             if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= len(self._component_keys):
                 raise NbinterpError(f"k is how many components to remove: 1..{len(self._component_keys)}, got {k!r}")
             fit_layout = self.layout.restrict(fit_rows)
-            fit_shares = shares(self._component_keys, self.ablated_metrics()[:, fit_rows], self.metrics[fit_rows], fit_layout)
+            fit_shares = shares(self._component_keys, self.ablation_effects()[:, fit_rows], self.metrics[fit_rows],
+                                fit_layout)
             chosen = fit_shares[:k]
             removed = [c.name for c in chosen]
             keys = [(c.layer, c.head) for c in chosen]
@@ -209,15 +216,16 @@ def layout_of(prompt_set: PromptSet, groups: tuple[str, str]) -> GroupLayout:
     return GroupLayout(a_rows, b_rows, pairs)
 
 
-def shares(keys: Sequence[tuple[int, Any]], ablated: torch.Tensor, clean: torch.Tensor,
+def shares(keys: Sequence[tuple[int, Any]], effects: torch.Tensor, clean: torch.Tensor,
            layout: GroupLayout) -> list[ComponentShare]:
-    """Each component's share of the gap, largest first."""
+    """Each component's share of the gap, largest first: the gap moves by
+    gap(effects) when it is removed, so share = -gap(effects) / gap."""
     clean_gap = float(gap(clean, layout))
     if abs(clean_gap) < 1e-12:
         raise NbinterpError("the gap is 0 on these rows: there is nothing to share out among components")
-    ablated_gaps = gap(ablated, layout)
-    out = [ComponentShare(component_key(layer, head), layer, head, (clean_gap - float(g)) / clean_gap, float(g))
-           for (layer, head), g in zip(keys, ablated_gaps)]
+    moved = gap(effects, layout)
+    out = [ComponentShare(component_key(layer, head), layer, head, -float(m) / clean_gap, clean_gap + float(m))
+           for (layer, head), m in zip(keys, moved)]
     return sorted(out, key=lambda c: -c.share)
 
 

@@ -267,12 +267,9 @@ class Model:
         return typed(_to_cpu(dict(saved)))
 
     def _device(self) -> torch.device:
-        """Where inputs go: the executing model's device (the client's `hf` holds
-        meta weights for a remote model; remote inputs are sent from the CPU)."""
         if self.remote is True:
             return torch.device("cpu")
-        device = next(self.nn._module.parameters()).device
-        return torch.device("cpu") if device.type == "meta" else device
+        return next(self.hf.parameters()).device
 
     # --------------------------------------------------------- plan builders
     def _plan_ablations(self, plan: Plan, ablate: dict, ablation: str, reference: Sequence[str] | None) -> None:
