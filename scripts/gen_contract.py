@@ -91,7 +91,7 @@ def typescript() -> str:
         requests = c.requests(cls)
         for method, declared in requests.items():
             out.append(f"export type {view}{pascal(method)}Params = {declared.params.field_ts()};")
-            out.append(f"export type {view}{pascal(method)}Result = {declared.result.field_ts()};")
+            out.append(f"export type {view}{pascal(method)}Result = {declared.result.ts()};")
         if requests:
             out.append("")
         entries = [f"  {method}: {{\n    method: {json.dumps(method)},\n    params: {spec(declared.params)},\n"

@@ -479,13 +479,13 @@ export const PROBE_TRAITS: Record<keyof ProbeModel, Schema> = {
 };
 
 export type ProbeUsageParams = { layer: number };
-export type ProbeUsageResult = { layer: number; stream: string; metric: string; scale: number; label: string | null; n_test: number; mean_abs_change: number; control_mean_abs_change: number[]; class_means_before: number[]; class_means_after: number[]; gap_before: number | null; gap_after: number | null; control_gap_after: number[]; probability_token: string | null; probability_before: number[] | null; probability_after: number[] | null; test_accuracy: number; chance: number; verdict: string; explanation: string; forwards: number; thresholds: UsageThresholds };
+export type ProbeUsageResult = UsageSummary;
 
 export const PROBE_REQUESTS = {
   usage: {
     method: "usage",
     params: { kind: "object", fields: { layer: { kind: "int" } }, optional: [] },
-    result: { kind: "object", fields: { layer: { kind: "int" }, stream: { kind: "string" }, metric: { kind: "string" }, scale: { kind: "number" }, label: { kind: "nullable", of: { kind: "string" } }, n_test: { kind: "int" }, mean_abs_change: { kind: "number" }, control_mean_abs_change: { kind: "list", of: { kind: "number" } }, class_means_before: { kind: "list", of: { kind: "number" } }, class_means_after: { kind: "list", of: { kind: "number" } }, gap_before: { kind: "nullable", of: { kind: "number" } }, gap_after: { kind: "nullable", of: { kind: "number" } }, control_gap_after: { kind: "list", of: { kind: "number" } }, probability_token: { kind: "nullable", of: { kind: "string" } }, probability_before: { kind: "nullable", of: { kind: "list", of: { kind: "number" } } }, probability_after: { kind: "nullable", of: { kind: "list", of: { kind: "number" } } }, test_accuracy: { kind: "number" }, chance: { kind: "number" }, verdict: { kind: "string" }, explanation: { kind: "string" }, forwards: { kind: "int" }, thresholds: UsageThresholdsSchema }, optional: [] },
+    result: UsageSummarySchema,
   } as RequestSpec<ProbeUsageParams, ProbeUsageResult>,
 } as const;
 

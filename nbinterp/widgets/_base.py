@@ -45,6 +45,12 @@ class FrontendError(ContractError):
     """The browser sent something malformed or out of range."""
 
 
+def as_declared(value: Any) -> Any:
+    """For `_frontend_fields`: a trait whose declaration (a choice, a typed
+    object) is the whole check; nothing about it depends on the instance."""
+    return value
+
+
 def in_range(value: int, what: str, low: int, high: int) -> int:
     """`value` (an integer: its declaration checked that) if it lies in
     [low, high), the range this instance allows (the prompt's tokens, the
@@ -63,7 +69,7 @@ def all_or_none(value: dict[str, Any], what: str, fields: tuple[str, ...]) -> di
 
 
 def rpc(name: str, params: dict[str, Schema | Opt] | None = None,
-        result: dict[str, Schema | Opt] | None = None) -> Callable[[Callable[..., RpcResult]], Callable[..., RpcResult]]:
+        result: dict[str, Schema | Opt] | Obj | None = None) -> Callable[[Callable[..., RpcResult]], Callable[..., RpcResult]]:
     """Marks a method as the handler of request `name`; it gets the params
     dict and returns (JSON-able result, buffers). With `params` and `result`
     declared (_contract.py), params are checked before the handler runs and

@@ -380,8 +380,10 @@ def _check_with_buffers(schema: Schema, value: Any, path: str, buffers: list[Any
     schema.check(value, path)
 
 
-def request(method: str, params: dict[str, Schema | Opt], result: dict[str, Schema | Opt]) -> Request:
-    return Request(method, Obj(dict(params)), Obj(dict(result)))
+def request(method: str, params: dict[str, Schema | Opt], result: dict[str, Schema | Opt] | Obj) -> Request:
+    """`result` may be a named Obj that a trait holds too (the probe's usage
+    reply is one entry of its usage_results): one declaration, one TS type."""
+    return Request(method, Obj(dict(params)), result if isinstance(result, Obj) else Obj(dict(result)))
 
 
 # -------------------------------------------------------------------- traits

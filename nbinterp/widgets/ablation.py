@@ -24,7 +24,7 @@ from nbinterp.engine.run import Run
 from nbinterp.errors import NbinterpError
 from nbinterp.engine.tokens import display_text
 from nbinterp.vocabulary import public_call
-from ._base import DictAccessDeprecated, FrontendError, InterpWidget, new_figure, rpc
+from ._base import DictAccessDeprecated, FrontendError, InterpWidget, as_declared, new_figure, rpc
 from ._contract import FLOAT, INT, STR, Choice, ListOf, MapOf, Nullable, Number, Obj, Opt
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -160,7 +160,7 @@ class AblationPanel(InterpWidget):
 
     def _frontend_fields(self) -> dict[str, Any]:
         fields = super()._frontend_fields()
-        fields.update(ablations=self._check_from_browser, ablation=lambda v: v)  # a choice: its declaration is the whole check
+        fields.update(ablations=self._check_from_browser, ablation=as_declared)
         return fields
 
     def _check_from_browser(self, value: dict[str, float]) -> dict[str, float]:

@@ -16,7 +16,7 @@ import traitlets
 
 from nbinterp.engine.tokens import display_text
 from nbinterp.errors import NbinterpError
-from ._base import FrontendError, HeadWidget, all_or_none, in_range, new_figure, rpc
+from ._base import FrontendError, HeadWidget, all_or_none, as_declared, in_range, new_figure, rpc
 from ._contract import BOOL, FLOAT, INT, TENSOR, TENSOR_REF, Choice, ListOf, Nullable, Obj, Opt
 from ._buffers import encode, pack
 from nbinterp.vocabulary import public_call
@@ -151,9 +151,8 @@ class AttentionView(HeadWidget):
     def _frontend_fields(self) -> dict[str, Any]:
         n_tokens = len(self.tokens)
         fields = super()._frontend_fields()
-        trusted = lambda v: v  # noqa: E731 - a choice: its declaration is the whole check
         fields.update(
-            mode=trusted, color_scale=trusted, strip_scope=trusted, strip_direction=trusted,
+            mode=as_declared, color_scale=as_declared, strip_scope=as_declared, strip_direction=as_declared,
             focus_token=lambda v: -1 if v == -1 else in_range(v, "focus_token", 0, n_tokens),
             zoom=self._check_zoom,
         )

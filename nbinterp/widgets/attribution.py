@@ -26,7 +26,7 @@ from nbinterp.analysis.attribution import DOMINANT, METHODS, Attribution, attrib
 from nbinterp.analysis.estimate_stats import Verification
 from nbinterp.errors import NbinterpError
 from ._background import BackgroundJob
-from ._base import HeadWidget, in_range, new_figure, rpc
+from ._base import HeadWidget, as_declared, in_range, new_figure, rpc
 from ._contract import BOOL, FLOAT, INT, STR, TENSOR, Choice, ListOf, Nullable, Number, Obj
 from ._buffers import encode
 from .attention import display_tokens
@@ -264,7 +264,7 @@ class AttributionView(HeadWidget):
 
     def _frontend_fields(self) -> dict[str, Any]:
         fields = super()._frontend_fields()
-        fields.update(method=lambda v: v)  # the declaration (METHOD) is the check
+        fields.update(method=as_declared)
         return fields
 
     @traitlets.validate("method")

@@ -67,7 +67,7 @@ class ContextUseView(InterpWidget):
         layers, heads = self.result.ratio.shape
 
         def check_selected(value: Any) -> str:
-            match = re.fullmatch(r"L(\d+)\.H(\d+)", value) if isinstance(value, str) else None
+            match = re.fullmatch(r"L(\d+)\.H(\d+)", value)  # a string: its declaration checked that
             if value == "mean" or (match and int(match[1]) < layers and int(match[2]) < heads):
                 return value
             raise FrontendError(f"selected must be 'mean' or a head L0.H0 .. L{layers - 1}.H{heads - 1}, got {value!r}")

@@ -28,7 +28,7 @@ from nbinterp.errors import NbinterpError
 from nbinterp.representations.activations import DIRECT_EFFECT_LABEL, STEER_MODES, FeatureActivations
 from nbinterp.interventions.ablation import AblationSummary, summarize
 from ._background import Worker
-from ._base import DictAccessDeprecated, FrontendError, InterpWidget, in_range, new_figure, rpc
+from ._base import DictAccessDeprecated, FrontendError, InterpWidget, as_declared, in_range, new_figure, rpc
 from ._buffers import encode
 from ._contract import BOOL, FLOAT, INT, STR, TENSOR, Choice, ListOf, MapOf, Nullable, Number, Obj, Opt
 from .ablation import TOKEN_PROBABILITY
@@ -291,7 +291,7 @@ class FeatureView(InterpWidget):
             selected_token=lambda v: in_range(v, "selected_token", -1, n_tokens),
             selected_feature=lambda v: -1 if v == -1 else in_range(v, "feature", 0, self.n_features),
             steering=self._browser_steering,
-            steer_mode=lambda v: v,  # a choice: its declaration is the whole check
+            steer_mode=as_declared,
         )
         return fields
 

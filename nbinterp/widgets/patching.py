@@ -19,7 +19,7 @@ from nbinterp.errors import NbinterpError
 from nbinterp.engine.tokens import display_text
 from nbinterp.analysis.patching_sweep import KIND_LABELS, SWEEP_KINDS, PatchingSweep, prepare
 from ._background import BackgroundJob
-from ._base import FrontendError, InterpWidget, in_range, new_figure, rpc
+from ._base import FrontendError, InterpWidget, as_declared, in_range, new_figure, rpc
 from ._buffers import encode
 from ._contract import BOOL, FLOAT, INT, STR, TENSOR, WIDGET_REF, Choice, ListOf, MapOf, Obj, Opt
 from nbinterp.vocabulary import public_call
@@ -147,7 +147,7 @@ class PatchingView(InterpWidget):
     # ------------------------------------------------------------ browser
     def _frontend_fields(self) -> dict[str, Any]:
         fields = super()._frontend_fields()
-        fields.update(open_in=lambda v: v)  # a choice: its declaration is the whole check
+        fields.update(open_in=as_declared)
         return fields
 
     @rpc("cancel", params={}, result={"cancelled": BOOL})

@@ -150,7 +150,7 @@ class ProbeView(InterpWidget):
         return usage
 
     # ------------------------------------------------------------- messages
-    @rpc("usage", params={"layer": INT}, result=USAGE_SUMMARY.fields)
+    @rpc("usage", params={"layer": INT}, result=USAGE_SUMMARY)
     def _usage_request(self, params: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
         try:
             usage = self._run_usage(self._layer(params["layer"]))
