@@ -65,7 +65,7 @@ function render({ model, el }: RenderProps<ContextUseModel>): () => void {
     const attention = decodeTensor(model.get("_attention"));
     const [layers, heads, n] = attention.shape;
     const selected = model.get("selected");
-    const row = attentionRow(attention.values as Float32Array, layers, heads, n, selected);
+    const row = attentionRow(attention.values, layers, heads, n, selected);
     const start = model.get("context_start"), end = model.get("context_end"), position = model.get("position");
     strip.replaceChildren(...tokens.map((token, i) => {
       const span = doc.createElement("span");

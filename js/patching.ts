@@ -5,7 +5,7 @@
 // attention view or the ablation panel, rendered below the heatmaps.
 
 import type { RenderProps } from "@anywidget/types";
-import { decodeTensor, type EncodedTensor } from "./lib/codec";
+import { decodeTensor } from "./lib/codec";
 import { checkTrait, type RequestSpec } from "./lib/contract";
 import { PATCHING_REQUESTS, PATCHING_TRAITS, type PatchingModel } from "./lib/contract.gen";
 import { divergingScale, formatValue, renderLegend } from "./lib/colors";
@@ -169,7 +169,9 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
     if (!effects || effects === lastEffects) return;
     lastEffects = effects;
     const decoded = new Map<Kind, { values: Float32Array; shape: number[] }>();
-    for (const [kind, entry] of Object.entries(effects) as Array<[Kind, { tensor: EncodedTensor; done: number }]>) {
+    for (const kind of model.get("kinds")) {
+      const entry = effects[kind];
+      if (!entry) continue;  // not streamed yet
       const tensor = decodeTensor(entry.tensor);
       decoded.set(kind, { values: withPending(tensor.values, entry.done), shape: tensor.shape });
     }
