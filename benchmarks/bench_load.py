@@ -40,16 +40,17 @@ print(json.dumps({"import": t1 - t0, "load": t2 - t1, "load_warm": t3 - t2, "fir
 
 
 # The real model: one load in a fresh process; the caller chooses the cache folder.
+# CPU seconds too: on a shared machine they say what the load costs when idle.
 REAL_PROBE = """
 import json, time
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 import nbinterp as ni
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 model = ni.load("smollm2")
-t2 = time.perf_counter()
+t2, c2 = time.perf_counter(), time.process_time()
 run = model.run("The capital of France is")
 t3 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "load": t2 - t1, "first_run": t3 - t2}))
+print(json.dumps({"import": t1 - t0, "load": t2 - t1, "first_run": t3 - t2, "import_cpu": c1 - c0, "load_cpu": c2 - c1}))
 """
 
 
@@ -77,9 +78,13 @@ def bench_real(repeats: int) -> None:
         shutil.rmtree(cache, ignore_errors=True)
     print(f'real model ni.load("smollm2"), fresh processes (seconds; cached: median of {len(cached)})')
     _print("first load: GGUF -> float32 conversion", [first["load"]])
+    _print("  its CPU time", [first["load_cpu"]])
     _print("cached load", [s["load"] for s in cached])
+    _print("  its CPU time", [s["load_cpu"] for s in cached])
     _print("import nbinterp + cached load", [s["import"] + s["load"] for s in cached])
+    _print("  its CPU time", [s["import_cpu"] + s["load_cpu"] for s in cached])
     _print("first model.run (T=5)", [s["first_run"] for s in cached])
+    print(f"  load average during the run: {os.getloadavg()[0]:.1f} (2 cores here: above 2, wall times stretch)")
 
 
 def main() -> None:
