@@ -12,7 +12,6 @@ import torch
 
 import nbinterp as ni
 from conftest import PROMPT, random_model
-from nbinterp.representations import directions
 from nbinterp.representations.activations import FeatureActivations
 from reference_hooks import blocks, hooks, mlp_down
 
@@ -293,8 +292,3 @@ def test_clear_errors(model, sae):
     with pytest.raises(ni.NbinterpError, match="corpus document 1: .*empty"):
         acts.top_contexts(3, corpus=["w1 w2", " "])
 
-    class Remote:
-        remote = True
-        name = "remote"
-    with pytest.raises(ni.NbinterpError, match="direct logit effects need the unembedding: not available remotely yet"):
-        directions.unembedding(Remote())

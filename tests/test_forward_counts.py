@@ -136,3 +136,109 @@ def test_qk_decomposition_reads_everything_in_one_more_forward(remote_model, tok
     assert remote.query_labels == expected.query_labels
     scale = float(expected.contributions.abs().max())
     assert (remote.contributions - expected.contributions).abs().max() <= 1e-6 * max(scale, 1.0)
+
+
+def test_why_not_is_a_constant_plus_its_ablation_batches(remote_model):
+    """The run, the head ablations (batched), every MLP ablation (one forward), one
+    forward + backward for the estimates and the lens trajectory; with references,
+    one run per reference, the restore batches, and one forward per restore(k)."""
+    from nbinterp.analysis.why_not import why_not
+
+    model, (prompt, corrupted, target, foil, _) = remote_model
+    rows = batch_rows(model, len(model.tokenize(prompt)[0])) - 1
+    head_batches = -(-model.n_layers * model.n_heads // rows)
+    with count_forwards(model) as calls:
+        why_not(model, prompt, foil)
+    assert len(calls) == 3 + head_batches
+    if model.n_layers != 4:
+        return  # references must make the model say the expected token: the bundled model's IOI pair
+    with count_forwards(model) as calls:
+        result = why_not(model, prompt, foil, references=[corrupted])
+    patch_batches = -(-model.n_layers * (model.n_heads + 1) // rows)
+    assert len(calls) == 3 + head_batches + 1 + patch_batches
+    with count_forwards(model) as calls:
+        result.restore(3)
+    assert len(calls) == 1
+
+
+def test_context_use_is_two_forwards(remote_model):
+    from nbinterp.analysis.context_use import context_use
+
+    model, (prompt, *_) = remote_model
+    words = prompt.split()
+    with count_forwards(model) as calls:
+        context_use(model, prompt, " ".join(words[1:4]))
+    assert len(calls) == 2  # the run with q/k/v, then every edge into the context knocked out
+
+
+def test_attribution_verify_is_one_batch_and_qk_one_forward(remote_model):
+    model, (prompt, _, target, foil, _) = remote_model
+    att = attribute(model, prompt, target, foil)
+    with count_forwards(model) as calls:
+        att.verify(k=20)
+    assert len(calls) == 1
+    with count_forwards(model) as calls:
+        att.verify_heads(k=5)
+    assert len(calls) == 0  # the hybrid already measured every head
+    with count_forwards(model) as calls:
+        att.qk(model.n_layers - 1, 0, 6, 2)
+    assert len(calls) == 1  # the gradient run holds the rest; the decomposition's inputs in one more
+
+
+def test_features_and_their_direct_effects_are_one_forward_each(remote_model):
+    from nbinterp.representations.activations import FeatureActivations
+
+    model, (prompt, _, target, foil, references) = remote_model
+    with count_forwards(model) as calls:
+        acts = FeatureActivations(model, prompt, layer=1, target=target, foil=foil)
+    assert len(calls) == 1
+    for action in (lambda: acts.direct_logit_effect(7), lambda: acts.source.direction(7), lambda: acts.steer({7: 4.0})):
+        with count_forwards(model) as calls:
+            action()
+        assert len(calls) == 1  # the weights are read in a one-token trace
+    with count_forwards(model) as calls:
+        contexts = acts.top_contexts(7, corpus=references)
+    assert len(calls) == 1 + bool(contexts)  # the small corpus in one batch, the top windows in one
+    with count_forwards(model) as calls:
+        contexts = acts.top_contexts(8, corpus=references)
+    assert len(calls) == bool(contexts)  # the pass is kept: only the windows
+
+
+def test_sae_features_reconstruction_is_two_forwards(remote_model):
+    from nbinterp.representations.activations import FeatureActivations
+    from nbinterp.representations.sae import bundled_sae
+
+    model, (prompt, _, target, foil, _) = remote_model
+    if model.n_layers != 4:
+        pytest.skip("the bundled SAE reads the bundled model")
+    acts = FeatureActivations(model, prompt, sae=bundled_sae(), target=target, foil=foil)
+    with count_forwards(model) as calls:
+        acts.reconstruction_error(per_token=True)
+    assert len(calls) == 2  # the reconstruction everywhere, then every token alone in one batch
+
+
+def test_probe_is_one_forward_and_its_usage_test_one_per_prompt_length(remote_model):
+    from nbinterp.bundled import tasks
+    from nbinterp.representations.probe_usage import usage_test
+    from nbinterp.representations.probes import probe_layers
+
+    model, _ = remote_model
+    if model.n_layers != 4:
+        pytest.skip("the probe task is the bundled model's planted bias")
+    examples = tasks.examples("bias", 40, split="test", seed=1)
+    with count_forwards(model) as calls:
+        result = probe_layers(model, [e.prompt for e in examples], [e.meta["group"] for e in examples])
+    assert len(calls) == 1
+    lengths = {len(result.token_ids[int(i)]) for i in result.test_index}
+    with count_forwards(model) as calls:
+        usage_test(model, result, result.best_layer, ("doctor", "nurse"), n_controls=2, probabilities=False)
+    assert len(calls) == len(lengths)  # clean, probe direction and controls share each length's forward
+
+
+def test_an_ablation_panel_move_is_one_forward(remote_model):
+    from nbinterp.interventions.ablation import ablated_run
+
+    model, (prompt, *_) = remote_model
+    with count_forwards(model) as calls:
+        ablated_run(model, prompt, {"L1.H0": 0.0, "L0.mlp": 0.5})
+    assert len(calls) == 1

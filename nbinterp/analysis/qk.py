@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nbinterp.engine.architectures import Architecture, head_qk_projection
+from nbinterp.engine import weights
+from nbinterp.engine.captures import QKWeights
 from nbinterp.errors import NbinterpError, UnsupportedArchitectureError
 
 if TYPE_CHECKING:
@@ -79,16 +80,9 @@ class QKDecomposition:
         )
 
 
-def layout_for(model: "Model") -> Architecture:
-    arch = model.arch
-    if arch.qk_projection is None or arch.input_norm is None:
-        model_type = getattr(model.hf.config, "model_type", None)
-        raise UnsupportedArchitectureError(
-            f"the QK decomposition supports GPT-2, GPT-NeoX, OPT, Llama, Mistral, Qwen2 and OLMo, not {model_type!r}: "
-            "Gemma scales embeddings and normalises after attention and soft-caps scores, and Qwen3 / OLMo2 "
-            "normalise q and k per head, none of which is decomposed yet. Attribution and knockouts still work."
-        )
-    return arch
+def layout_for(model: "Model") -> None:
+    """A clear error unless the model's scores can be decomposed (the engine knows its layout)."""
+    weights.check_qk_decomposable(model)
 
 
 def residual_components(model: "Model", run: "Run", layer: int, positions: list[int]) -> tuple[list[str], torch.Tensor]:
@@ -142,9 +136,9 @@ def _frozen_norm(model: "Model", norm_params: tuple, components: torch.Tensor, r
     return components / scale * weight, torch.zeros_like(resid)
 
 
-def _project(model: "Model", projections: tuple, x: torch.Tensor, head: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _project(model: "Model", projections: QKWeights, x: torch.Tensor, head: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Query or key projection of `head` without its bias: (x W [..., D], bias [D])."""
-    weight, bias = head_qk_projection(model.arch, projections, head, side, model.shape)
+    weight, bias = weights.qk_projection(model, projections, head, side)
     weight = weight.double().cpu()
     bias = torch.zeros(model.head_dim, dtype=torch.float64) if bias is None else bias.double().cpu()
     return x @ weight, bias
@@ -183,8 +177,8 @@ def qk(model: "Model", prompt_or_run: Any, layer: int, head: int, query: int, ke
     if inputs.softcap:
         raise UnsupportedArchitectureError("soft-capped attention scores are not decomposed")
     scaling = inputs.scaling or model.head_dim ** -0.5
-    weights = run.captured("qk_weights", layer)
-    norm_params, projections = (weights.norm_weight, weights.norm_bias), weights.projections
+    projections = run.captured("qk_weights", layer)
+    norm_params = (projections.norm_weight, projections.norm_bias)
     labels, components = residual_components(model, run, layer, [query, key])
     resid = run.residual(layer)[[query, key]].double()
     normed, constant = _frozen_norm(model, norm_params, components, resid)

@@ -29,11 +29,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from nbinterp.engine.architectures import get_path
 from nbinterp.engine.batch import measure
-from nbinterp.engine.plan import Metric
+from nbinterp.engine.plan import Metric, Plan
 from nbinterp.engine.tokens import display_text
-from nbinterp.engine.trace import softcap_logits
 from nbinterp.errors import NbinterpError
 from nbinterp.interventions import batch
 
@@ -204,23 +202,26 @@ def components(model: "Model") -> list[Component]:
     return out
 
 
-def lens_at(model: "Model", run: "Run", position: int, token_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rank [streams, n], probability [streams, n]) of `token_ids` at `position`, read from every
-    residual stream (embeddings, after each block) through the final norm and the unembedding."""
-    final_norm = get_path(model.hf, model.arch.final_norm)
-    unembed = get_path(model.hf, model.arch.unembed)
-    streams = [run.captured("resid_pre", layer)[position] for layer in range(model.n_layers)]
-    streams.append(run.captured("resid_final", model.n_layers)[position])
-    device = next(model.hf.parameters()).device
-    dtype = next(model.hf.parameters()).dtype
-    with torch.no_grad():
-        x = torch.stack(streams).to(device=device, dtype=dtype)
-        logits = softcap_logits(unembed(final_norm(x)).float(), model.shape.final_logit_softcap).cpu()
-    probabilities = torch.softmax(logits, dim=-1)
-    ids = torch.tensor(list(token_ids))
-    chosen = logits[:, ids]
-    ranks = (logits[:, None, :] > chosen[:, :, None]).sum(-1)
-    return ranks, probabilities[:, ids]
+def gradient_run(model: "Model", input_ids: torch.Tensor, metric: Metric) -> "Run":
+    """One forward + backward: the metric's gradients (the head estimates) and, in
+    the same trace, the logit lens of every residual stream with the metric's
+    target's and foil's probability and rank, reduced where the model lives (the
+    final norm and unembedding are never applied on the client)."""
+    from nbinterp.engine.run import Run
+
+    tokens = (metric.target,) if metric.foil is None else (metric.target, metric.foil)
+    saved = model.execute(input_ids, Plan(), model.all_layers(["z", "lens"]), metric, gradients=True,
+                          lens_tokens=tokens)
+    description = {"target": metric.target, "foil": metric.foil, "gradients": True}
+    return Run(model, input_ids, Plan(), saved, metric, description)
+
+
+def lens_at(run: "Run", position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rank [streams, n], probability [streams, n]) at `position` of the tokens the
+    run's lens was asked for, every residual stream (embeddings, after each block)."""
+    streams = [run.captured("lens", layer) for layer in range(run.model.n_layers + 1)]
+    return (torch.stack([s.token_ranks[position] for s in streams]),
+            torch.stack([s.token_probabilities[position] for s in streams]))
 
 
 def critical_layer(expected_rank: torch.Tensor, actual_rank: torch.Tensor) -> int | None:
@@ -264,7 +265,7 @@ def why_not(
     position %= n_tokens
     expected_id = model.token_id(expected)
     tokenizer = model.tokenizer
-    run = model.run(input_ids, capture=["resid_pre", "resid_final", "z", "w_o", "qkv", "mlp_out", "logits"])
+    run = model.run(input_ids, capture=["z", "w_o", "qkv", "mlp_out", "logits"])
     logits = run.logits_at(position)
     if actual is None:
         order = logits.argsort(descending=True).tolist()
@@ -277,7 +278,9 @@ def why_not(
     metric = Metric(expected_id, actual_id, position)
     metric_here = float(logits[expected_id] - logits[actual_id])
 
-    ranks, probabilities = lens_at(model, run, position, [expected_id, actual_id])
+    # one forward + backward: the head estimates' gradients and the lens trajectory
+    grad_run = gradient_run(model, input_ids, metric)
+    ranks, probabilities = lens_at(grad_run, position)
     trajectory = Trajectory(
         ["embed"] + [f"L{layer}" for layer in range(model.n_layers)],
         ranks[:, 0], probabilities[:, 0].float(), ranks[:, 1], probabilities[:, 1].float(),
@@ -289,7 +292,6 @@ def why_not(
     heads = [(c.layer, c.head) for c in parts if c.head is not None]
     head_effects = batch.ablation_effects(model, input_ids, heads, metric)
     mlp_effects = mlp_ablation_effects(model, input_ids, metric)
-    grad_run = model.run(input_ids, target=expected_id, foil=actual_id, position=position, gradients=True, capture=["z"])
     estimates = grad_run.head_attribution()
     effect_of = {h: float(e) for h, e in zip(heads, head_effects)}
     inhibitors = [

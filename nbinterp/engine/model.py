@@ -267,9 +267,12 @@ class Model:
         return typed(_to_cpu(dict(saved)))
 
     def _device(self) -> torch.device:
+        """Where inputs go: the executing model's device (the client's `hf` holds
+        meta weights for a remote model; remote inputs are sent from the CPU)."""
         if self.remote is True:
             return torch.device("cpu")
-        return next(self.hf.parameters()).device
+        device = next(self.nn._module.parameters()).device
+        return torch.device("cpu") if device.type == "meta" else device
 
     # --------------------------------------------------------- plan builders
     def _plan_ablations(self, plan: Plan, ablate: dict, ablation: str, reference: Sequence[str] | None) -> None:

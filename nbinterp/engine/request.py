@@ -60,13 +60,15 @@ class TraceRequest:
 
 @dataclass
 class DirectEffect:
-    """[n, vocab]: how vectors added to the final residual stream move the last
-    position's logits, the final norm linearised at `final_stream` [d_model]
-    (its Jacobian-vector product, by double backward through the model's own
-    norm), then the unembedding's weight. `vectors` [n, width] are residual
-    directions, or with `mlp_layer` MLP hidden activations written through that
-    layer's down projection first (weights read where the model lives)."""
+    """"direct_effect" [n, vocab]: how vectors added to the final residual stream
+    move the last position's logits, the final norm linearised at
+    `final_stream` [d_model] (its Jacobian-vector product, by double backward
+    through the model's own norm), then the unembedding's weight. `vectors`
+    [n, width] are residual directions, or with `mlp_layer` MLP hidden
+    activations written through that layer's down projection first (returned
+    as "direct_vectors" [n, d_model]; without a `final_stream`, only that).
+    Weights are read where the model lives."""
 
     vectors: torch.Tensor
-    final_stream: torch.Tensor
+    final_stream: torch.Tensor | None
     mlp_layer: int | None = None

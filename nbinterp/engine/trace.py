@@ -340,6 +340,9 @@ def direct_effects(sites: Sites, request: TraceRequest, state: TraceState) -> No
         down = get_path(get_path(sites.layers[effect.mlp_layer], sites.arch.mlp), sites.arch.mlp_down).weight
         # Conv1D stores [in, out], Linear [out, in]
         vectors = vectors.to(down.device).float() @ (down if sites.arch.conv1d_out_proj else down.T).detach().float()
+        state.saved["direct_vectors"] = vectors
+    if effect.final_stream is None:
+        return
     with torch.enable_grad():
         x = effect.final_stream.to(w_u.device, w_u.dtype).detach().requires_grad_(True)
         y = sites.final_norm(x)

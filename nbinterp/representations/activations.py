@@ -108,20 +108,23 @@ class FeatureSource:
         with torch.no_grad():
             return self.sae.decode(self._sae_tensor(f)).detach().float().cpu()
 
+    def write(self, feature: int) -> torch.Tensor:
+        """[width]: what one unit of the feature adds at its site (a neuron's
+        one-hot; an SAE's decoder row)."""
+        feature = self.check_feature(feature)
+        if self.kind == "neurons":
+            return torch.nn.functional.one_hot(torch.tensor(feature), self.n_features).float()
+        row = _decoder_weight(self.sae)
+        return row[feature].float() if row is not None else (
+            self.decode(torch.nn.functional.one_hot(torch.tensor([feature]), self.n_features).float())
+            - self.decode(torch.zeros(1, self.n_features)))[0]
+
     def direction(self, feature: int) -> torch.Tensor:
         """[d_model]: what one unit of the feature writes into the residual
         stream (a neuron's down-projection row; an SAE's decoder row, through
-        the down projection for an SAE on the neurons)."""
-        feature = self.check_feature(feature)
-        if self.kind == "neurons":
-            return directions.neuron_directions(self.model, self.layer)[feature]
-        row = _decoder_weight(self.sae)
-        row = row[feature].float() if row is not None else (
-            self.decode(torch.nn.functional.one_hot(torch.tensor([feature]), self.n_features).float())
-            - self.decode(torch.zeros(1, self.n_features)))[0]
-        if self.site == "neurons":
-            row = row @ directions.neuron_directions(self.model, self.layer)
-        return row
+        the down projection for an SAE on the neurons: read by the engine's trace)."""
+        write = self.write(feature)
+        return directions.mlp_write(self.model, self.layer, write) if self.site == "neurons" else write
 
 
 def _decoder_weight(sae: Any) -> torch.Tensor | None:
@@ -342,7 +345,9 @@ class FeatureActivations:
         last-position logits one unit of the feature raises / lowers most
         directly (see DIRECT_EFFECT_LABEL: an estimate through the final norm
         linearised at this prompt, every layer after the feature ignored)."""
-        effect = directions.direct_logit_effect(self.model, self.source.direction(feature), self._final_last)
+        source = self.source
+        effect = directions.direct_logit_effect(self.model, source.write(feature), self._final_last,
+                                                source.layer if source.site == "neurons" else None)
         k = max(1, min(int(k), effect.numel()))
         out = {}
         for name, values in (("positive", effect.topk(k)), ("negative", (-effect).topk(k))):
