@@ -17,7 +17,9 @@ How a view declares its contract
        _pattern = traitlets.Dict(allow_none=True, default_value=None).tag(
            sync=True, schema=Nullable(Obj({"layer": INT, "tensor": TENSOR})))
 
-   A tensor sent in a trait (`_buffers.encode`) is TENSOR.
+   A tensor sent in a trait (`_buffers.encode`) is TENSOR. Where the browser
+   may set less than Python (sliders bound to 0..1.5), add
+   `from_browser=SCHEMA`: values from the browser are checked against it.
 2. Requests: give `@rpc` the params and result fields::
 
        @rpc("token_weights", params={"layer": INT, "head": Opt(INT)}, result={"weights": TENSOR_REF})
