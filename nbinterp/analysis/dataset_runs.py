@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from nbinterp.engine.batch import Measured, RowPlan, batch_rows, forward_metric, forwards_needed, measure
+from nbinterp.engine.batch import Measured, RowPlan, batch_rows, forward_metric, measure
 from nbinterp.engine.plan import Metric, Plan
 
 if TYPE_CHECKING:
@@ -94,8 +94,3 @@ def component_metrics(model: "Model", data: "TokenizedSet", components: Sequence
     return measured_metrics(model, data, list(components), lambda plan, slot, c: ablate(plan, slot, [c]),
                             order=lambda c: c[0], progress=progress, max_rows=max_rows)
 
-
-def forwards_for(model: "Model", data: "TokenizedSet", n_items: int, max_rows: int | None = None) -> int:
-    """How many forwards `component_metrics` runs (for progress bars)."""
-    return sum(forwards_needed(model, len(members), n_tokens, n_items, max_rows)
-               for (n_tokens, _, _), members in buckets(data, range(len(data))).items())

@@ -51,8 +51,8 @@ class BiasView(InterpWidget):
         rows = result.data.prompts.rows
         names = result.group_names
         super().__init__(
-            model_name=str(getattr(result.model, "name", "")), target=_token_text(rows[0].target),
-            foil="" if rows[0].foil is None else _token_text(rows[0].foil), group_names=list(names),
+            model_name=str(getattr(result.model, "name", "")), target=_shared(r.target for r in rows),
+            foil=_shared("" if r.foil is None else r.foil for r in rows), group_names=list(names),
             group_sizes=[len(result.layout.a_rows), len(result.layout.b_rows)],
             group_means=list(result.group_means()), paired=result.layout.pairs is not None, gap=result.gap,
             ci=list(result.ci), p_value=result.p_value,
@@ -148,5 +148,7 @@ def bias(model: Any, data: Any = None, *, prompts: Any = None, target: Any = Non
         return BiasView(result, measure_components=components is not False)
 
 
-def _token_text(token: Any) -> str:
-    return str(token)
+def _shared(tokens: Any) -> str:
+    """The rows' common target (or foil), or "(per row)" when they differ."""
+    distinct = {str(token) for token in tokens}
+    return distinct.pop() if len(distinct) == 1 else "(per row)"
