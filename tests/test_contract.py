@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import anywidget
@@ -93,6 +94,15 @@ def test_the_generated_typescript_types_every_value():
     for name in contract.VIEWS:
         for trait, schema in contract.synced_traits(contract.view_class(name)).items():
             assert "unknown" not in json.dumps(schema.spec()), (name, trait)
+
+
+def test_the_views_use_the_generated_types_not_copies():
+    """A view's front end imports its model and row types from contract.gen.ts:
+    an interface written by hand next to it drifts from the declaration."""
+    for path in sorted((ROOT / "js").glob("*.ts")):
+        text = path.read_text()
+        copies = re.findall(r"^(?:export )?interface (\w+)", text, re.M)  # local draw state is a `type`
+        assert not copies, f"{path.name} declares {copies}: declare the shape in Python and import the generated type"
 
 
 def test_an_untyped_dict_or_list_trait_is_refused():
