@@ -59,7 +59,7 @@ def test_renamed_keywords_warn_and_map(model):
         old = ni.ablate(model, IOI, target="Mary", foil="John", ablations={"L3.H0": 0.0})
     new = ni.ablate(model, IOI, target="Mary", foil="John", ablate={"L3.H0": 0.0})
     assert old.ablations == new.ablations == {"L3.H0": 0.0}
-    assert old.result["logit_diff"] == pytest.approx(new.result["logit_diff"], abs=1e-4)
+    assert old.result.logit_diff == pytest.approx(new.result.logit_diff, abs=1e-4)
     with pytest.raises(NbinterpError, match="both ablations= and ablate="):
         ni.ablate(model, IOI, ablations={}, ablate={})
     with pytest.raises(NbinterpError, match="takes 2 positional arguments"):
@@ -90,11 +90,11 @@ def test_ablate_takes_a_run_and_a_position(model):
     mary, john = model.token_id("Mary"), model.token_id("John")
     expected = float(logits[mary] - logits[john])
     scale = float(logits.abs().max())
-    assert panel.baseline["logit_diff"] == pytest.approx(expected, abs=64 * torch.finfo(torch.float32).eps * scale)
-    top = panel.baseline["top_k"][0]
-    assert top["id"] == int(logits.argmax())
+    assert panel.baseline.logit_diff == pytest.approx(expected, abs=64 * torch.finfo(torch.float32).eps * scale)
+    top = panel.baseline.top_k[0]
+    assert top.id == int(logits.argmax())
     # and the ablated run reads the same position
     ablated = model.run(IOI, ablate={"L3.H0": 0.0}, capture=["logits"]).logit_diff("Mary", "John", position=-2)
-    assert panel.result["logit_diff"] == pytest.approx(ablated, abs=64 * torch.finfo(torch.float32).eps * scale)
+    assert panel.result.logit_diff == pytest.approx(ablated, abs=64 * torch.finfo(torch.float32).eps * scale)
     with pytest.raises(NbinterpError, match="outside the prompt"):
         ni.ablate(model, IOI, position=99)
