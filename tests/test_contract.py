@@ -131,6 +131,17 @@ def test_dict_access_to_a_result_still_works_with_a_deprecation_warning(views):
         assert panel.result["logit_diff"] == panel.result.logit_diff
     with pytest.warns(DeprecationWarning):
         assert panel.baseline["top_k"][0] == dataclasses.asdict(panel.baseline.top_k[0])  # rows were dicts too
+    with pytest.warns(DeprecationWarning, match=r"write \.seq instead of \.get\('seq'\)"):
+        assert panel.result.get("seq") == panel.result.seq
+    with pytest.warns(DeprecationWarning):
+        assert panel.result.get("nothing", 3) == 3
+    with pytest.warns(DeprecationWarning):
+        assert "code" in panel.result and "nothing" not in panel.result
+    with pytest.warns(DeprecationWarning):
+        assert dict(panel.result.items()) == dataclasses.asdict(panel.result) and "seq" in panel.result.keys()
+    features = views["features"]
+    with pytest.warns(DeprecationWarning, match="SteeredRun dataclasses now"):
+        assert features.result["steering"] == features.result.steering == {}
 
 
 def test_every_registered_view_is_declared_and_tested(views):

@@ -91,17 +91,25 @@ class DictAccessDeprecated:
     one release ago: the old subscripts keep working, with a DeprecationWarning
     that names the attribute to write instead."""
 
-    def _legacy(self, key: str) -> Any:
+    def _as_dict(self, instead: str) -> dict[str, Any]:
         warnings.warn(f"view.result and view.baseline are {type(self).__name__} dataclasses now: write "
-                      f".{key} instead of [{key!r}] (dict access goes in the next release)",
-                      DeprecationWarning, stacklevel=3)
-        return asdict(self)[key]  # type: ignore[call-overload]
+                      f"{instead} (dict access goes in the next release)", DeprecationWarning, stacklevel=3)
+        return asdict(self)  # type: ignore[call-overload]
 
     def __getitem__(self, key: str) -> Any:
-        return self._legacy(key)
+        return self._as_dict(f".{key} instead of [{key!r}]")[key]
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._legacy(key) if key in self.__dataclass_fields__ else default  # type: ignore[attr-defined]
+        return self._as_dict(f".{key} instead of .get({key!r})").get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._as_dict(f"hasattr(result, {key!r}) instead of {key!r} in result")
+
+    def keys(self) -> Any:
+        return self._as_dict("dataclasses.fields(result) instead of result.keys()").keys()
+
+    def items(self) -> Any:
+        return self._as_dict("dataclasses.asdict(result).items() instead of result.items()").items()
 
 
 class InterpWidget(anywidget.AnyWidget):
