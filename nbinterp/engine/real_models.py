@@ -161,6 +161,7 @@ def converted(spec: RealModel) -> Path:
             f"{destination} exists but is not a finished conversion (no {MARKER}): delete that folder "
             f"and load {spec.alias!r} again"
         )
+    _require_gguf(spec)
     # Once per machine and noticeably slow: say what is happening and where it goes.
     print(
         f"nbinterp: converting {spec.gguf_name} to float32 once, into {destination} "
@@ -186,15 +187,19 @@ def load_gguf(spec: RealModel, source: GgufSource | None = None) -> tuple[Any, A
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = source or locate_gguf(spec)
+    _require_gguf(spec)
+    folder, name = str(source.path.parent), source.path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    return hf_model.eval(), tokenizer
+
+
+def _require_gguf(spec: RealModel) -> None:
     if importlib.util.find_spec("gguf") is None:
         raise NbinterpError(
             f"converting {spec.gguf_name} (once, on the first nbinterp.load({spec.alias!r})) needs the "
             f"gguf package: pip install \"nbinterp[real]\" (or pip install \"gguf>=0.10\")"
         )
-    folder, name = str(source.path.parent), source.path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    return hf_model.eval(), tokenizer
 
 
 def rebuild(gguf_model: Any) -> Any:
