@@ -211,7 +211,7 @@ def main() -> None:
         "d_in": sae.d_in, "d_sae": D_SAE, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
         "normalize_activations": "none", "reshape_activations": "none",
         "metadata": {"sae_lens_version": SAE_LENS_FORMAT_VERSION, "sae_lens_training_version": None,
-                     "model_name": "nbinterp-tiny", "hook_name": HOOK_NAME, "prepend_bos": True,
+                     "model_name": BUNDLED_MODEL_NAME, "hook_name": HOOK_NAME, "prepend_bos": True,
                      "context_size": 128},
         "k": K, "rescale_acts_by_decoder_norm": False, "architecture": "topk",
     }

@@ -14,9 +14,10 @@ from nbinterp.engine import real_models
 from nbinterp.engine.architectures import architecture_for
 from nbinterp.errors import NbinterpError, RemoteError
 from nbinterp.engine.model import Model
+from nbinterp.vocabulary import BUNDLED_MODEL_NAME
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
-BUNDLED_NAME = "nbinterp-tiny"
+BUNDLED_NAME = BUNDLED_MODEL_NAME  # one spelling: nbinterp.vocabulary
 REMOTE_TIMEOUT_S = 30.0
 
 

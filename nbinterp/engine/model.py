@@ -14,6 +14,7 @@ import torch
 
 from nbinterp.engine.architectures import Architecture, ModelShape, architecture_for, get_path, read_shape
 from nbinterp.errors import NbinterpError
+from nbinterp.vocabulary import BUNDLED_MODEL_NAME
 from nbinterp.engine import plan as plans
 from nbinterp.engine.plan import Metric, Plan
 from nbinterp.engine.captures import typed
@@ -132,7 +133,7 @@ class Model:
         raise self._error(
             f"{what} contains {shown}, which {self.name}'s tokenizer does not know: it would become "
             f"{unk!r} and every number would be about {unk!r}. Use words the model knows"
-            + (" (the bundled model's vocabulary is nbinterp.bundled.tasks.vocabulary())" if self.name == "nbinterp-tiny" else "")
+            + (" (the bundled model's vocabulary is nbinterp.bundled.tasks.vocabulary())" if self.name == BUNDLED_MODEL_NAME else "")
         )
 
     def token_id(self, token: str | int) -> int:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 
 from nbinterp.errors import NbinterpError
+from nbinterp.vocabulary import BUNDLED_MODEL_NAME
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
@@ -29,7 +30,6 @@ CONTEXT_K = 32  # documents kept per feature
 ELEMENT_BUDGET = 1 << 25  # feature activations per batch (tokens x features): ~128 MB of float32
 MAX_BATCH_TOKENS = 8192
 CACHE_SIZE = 4  # context passes kept (per model, source and corpus)
-BUNDLED_NAME = "nbinterp-tiny"
 
 
 def default_corpus(n_per_task: int = 200, seed: int = 0) -> list[str]:
@@ -277,7 +277,7 @@ def context_index(model: "Model", source: "FeatureSource", corpus: Sequence[Any]
     texts, for the bundled model); not run yet if new."""
     global _DEFAULT_CORPUS
     if corpus is None:
-        if model.name != BUNDLED_NAME:
+        if model.name != BUNDLED_MODEL_NAME:
             raise NbinterpError(
                 "top contexts need corpus=[text, ...] for this model: the default corpus is the bundled "
                 "model's task texts, in its own vocabulary")
