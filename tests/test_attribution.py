@@ -104,10 +104,15 @@ def test_hybrid_measures_every_head_ablation_exactly(attribution):
     assert verified.method == "gradient x activation"
     np.testing.assert_allclose(verified.measured, attribution.head_exact.flatten().numpy(), atol=1e-5)
     np.testing.assert_allclose(verified.estimate, attribution.head_estimates.flatten().numpy())
-    # a budget too small for every head leaves them estimated and spends it on edges
+    # a small edge budget still measures every head (first), then that many edges
     small = attribute(model, attribution.run, TARGET, FOIL, exact_budget=5)
-    assert not small.head_measured.any() and torch.equal(small.heads, small.head_estimates)
-    fresh = small.verify_heads(heads=[(0, 0), (1, 3)])  # not measured by the hybrid: ablated now
+    assert small.head_measured.all() and torch.equal(small.heads, small.head_exact)
+    assert small.measurement.total == model.n_layers * model.n_heads + 5
+    # exact_budget=0: estimates only, and every head says so
+    none = attribute(model, attribution.run, TARGET, FOIL, exact_budget=0)
+    assert not none.head_measured.any() and torch.equal(none.heads, none.head_estimates)
+    assert none.head_status(0, 0) == attribution_module.OUT_OF_BUDGET
+    fresh = none.verify_heads(heads=[(0, 0), (1, 3)])  # not measured by the hybrid: ablated now
     np.testing.assert_allclose(fresh.measured, [float(attribution.head_exact[0, 0]), float(attribution.head_exact[1, 3])],
                                atol=1e-5)
 
@@ -130,11 +135,14 @@ def test_hybrid_measures_each_rows_dominant_edges_exactly(attribution):
     torch.testing.assert_close(hybrid[~measured], fixed[~measured], equal_nan=True)
     assert {e[:4] for e in attribution.measured_edges()} == {tuple(x) for x in measured.nonzero().tolist()}
     assert attribution.compare(exact, k=10).mae < attribution.compare(exact, k=10, method="qk_fix").mae
-    capped = attribute(model, attribution.run, TARGET, FOIL, exact_budget=5)  # fewer than the heads: edges only
+    capped = attribute(model, attribution.run, TARGET, FOIL, exact_budget=5)
     capped_measured = capped.dense_exact()
     assert int(capped_measured.sum()) == 5
-    chosen = probs[capped_measured]
-    assert chosen.min() >= probs[measured & ~capped_measured].max() - 1e-6  # the highest probabilities first
+    chosen = fixed[capped_measured].abs()
+    assert chosen.min() >= fixed[measured & ~capped_measured].abs().max() - 1e-9  # the largest |estimate| first
+    # measured in that order: the first edges of the plan have the largest |estimate|
+    planned = fixed[tuple(capped.measurement.edges.T)].abs()
+    assert torch.equal(planned, planned.sort(descending=True).values)
     none = attribute(model, attribution.run, TARGET, FOIL, exact_budget=0)
     assert not none.dense_exact().any() and none.measurement.total == 0
 
@@ -277,7 +285,8 @@ def test_measurements_stream_in_batches_cancel_and_resume(attribution):
     for update in att.measure():  # resumes
         seen.append(update)
     assert att.finished and not m.cancelled and [u.done for u in seen] == sorted({u.done for u in seen})
-    assert seen[-1].done == m.total and {u.kind for u in seen} == {"head", "edge"}
+    assert seen[-1].done == m.total and {u.kind for u in seen} <= {"head", "head+edge", "edge"}
+    assert [u.kind for u in seen][:2] == ["head", "head"] and seen[-1].kind == "edge"
     torch.testing.assert_close(att.heads, attribution.heads, atol=1e-5, rtol=0)
     torch.testing.assert_close(att.dense_edge_effects(), attribution.dense_edge_effects(), atol=1e-5, rtol=0,
                                equal_nan=True)
@@ -292,3 +301,57 @@ def test_edge_map_is_one_head_of_the_dense_effects(attribution):
         assert torch.equal(attribution.exact_map(layer, head), exact[layer, head])
     with pytest.raises(ni.NbinterpError):
         attribution.edge_map(0, 99)
+
+
+def test_every_head_is_measured_where_the_budget_is_smaller_than_the_heads(attribution, monkeypatch):
+    """Three rows a forward (two ablations + the clean row): the old default
+    budget (4 forwards = 12 rows) could not hold the heads of a larger model;
+    now every head is measured first, then the default edge budget, and no
+    label says "measured" about a number outside it."""
+    model = attribution.model
+    monkeypatch.setattr(attribution_module.batch, "batch_rows", lambda model, n_tokens: 3)
+    from nbinterp.analysis import exact_measurement
+
+    monkeypatch.setattr(exact_measurement.batch, "batch_rows", lambda model, n_tokens: 3)
+    att = attribute(model, attribution.run, TARGET, FOIL)
+    n_heads = model.n_layers * model.n_heads
+    budget = attribution_module.default_edge_budget(model, len(att.run))
+    assert budget == max(2, 3 * 2 - n_heads)
+    assert att.head_measured.all() and att.measurement.total == n_heads + budget
+    torch.testing.assert_close(att.heads, attribution.heads, atol=1e-5, rtol=0)
+    assert {att.head_status(l, h) for l in range(model.n_layers) for h in range(model.n_heads)} == {"measured"}
+    statuses = {}
+    for l, h, q, k in att.summary.dominant.tolist():
+        statuses[(l, h, q, k)] = att.edge_status(l, h, q, k)
+    measured = {e[:4] for e in att.measured_edges()}
+    assert len(measured) == budget
+    assert {key for key, s in statuses.items() if s == attribution_module.MEASURED} == measured
+    assert set(statuses.values()) == {attribution_module.MEASURED, attribution_module.OUT_OF_BUDGET}
+    for edge in att.top_edges(None):
+        assert edge.measured == (att.edge_status(*edge[:4]) == attribution_module.MEASURED)
+    # the measured values are exact knockouts (one engine run each)
+    clean = model.run(PROMPT).logit_diff(TARGET, FOIL)
+    for e in att.measured_edges():
+        knocked = model.run(PROMPT, knockout=[e[:4]]).logit_diff(TARGET, FOIL)
+        assert e.estimate == pytest.approx(knocked - clean, abs=1e-5)
+
+
+def test_after_a_cancel_only_measured_entries_say_measured(attribution):
+    model = attribution.model
+    att = attribute(model, attribution.run, TARGET, FOIL, measure=False)
+    n_heads = model.n_layers * model.n_heads
+    assert {att.head_status(0, 0), att.pending_status()} == {attribution_module.QUEUED}
+    planned = [tuple(e) for e in att.measurement.edges.tolist()]
+    assert planned and att.edge_status(*planned[0]) == attribution_module.QUEUED
+    att.measurement.per_forward = n_heads + 1  # the first forward: every head and the first edge
+    for update in att.measure():
+        assert update.kind == "head+edge"
+        att.cancel()
+    assert att.measurement.cancelled and att.head_measured.all()
+    assert att.edge_status(*planned[0]) == attribution_module.MEASURED
+    if len(planned) > 1:
+        assert att.edge_status(*planned[1]) == attribution_module.CANCELLED
+        assert bool(att.queued_map(*planned[1][:2])[planned[1][2], planned[1][3]])
+    for edge in att.top_edges(None):
+        assert edge.measured == (att.edge_status(*edge[:4]) == attribution_module.MEASURED)
+        assert edge.measured == (edge[:4] == planned[0])

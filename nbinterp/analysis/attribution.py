@@ -32,17 +32,21 @@ the gradient, taken where that head was saturated, sees almost nothing
 the dominant ones of their row (the knockout removes most of the row's mass),
 and a row has at most ``1 / dominant`` of them, so:
 
-- ``"hybrid"`` (default): ``"qk_fix"`` for the edges, except that every edge
-  holding at least ``dominant`` (0.3) of its row's attention is knocked out
-  exactly (batched forwards): at most ``3 L H T`` knockouts, linear in the
-  prompt length instead of the ``L H T^2 / 2`` of the exhaustive reference,
-  capped at ``exact_budget`` (default: what four batched forwards hold,
-  e.g. 2,048 edges for the bundled model at T = 32 and 168 for GPT-2 small at
-  T = 128; highest probabilities first). Every head's zero ablation is
-  measured too (L*H ablations, batched, when they fit the same budget):
-  gradient x activation misses heads that act through saturated heads
-  downstream just as the edge estimates do (the bundled model's
-  previous-token head: +1.4 estimated, -18.1 measured on the IOI prompt).
+- ``"hybrid"`` (default): every head's zero ablation is measured first, at
+  any length (L*H ablations, batched): gradient x activation misses heads
+  that act through saturated heads downstream just as the edge estimates do
+  (the bundled model's previous-token head: +1.4 estimated, -18.1 measured
+  on the IOI prompt). Then the edges: ``"qk_fix"``, except that the edges
+  holding at least ``dominant`` (0.3) of their row's attention are knocked
+  out exactly (batched forwards), largest |QK-fix estimate| first, at most
+  ``exact_budget`` of them (default: what is left of three batched forwards
+  after the heads, at least one forward: 1,517 edges for the bundled model
+  at T <= 32, 237 for SmolLM2 at T = 64). A row has at most ``1 / dominant``
+  dominant edges, so there are at most ``3 L H T`` of them, linear in the
+  prompt length instead of the ``L H T^2 / 2`` of the exhaustive reference.
+  Every number says what it is (`edge_status`, `head_status`): "measured"
+  only once measured; "estimate (will be measured)" while queued; "estimate
+  (not measured: budget)" for a dominant edge outside the budget.
 
 Memory: nothing [L, H, T, T] is held. The estimates are computed one head at
 a time (float64) and reduced to each head's top edges, totals and dominant
@@ -82,7 +86,13 @@ METHODS = ("hybrid", "qk_fix", "linear")
 DEFAULT_TOP = 100
 TOP_PER_HEAD = 256  # each head's top edges kept per method: global top-k is exact for k <= this
 DOMINANT = 0.3
-EXACT_FORWARDS = 4  # default exact budget: this many batched forwards of knockouts
+EXACT_FORWARDS = 3  # default: heads + edges fill this many batched forwards (at least one of edges)
+# What an entry of the hybrid is, in the words every view uses.
+MEASURED = "measured"
+QUEUED = "estimate (will be measured)"
+CANCELLED = "estimate (not measured: cancelled; resume to measure)"
+OUT_OF_BUDGET = "estimate (not measured: budget)"
+NOT_DOMINANT = "estimate (not measured: below the dominant threshold)"
 DENSE_LIMIT = 1 << 27  # L*H*T^2 entries a dense tensor may have (1 GB of float64)
 
 
@@ -293,6 +303,42 @@ class Attribution:
         """Every planned exact measurement done."""
         return self.measurement.finished
 
+    # -------------------------------------------------------------- status
+    def head_status(self, layer: int, head: int) -> str:
+        """What the hybrid's number for this head is: `MEASURED`, `QUEUED`,
+        `CANCELLED`, or `OUT_OF_BUDGET` (exact_budget=0: nothing measured)."""
+        if not bool(self.head_measured[layer, head]):
+            return self.pending_status() if self.measurement.heads else OUT_OF_BUDGET
+        return MEASURED
+
+    def pending_status(self) -> str:
+        """The status of every planned entry not measured yet (`QUEUED`, or
+        `CANCELLED` after a cancel)."""
+        return CANCELLED if self.measurement.cancelled else QUEUED
+
+    def edge_status(self, layer: int, head: int, query: int, key: int) -> str:
+        """What the hybrid's number for this edge is: `MEASURED`, `QUEUED`,
+        `CANCELLED`, `OUT_OF_BUDGET` (dominant, past `exact_budget`) or
+        `NOT_DOMINANT` (the QK-fix estimate by design)."""
+        n = len(self.run)
+        where, flat = self._planned.get((layer, head), (torch.zeros(0, dtype=torch.long),) * 2)
+        hit = (flat == query * n + key).nonzero()
+        if len(hit):
+            return MEASURED if not bool(self.measurement.edge_effects[where[hit[0, 0]]].isnan()) else self.pending_status()
+        dominant = self.summary.dominant
+        if len(dominant) and bool((dominant == torch.tensor([layer, head, query, key])).all(1).any()):
+            return OUT_OF_BUDGET
+        return NOT_DOMINANT
+
+    def queued_map(self, layer: int, head: int) -> torch.Tensor:
+        """bool [T, T]: the head's planned edges not measured yet."""
+        n = len(self.run)
+        where, flat = self._planned.get((self.model.check_layer(layer), self.model.check_head(head)),
+                                        (torch.zeros(0, dtype=torch.long),) * 2)
+        mask = torch.zeros(n * n, dtype=torch.bool)
+        mask[flat[self.measurement.edge_effects[where].isnan()]] = True
+        return mask.view(n, n)
+
     # --------------------------------------------------------------- verify
     def verify(self, k: int = 20, method: str | None = None, edges: Sequence[Sequence[int]] | None = None,
                pool: int | None = None) -> Verification:
@@ -463,12 +509,18 @@ class ExactEdges(NamedTuple):
 
 
 def choose_dominant(summary: EdgeSummary, budget: int) -> torch.Tensor:
-    """[N, 4] the dominant edges to measure: at most `budget`, highest
-    probability first, returned in (layer, head, query, key) order."""
-    if len(summary.dominant) <= budget:
-        return summary.dominant
-    order = torch.argsort(summary.dominant_probability, descending=True, stable=True)[:budget]
-    return summary.dominant[order.sort().values]
+    """[N, 4] the dominant edges to measure, in measurement order: largest
+    |QK-fix estimate| first (ties: higher attention first), at most `budget`."""
+    by_probability = torch.argsort(summary.dominant_probability, descending=True, stable=True)
+    by_estimate = torch.argsort(summary.dominant_estimate[by_probability].abs().nan_to_num(), descending=True, stable=True)
+    return summary.dominant[by_probability[by_estimate][:budget]]
+
+
+def default_edge_budget(model: "Model", n_tokens: int) -> int:
+    """Edges the default hybrid knocks out: what is left of `EXACT_FORWARDS`
+    batched forwards once every head is in, and at least one forward's worth."""
+    per_forward = max(1, batch.batch_rows(model, n_tokens) - 1)
+    return max(per_forward, EXACT_FORWARDS * per_forward - model.n_layers * model.n_heads)
 
 
 def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | None = None, *,
@@ -476,8 +528,9 @@ def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | 
               dominant: float = DOMINANT, exact_budget: int | None = None, measure: bool = True) -> Attribution:
     """Estimated effect of ablating each head and knocking out each attention
     edge on logit(target) - logit(foil), from one forward + one backward, and
-    exact measurements of every head's ablation and each row's dominant edges
-    (attention >= `dominant`; at most `exact_budget` of each).
+    exact measurements of every head's ablation, then of the dominant edges
+    (attention >= `dominant`), largest |estimate| first, at most `exact_budget`
+    of them (`default_edge_budget`; 0: nothing measured, estimates only).
 
     `prompt` is text, token ids, or a `Run` made with gradients for the same
     target / foil / position. `measure=False` returns after the estimates;
@@ -490,7 +543,7 @@ def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | 
     if not (isinstance(dominant, (int, float)) and 0 < dominant <= 1):
         raise NbinterpError(f"dominant must be a probability in (0, 1], not {dominant!r}")
     if exact_budget is not None and not (isinstance(exact_budget, int) and exact_budget >= 0):
-        raise NbinterpError(f"exact_budget must be a non-negative integer, not {exact_budget!r} (0 turns exact knockouts off)")
+        raise NbinterpError(f"exact_budget must be a non-negative integer, not {exact_budget!r} (0: estimates only, nothing measured)")
     if not (isinstance(n_top, int) and n_top >= 1):
         raise NbinterpError(f"n_top must be a positive integer, not {n_top!r}")
     started = time.perf_counter()
@@ -509,9 +562,9 @@ def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | 
     head_estimates = run.head_attribution().double()
     summary = summarise(run, model.n_layers, model.n_heads, position, max(n_top, TOP_PER_HEAD), dominant)
     if exact_budget is None:
-        exact_budget = EXACT_FORWARDS * batch.batch_rows(model, n_tokens)
-    all_heads = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
-    heads = all_heads if len(all_heads) <= exact_budget else []
+        exact_budget = default_edge_budget(model, n_tokens)
+    # every head, at any length (exact_budget=0 asks for estimates only)
+    heads = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)] if exact_budget else []
     metric = Metric.of(model, target, foil, position, n_tokens)
     measurement = ExactMeasurement(model, run.input_ids, metric, heads, choose_dominant(summary, exact_budget))
     att = Attribution(model, run, target, foil, position, head_estimates, summary, measurement, method, n_top)

@@ -1,14 +1,17 @@
 """The hybrid attribution's exact measurements, in batches that can be
-iterated and cancelled: every head's zero ablation, then each attention row's
-dominant edges knocked out, one batched forward per step
-(`nbinterp.interventions.batch`: each forward carries its own clean row, so
-every number is metric(intervened) - metric(clean) of the same forward).
+iterated and cancelled: every head's zero ablation first, then the planned
+attention edges knocked out in the order given (largest |estimate| first),
+one batched forward per step (`nbinterp.engine.batch.measure`: each forward
+carries its own clean row, so every number is metric(intervened) -
+metric(clean) of the same forward). A forward whose heads run out is filled
+with the first edges, so no row is wasted.
 
     for update in measurement:      # or measurement.run()
         print(update.done, "/", update.total)
     measurement.cancel()            # from any thread: stops after the batch in flight
 
 Values not measured yet are NaN; iterating again resumes where it stopped.
+`status_of_head` / `queued` say what an unmeasured number is waiting for.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class MeasuredBatch:
-    """One forward's results: `keys` are (layer, head) for kind "head",
-    (layer, head, query, key) for kind "edge"."""
+    """One forward's results: `keys` are (layer, head) for a head ablation,
+    (layer, head, query, key) for an edge knockout; `kind` is "head", "edge",
+    or "head+edge" for the forward where the heads end and the edges begin."""
 
     kind: str
     keys: list[tuple[int, ...]]
@@ -45,7 +49,7 @@ class ExactMeasurement:
                  edges: torch.Tensor, rows: int | None = None) -> None:
         self.model, self.input_ids, self.metric = model, input_ids, metric
         self.heads = heads
-        self.edges = edges  # [N, 4] int64, sorted by layer so a forward mostly touches one layer
+        self.edges = edges  # [N, 4] int64, in measurement order (the caller's priority)
         self.head_effects = torch.full((model.n_layers, model.n_heads), float("nan"), dtype=torch.float64)
         self.edge_effects = torch.full((len(edges),), float("nan"), dtype=torch.float64)
         self.done = 0
@@ -86,20 +90,35 @@ class ExactMeasurement:
 
     def _next_batch(self) -> MeasuredBatch | None:
         start = self.done
-        if start < len(self.heads):
-            keys = self.heads[start : start + self.per_forward]
-            effects = batch.ablation_effects(self.model, self.input_ids, keys, self.metric, rows=len(keys) + 1)
-            for (layer, head), value in zip(keys, effects.tolist()):
-                self.head_effects[layer, head] = value
-            kind = "head"
-        elif start < self.total:
-            first = start - len(self.heads)
-            chosen = self.edges[first : first + self.per_forward]
-            keys = [tuple(edge) for edge in chosen.tolist()]
-            effects = batch.knockout_effects(self.model, self.input_ids, keys, self.metric, rows=len(keys) + 1)
-            self.edge_effects[first : first + len(keys)] = effects
-            kind = "edge"
-        else:
+        if start >= self.total:
             return None
-        self.done = start + len(keys)
-        return MeasuredBatch(kind, list(keys), effects, self.done, self.total)
+        stop = min(self.total, start + self.per_forward)
+        n_heads = len(self.heads)
+        keys: list[tuple[int, ...]] = [tuple(h) for h in self.heads[start:stop]]
+        first_edge = max(0, start - n_heads)
+        keys += [tuple(edge) for edge in self.edges[first_edge : max(0, stop - n_heads)].tolist()]
+        effects = measure_effects(self.model, self.input_ids, keys, self.metric)
+        n_head_keys = sum(len(key) == 2 for key in keys)
+        for (layer, head), value in zip(keys[:n_head_keys], effects[:n_head_keys].tolist()):
+            self.head_effects[layer, head] = value
+        if n_head_keys < len(keys):
+            self.edge_effects[first_edge : first_edge + len(keys) - n_head_keys] = effects[n_head_keys:]
+        kind = "head" if n_head_keys == len(keys) else "edge" if n_head_keys == 0 else "head+edge"
+        self.done = stop
+        return MeasuredBatch(kind, keys, effects, self.done, self.total)
+
+    def queued(self) -> torch.Tensor:
+        """bool [N]: the planned edges not measured yet."""
+        return self.edge_effects.isnan()
+
+
+def measure_effects(model: "Model", input_ids: torch.Tensor, keys: list[tuple[int, ...]], metric: "Metric") -> torch.Tensor:
+    """metric(intervened) - metric(clean) for head ablations (2-tuples) and edge
+    knockouts (4-tuples) together, in one forward: float64 [len(keys)]."""
+    def fill(plan: batch.RowPlan, slot: int, key: tuple[int, ...]) -> None:
+        if len(key) == 2:
+            plan.ablate_head(slot, *key)
+        else:
+            plan.knock_out(slot, *key)
+
+    return batch.measure(model, input_ids, keys, fill, metric, rows=len(keys) + 1).effects[:, 0]
