@@ -5,15 +5,22 @@ a corrupted one and measure how much of the clean logit difference comes back.
 
 1 is full recovery, 0 no change. Sweeps cover the residual stream, the
 attention output and the MLP output per (layer, position), and every head
-(all positions) per (layer, head). Cells are computed in batches and yielded
-as they arrive, so a view can stream them; `cancel()` stops after the batch
-in flight.
+(all positions) per (layer, head).
 
-Every batch also carries the two reference rows (corrupted, unpatched; and
-the whole residual stream at layer 0 patched, which *is* the clean run), and
-its cells are normalised by those rows: patching nothing gives 0.0 and
-patching all of resid_pre at layer 0 gives 1.0, up to float32 rounding
-between rows of one batch (an ulp or so of the logits, over the gap).
+The whole grid is first ESTIMATED by attribution patching (Nanda 2023): the
+first-order change of the metric when a site's corrupted activation is
+replaced by the clean one, (clean - corrupted) . d metric / d activation at
+the corrupted run, summed over the cell's slice. That costs the clean forward
+and one forward + backward of the corrupted prompt, whatever the grid's size.
+Exact cells are then computed in batches, largest |estimate| first, and
+yielded as they arrive, so a view can stream them; `cancel()` stops after the
+batch in flight.
+
+Effects are normalised by the clean and corrupted metric of the two plain
+runs (computed once, not repeated in every batch): patching nothing gives
+0.0 and patching all of resid_pre at layer 0 gives 1.0, up to float32
+rounding between a batched row and a one-row run (an ulp or so of the
+logits, over the gap).
 """
 
 from __future__ import annotations
@@ -24,14 +31,14 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
-from nbinterp.engine.plan import parse_site
-from nbinterp.interventions.batch import Site, patched_metrics
+from nbinterp.engine.batch import RowPlan, forward_metric
+from nbinterp.engine.plan import PATCH_SITES, Metric, Plan, parse_site
+from nbinterp.engine.run import Run
+from nbinterp.interventions.batch import Site
 from nbinterp.errors import NbinterpError
-from nbinterp.engine.plan import Metric
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
-    from nbinterp.engine.run import Run
 
 SWEEP_KINDS = ("resid_pre", "attn_out", "mlp_out", "head")
 KIND_LABELS = {
@@ -53,6 +60,9 @@ class PatchingSetup:
     metric: Metric
     clean_logit_diff: float
     corrupted_logit_diff: float
+    corrupted: "Run | None" = None  # the corrupted run with its captures (attribution patching)
+    # site -> per-layer d metric / d activation at the corrupted run, [T, width] ("z" for heads)
+    gradients: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_tokens(self) -> int:
@@ -83,12 +93,40 @@ def prepare(
     if not -n_tokens <= position < n_tokens:
         raise NbinterpError(f"position {position} is outside the prompt's {n_tokens} tokens")
     metric = Metric.of(model, target, foil, position, n_tokens)
-    clean_run = model.run(clean_ids, capture=("resid_pre", "attn_out", "mlp_out", "z"))
-    corrupted_run = model.run(corrupted_ids, capture=())
+    clean_run = model.run(clean_ids, capture=ESTIMATE_SITES)
+    # The corrupted run: the same captures and, in one backward, the metric's
+    # gradient at every site a cell patches (what the estimate needs).
+    captured = model.execute(corrupted_ids, Plan(), model.all_layers(ESTIMATE_SITES), metric, gradients=True,
+                             grad_captures=("resid_pre", "attn_out", "mlp_out"))
+    captured["grad_z"] = dict(enumerate(captured["grad_z"]))
+    corrupted_run = Run(model, corrupted_ids, Plan(), captured, metric, {"gradients": True})
     ld = lambda run: float(_metric_of(run.logits_at(metric.position), metric))  # noqa: E731
-    setup = PatchingSetup(model, clean_run, corrupted_ids, metric, ld(clean_run), ld(corrupted_run))
+    gradients = {site: captured[f"grad_{site}"] for site in ESTIMATE_SITES}
+    setup = PatchingSetup(model, clean_run, corrupted_ids, metric, ld(clean_run), ld(corrupted_run), corrupted_run,
+                          gradients)
     _check_gap(setup, [clean_run.logits_at(metric.position), corrupted_run.logits_at(metric.position)])
     return setup
+
+
+ESTIMATE_SITES = ("resid_pre", "attn_out", "mlp_out", "z")
+
+
+def estimate(setup: PatchingSetup, kind: str) -> torch.Tensor:
+    """Attribution-patching estimate of every cell of `kind`, normalised like an
+    effect: [layers, positions] (or [layers, heads]) float32. No forward: reads
+    the two runs `prepare` made."""
+    clean, corrupted, n_layers = setup.clean, setup.corrupted, setup.model.n_layers
+    gap = setup.clean_logit_diff - setup.corrupted_logit_diff
+    rows = []
+    for layer in range(n_layers):
+        if kind == "head":
+            delta = clean.captured("z", layer).float() - corrupted.captured("z", layer).float()  # [T, H*D]
+            product = delta * setup.gradients["z"][layer]
+            rows.append(product.reshape(product.shape[0], setup.model.n_heads, -1).sum(dim=(0, 2)))
+        else:
+            delta = clean.captured(kind, layer).float() - corrupted.captured(kind, layer).float()  # [T, width]
+            rows.append((delta * setup.gradients[kind][layer]).sum(dim=-1))
+    return torch.stack(rows) / gap + 0.0
 
 
 MIN_GAP = 1e-2  # the smallest clean - corrupted gap, as a fraction of the metric's scale (see _check_gap)
@@ -126,15 +164,19 @@ def _metric_of(logits: torch.Tensor, metric: Metric) -> torch.Tensor:
     return value if metric.foil is None else value - logits[metric.foil]
 
 
-def _reference_rows() -> list[list[Site]]:
-    return [[], [("resid_pre", 0, None, None)]]
-
-
 def effects_of(setup: PatchingSetup, patch_sets: Sequence[Sequence[Site]]) -> torch.Tensor:
-    """Normalised effect of each patch set (one batched forward), float32 [n]."""
-    raw = patched_metrics(setup.model, setup.corrupted_ids, setup.clean, _reference_rows() + list(patch_sets), setup.metric)
-    corrupted, clean = raw[0], raw[1]
-    return (raw[2:] - corrupted) / (clean - corrupted) + 0.0  # + 0.0: no "-0.0" on screen
+    """Normalised effect of each patch set (one batched forward of exactly these
+    rows: the reference metrics are the setup's), float32 [n]."""
+    n = len(patch_sets)
+    if n == 0:
+        return torch.zeros(0)
+    rows = RowPlan(setup.model, n, setup.n_tokens)
+    for slot, sites in enumerate(patch_sets):
+        for kind, layer, head, position in sites:
+            rows.patch(slot, kind, layer, head, position, setup.clean.captured(PATCH_SITES[kind][0], layer))
+    raw = forward_metric(setup.model, setup.corrupted_ids.repeat(n, 1), rows.plan, setup.metric)
+    corrupted, clean = setup.corrupted_logit_diff, setup.clean_logit_diff
+    return ((raw - corrupted) / (clean - corrupted)).float() + 0.0  # + 0.0: no "-0.0" on screen
 
 
 def patching_effect(
@@ -159,31 +201,48 @@ class Cell:
 
 @dataclass
 class PatchingSweep:
-    """Iterate to compute (`for cell in sweep`), or call `run()`; `effects`
-    holds what is done so far (NaN where not yet computed)."""
+    """Iterate to compute exact cells (`for cell in sweep`), or call `run()`.
+    `estimates` holds every cell's attribution-patching estimate at once;
+    `effects` the exact cells done so far (NaN where not computed). Exact
+    cells come largest |estimate| first, within the `layers` / `positions`
+    selected (None: all; heads cover every position and follow `layers`)."""
 
     setup: PatchingSetup
     kinds: tuple[str, ...] = SWEEP_KINDS
     batch_size: int | None = None
+    layers: tuple[int, ...] | None = None
+    positions: tuple[int, ...] | None = None
     effects: dict[str, torch.Tensor] = field(init=False)
+    estimates: dict[str, torch.Tensor] = field(init=False)
+    order: list[tuple[str, int, int]] = field(init=False)
     done: int = field(init=False, default=0)
     _stop: threading.Event = field(init=False, default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         unknown = [k for k in self.kinds if k not in SWEEP_KINDS]
-        if unknown or not self.kinds:
+        if unknown or not self.kinds or len(set(self.kinds)) != len(self.kinds):
             raise NbinterpError(f"kinds must be a non-empty selection of {SWEEP_KINDS}, got {self.kinds!r}")
-        model = self.setup.model
+        model, n_tokens = self.setup.model, self.setup.n_tokens
+        self.layers = _selection(self.layers, model.n_layers, "layers", "layer")
+        self.positions = _selection(self.positions, n_tokens, "positions", "position")
         self.effects = {
-            kind: torch.full((model.n_layers, model.n_heads if kind == "head" else self.setup.n_tokens), float("nan"))
+            kind: torch.full((model.n_layers, model.n_heads if kind == "head" else n_tokens), float("nan"))
             for kind in self.kinds
         }
+        self.estimates = {kind: estimate(self.setup, kind) for kind in self.kinds}
+        cells = [
+            (kind, layer, index) for kind in self.kinds for layer in self.layers
+            for index in (range(model.n_heads) if kind == "head" else self.positions)
+        ]
+        # stable sort: equal estimates keep the kind / layer / index order
+        self.order = sorted(cells, key=lambda c: -abs(float(self.estimates[c[0]][c[1], c[2]])))
         if self.batch_size is None:
-            self.batch_size = max(1, min(64, TOKENS_PER_BATCH // self.setup.n_tokens))
+            self.batch_size = max(1, min(64, TOKENS_PER_BATCH // n_tokens))
 
     @property
     def total(self) -> int:
-        return sum(t.numel() for t in self.effects.values())
+        """Exact cells selected."""
+        return len(self.order)
 
     @property
     def cancelled(self) -> bool:
@@ -197,19 +256,19 @@ class PatchingSweep:
         """Stop after the batch in flight (safe to call from another thread)."""
         self._stop.set()
 
-    def _cells(self) -> Iterator[tuple[str, int, int]]:
-        for kind in self.kinds:
-            rows, cols = self.effects[kind].shape
-            for layer in range(rows):
-                for index in range(cols):
-                    yield kind, layer, index
+    def resume(self) -> None:
+        """Clear a cancel: iterating again picks up at the next cell."""
+        self._stop.clear()
+
+    def measured(self, kind: str) -> torch.Tensor:
+        """[layers, cols] bool: which cells of `kind` are exact now."""
+        return ~self.effects[kind].isnan()
 
     def __iter__(self) -> Iterator[Cell]:
-        pending = list(self._cells())[self.done :]
-        for start in range(0, len(pending), self.batch_size):
+        while self.done < self.total:
             if self._stop.is_set():
                 return
-            batch = pending[start : start + self.batch_size]
+            batch = self.order[self.done : self.done + self.batch_size]
             sites = [
                 [("head", layer, index, None) if kind == "head" else (kind, layer, None, index)]
                 for kind, layer, index in batch
@@ -226,9 +285,24 @@ class PatchingSweep:
         return self.effects
 
 
+def _selection(chosen: Sequence[int] | None, size: int, name: str, what: str) -> tuple[int, ...]:
+    """A layers= / positions= argument as sorted distinct indices (negative ones count from the end)."""
+    if chosen is None:
+        return tuple(range(size))
+    if not isinstance(chosen, (list, tuple, range)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in chosen):
+        raise NbinterpError(f"{name} is a list of {what} numbers, e.g. {name}=[0, 3, -1], not {chosen!r}")
+    bad = [i for i in chosen if not -size <= i < size]
+    if bad or not chosen:
+        raise NbinterpError(f"{name}={list(chosen)!r}: pick {what}s in 0..{size - 1} (negative from the end), at least one")
+    return tuple(sorted({i % size for i in chosen}))
+
+
 def sweep(
     model: "Model", clean: Any, corrupted: Any, target: str | int, foil: str | int | None = None, *,
     kinds: Sequence[str] = SWEEP_KINDS, position: int = -1, batch_size: int | None = None,
+    layers: Sequence[int] | None = None, positions: Sequence[int] | None = None,
 ) -> PatchingSweep:
-    """A patching sweep over `kinds` (nothing is computed until you iterate or `run()`)."""
-    return PatchingSweep(prepare(model, clean, corrupted, target, foil, position), tuple(kinds), batch_size)
+    """A patching sweep over `kinds`: the estimate is there at once, exact cells
+    are computed when you iterate or `run()`."""
+    return PatchingSweep(prepare(model, clean, corrupted, target, foil, position), tuple(kinds), batch_size,
+                         layers, positions)  # type: ignore[arg-type] - checked and made tuples by _selection

@@ -27,7 +27,10 @@ class TraceRequest:
     keeps its own (SDPA) attention. `lens_tokens`: token ids whose lens
     probability and rank come back per stream. `attention_mask` [B, T]
     (1 = token, 0 = right padding) runs prompts of different lengths in one
-    batch. `direct_effect`: see `DirectEffect`.
+    batch. `direct_effect`: see `DirectEffect`. `grad_captures`: names among
+    "resid_pre", "attn_out", "mlp_out" whose gradient (d metric / d that
+    activation, every position) comes back as "grad_<name>" {layer: [T, width]}
+    for the layers captured (attribution patching); needs gradients.
     """
 
     input_ids: torch.Tensor
@@ -40,6 +43,7 @@ class TraceRequest:
     attention_mask: torch.Tensor | None = None
     all_rows: bool = False
     direct_effect: "DirectEffect | None" = None
+    grad_captures: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         rows = self.input_ids.shape[0]

@@ -68,6 +68,8 @@ class TraceState:
     proj_for_grad: list = field(default_factory=list)
     lens_inputs: dict[int, Any] = field(default_factory=dict)
     metric_row: Any = None
+    # (name, layer) -> the activation tensor whose gradient `grad_captures` asks for
+    site_for_grad: dict[tuple[str, int], Any] = field(default_factory=dict)
 
 
 def _param(module: Any, name: str) -> torch.Tensor | None:
@@ -141,6 +143,7 @@ def resid_pre(sites: Sites, request: TraceRequest, state: TraceState, l: int) ->
         block.input = resid
     if request.wants("resid_pre", l):
         state.saved["resid_pre"][l] = resid[request.row].detach()
+        _keep_for_grad(request, state, "resid_pre", l, resid)
     if request.wants("lens", l):
         state.lens_inputs[l] = resid[0:1].detach()
 
@@ -221,6 +224,7 @@ def attention_out(sites: Sites, request: TraceRequest, state: TraceState, l: int
         attention.output = (out, *attention.output[1:])
     if request.wants("attn_out", l):
         state.saved["attn_out"][l] = out[request.row].detach()
+        _keep_for_grad(request, state, "attn_out", l, out)
 
 
 # OPT's decoder layer flattens the tokens to [B*T, ...] before its MLP: the MLP
@@ -261,6 +265,13 @@ def mlp_out(sites: Sites, request: TraceRequest, state: TraceState, l: int) -> N
         mlp.output = x.reshape(found.shape)
     if request.wants("mlp_out", l):
         state.saved["mlp_out"][l] = x[request.row].detach()
+        # the tensor the model goes on with (a reshape of it is not in the graph)
+        _keep_for_grad(request, state, "mlp_out", l, x if edited else found)
+
+
+def _keep_for_grad(request: TraceRequest, state: TraceState, name: str, l: int, tensor: Any) -> None:
+    if request.want_grads and name in request.grad_captures:
+        state.site_for_grad[(name, l)] = tensor
 
 
 def final_stream(sites: Sites, request: TraceRequest, state: TraceState) -> None:
@@ -360,8 +371,12 @@ def gradients(sites: Sites, request: TraceRequest, state: TraceState) -> None:
     value = state.metric_row[metric.target]
     if metric.foil is not None:
         value = value - state.metric_row[metric.foil]
-    grads = torch.autograd.grad(value, state.attn_for_grad + state.z_for_grad + state.proj_for_grad)
-    grads = [g[0].detach().float() for g in grads]
+    keys = list(state.site_for_grad)
+    grads = torch.autograd.grad(value, state.attn_for_grad + state.z_for_grad + state.proj_for_grad
+                                + [state.site_for_grad[k] for k in keys])
+    for (name, l), g in zip(keys, grads[3 * n :]):
+        state.saved.setdefault(f"grad_{name}", {})[l] = g.reshape(*request.input_ids.shape, -1)[0].detach().float()
+    grads = [g[0].detach().float() for g in grads[: 3 * n]]
     state.saved["metric"] = value.detach().float()
     state.saved["grad_attn"] = grads[:n]
     state.saved["grad_z"] = grads[n : 2 * n]
