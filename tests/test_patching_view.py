@@ -166,3 +166,24 @@ def test_an_opened_cell_reaches_the_view_in_one_message_with_its_selection(model
     updates = [m["data"]["state"] for m in comm.drain() if m["data"].get("method") == "update"]
     carrying = [u for u in updates if "_opened" in u]
     assert len(carrying) == 1 and carrying[0]["selected"] == {"kind": "head", "layer": 1, "index": 2}
+
+
+def test_the_first_paint_is_the_estimate_and_measured_cells_are_marked(model):
+    """exact=False: the estimate grid alone (labelled per cell as not measured); then a
+    selection is measured on resume, and the streamed mask says which cells are exact."""
+    grid = ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", foil="w9", kinds=["mlp_out", "head"],
+                    layers=[1], positions=[7, -1], exact=False)
+    reference = sweep(model, PROMPT, CORRUPTED, "w5", "w9", kinds=["mlp_out", "head"])
+    assert grid.progress["state"] == "cancelled" and grid.progress["done"] == 0 and grid.progress["total"] == 2 + 4
+    for kind in ("mlp_out", "head"):
+        np.testing.assert_array_equal(decode(grid._effects[kind]["estimate"]), reference.estimates[kind].numpy())
+        assert decode(grid._effects[kind]["measured"]).sum() == 0
+    grid.resume(background=False)
+    assert grid.progress["state"] == "done"
+    measured = decode(grid._effects["mlp_out"]["measured"])
+    assert measured.sum() == 2 and measured[1, 7] == 1 and measured[1, 9] == 1
+    assert decode(grid._effects["head"]["measured"])[1].sum() == 4 and grid._effects["head"]["done"] == 4
+    full = reference.run()
+    np.testing.assert_allclose(grid.effects["mlp_out"][1, [7, 9]].numpy(), full["mlp_out"][1, [7, 9]].numpy(), atol=1e-5)
+    assert grid.effects["mlp_out"][0].isnan().all()  # outside the selection: never measured
+    assert grid.show == "best" and "show" in grid._frontend_fields()

@@ -1,7 +1,10 @@
 """PatchingView: activation-patching heatmaps (residual stream, attention
-output and MLP output per layer x position; heads per layer x head) that
-fill in while the sweep runs, with progress and a cancel. Clicking a cell
-opens that component in the attention view or the ablation panel.
+output and MLP output per layer x position; heads per layer x head). The
+first paint is every cell's attribution-patching estimate; exact cells then
+replace estimates, largest |estimate| first, with progress and a cancel; a
+toggle shows the estimate alone, the measured cells alone, or where the two
+disagree (measured - estimate). Clicking a cell opens that component in the
+attention view or the ablation panel.
 
 The sweep runs in a background thread so the view shows up at once and the
 kernel stays free to take the cancel; `grid.effects` waits for it."""
@@ -29,6 +32,9 @@ OPEN_IN = ("attention", "ablation")
 PUBLISH_EVERY_S = 0.1  # streaming granularity: at most ~10 redraws a second
 STATES = ("running", "done", "cancelled", "error")
 KIND = Choice(*SWEEP_KINDS)
+# what the maps show: measured where done and the estimate elsewhere; the
+# estimate alone; the measured cells alone; measured - estimate where measured
+SHOW = ("best", "estimate", "measured", "difference")
 
 
 class PatchingView(InterpWidget):
@@ -49,20 +55,24 @@ class PatchingView(InterpWidget):
     progress = traitlets.Dict().tag(sync=True, schema=Obj(
         {"done": Opt(INT), "total": Opt(INT), "state": Opt(Choice(*STATES)), "elapsed_s": Opt(FLOAT)}))
     open_in = traitlets.Unicode("attention").tag(sync=True, schema=Choice(*OPEN_IN))
+    show = traitlets.Unicode("best").tag(sync=True, schema=Choice(*SHOW))
     # the cell last opened ({} before any)
     selected = traitlets.Dict().tag(sync=True, schema=Obj({"kind": Opt(KIND), "layer": Opt(INT), "index": Opt(INT)}))
-    # kind -> {tensor (float32, 0 where not done), done}
-    _effects = traitlets.Dict().tag(sync=True, schema=MapOf(Obj({"tensor": TENSOR, "done": INT}), keys=KIND))
+    # kind -> {tensor: exact effects (float32, 0 where not measured), measured: 1 where
+    # measured else 0, estimate: attribution-patching estimates, done: cells measured}
+    _effects = traitlets.Dict().tag(sync=True, schema=MapOf(
+        Obj({"tensor": TENSOR, "done": INT, "measured": Opt(TENSOR), "estimate": Opt(TENSOR)}), keys=KIND))
     _opened = anywidget.WidgetTrait().tag(sync=True)  # "anywidget:<id>" of the opened view
 
     def __init__(self, model: Any, clean: str, corrupted: str, target: Any, foil: Any = None, *,
                  kinds: Sequence[str] = SWEEP_KINDS, position: int = -1, batch_size: int | None = None,
-                 background: bool = True) -> None:
+                 layers: Sequence[int] | None = None, positions: Sequence[int] | None = None,
+                 exact: bool = True, background: bool = True) -> None:
         with model.lock:  # the sweep runs beside the user's own model.run calls
             setup = prepare(model, clean, corrupted, target, foil, position)
         self._model, self._clean_prompt = model, clean
         self._target, self._foil = target, foil
-        self._sweep = PatchingSweep(setup, tuple(kinds), batch_size)
+        self._sweep = PatchingSweep(setup, tuple(kinds), batch_size, layers, positions)  # type: ignore[arg-type]
         self._job = BackgroundJob("nbinterp-patching", model.lock, lambda state, _: self._publish(state),
                                   self._show_exception, PUBLISH_EVERY_S)
         self.opened: Any = None  # the widget the last click opened
@@ -75,16 +85,25 @@ class PatchingView(InterpWidget):
             clean_logit_diff=setup.clean_logit_diff, corrupted_logit_diff=setup.corrupted_logit_diff,
             kinds=list(self._sweep.kinds),
         )
-        self._publish("running")
-        self._start(background)
+        if exact:
+            self._publish("running")
+            self._start(background)
+        else:  # the estimate only; resume() measures
+            self._sweep.cancel()
+            self._publish("cancelled")
 
     # ------------------------------------------------------------ public
     @property
     def effects(self) -> dict[str, torch.Tensor]:
-        """kind -> [layer, position] (or [layer, head]) effects; waits for a
-        running sweep. NaN marks cells a cancel left out."""
+        """kind -> [layer, position] (or [layer, head]) measured effects; waits
+        for a running sweep. NaN marks cells not measured (a cancel, a selection)."""
         self.wait()
         return {kind: values.clone() for kind, values in self._sweep.effects.items()}
+
+    @property
+    def estimates(self) -> dict[str, torch.Tensor]:
+        """kind -> every cell's attribution-patching estimate (there at once, no wait)."""
+        return {kind: values.clone() for kind, values in self._sweep.estimates.items()}
 
     @property
     def result(self) -> PatchingSweep:
@@ -114,7 +133,7 @@ class PatchingView(InterpWidget):
     def resume(self, background: bool = True) -> None:
         if self._sweep.finished or self._job.running:
             return
-        self._sweep._stop.clear()
+        self._sweep.resume()
         self._start(background)
 
     def top_cells(self, kind: str = "head", n: int = 5) -> list[tuple[int, int, float]]:
@@ -132,14 +151,12 @@ class PatchingView(InterpWidget):
 
     def _publish(self, state: str) -> None:
         sweep = self._sweep
-        done_before = 0
         payload = {}
         for kind in sweep.kinds:
-            values = sweep.effects[kind]
-            n = values.numel()
-            done = min(max(sweep.done - done_before, 0), n)
-            done_before += n
-            payload[kind] = {"tensor": encode(torch.nan_to_num(values, nan=0.0), "float32"), "done": done}
+            values, measured = sweep.effects[kind], sweep.measured(kind)
+            payload[kind] = {"tensor": encode(torch.nan_to_num(values, nan=0.0), "float32"),
+                             "measured": encode(measured.float(), "float32"),
+                             "estimate": encode(sweep.estimates[kind], "float32"), "done": int(measured.sum())}
         self._effects = payload
         self.progress = {"done": sweep.done, "total": sweep.total, "state": state,
                          "elapsed_s": round(self._job.elapsed(), 3)}
@@ -147,7 +164,7 @@ class PatchingView(InterpWidget):
     # ------------------------------------------------------------ browser
     def _frontend_fields(self) -> dict[str, Any]:
         fields = super()._frontend_fields()
-        fields.update(open_in=as_declared)
+        fields.update(open_in=as_declared, show=as_declared)
         return fields
 
     @rpc("cancel", params={}, result={"cancelled": BOOL})
@@ -207,7 +224,11 @@ class PatchingView(InterpWidget):
         """One heatmap per kind (diverging, 0 = no effect), token labels on positions."""
         kinds = self._sweep.kinds
         figure = new_figure(figsize=(4.2 * len(kinds), 0.3 * self.n_layers + 2.6), dpi=dpi)
-        effects = self._sweep.effects
+        sweep = self._sweep
+        measured = sum(int(sweep.measured(kind).sum()) for kind in kinds)
+        cells = sum(sweep.effects[kind].numel() for kind in kinds)
+        # measured where done, the attribution-patching estimate elsewhere (as the view's first toggle)
+        effects = {kind: torch.where(sweep.measured(kind), sweep.effects[kind], sweep.estimates[kind]) for kind in kinds}
         vmax = 1.0  # fixed, as in the view: 1 = clean restored; beyond is clipped to the end colour
         for i, kind in enumerate(kinds):
             ax = figure.add_subplot(1, len(kinds), i + 1)
@@ -221,7 +242,8 @@ class PatchingView(InterpWidget):
                 ax.set_xticks(range(self.n_heads))
             elif len(self.clean_tokens) <= 48:
                 ax.set_xticks(range(len(self.clean_tokens)), [repr(t)[1:-1] for t in self.clean_tokens], rotation=90, fontsize=7)
-        figure.colorbar(image, ax=figure.axes, label="patching effect, measured (1 = clean restored; clipped at \u00b11)",
+        figure.colorbar(image, ax=figure.axes, label=f"patching effect: measured ({measured} of {cells} cells), attribution-patching "
+                        "estimate elsewhere (1 = clean restored; clipped at \u00b11)",
                         shrink=0.8, extend="both")
         foil = f" - logit({self.foil!r})" if self.foil is not None else ""
         figure.suptitle(f"{self.model_name} \u00b7 logit({self.target!r}){foil}: clean {self.clean_logit_diff:.3f}, "
@@ -235,13 +257,19 @@ class PatchingView(InterpWidget):
 
 @public_call(positional=("corrupted", "target", "foil"))
 def patch(model: Any, clean: str, *, corrupted: str, target: Any, foil: Any = None,
-          kinds: Sequence[str] = SWEEP_KINDS, position: int = -1, batch_size: int | None = None,
-          background: bool = True) -> PatchingView:
+          kinds: Sequence[str] = SWEEP_KINDS, positions: Sequence[int] | None = None,
+          layers: Sequence[int] | None = None, position: int = -1, exact: bool = True,
+          batch_size: int | None = None, background: bool = True) -> PatchingView:
     """Activation patching from `clean` into `corrupted` (same token length):
     `grid = ni.patch(model, clean=..., corrupted=..., target=" Mary", foil=" John")`.
-    Heatmaps fill in as cells are computed; `grid.effects` waits and returns
-    {kind: tensor}. background=False computes everything before returning."""
+    Every cell is estimated at once (attribution patching: the clean forward and
+    one corrupted forward + backward; `grid.estimates`), then measured exactly,
+    largest estimate first, within `layers=` / `positions=` (default all;
+    exact=False: the estimate only, `resume()` measures). `grid.effects` waits
+    and returns {kind: tensor}. background=False measures before returning.
+    `position` is where the metric is read."""
     if isinstance(kinds, str):
         raise NbinterpError("kinds is a list, e.g. kinds=['resid_pre', 'head']")
     return PatchingView(model, clean, corrupted, target, foil, kinds=kinds, position=position,
-                        batch_size=batch_size, background=background)
+                        batch_size=batch_size, layers=layers, positions=positions, exact=exact,
+                        background=background)
