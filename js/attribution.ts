@@ -26,7 +26,7 @@ type Method = AttributionModel["method"];
 type Verified = ResultOf<typeof ATTRIBUTION_REQUESTS.verify_heads>;
 
 const METHOD_LABEL: Record<Method, string> = {
-  hybrid: "hybrid (measured where dominant)", qk_fix: "QK fix (AtP*)", linear: "linear",
+  hybrid: "hybrid (heads and dominant edges measured)", qk_fix: "QK fix (AtP*)", linear: "linear",
 };
 const PLOT_PX = 380;
 const SHOWN_ROWS = 20;
@@ -151,31 +151,32 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   const nHeads = model.get("n_heads");
   let heads: Tensor | null = null;
   let headMeasured: Tensor | null = null;
+  let headPending = "";
   const grid = new HeadGrid(gridBox, {
     nLayers, nHeads, thumbPx: thumbSize(nLayers, nHeads, 240),
     onClick: (ref) => save({ layer: ref.layer, head: ref.head, selected: {} }),
     onHover: (ref, event) => {
       if (!ref || !heads) return tooltip.hide();
       const i = ref.layer * nHeads + ref.head;
-      const how = headMeasured?.values[i] ? "zero-ablation effect (measured)" : "zero-ablation effect (estimated: gradient x activation)";
+      // the words come from Python: "measured" only once measured
+      const how = headMeasured?.values[i] ? "zero-ablation effect (measured)" : `zero-ablation effect, gradient x activation ${headPending}`;
       tooltip.show([`layer ${ref.layer} head ${ref.head}`, `${how}: ${formatValue(heads.values[i])}`], event);
     },
   });
   gridBox.append(gridCaption, gridLegend);
   cleanups.push(() => grid.destroy());
 
-  let matrix: { effect: Tensor; measured: Tensor; attention: Tensor; key: string; method: Method } | null = null;
+  let matrix: { effect: Tensor; measured: Tensor; status: Tensor; statusLabels: string[]; attention: Tensor; key: string; method: Method } | null = null;
   const heatmap = new Heatmap(mapBox, {
     plotWidth: PLOT_PX, plotHeight: PLOT_PX, marginLeft: 92, marginTop: 72, cornerLabel: "query \u2193 key \u2192",
     onHover: (cell, event) => guard(() => {
       if (!cell || !matrix) return tooltip.hide();
       const n = matrix.effect.shape[1];
-      const estimate = matrix.method === "linear" ? "linear estimate" : "QK-fix estimate";
+      const i = cell.row * n + cell.col;
+      const status = matrix.statusLabels[matrix.status.values[i]] ?? "estimate";
       tooltip.show([
         `L${model.get("layer")}.H${model.get("head")} \u00b7 query ${tokenLabel(cell.row)} \u2192 key ${tokenLabel(cell.col)}`,
-        matrix.measured.values[cell.row * n + cell.col]
-          ? `knockout effect (measured): ${formatValue(matrix.effect.values[cell.row * n + cell.col])}`
-          : `knockout effect (${estimate}): ${formatValue(matrix.effect.values[cell.row * n + cell.col])}`,
+        `knockout effect, ${status}: ${formatValue(matrix.effect.values[i])}`,
         `attention: ${formatValue(matrix.attention.values[cell.row * n + cell.col])}`,
       ], event);
     }),
@@ -192,6 +193,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     if (!h) return;
     heads = decodeTensor(h.tensor);
     headMeasured = decodeTensor(h.measured);
+    headPending = h.pending;
     let nMeasured = 0;
     if (headMeasured) for (const v of headMeasured.values) nMeasured += v ? 1 : 0;
     let max = 0;
@@ -212,6 +214,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     if (m !== lastMatrix) {
       matrix = {
         effect: decodeTensor(m.effect), measured: decodeTensor(m.measured), attention: decodeTensor(m.attention),
+        status: decodeTensor(m.status), statusLabels: m.status_labels,
         key: `${m.layer}:${m.head}:${m.method}`, method: m.method,
       };
       lastMatrix = m;
@@ -302,11 +305,11 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     let max = 0;
     for (const edge of e.rows) max = Math.max(max, Math.abs(edge.effect));
     const rows = e.rows.map((edge) => [
-      `L${edge.layer}.H${edge.head}`, tokenLabel(edge.query), tokenLabel(edge.key), edge.effect, edge.measured ? "measured" : "estimate",
+      `L${edge.layer}.H${edge.head}`, tokenLabel(edge.query), tokenLabel(edge.key), edge.effect, edge.status,
     ]);
     listCaption.textContent = `top edges by |effect| \u00b7 ${METHOD_LABEL[e.method]}: ${e.label}; click to show`;
     listScroll.replaceChildren(
-      table(["head", "query", "key", "effect", "from"], rows, (i) => {
+      table(["head", "query", "key", "effect", "what it is"], rows, (i) => {
         const edge = e.rows[i];
         save({ layer: edge.layer, head: edge.head, selected: { query: edge.query, key: edge.key } });
       }, [3], divergingScale(max)));
@@ -353,7 +356,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
       return;
     }
     const heads = p.heads_total ? `${p.heads_total} head ablations, then ` : "";
-    const what = `exact measurements (${heads}${total - p.heads_total} dominant-edge knockouts)`;
+    const what = `exact measurements (${heads}${total - p.heads_total} dominant-edge knockouts, largest estimate first, within the budget)`;
     const state = { running: "measuring", done: "done", cancelled: "cancelled", error: "stopped by an error" }[p.state];
     progressText.textContent = `${what}: ${p.done} / ${total} \u00b7 ${state} \u00b7 ${p.elapsed_s.toFixed(1)} s` +
       (p.state === "running" ? " \u00b7 estimated numbers are replaced as they arrive" : "");

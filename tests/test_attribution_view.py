@@ -128,14 +128,14 @@ class SlowAblations:
 
         self.go = threading.Semaphore(0)
         self.batches = 0
-        original = exact_measurement.batch.ablation_effects
+        original = exact_measurement.batch.measure
 
-        def ablation_effects(*args, **kwargs):
+        def measure(*args, **kwargs):
             self.go.acquire()
             self.batches += 1
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(exact_measurement.batch, "ablation_effects", ablation_effects)
+        monkeypatch.setattr(exact_measurement.batch, "measure", measure)
         # three rows a forward (one clean): the 8 heads take four batches
         monkeypatch.setattr(exact_measurement.batch, "batch_rows", lambda model, n_tokens: 3)
 
@@ -150,6 +150,8 @@ def test_estimates_show_at_once_and_measurements_stream_in(model, monkeypatch):
     assert not decode(view._heads["measured"]).any()
     np.testing.assert_allclose(decode(view._heads["tensor"]), view.attribution.head_estimates.numpy(), rtol=1e-6)
     assert not any(row["measured"] for row in view._edges["rows"])
+    assert view._heads["pending"] == "estimate (will be measured)"
+    assert all(row["status"] != "measured" for row in view._edges["rows"])
     slow.go.release()  # one batch
     while view.attribution.measurement.done < 2:
         threading.Event().wait(0.01)
@@ -157,6 +159,15 @@ def test_estimates_show_at_once_and_measurements_stream_in(model, monkeypatch):
     slow.go.release()  # the batch the thread may have started before the cancel
     assert view.wait(timeout=60) is False
     assert view.progress["state"] == "cancelled" and 2 <= view.progress["done"] < view.progress["total"]
+    # after the cancel every label is true: measured entries say so, the others say why not
+    assert view._heads["pending"].startswith("estimate (not measured: cancelled")
+    for row in view._edges["rows"]:
+        assert (row["status"] == "measured") == row["measured"]
+    codes = decode(view._edge_matrix["status"]).astype(int)
+    labels = view._edge_matrix["status_labels"]
+    measured_cells = decode(view._edge_matrix["measured"]).astype(bool)
+    assert ((np.array(labels)[codes] == "measured") == measured_cells).all()
+    assert "estimate (will be measured)" not in labels
     measured = decode(view._heads["measured"]).astype(bool)
     assert 2 <= measured.sum() < 8
     exact = model.run(PROMPT, ablate={(0, 0): 0.0}).logit_diff("w5", "w9") - model.run(PROMPT).logit_diff("w5", "w9")

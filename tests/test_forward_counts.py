@@ -94,11 +94,11 @@ def test_hybrid_attribution_is_one_forward_plus_its_knockout_batches(remote_mode
     n_tokens = len(model.tokenize(prompt)[0])
     with count_forwards(model) as calls:
         att = attribute(model, prompt, target, foil)
-    measured = int(att.exact_count) if hasattr(att, "exact_count") else None
     rows = batch_rows(model, n_tokens) - 1  # one row of each batch is the clean reference
     n_heads = model.n_layers * model.n_heads
-    edges = measured if measured is not None else rows * 4
-    assert len(calls) <= 1 + -(-n_heads // rows) + -(-edges // rows)
+    # every head, then the edges, packed into the same forwards
+    assert att.head_measured.all() and att.measurement.total == n_heads + len(att.measurement.edges)
+    assert len(calls) == 1 + -(-att.measurement.total // rows)
 
 
 def test_logit_lens_is_one_forward(remote_model):

@@ -10,17 +10,17 @@ export const TokenProbabilitySchema: Schema = { kind: "object", fields: { token:
 export interface AblationSummary { ablations: Record<string, number>; ablation: "zero" | "mean"; top_k: TokenProbability[]; logit_diff: number | null; target_probability: number | null; foil_probability: number | null; target: TokenProbability | null; foil: TokenProbability | null; seq: number; compute_ms: number; code: string }
 export const AblationSummarySchema: Schema = { kind: "object", fields: { ablations: { kind: "map", of: { kind: "number" } }, ablation: { kind: "choice", values: ["zero", "mean"] }, top_k: { kind: "list", of: TokenProbabilitySchema }, logit_diff: { kind: "nullable", of: { kind: "number" } }, target_probability: { kind: "nullable", of: { kind: "number" } }, foil_probability: { kind: "nullable", of: { kind: "number" } }, target: { kind: "nullable", of: TokenProbabilitySchema }, foil: { kind: "nullable", of: TokenProbabilitySchema }, seq: { kind: "int" }, compute_ms: { kind: "number" }, code: { kind: "string" } }, optional: [], name: "AblationSummary" };
 
-export interface EdgeMatrix { layer: number; head: number; method: "hybrid" | "qk_fix" | "linear"; label: string; effect: EncodedTensor; measured: EncodedTensor; attention: EncodedTensor }
-export const EdgeMatrixSchema: Schema = { kind: "object", fields: { layer: { kind: "int" }, head: { kind: "int" }, method: { kind: "choice", values: ["hybrid", "qk_fix", "linear"] }, label: { kind: "string" }, effect: { kind: "tensor" }, measured: { kind: "tensor" }, attention: { kind: "tensor" } }, optional: [], name: "EdgeMatrix" };
+export interface EdgeMatrix { layer: number; head: number; method: "hybrid" | "qk_fix" | "linear"; label: string; effect: EncodedTensor; measured: EncodedTensor; status: EncodedTensor; status_labels: string[]; attention: EncodedTensor }
+export const EdgeMatrixSchema: Schema = { kind: "object", fields: { layer: { kind: "int" }, head: { kind: "int" }, method: { kind: "choice", values: ["hybrid", "qk_fix", "linear"] }, label: { kind: "string" }, effect: { kind: "tensor" }, measured: { kind: "tensor" }, status: { kind: "tensor" }, status_labels: { kind: "list", of: { kind: "string" } }, attention: { kind: "tensor" } }, optional: [], name: "EdgeMatrix" };
 
-export interface RankedEdge { layer: number; head: number; query: number; key: number; effect: number; measured: boolean }
-export const RankedEdgeSchema: Schema = { kind: "object", fields: { layer: { kind: "int" }, head: { kind: "int" }, query: { kind: "int" }, key: { kind: "int" }, effect: { kind: "number" }, measured: { kind: "boolean" } }, optional: [], name: "RankedEdge" };
+export interface RankedEdge { layer: number; head: number; query: number; key: number; effect: number; measured: boolean; status: string }
+export const RankedEdgeSchema: Schema = { kind: "object", fields: { layer: { kind: "int" }, head: { kind: "int" }, query: { kind: "int" }, key: { kind: "int" }, effect: { kind: "number" }, measured: { kind: "boolean" }, status: { kind: "string" } }, optional: [], name: "RankedEdge" };
 
 export interface RankedEdges { method: "hybrid" | "qk_fix" | "linear"; label: string; rows: RankedEdge[] }
 export const RankedEdgesSchema: Schema = { kind: "object", fields: { method: { kind: "choice", values: ["hybrid", "qk_fix", "linear"] }, label: { kind: "string" }, rows: { kind: "list", of: RankedEdgeSchema } }, optional: [], name: "RankedEdges" };
 
-export interface HeadEffects { method: "hybrid" | "qk_fix" | "linear"; label: string; tensor: EncodedTensor; measured: EncodedTensor }
-export const HeadEffectsSchema: Schema = { kind: "object", fields: { method: { kind: "choice", values: ["hybrid", "qk_fix", "linear"] }, label: { kind: "string" }, tensor: { kind: "tensor" }, measured: { kind: "tensor" } }, optional: [], name: "HeadEffects" };
+export interface HeadEffects { method: "hybrid" | "qk_fix" | "linear"; label: string; tensor: EncodedTensor; measured: EncodedTensor; pending: string }
+export const HeadEffectsSchema: Schema = { kind: "object", fields: { method: { kind: "choice", values: ["hybrid", "qk_fix", "linear"] }, label: { kind: "string" }, tensor: { kind: "tensor" }, measured: { kind: "tensor" }, pending: { kind: "string" } }, optional: [], name: "HeadEffects" };
 
 export interface EstimateSummary { spearman: number | null; recall_at_k: number | null; k: number; mae: number | null; n: number; scope: string }
 export const EstimateSummarySchema: Schema = { kind: "object", fields: { spearman: { kind: "nullable", of: { kind: "number" } }, recall_at_k: { kind: "nullable", of: { kind: "number" } }, k: { kind: "int" }, mae: { kind: "nullable", of: { kind: "number" } }, n: { kind: "int" }, scope: { kind: "string" } }, optional: [], name: "EstimateSummary" };
@@ -145,7 +145,7 @@ export const ATTENTION_REQUESTS = {
 
 /** The synced traits of PatchingView. */
 export interface PatchingModel {
-  _effects: Partial<Record<"resid_pre" | "attn_out" | "mlp_out" | "head", { tensor: EncodedTensor; done: number }>>;
+  _effects: Partial<Record<"resid_pre" | "attn_out" | "mlp_out" | "head", { tensor: EncodedTensor; done: number; measured?: EncodedTensor; estimate?: EncodedTensor }>>;
   _opened: string | null;
   clean_logit_diff: number;
   clean_tokens: string[];
@@ -160,11 +160,12 @@ export interface PatchingModel {
   open_in: "attention" | "ablation";
   progress: { done?: number; total?: number; state?: "running" | "done" | "cancelled" | "error"; elapsed_s?: number };
   selected: { kind?: "resid_pre" | "attn_out" | "mlp_out" | "head"; layer?: number; index?: number };
+  show: "best" | "estimate" | "measured" | "difference";
   target: string;
 }
 
 export const PATCHING_TRAITS: Record<keyof PatchingModel, Schema> = {
-  _effects: { kind: "map", of: { kind: "object", fields: { tensor: { kind: "tensor" }, done: { kind: "int" } }, optional: [] }, keys: ["resid_pre", "attn_out", "mlp_out", "head"] },
+  _effects: { kind: "map", of: { kind: "object", fields: { tensor: { kind: "tensor" }, done: { kind: "int" }, measured: { kind: "tensor" }, estimate: { kind: "tensor" } }, optional: ["measured", "estimate"] }, keys: ["resid_pre", "attn_out", "mlp_out", "head"] },
   _opened: { kind: "widget_ref" },
   clean_logit_diff: { kind: "number" },
   clean_tokens: { kind: "list", of: { kind: "string" } },
@@ -179,6 +180,7 @@ export const PATCHING_TRAITS: Record<keyof PatchingModel, Schema> = {
   open_in: { kind: "choice", values: ["attention", "ablation"] },
   progress: { kind: "object", fields: { done: { kind: "int" }, total: { kind: "int" }, state: { kind: "choice", values: ["running", "done", "cancelled", "error"] }, elapsed_s: { kind: "number" } }, optional: ["done", "total", "state", "elapsed_s"] },
   selected: { kind: "object", fields: { kind: { kind: "choice", values: ["resid_pre", "attn_out", "mlp_out", "head"] }, layer: { kind: "int" }, index: { kind: "int" } }, optional: ["kind", "layer", "index"] },
+  show: { kind: "choice", values: ["best", "estimate", "measured", "difference"] },
   target: { kind: "string" },
 };
 

@@ -48,7 +48,7 @@ test("trait schemas: choices, nullables, optional fields, lists", () => {
 });
 
 test("the data traits of the attribution, feature and probe views are typed field by field", () => {
-  const edge: RankedEdge = { layer: 1, head: 0, query: 4, key: 2, effect: -0.5, measured: true };
+  const edge: RankedEdge = { layer: 1, head: 0, query: 4, key: 2, effect: -0.5, measured: true, status: "measured" };
   const edges = { method: "hybrid", label: "knockout effect", rows: [edge] };
   assert.equal(problem(ATTRIBUTION_TRAITS._edges, edges, "_edges"), null);
   assert.match(problem(ATTRIBUTION_TRAITS._edges, { ...edges, rows: [{ ...edge, measured: 1 }] }, "_edges") ?? "",

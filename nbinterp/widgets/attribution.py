@@ -5,9 +5,12 @@ attention pattern, the ranked edges, and "verify": exact knockouts /
 ablations run on request, estimate vs measured with the summary errors.
 
 The estimates (one forward + one backward) are shown at once; the hybrid's
-exact measurements (every head's ablation, each row's dominant edges) then
-stream in from a background thread, batch by batch, with progress and a
-cancel, each number marked measured or estimated as it arrives. The
+exact measurements (every head's ablation first, then the dominant edges,
+largest |estimate| first, within the budget) then stream in from a
+background thread, batch by batch, with progress and a cancel. Every number
+says what it is, as it arrives: "measured" only once measured, "estimate
+(will be measured)" while queued, "estimate (not measured: budget)" outside
+the budget, and after a cancel "not measured: cancelled". The
 computation lives in `nbinterp.analysis.attribution`; this view also answers
 `.heads`, `.edges`, `.verify(k)`, `.qk(...)` like the `Attribution` it holds
 (those wait for the measurements)."""
@@ -22,7 +25,9 @@ import numpy as np
 import torch
 import traitlets
 
-from nbinterp.analysis.attribution import DOMINANT, METHODS, Attribution, attribute as compute_attribution
+from nbinterp.analysis.attribution import (
+    DOMINANT, MEASURED, METHODS, NOT_DOMINANT, OUT_OF_BUDGET, Attribution, attribute as compute_attribution,
+)
 from nbinterp.analysis.estimate_stats import Verification
 from nbinterp.errors import NbinterpError
 from ._background import BackgroundJob
@@ -39,15 +44,17 @@ PUBLISH_EVERY_S = 0.25  # streaming granularity of the measurements
 
 # What each method's numbers are, in the words the view, the notebook and the README use.
 HEAD_LABELS = {
-    "hybrid": "zero-ablation effect, measured (gradient x activation estimate until measured)",
+    "hybrid": "zero-ablation effect (every head measured in turn; gradient x activation estimate until then)",
     "qk_fix": "zero-ablation effect, estimated (gradient x activation)",
     "linear": "zero-ablation effect, estimated (gradient x activation)",
 }
 EDGE_LABELS = {
-    "hybrid": "knockout effect: dominant edges measured (outlined), QK-fix estimate elsewhere",
+    "hybrid": "knockout effect: dominant edges measured largest estimate first within the budget (outlined), "
+              "QK-fix estimate elsewhere",
     "qk_fix": "knockout effect, QK-fix estimate (AtP*)",
     "linear": "knockout effect, linear estimate (-gradient x probability)",
 }
+EDGE_ESTIMATE_WORDS = {"qk_fix": "estimate (QK fix)", "linear": "estimate (linear)"}
 ESTIMATE_NAMES = {"qk_fix": "QK-fix estimate", "linear": "linear estimate",
                   "gradient x activation": "gradient x activation estimate"}
 
@@ -57,11 +64,14 @@ STATES = ("running", "done", "cancelled", "error")
 VERIFIED_KINDS = Choice("edge knockout", "head ablation")
 PROGRESS = Obj({"done": INT, "total": INT, "heads_total": INT, "state": Choice(*STATES), "elapsed_s": FLOAT},
                name="AttributionProgress")
-HEAD_EFFECTS = Obj({"method": METHOD, "label": STR, "tensor": TENSOR, "measured": TENSOR}, name="HeadEffects")
+# `pending`: what every head not measured (yet) is, e.g. "estimate (will be measured)"
+HEAD_EFFECTS = Obj({"method": METHOD, "label": STR, "tensor": TENSOR, "measured": TENSOR, "pending": STR},
+                   name="HeadEffects")
+# `status` uint8 [T, T]: each cell's index into `status_labels` (what that number is)
 EDGE_MATRIX = Obj({"layer": INT, "head": INT, "method": METHOD, "label": STR, "effect": TENSOR, "measured": TENSOR,
-                   "attention": TENSOR}, name="EdgeMatrix")
-RANKED_EDGE = Obj({"layer": INT, "head": INT, "query": INT, "key": INT, "effect": FLOAT, "measured": BOOL},
-                  name="RankedEdge")
+                   "status": TENSOR, "status_labels": ListOf(STR), "attention": TENSOR}, name="EdgeMatrix")
+RANKED_EDGE = Obj({"layer": INT, "head": INT, "query": INT, "key": INT, "effect": FLOAT, "measured": BOOL,
+                   "status": STR}, name="RankedEdge")
 RANKED_EDGES = Obj({"method": METHOD, "label": STR, "rows": ListOf(RANKED_EDGE)}, name="RankedEdges")
 # one verified edge (query, key set) or head (query, key null)
 VERIFIED_ROW = Obj({"layer": INT, "head": INT, "query": Nullable(INT), "key": Nullable(INT), "estimate": FLOAT,
@@ -87,10 +97,33 @@ def measured_mask(attribution: Attribution, layer: int, head: int, method: str) 
     return torch.zeros(n, n, dtype=torch.bool)
 
 
+def edge_status_map(attribution: Attribution, layer: int, head: int, method: str) -> tuple[torch.Tensor, list[str]]:
+    """uint8 [T, T] index of each cell's status into the returned labels."""
+    n = len(attribution.run)
+    codes = torch.zeros(n, n, dtype=torch.uint8)
+    if method != "hybrid":
+        return codes, [EDGE_ESTIMATE_WORDS[method]]
+    dominant = attribution.summary.dominant
+    mine = dominant[(dominant[:, 0] == layer) & (dominant[:, 1] == head)]
+    codes[mine[:, 2], mine[:, 3]] = 1
+    codes[attribution.queued_map(layer, head)] = 2
+    codes[attribution.exact_map(layer, head)] = 3
+    return codes, [NOT_DOMINANT, OUT_OF_BUDGET, attribution.pending_status(), MEASURED]
+
+
 def ranked_edges(attribution: Attribution, method: str, k: int = RANKED_EDGES_SHOWN) -> list[dict[str, Any]]:
     """The top k edges, largest |effect| first, as named rows (RANKED_EDGE)."""
     return [{"layer": e.layer, "head": e.head, "query": e.query, "key": e.key, "effect": float(e.estimate),
-             "measured": bool(e.measured)} for e in attribution.top_edges(k, method)]
+             "measured": bool(e.measured),
+             "status": attribution.edge_status(*e[:4]) if method == "hybrid" else EDGE_ESTIMATE_WORDS[method]}
+            for e in attribution.top_edges(k, method)]
+
+
+def pending_head_words(attribution: Attribution, method: str) -> str:
+    """What a head not measured (yet) is, in the view's words."""
+    if method != "hybrid":
+        return "estimate (gradient x activation)"
+    return attribution.pending_status() if attribution.measurement.heads else OUT_OF_BUDGET
 
 
 def verification_label(v: Verification) -> str:
@@ -238,8 +271,8 @@ class AttributionView(HeadWidget):
     def _publish_updates(self, state: str, updates: list) -> None:
         """What the measured batches since the last publish changed: the head grid,
         the ranked edges, the matrix on screen."""
-        heads = any(u.kind == "head" for u in updates) or state != "running"
-        edges = any(u.kind == "edge" for u in updates) or state != "running"
+        heads = any(len(key) == 2 for u in updates for key in u.keys) or state != "running"
+        edges = any(len(key) == 4 for u in updates for key in u.keys) or state != "running"
         matrix = any(key[:2] == (self.layer, self.head) for u in updates for key in u.keys) or state != "running"
         if state == "error":
             heads = edges = matrix = False
@@ -277,10 +310,12 @@ class AttributionView(HeadWidget):
     def _send_matrix(self) -> None:
         with self._send_lock:
             a, layer, head, method = self._attribution, self.layer, self.head, self.method
+            codes, labels = edge_status_map(a, layer, head, method)
             self._edge_matrix = {
                 "layer": layer, "head": head, "method": method, "label": EDGE_LABELS[method],
                 "effect": encode(edge_matrix(a, layer, head, method), "float32"),
                 "measured": encode(measured_mask(a, layer, head, method).to(torch.uint8), "uint8"),
+                "status": encode(codes, "uint8"), "status_labels": labels,
                 "attention": encode(a.run.attention(layer)[head], "float16"),
             }
 
@@ -290,7 +325,8 @@ class AttributionView(HeadWidget):
             measured = a.head_measured if method == "hybrid" else torch.zeros(a.head_estimates.shape, dtype=torch.bool)
             self._heads = {"method": method, "label": HEAD_LABELS[method],
                            "tensor": encode(a.head_effects(method), "float32"),
-                           "measured": encode(measured.to(torch.uint8), "uint8")}
+                           "measured": encode(measured.to(torch.uint8), "uint8"),
+                           "pending": pending_head_words(a, method)}
 
     def _send_edges(self) -> None:
         with self._send_lock:
@@ -394,8 +430,9 @@ def attribute(model: Any, prompt: Any, *, target: str | int, foil: str | int | N
               layer: int | None = None, head: int | None = None, background: bool = True) -> AttributionView:
     """Which heads and attention edges change logit(target) - logit(foil), from
     one forward + one backward pass, shown at once, then the exact measurements
-    (every head's ablation, each attention row's dominant edges: method
-    "hybrid") streamed in with progress and a cancel:
+    (method "hybrid": every head's ablation, then the dominant edges largest
+    |estimate| first, at most `exact_budget`; 0: estimates only) streamed in
+    with progress and a cancel:
 
         att = ni.attribute(model, "When Mary and John went to the store , John gave a drink to",
                            target="Mary", foil="John")
