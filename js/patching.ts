@@ -1,7 +1,9 @@
 // PatchingView front end: one diverging heatmap per sweep kind (residual
 // stream, attention output, MLP output over layer x position; heads over
-// layer x head), filling in as Python streams cells, with progress, cancel
-// and resume. Clicking a cell asks Python to open that component in the
+// layer x head). The first paint is every cell's attribution-patching
+// estimate; measured cells replace estimates as Python streams them, with
+// progress, cancel and resume; a toggle shows the estimate, the measured
+// cells, or measured - estimate (where the two disagree). Clicking a cell asks Python to open that component in the
 // attention view or the ablation panel, rendered below the heatmaps.
 
 import type { RenderProps } from "@anywidget/types";
@@ -18,6 +20,31 @@ import { mountView } from "./lib/view";
 
 type Kind = PatchingModel["kinds"][number];
 type OpenIn = PatchingModel["open_in"];
+type Show = PatchingModel["show"];
+
+const SHOW_LABELS: readonly (readonly [Show, string])[] = [
+  ["best", "measured, else estimate"], ["estimate", "estimate"], ["measured", "measured only"], ["difference", "measured \u2212 estimate"],
+];
+const SHOW_NOTES: Record<Show, string> = {
+  best: "measured cells (one forward each: (metric patched \u2212 corrupted) / (clean \u2212 corrupted)) replace the attribution-patching estimate (first-order, from one forward + backward) as they land, largest estimate first",
+  estimate: "estimated (attribution patching): (clean \u2212 corrupted activation) \u00b7 d metric / d activation at the corrupted run, over (clean \u2212 corrupted metric)",
+  measured: "measured cells only, one forward each: (metric patched \u2212 corrupted) / (clean \u2212 corrupted); grey = not measured",
+  difference: "measured \u2212 estimate where measured: where attribution patching's first-order picture is wrong; grey = not measured",
+};
+
+/** One kind's numbers as streamed: exact effects, which are measured, the estimates. */
+export type KindValues = { exact: Float32Array; measured: Float32Array; estimate: Float32Array };
+
+/** What a map draws in mode `show`: NaN (grey) where the mode has no number. */
+export function shownValues(v: KindValues, show: Show): Float32Array {
+  const out = new Float32Array(v.exact.length);
+  for (let i = 0; i < out.length; i++) {
+    const m = v.measured[i] === 1;
+    out[i] = show === "estimate" ? v.estimate[i] : show === "measured" ? (m ? v.exact[i] : NaN)
+      : show === "difference" ? (m ? v.exact[i] - v.estimate[i] : NaN) : (m ? v.exact[i] : v.estimate[i]);
+  }
+  return out;
+}
 
 const TITLES: Record<Kind, string> = {
   resid_pre: "residual stream",
@@ -85,8 +112,22 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
   const openLabel = doc.createElement("span");
   openLabel.className = "nbi-status";
   openLabel.textContent = "click a cell to open it in:";
+  const showToggle = toggleGroup<Show>(doc, "show", SHOW_LABELS, (show) => {
+    model.set("show", show);
+    model.save_changes();
+    showToggle.set(show);
+    lastEffects = null;
+    drawMaps();
+  });
   toolbar.append(title, bar, progressText, cancel, resume, openLabel, openToggle.element);
   root.append(toolbar);
+  const showBar = doc.createElement("div");
+  showBar.className = "nbi-toolbar nbi-show";
+  const showLabel = doc.createElement("span");
+  showLabel.className = "nbi-status";
+  showLabel.textContent = "show:";
+  showBar.append(showLabel, showToggle.element);
+  root.append(showBar);
 
   const summary = doc.createElement("div");
   summary.className = "nbi-status nbi-summary";
@@ -136,11 +177,18 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
         if (!at) return tooltip.hide();
         const value = heatmap.valueAt(at);
         const beyond = Math.abs(value) > EFFECT_SCALE_MAX ? " (beyond \u00b11: drawn at the end colour)" : "";
+        const v = kindValues.get(kind);
+        const i = at.row * (kind === "head" ? nHeads : tokens.length) + at.col;
+        const measured = v !== undefined && v.measured[i] === 1;
+        const est = v === undefined ? NaN : v.estimate[i];
         tooltip.show([TITLES[kind], describe(kind, at),
-          ["nbi-tip-value", Number.isNaN(value) ? "not computed yet" : `measured effect ${formatValue(value)}${beyond}`]], event);
+          ["nbi-tip-value", measured ? `measured ${formatValue(v.exact[i])}` : "measured: not yet"],
+          ["nbi-tip-value", Number.isNaN(est) ? "estimate: none" : `estimate ${formatValue(est)} (attribution patching)`],
+          ...(measured ? [["nbi-tip-value", `measured \u2212 estimate ${formatValue(v.exact[i] - est)}`] as [string, string]] : []),
+          ["nbi-status", `drawn: ${Number.isNaN(value) ? "nothing in this mode" : formatValue(value)}${beyond}`]], event);
       }),
       onClick: (at) => {
-        if (Number.isNaN(heatmap.valueAt(at))) return;
+        if (!kindValues.has(kind)) return;
         showMarker(kind, at);
         call(PATCHING_REQUESTS.open, { kind, layer: at.row, index: at.col, open_in: model.get("open_in") });
       },
@@ -164,17 +212,30 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
   }
 
   let lastEffects: PatchingModel["_effects"] | null = null;
+  const kindValues = new Map<Kind, KindValues>();
   function drawMaps() {
     const effects = checkTrait(model, PATCHING_TRAITS, "_effects");
     if (!effects || effects === lastEffects) return;
     lastEffects = effects;
+    const show = checkTrait(model, PATCHING_TRAITS, "show");
     const decoded = new Map<Kind, { values: Float32Array; shape: number[] }>();
+    let nMeasured = 0;
+    let nCells = 0;
     for (const kind of model.get("kinds")) {
       const entry = effects[kind];
       if (!entry) continue;  // not streamed yet
       const tensor = decodeTensor(entry.tensor);
-      decoded.set(kind, { values: withPending(tensor.values, entry.done), shape: tensor.shape });
+      if (entry.measured === undefined || entry.estimate === undefined) {
+        decoded.set(kind, { values: withPending(tensor.values, entry.done), shape: tensor.shape });
+        continue;
+      }
+      const v = { exact: tensor.values, measured: decodeTensor(entry.measured).values, estimate: decodeTensor(entry.estimate).values };
+      kindValues.set(kind, v);
+      nMeasured += entry.done;
+      nCells += tensor.values.length;
+      decoded.set(kind, { values: shownValues(v, show), shape: tensor.shape });
     }
+    root.dataset.show = show;
     // One fixed scale for every map and every frame: a colour keeps its
     // meaning while cells stream in, and compares across maps.
     const scale = divergingScale(EFFECT_SCALE_MAX);
@@ -184,9 +245,10 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
       heatmap.setData(values, shape[0], shape[1], scale);
       heatmap.draw();
     }
-    renderLegend(legend, scale, "patching effect", {
-      swatches: [{ label: "not computed yet", kind: "missing" }, { label: "beyond \u00b11 (clipped; hover for the value)", kind: "clipped" }],
-      note: "measured, one forward per cell: (metric patched \u2212 corrupted) / (clean \u2212 corrupted); 1 = the clean metric restored, 0 = no change from corrupted, fixed scale \u22121 .. 1",
+    const heading = nMeasured === 0 ? "estimated (attribution patching)" : `${nMeasured} of ${nCells} cells measured, the rest estimated`;
+    renderLegend(legend, scale, show === "difference" ? "measured \u2212 estimate" : `patching effect \u00b7 ${heading}`, {
+      swatches: [{ label: "no number in this mode", kind: "missing" }, { label: "beyond \u00b11 (clipped; hover for the value)", kind: "clipped" }],
+      note: `${SHOW_NOTES[show]}; 1 = the clean metric restored, 0 = no change from corrupted, fixed scale \u22121 .. 1`,
     });
     root.dataset.drawn = "true";
   }
@@ -243,6 +305,7 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
 
   guard(() => {
     openToggle.set(model.get("open_in"));
+    showToggle.set(model.get("show"));
     errors.show(model.get("error"));
     drawSummary();
     drawProgress();
@@ -257,6 +320,11 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
     drawCaption();
   });
   listen("change:open_in", () => openToggle.set(model.get("open_in")));
+  listen("change:show", () => {
+    showToggle.set(model.get("show"));
+    lastEffects = null;
+    drawMaps();
+  });
   listen("change:_opened", () => void drawOpened().catch((err) => errors.show(describeError(err))));
   listen("change:error", () => errors.show(model.get("error")));
 
