@@ -101,11 +101,26 @@ def test_hybrid_attribution_is_one_forward_plus_its_knockout_batches(remote_mode
     assert len(calls) == 1 + -(-att.measurement.total // rows)
 
 
-def test_logit_lens_is_one_forward(remote_model):
+def test_logit_lens_is_one_forward_of_the_prompt(remote_model):
+    """One forward of the prompt (the first paint; every stream captured), then
+    one-token traces that only reach the final norm and unembedding: the last
+    position of every row, and the remaining rows chunk by chunk."""
+    from nbinterp.analysis import logit_lens as lens_module
+
     model, (prompt, _, target, _, _) = remote_model
-    with count_forwards(model) as calls:
-        logit_lens(model, prompt, target=target)
-    assert len(calls) == 1
+    lengths = []
+    handle = model.hf.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append((args[0] if args else kwargs["input_ids"]).shape[-1]), with_kwargs=True)
+    try:
+        lens, rest = lens_module.first_paint(model, prompt, target=target)
+        first = list(lengths)
+        rest.rows_per_chunk = 2
+        rest.run()
+    finally:
+        handle.remove()
+    n_tokens = len(lens.tokens)
+    assert first == [n_tokens, 1]
+    assert lengths == [n_tokens, 1] + [1] * -(-model.n_layers // 2)
 
 
 def test_a_patching_batch_is_one_forward(remote_model):

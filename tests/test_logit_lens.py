@@ -59,3 +59,52 @@ def test_bad_target_is_a_clear_error(arch_model):
     _, _, model = arch_model
     with pytest.raises(ni.NbinterpError, match="not one"):
         ni.logit_lens(model, PROMPT, target="w5 w6")
+
+
+def test_first_paint_is_the_output_row_and_the_last_position_then_the_rest_streams(arch_model):
+    """The first paint holds the model's output row at every position and every
+    row at the last position, with the numbers of the plain norm + unembedding;
+    the remainder fills the other cells chunk by chunk with the same numbers,
+    a cancel stops it with `computed` true only where numbers are."""
+    from nbinterp.analysis import logit_lens as lens_module
+
+    _, hf, model = arch_model
+    lens, rest = lens_module.first_paint(model, PROMPT, target="w5")
+    n, n_tokens = model.n_layers, len(PROMPT.split())
+    expected = torch.zeros(n + 1, n_tokens, dtype=torch.bool)
+    expected[n] = True
+    expected[:, -1] = True
+    assert torch.equal(lens.computed, expected) and not lens.complete
+    assert lens.top_probabilities[~expected].isnan().all() and (lens.top_token_ids[~expected] == -1).all()
+    run = model.run(PROMPT)
+    final_norm, unembed = hf.get_submodule(model.arch.final_norm), hf.get_submodule(model.arch.unembed)
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+
+    def reference(row):
+        with torch.no_grad():
+            stream = run.residual(row) if row < n else run.residual(n - 1)
+            logits = unembed(final_norm(stream)).float() if row < n else run.logits.float()
+            if row < n and cap is not None:
+                logits = torch.tanh(logits / cap) * cap
+            return torch.softmax(logits, dim=-1)
+
+    for row in range(n + 1):
+        probabilities = reference(row)
+        cells = lens.computed[row]
+        torch.testing.assert_close(lens.target_probabilities[row][cells], probabilities[cells][:, 5], atol=1e-5, rtol=0)
+        torch.testing.assert_close(lens.top_probabilities[row][cells], probabilities[cells].max(-1).values,
+                                   atol=1e-5, rtol=0)
+    rest.rows_per_chunk = 1
+    for rows in rest:
+        assert lens.computed[rows].all()
+        rest.cancel()
+    assert rest.cancelled and rest.done == 1 and not lens.complete
+    assert lens.top_probabilities[~lens.computed].isnan().all()
+    rest.run()  # resumes
+    assert lens.complete and rest.finished
+    full = logit_lens(model, PROMPT, target="w5")
+    torch.testing.assert_close(lens.target_probabilities, full.target_probabilities, atol=0, rtol=0)
+    assert torch.equal(lens.top_token_ids, full.top_token_ids) and lens.top_tokens == full.top_tokens
+    for row in range(n):
+        probabilities = reference(row)
+        torch.testing.assert_close(lens.target_probabilities[row], probabilities[:, 5], atol=1e-5, rtol=0)

@@ -31,6 +31,10 @@ class TraceRequest:
     "resid_pre", "attn_out", "mlp_out" whose gradient (d metric / d that
     activation, every position) comes back as "grad_<name>" {layer: [T, width]}
     for the layers captured (attribution patching); needs gradients.
+    `lens_streams` {row: [T, d_model]}: residual streams captured earlier, read
+    through the final norm and unembedding like the lens (reduced the same
+    way, into "lens"); with a one-token input the trace only reaches the
+    weights, so a lens can stream in chunks without another forward of the prompt.
     """
 
     input_ids: torch.Tensor
@@ -44,6 +48,12 @@ class TraceRequest:
     all_rows: bool = False
     direct_effect: "DirectEffect | None" = None
     grad_captures: tuple[str, ...] = ()
+    # (layer l, stream [B or 1, T, d_model]): start at block l with this stream
+    # entering it; blocks below l are not run (skipped; their outputs are this
+    # stream). For interventions that leave layers below l alone (patching
+    # sweeps): the stream is the unintervened run's resid_pre at l.
+    start_at: "tuple[int, torch.Tensor] | None" = None
+    lens_streams: "dict[int, torch.Tensor] | None" = None
 
     def __post_init__(self) -> None:
         rows = self.input_ids.shape[0]

@@ -95,7 +95,8 @@ def execute(nn_model: Any, arch: Architecture, shape: ModelShape, request: Trace
     with torch.set_grad_enabled(request.want_grads), nn_model.trace(request.inputs, remote=remote):
         state = TraceState({name: {} for name in CAPTURES})
         embeddings(sites, request, state)
-        for l in range(shape.n_layers):
+        start = skip_below(sites, request)
+        for l in range(start, shape.n_layers):
             resid_pre(sites, request, state, l)
             attention_inputs(sites, request, state, l)
             attention_weights(sites, request, state, l)
@@ -113,6 +114,18 @@ def execute(nn_model: Any, arch: Architecture, shape: ModelShape, request: Trace
 
 
 # ------------------------------------------------------------------ the steps, in forward order
+def skip_below(sites: Sites, request: TraceRequest) -> int:
+    """`start_at`: blocks below l are skipped, each returning the given stream
+    (only block l - 1's output is read, as block l's input). Returns l."""
+    if request.start_at is None:
+        return 0
+    start, stream = request.start_at
+    stream = stream.to(request.input_ids.device).expand(request.input_ids.shape[0], -1, -1)
+    for l in range(start):
+        sites.layers[l].skip(stream)
+    return start
+
+
 def embeddings(sites: Sites, request: TraceRequest, state: TraceState) -> None:
     """Token and (learned) position embeddings, and the rotary tables: the first reads."""
     if request.capture.get("embed"):
@@ -325,8 +338,12 @@ def logit_lens(sites: Sites, request: TraceRequest, state: TraceState) -> None:
     """The model's own final norm and unembedding on earlier streams, reduced here
     so only [streams, T] numbers leave the trace."""
     ids = list(request.lens_tokens)
+    inputs = dict(state.lens_inputs)
+    if request.lens_streams:
+        weight = sites.unembed.weight  # where and in what dtype the model lives (remote: there)
+        inputs.update({l: stream.to(weight.device, weight.dtype)[None] for l, stream in request.lens_streams.items()})
     with torch.no_grad():
-        for l, resid in state.lens_inputs.items():
+        for l, resid in inputs.items():
             logits = softcap_logits(sites.unembed(sites.final_norm(resid))[0].float(), sites.shape.final_logit_softcap)
             probabilities = torch.softmax(logits, dim=-1)
             best = probabilities.max(dim=-1)

@@ -53,6 +53,17 @@ def direct_logit_effects(model: "Model", vectors: torch.Tensor, final_stream: to
     return _weights_trace(model, effect)["direct_effect"].float()
 
 
+def lens_of_streams(model: "Model", streams: dict[int, torch.Tensor], tokens: tuple[int, ...] = ()) -> dict:
+    """The logit lens of residual streams captured earlier ({row: [T, d_model]}),
+    through the model's own final norm and unembedding, reduced where the model
+    lives: {row: top_probability [T], top_token [T], token_probabilities [T, n]
+    and token_ranks [T, n] of `tokens` (None without)}. One one-token trace."""
+    streams = {row: torch.as_tensor(s, dtype=torch.float32).reshape(-1, model.d_model) for row, s in streams.items()}
+    saved = model.execute(torch.zeros(1, 1, dtype=torch.long), Plan(), {}, logits="none",
+                          lens_streams=streams, lens_tokens=tuple(tokens))
+    return saved["lens"]
+
+
 def check_qk_decomposable(model: "Model") -> None:
     """A clear error for architectures whose attention scores the QK decomposition does not split."""
     if model.arch.qk_projection is None or model.arch.input_norm is None:
