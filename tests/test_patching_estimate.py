@@ -16,7 +16,7 @@ from conftest import PROMPT, random_model
 from reference_hooks import blocks, hooks, mlp, out_proj
 from test_forward_counts import count_forwards
 from test_patching_sweep import CORRUPTED, FOIL, TARGET, engine_effect, rounding
-from nbinterp.analysis.patching_sweep import PatchingSweep, prepare, sweep
+from nbinterp.analysis.patching_sweep import WINDOW, PatchingSweep, prepare, sweep
 
 EPS = torch.finfo(torch.float32).eps
 ATTENTION = {"gpt2": "attn"}  # the attention module's path on a block (default: self_attn)
@@ -103,8 +103,14 @@ def test_exact_cells_come_largest_estimate_first_and_equal_the_engine(arch_model
     _, _, model = arch_model
     result = sweep(model, PROMPT, CORRUPTED, TARGET, FOIL, batch_size=5)
     seen = list(result)
-    sizes = [abs(float(result.estimates[c.kind][c.layer, c.index])) for c in seen]
-    assert sizes == sorted(sizes, reverse=True) and len(seen) == result.total
+    size = lambda c: abs(float(result.estimates[c[0]][c[1], c[2]]))  # noqa: E731
+    cells = [(c.kind, c.layer, c.index) for c in seen]
+    assert sorted(cells) == sorted(result.order) and len(cells) == result.total == len(set(cells))
+    # each batch opens with the largest pending estimate, and draws the rest from the next WINDOW batches
+    for start in range(0, len(cells), 5):
+        pending = sorted(cells[start:], key=size, reverse=True)
+        assert size(cells[start]) == size(pending[0])
+        assert all(size(c) >= size(pending[min(len(pending) - 1, WINDOW * 5)]) for c in cells[start : start + 5])
     tol = rounding(model, result.setup)
     for cell in seen[:6] + seen[-3:]:
         site = ("head", cell.layer, cell.index, None) if cell.kind == "head" else (cell.kind, cell.layer, cell.index)
@@ -149,3 +155,20 @@ def test_cancel_keeps_the_cells_done_and_resume_finishes_the_rest(tokenizer):
     assert (rest[0].kind, rest[0].layer, rest[0].index) == result.order[3]
     assert all(result.effects[k][l, i].item() == e for (k, l, i), e in kept.items())
     assert not any(math.isnan(v) for t in result.effects.values() for v in t.flatten().tolist())
+
+
+def test_a_batch_of_high_layer_cells_does_not_run_the_blocks_below(tokenizer):
+    """The forward starts at the lowest patched layer from the corrupted stream:
+    block 0 never runs for layer-1 cells, and the cells equal the full sweep's."""
+    model = ni.load(random_model("llama"), tokenizer=tokenizer)
+    full = sweep(model, PROMPT, CORRUPTED, TARGET, FOIL, kinds=["attn_out", "head"]).run()
+    result = sweep(model, PROMPT, CORRUPTED, TARGET, FOIL, kinds=["attn_out", "head"], layers=[1])
+    calls = []
+    # (a skipped block's own pre-hooks still fire; what is inside it does not run)
+    with hooks(mlp(model.hf, 0).register_forward_pre_hook(lambda m, a: calls.append(0)),
+               mlp(model.hf, 1).register_forward_pre_hook(lambda m, a: calls.append(1))):
+        effects = result.run()
+    assert calls and set(calls) == {1}
+    tol = rounding(model, result.setup)
+    for kind in ("attn_out", "head"):
+        torch.testing.assert_close(effects[kind][1], full[kind][1], atol=tol, rtol=0)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
-from nbinterp.engine.batch import RowPlan, forward_metric
+from nbinterp.engine.batch import RowPlan
 from nbinterp.engine.plan import PATCH_SITES, Metric, Plan, parse_site
 from nbinterp.engine.run import Run
 from nbinterp.interventions.batch import Site
@@ -47,6 +47,7 @@ KIND_LABELS = {
     "mlp_out": "MLP output",
     "head": "attention head (all positions)",
 }
+WINDOW = 4  # batches of cells ahead a batch may draw from (see PatchingSweep._next_batch)
 TOKENS_PER_BATCH = 512  # rows x tokens per forward; small models are overhead-bound, so batch
 
 
@@ -174,7 +175,13 @@ def effects_of(setup: PatchingSetup, patch_sets: Sequence[Sequence[Site]]) -> to
     for slot, sites in enumerate(patch_sets):
         for kind, layer, head, position in sites:
             rows.patch(slot, kind, layer, head, position, setup.clean.captured(PATCH_SITES[kind][0], layer))
-    raw = forward_metric(setup.model, setup.corrupted_ids.repeat(n, 1), rows.plan, setup.metric)
+    # A patch at layer l leaves every layer below l as in the corrupted run: start
+    # the forward at the lowest patched layer from the corrupted stream entering it.
+    start = min((layer for sites in patch_sets for _, layer, _, _ in sites), default=0)
+    start_at = None if start == 0 else (start, setup.corrupted.captured("resid_pre", start)[None])
+    saved = setup.model.execute(setup.corrupted_ids.repeat(n, 1), rows.plan, {}, setup.metric, gradients=False,
+                                logits="none", start_at=start_at)
+    raw = saved["metric"].reshape(n).cpu().double()
     corrupted, clean = setup.corrupted_logit_diff, setup.clean_logit_diff
     return ((raw - corrupted) / (clean - corrupted)).float() + 0.0  # + 0.0: no "-0.0" on screen
 
@@ -268,7 +275,7 @@ class PatchingSweep:
         while self.done < self.total:
             if self._stop.is_set():
                 return
-            batch = self.order[self.done : self.done + self.batch_size]
+            batch = self._next_batch()
             sites = [
                 [("head", layer, index, None) if kind == "head" else (kind, layer, None, index)]
                 for kind, layer, index in batch
@@ -278,6 +285,25 @@ class PatchingSweep:
                 self.effects[kind][layer, index] = effect
                 self.done += 1
                 yield Cell(kind, layer, index, effect)
+
+    def _next_batch(self) -> list[tuple[str, int, int]]:
+        """The next cells (`order`'s pending part is reordered to match): the
+        largest pending |estimate|, then, from the next WINDOW batches' worth,
+        the cells at or above its layer (nearest in order first), then the
+        highest of the rest. A forward starts at its lowest patched layer, so
+        the blocks below it are not run; the order by |estimate| holds to
+        within a window."""
+        pending = self.order[self.done :]
+        first_layer = pending[0][1]
+        window = pending[1 : WINDOW * self.batch_size]
+        below = lambda i: window[i][1] < first_layer  # noqa: E731 - lowers the batch's start
+        rest = sorted(range(len(window)), key=lambda i: (below(i), -window[i][1] if below(i) else 0, i))
+        chosen = sorted(rest[: self.batch_size - 1])
+        batch = [pending[0]] + [window[i] for i in chosen]
+        taken = set(chosen)
+        left = [c for i, c in enumerate(window) if i not in taken]
+        self.order[self.done :] = batch + left + pending[len(window) + 1 :]
+        return batch
 
     def run(self) -> dict[str, torch.Tensor]:
         for _ in self:
