@@ -1,6 +1,9 @@
 // LogitLensView front end: residual streams (rows) x positions (columns),
 // coloured by the target's probability or the top token's, each cell
-// labelled with the top token; hover shows all three numbers.
+// labelled with the top token; hover shows all three numbers. The first paint
+// (the output row, the last position of every row) comes from one forward; the
+// other rows stream in, drawn grey ("not computed yet") until they land, and
+// the progress line (words from Python) says what is computed and pending.
 
 import type { RenderProps } from "@anywidget/types";
 import { decodeTensor, type Tensor } from "./lib/codec";
@@ -40,11 +43,15 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
   box.className = "nbi-scroll-x"; // a long prompt scrolls here instead of spilling out of the output area
   const legend = doc.createElement("div");
   legend.className = "nbi-legend";
+  const progressLine = doc.createElement("div");
+  progressLine.className = "nbi-strip-caption";
   const tooltip = new Tooltip(root);
-  root.append(box, legend, tooltip.el);
+  root.append(progressLine, box, legend, tooltip.el);
 
   let top: Tensor | null = null;
   let targetP: Tensor | null = null;
+  let computed: Tensor | null = null;
+  const isComputed = (i: number) => !computed || computed.values[i] !== 0;
   const topTokens = () => model.get("top_tokens");
   const heatmap = new Heatmap(box, {
     plotWidth: cellW * tokens.length, plotHeight: cellH * rows.length, marginLeft: 52, marginTop: 70,
@@ -53,6 +60,9 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
     onHover: (cell, event) => guard(() => {
       if (!cell || !top) return tooltip.hide();
       const i = cell.row * tokens.length + cell.col;
+      if (!isComputed(i)) {
+        return tooltip.show([["nbi-tip-where", `${rows[cell.row]} \u00b7 position ${cell.col} \u00b7 not computed yet`]], event);
+      }
       const lines: TooltipLine[] = [
         ["nbi-tip-where", `${rows[cell.row]} \u00b7 position ${cell.col} ${JSON.stringify(tokens[cell.col] ?? "")}`],
         ["nbi-tip-top", `top ${JSON.stringify(topTokens()[cell.row]?.[cell.col] ?? "")} ${formatValue(top.values[i])}`],
@@ -68,9 +78,12 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
     const lens = checkTrait(model, LOGIT_LENS_TRAITS, "_lens");
     top = decodeTensor(lens.top_probabilities);
     targetP = lens.target_probabilities ? decodeTensor(lens.target_probabilities) : null;
+    computed = lens.computed ? decodeTensor(lens.computed) : null;
     const shown = colour === "target" && targetP ? targetP : top;
     const scale = sequentialScale(0, 1);
-    heatmap.setData(shown.values, shown.shape[0], shown.shape[1], scale);
+    // NaN is the heatmap's "no value yet" (grey): the wire sends 0 there, the mask says so
+    const values = Float32Array.from(shown.values, (v, i) => (isComputed(i) ? v : NaN));
+    heatmap.setData(values, shown.shape[0], shown.shape[1], scale);
     heatmap.draw();
     toggle.set(colour);
     renderLegend(legend, scale, colour === "target" && targetP ? `p(${JSON.stringify(target)})` : "p(top token)", {
@@ -80,10 +93,20 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
     root.dataset.drawn = "true";
   }
 
+  function drawProgress() {
+    const p = model.get("progress");
+    progressLine.textContent = p.state === "done" && p.done === p.total ? "" : `${p.label} \u00b7 ${p.elapsed_s.toFixed(1)} s`;
+    root.dataset.progress = `${p.done}/${p.total}:${p.state}`;
+  }
+
   guard(() => {
     errors.show(model.get("error"));
     draw();
+    drawProgress();
   });
+  const onProgress = () => guard(drawProgress);
+  model.on("change:progress", onProgress);
+  cleanups.push(() => model.off("change:progress", onProgress));
   const onLens = () => guard(draw);
   const onError = () => errors.show(model.get("error"));
   model.on("change:_lens", onLens);

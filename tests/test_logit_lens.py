@@ -52,7 +52,36 @@ def test_view_sends_the_lens_and_draws_a_figure(arch_model):
     texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
     assert len(texts) == image.size
     assert [texts[model.n_layers, c] for c in range(image.shape[1])] == [f"w{i}" for i in final.argmax(-1).tolist()]
-    assert ni.logit_lens(model, PROMPT)._lens.keys() == {"top_probabilities"}  # no target, no target tensor
+    untargeted = ni.logit_lens(model, PROMPT)
+    assert untargeted.wait() and untargeted.progress["state"] == "done"
+    assert untargeted._lens.keys() == {"top_probabilities"}  # no target, no target tensor; complete: no mask
+
+
+def test_view_paints_first_then_streams_the_other_rows(arch_model, monkeypatch):
+    """The first publish is the first paint (the mask says which cells are
+    computed, the label says what is pending); the streamed rows replace it."""
+    import importlib
+
+    view_module = importlib.import_module("nbinterp.widgets.logit_lens")
+
+    _, _, model = arch_model
+    started = []
+    monkeypatch.setattr(view_module.BackgroundJob, "start", lambda self, *args, **kwargs: started.append(args))
+    view = ni.logit_lens(model, PROMPT, target="w5")
+    assert len(started) == 1 and view.progress["state"] == "running"
+    computed = decode(view._lens["computed"]).astype(bool)
+    assert computed[-1].all() and computed[:, -1].all() and not computed[:-1, :-1].any()
+    assert "streaming in" in view.progress["label"] and view.progress["done"] == 1
+    first = view.first_paint
+    np.testing.assert_array_equal(decode(view._lens["target_probabilities"])[computed],
+                                  first.target_probabilities.numpy()[computed])
+    assert all(view.top_tokens[r][c] == "" for r, c in zip(*np.nonzero(~computed)))
+    monkeypatch.undo()
+    view.resume(background=False)
+    assert view.progress["state"] == "done" and "computed" not in view._lens
+    full = logit_lens(model, PROMPT, target="w5")
+    np.testing.assert_array_equal(decode(view._lens["target_probabilities"]), full.target_probabilities.numpy())
+    assert view.top_tokens == full.top_tokens and view.progress["label"].startswith("every row")
 
 
 def test_bad_target_is_a_clear_error(arch_model):

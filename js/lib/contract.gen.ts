@@ -10,6 +10,9 @@ export const TokenProbabilitySchema: Schema = { kind: "object", fields: { token:
 export interface AblationSummary { ablations: Record<string, number>; ablation: "zero" | "mean"; top_k: TokenProbability[]; logit_diff: number | null; target_probability: number | null; foil_probability: number | null; target: TokenProbability | null; foil: TokenProbability | null; seq: number; compute_ms: number; code: string }
 export const AblationSummarySchema: Schema = { kind: "object", fields: { ablations: { kind: "map", of: { kind: "number" } }, ablation: { kind: "choice", values: ["zero", "mean"] }, top_k: { kind: "list", of: TokenProbabilitySchema }, logit_diff: { kind: "nullable", of: { kind: "number" } }, target_probability: { kind: "nullable", of: { kind: "number" } }, foil_probability: { kind: "nullable", of: { kind: "number" } }, target: { kind: "nullable", of: TokenProbabilitySchema }, foil: { kind: "nullable", of: TokenProbabilitySchema }, seq: { kind: "int" }, compute_ms: { kind: "number" }, code: { kind: "string" } }, optional: [], name: "AblationSummary" };
 
+export interface LensProgress { done: number; total: number; state: "running" | "done" | "cancelled" | "error"; elapsed_s: number; label: string }
+export const LensProgressSchema: Schema = { kind: "object", fields: { done: { kind: "int" }, total: { kind: "int" }, state: { kind: "choice", values: ["running", "done", "cancelled", "error"] }, elapsed_s: { kind: "number" }, label: { kind: "string" } }, optional: [], name: "LensProgress" };
+
 export interface EdgeMatrix { layer: number; head: number; method: "hybrid" | "qk_fix" | "linear"; label: string; effect: EncodedTensor; measured: EncodedTensor; status: EncodedTensor; status_labels: string[]; attention: EncodedTensor }
 export const EdgeMatrixSchema: Schema = { kind: "object", fields: { layer: { kind: "int" }, head: { kind: "int" }, method: { kind: "choice", values: ["hybrid", "qk_fix", "linear"] }, label: { kind: "string" }, effect: { kind: "tensor" }, measured: { kind: "tensor" }, status: { kind: "tensor" }, status_labels: { kind: "list", of: { kind: "string" } }, attention: { kind: "tensor" } }, optional: [], name: "EdgeMatrix" };
 
@@ -98,6 +101,7 @@ export interface AttentionModel {
   n_heads: number;
   n_layers: number;
   selected: { query?: number; key?: number };
+  sink_scale: "auto" | "exclude" | "include";
   strip_direction: "attends_to" | "attended_by";
   strip_scope: "head" | "layer";
   tokens: string[];
@@ -117,6 +121,7 @@ export const ATTENTION_TRAITS: Record<keyof AttentionModel, Schema> = {
   n_heads: { kind: "int" },
   n_layers: { kind: "int" },
   selected: { kind: "object", fields: { query: { kind: "int" }, key: { kind: "int" } }, optional: ["query", "key"] },
+  sink_scale: { kind: "choice", values: ["auto", "exclude", "include"] },
   strip_direction: { kind: "choice", values: ["attends_to", "attended_by"] },
   strip_scope: { kind: "choice", values: ["head", "layer"] },
   tokens: { kind: "list", of: { kind: "string" } },
@@ -257,9 +262,10 @@ export const ABLATION_REQUESTS = {
 
 /** The synced traits of LogitLensView. */
 export interface LogitLensModel {
-  _lens: { top_probabilities: EncodedTensor; target_probabilities?: EncodedTensor };
+  _lens: { top_probabilities: EncodedTensor; target_probabilities?: EncodedTensor; computed?: EncodedTensor };
   error: string;
   model_name: string;
+  progress: LensProgress;
   row_labels: string[];
   target: string | null;
   tokens: string[];
@@ -267,9 +273,10 @@ export interface LogitLensModel {
 }
 
 export const LOGIT_LENS_TRAITS: Record<keyof LogitLensModel, Schema> = {
-  _lens: { kind: "object", fields: { top_probabilities: { kind: "tensor" }, target_probabilities: { kind: "tensor" } }, optional: ["target_probabilities"] },
+  _lens: { kind: "object", fields: { top_probabilities: { kind: "tensor" }, target_probabilities: { kind: "tensor" }, computed: { kind: "tensor" } }, optional: ["target_probabilities", "computed"] },
   error: { kind: "string" },
   model_name: { kind: "string" },
+  progress: LensProgressSchema,
   row_labels: { kind: "list", of: { kind: "string" } },
   target: { kind: "nullable", of: { kind: "string" } },
   tokens: { kind: "list", of: { kind: "string" } },
