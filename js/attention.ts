@@ -12,7 +12,10 @@ import { HeadGrid, thumbSize, type HeadRef } from "./lib/head_grid";
 import { Heatmap, fullWindow, type Cell, type MatrixWindow } from "./lib/heatmap";
 import { RpcError } from "./lib/rpc";
 import { ByteLru } from "./lib/lru";
-import { displayMatrix, logFloor, SCALE_CHOICES, type DisplayMatrix, type ScaleChoice } from "./lib/scales";
+import {
+  displayMatrix, excludesSink, firstKeyShare, logFloor, SCALE_CHOICES, SINK_CHOICES, SINK_SHARE,
+  type DisplayMatrix, type ScaleChoice, type SinkChoice,
+} from "./lib/scales";
 import { toggleGroup } from "./lib/style";
 import { displayToken, TokenStrip } from "./lib/tokens";
 import { Tooltip, type TooltipLine } from "./lib/tooltip";
@@ -24,7 +27,7 @@ type Mode = AttentionModel["mode"];
 type Scope = AttentionModel["strip_scope"];
 type Direction = AttentionModel["strip_direction"];
 
-type HeadData = { tensor: Tensor; vmax: number; shown?: { choice: ScaleChoice; display: DisplayMatrix } };
+type HeadData = { tensor: Tensor; vmax: number; sinkShare?: number; shown?: { key: string; display: DisplayMatrix } };
 const headKey = (r: { layer: number; head: number; mode: Mode }) => `${r.layer}:${r.head}:${r.mode}`;
 // 64 MB of float32: sixteen heads at 1,024 tokens.
 const HEAD_CACHE_BYTES = 64 * 2 ** 20;
@@ -35,10 +38,13 @@ const QUANTITY: Record<Mode, string> = {
   probabilities: "attention probability (measured: this run's softmax, recomputed in float32)",
   value_weighted: "||a_ij v_j W_O|| (measured: value-weighted norm)",
 };
-/** Plot side: ~6 px per token between 420 and 640 px, so labels get room on long prompts. */
+/** Plot side: 12 px per token (every token labelled at 10-px text) between
+ *  420 and 640 px; longer prompts label every k-th token and zoom for more. */
 export function plotSide(nTokens: number): number {
-  return Math.max(420, Math.min(640, nTokens * 6));
+  return Math.max(420, Math.min(640, nTokens * 12));
 }
+/** Room for the rotated key labels ("index token") above the plot. */
+const HEATMAP_MARGIN_TOP = 110;
 const toMask = (t: Tensor): Uint8Array => Uint8Array.from(t.values, (v) => (v > 0.5 ? 1 : 0));
 
 function render({ model, el }: RenderProps<AttentionModel>): () => void {
@@ -54,6 +60,9 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   const scaleLabel = doc.createElement("span");
   scaleLabel.className = "nbi-label";
   scaleLabel.textContent = "colour:";
+  const sinkToggle = toggleGroup<SinkChoice>(doc, "key 0 on the colour scale", SINK_CHOICES, (sink_scale) => save({ sink_scale }));
+  sinkToggle.element.title = `key 0 (attention sink) on the colour scale \u00b7 auto: left out when it holds more than ${SINK_SHARE * 100}% of the head's attention (mean over queries 1..) \u00b7 exclude: always left out \u00b7 include: always on the scale`;
+  sinkToggle.element.classList.add("nbi-sink-toggle");
   const scopeToggle = toggleGroup<Scope>(doc, "token strip scope", [["head", "this head"], ["layer", "sum over layer"]], (strip_scope) => save({ strip_scope }));
   const directionToggle = toggleGroup<Direction>(doc, "token strip direction", [["attends_to", "attends to"], ["attended_by", "attended by"]], (strip_direction) => save({ strip_direction }));
   const resetZoom = doc.createElement("button");
@@ -63,7 +72,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   resetZoom.addEventListener("click", () => save({ zoom: {} }));
   const status = doc.createElement("span");
   status.className = "nbi-status";
-  toolbar.append(title, modeToggle.element, scaleLabel, scaleToggle.element, scopeToggle.element, directionToggle.element, resetZoom, status);
+  toolbar.append(title, modeToggle.element, scaleLabel, scaleToggle.element, sinkToggle.element, scopeToggle.element, directionToggle.element, resetZoom, status);
   root.append(toolbar);
 
   // Panels: head grid | heatmap + legend
@@ -120,12 +129,20 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
     const data = heads.get(headKey(current())) ?? null;
     return data && masks.has(current().layer) ? data : null;
   };
-  /** The head as drawn under the chosen colour scale (computed once per head and scale). */
+  /** Key 0's share of the head (mean over queries 1..), computed once per head. */
+  const sinkShareOf = (data: HeadData, layer: number): number => {
+    const [rows, cols] = data.tensor.shape;
+    data.sinkShare ??= firstKeyShare(data.tensor.values, rows, cols, masks.get(layer) ?? null);
+    return data.sinkShare;
+  };
+  /** The head as drawn under the chosen colour scale and sink choice (computed once per head and choice). */
   const shownOf = (data: HeadData, layer: number): DisplayMatrix => {
     const choice = model.get("color_scale");
-    if (data.shown?.choice !== choice) {
+    const exclude = excludesSink(model.get("sink_scale"), sinkShareOf(data, layer));
+    const key = `${choice}:${exclude}`;
+    if (data.shown?.key !== key) {
       const [rows, cols] = data.tensor.shape;
-      data.shown = { choice, display: displayMatrix(data.tensor.values, rows, cols, choice, masks.get(layer) ?? null, QUANTITY[model.get("mode")]) };
+      data.shown = { key, display: displayMatrix(data.tensor.values, rows, cols, choice, masks.get(layer) ?? null, QUANTITY[model.get("mode")], exclude) };
     }
     return data.shown.display;
   };
@@ -156,7 +173,8 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   cleanups.push(() => clearTimeout(prefetchTimer));
 
   const grid = new HeadGrid(gridBox, {
-    nLayers, nHeads, thumbPx: thumbSize(nLayers, nHeads),
+    // Layers may use the heatmap's height (plot + its top margin) so deep models get readable thumbnails.
+    nLayers, nHeads, thumbPx: thumbSize(nLayers, nHeads, 360, plotSide(model.get("tokens").length) + HEATMAP_MARGIN_TOP),
     onClick: (ref) => save({ layer: ref.layer, head: ref.head }),
     onHover: (ref, event) => {
       clearTimeout(prefetchTimer);
@@ -168,10 +186,11 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
         fetchHead(target);
       }, PREFETCH_DWELL_MS);
       const max = thumbs?.headMax[ref.layer * nHeads + ref.head];
+      const sinkOut = thumbnailCache?.shown.sinkExcluded[ref.layer * nHeads + ref.head] === 1;
       showTooltip([
         ["nbi-tip-head", "", `layer ${ref.layer} head ${ref.head}`],
         ["nbi-tip-max", `max ${MODE_LABEL[model.get("mode")]} `, max === undefined ? "?" : formatValue(max)],
-        "thumbnail scaled to this max",
+        sinkOut ? "thumbnail scaled to its max over keys 1.. (key 0 left out)" : "thumbnail scaled to this max",
       ], event);
     },
   });
@@ -179,7 +198,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
 
   const plotPx = plotSide(model.get("tokens").length);
   const heatmap = new Heatmap(mapBox, {
-    plotWidth: plotPx, plotHeight: plotPx, marginLeft: 100, marginTop: 80, cornerLabel: "query \u2193 key \u2192",
+    plotWidth: plotPx, plotHeight: plotPx, marginLeft: 120, marginTop: HEATMAP_MARGIN_TOP, cornerLabel: "query \u2193 key \u2192",
     onHover: (cell, event) => guard(() => {
       const pattern = currentPattern();
       if (!cell || !pattern) return hideTooltip();
@@ -199,6 +218,10 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
         if (model.get("color_scale") === "row") lines.push(["nbi-tip-scaled", "\u00f7 row max = ", formatValue(shown.values[i])]);
       }
       showTooltip(lines, event);
+    }),
+    onAxisHover: (label, event) => guard(() => {
+      if (!currentPattern()) return;
+      showTooltip([[`nbi-tip-${label.axis === "row" ? "query" : "key"}`, label.axis === "row" ? "query " : "key ", tokenLabel(label.index)]], event);
     }),
     onClick: (cell: Cell) => save({ selected: { query: cell.row, key: cell.col } }),
     onWindowChange: (win: MatrixWindow) => {
@@ -241,29 +264,42 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
     status.textContent = `layer ${c.layer} \u00b7 head ${c.head} \u00b7 ${model.get("tokens").length} tokens${patternIsCurrent() ? "" : " \u00b7 loading\u2026"}`;
     modeToggle.set(c.mode);
     scaleToggle.set(model.get("color_scale"));
+    sinkToggle.set(model.get("sink_scale"));
     scopeToggle.set(model.get("strip_scope"));
     directionToggle.set(model.get("strip_direction"));
   }
 
   /** The thumbnails as drawn: each tile is already divided by its head's max
    *  in Python; the colour scale applies on top, masked blocks hatched. */
-  function thumbnailDisplay(): { values: Float32Array; scale: ColorScale } | null {
+  function thumbnailDisplay(): ThumbnailDisplay | null {
     if (!thumbs) return null;
     const { side, tensor, masked } = thumbs;
     const choice = model.get("color_scale");
+    const sinkChoice = model.get("sink_scale");
     const nTokens = model.get("tokens").length;
     const out = new Float32Array(tensor.values.length);
+    const sinkExcluded = new Uint8Array(nLayers * nHeads);
     for (let l = 0; l < nLayers; l++) {
       const mask = masked.subarray(l * side * side, (l + 1) * side * side);
       for (let h = 0; h < nHeads; h++) {
         const start = (l * nHeads + h) * side * side;
-        out.set(displayMatrix(tensor.values.subarray(start, start + side * side), side, side, choice, mask, "").values, start);
+        let tile = tensor.values.subarray(start, start + side * side);
+        const exclude = excludesSink(sinkChoice, firstKeyShare(tile, side, side, mask));
+        if (exclude && side > 1 && choice !== "row") {
+          // Re-divide by the max over pixel columns 1.. so key 0 no longer sets the top colour.
+          let max = 0;
+          for (let i = 0; i < tile.length; i++) if (i % side > 0 && !mask[i] && tile[i] > max) max = tile[i];
+          if (max > 0) tile = tile.map((v) => v / max);
+        }
+        sinkExcluded[l * nHeads + h] = exclude ? 1 : 0;
+        out.set(displayMatrix(tile, side, side, choice, mask, "", exclude).values, start);
       }
     }
     const scale = choice === "log" ? logScale(logFloor(1, nTokens), 1) : sequentialScale(0, 1);
-    return { values: out, scale };
+    return { values: out, scale, sinkExcluded };
   }
-  let thumbnailCache: { key: string; shown: { values: Float32Array; scale: ColorScale } } | null = null;
+  type ThumbnailDisplay = { values: Float32Array; scale: ColorScale; sinkExcluded: Uint8Array };
+  let thumbnailCache: { key: string; shown: ThumbnailDisplay } | null = null;
 
   function drawGrid() {
     const t = checkTrait(model, ATTENTION_TRAITS, "_thumbnails");
@@ -274,7 +310,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
       thumbnailCache = null;
     }
     if (!thumbs) return;
-    const key = model.get("color_scale");
+    const key = `${model.get("color_scale")}:${model.get("sink_scale")}`;
     if (thumbnailCache?.key !== key) {
       const shown = thumbnailDisplay();
       if (!shown) return;
@@ -285,9 +321,16 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
     grid.draw();
     const n = model.get("tokens").length;
     const block = Math.ceil(n / thumbs.side);
-    const scaleName = { log: "log scale", linear: "linear scale", row: "per-row scale" }[key];
+    const scaleName = { log: "log scale", linear: "linear scale", row: "per-row scale" }[model.get("color_scale")];
+    let nExcluded = 0;
+    for (const e of thumbnailCache.shown.sinkExcluded) nExcluded += e;
+    const firstColumn = block > 1 ? `the first pixel column (keys 0..${block - 1})` : "key 0";
     gridCaption.textContent = `Thumbnails: each head \u00f7 its own max (hover a head for it), ${scaleName}` +
-      (block > 1 ? `; one pixel = the max of ${block}\u00d7${block} cells` : "") + "; hatched: masked.";
+      (block > 1 ? `; one pixel = the max of ${block}\u00d7${block} cells` : "") +
+      `; ${firstColumn} left out of the scale in ${nExcluded} of ${nLayers * nHeads} heads` +
+      (model.get("sink_scale") === "auto" ? ` (auto: where it holds > ${SINK_SHARE * 100}% of the pixels' row totals)` : "") +
+      "; hatched: masked.";
+    gridCaption.dataset.sinkExcluded = String(nExcluded);
   }
   let lastThumbs: AttentionModel["_thumbnails"] = null;
 
@@ -305,9 +348,13 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
       const what = c.mode === "probabilities" ? "attention probability" : "||a v W_O||";
       renderLegend(legend, shown.scale, model.get("color_scale") === "row" ? `${what} \u00f7 row max` : what, {
         swatches: [{ label: "masked (cannot attend)", kind: "masked" }],
-        note: shown.description,
+        note: `${shown.description} \u00b7 key 0 holds ${(100 * sinkShareOf(pattern, c.layer)).toFixed(1)}% of each query's ${c.mode === "probabilities" ? "attention" : "total norm"} on average (queries 1..; sink setting: ${model.get("sink_scale")})`,
       });
       legend.dataset.scale = model.get("color_scale");
+      const share = sinkShareOf(pattern, c.layer);
+      legend.dataset.sinkExcluded = String(excludesSink(model.get("sink_scale"), share));
+      legend.dataset.sinkShare = String(share);
+      legend.dataset.vmax = String(shown.scale.vmax);
     } else {
       // After this task: a click sets layer and head one after the other.
       queueMicrotask(() => {
@@ -389,7 +436,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   });
   listen("change:_thumbnails", () => { drawGrid(); drawHeatmap(); });
   listen("change:_pattern", () => { updateStatus(); drawHeatmap(); updateStrip(); });
-  for (const name of ["layer", "head", "mode", "color_scale", "strip_scope", "strip_direction", "focus_token"]) listen(`change:${name}`, redrawAll);
+  for (const name of ["layer", "head", "mode", "color_scale", "sink_scale", "strip_scope", "strip_direction", "focus_token"]) listen(`change:${name}`, redrawAll);
   listen("change:selected", drawHeatmap);
   listen("change:zoom", () => { heatmap.setWindow(zoomWindow()); heatmap.draw(); });
   listen("change:error", () => errors.show(model.get("error")));

@@ -7,7 +7,7 @@
 
 import type { RenderProps } from "@anywidget/types";
 import { decodeTensor, type Tensor } from "./lib/codec";
-import { formatValue, renderLegend, sequentialScale } from "./lib/colors";
+import { formatValue, logScale, renderLegend, sequentialScale } from "./lib/colors";
 import { Heatmap } from "./lib/heatmap";
 import { toggleGroup } from "./lib/style";
 import { displayToken } from "./lib/tokens";
@@ -17,6 +17,9 @@ import { checkTrait } from "./lib/contract";
 import { LOGIT_LENS_TRAITS, type LogitLensModel } from "./lib/contract.gen";
 
 type Colour = "target" | "top";
+type LensScale = "log" | "linear";
+/** The log scale's floor: a target's probability is often 1e-5 .. 1e-3 until the last layers. */
+const LOG_FLOOR = 1e-5;
 
 function render({ model, el }: RenderProps<LogitLensModel>): () => void {
   const { doc, root, errors, cleanups, guard, dispose } = mountView(model, el, "logit-lens");
@@ -31,8 +34,17 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
     colour = value;
     guard(draw);
   });
+  // Log by default when colouring by a target: its probability is tiny until the last layers,
+  // so on a linear 0..1 scale every cell but the last rows is the same dark colour.
+  let lensScale: LensScale = target !== null ? "log" : "linear";
+  const scaleToggle = toggleGroup<LensScale>(doc, "colour scale", [["log", "log"], ["linear", "linear"]], (value) => {
+    lensScale = value;
+    guard(draw);
+  });
+  scaleToggle.element.title = `log: ${formatValue(LOG_FLOOR)} .. 1, equal ratios equal colour steps \u00b7 linear: 0 .. 1`;
   toolbar.append(title);
   if (target !== null) toolbar.append(toggle.element);
+  toolbar.append(scaleToggle.element);
   root.append(toolbar);
 
   const tokens = model.get("tokens");
@@ -54,7 +66,7 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
   const isComputed = (i: number) => !computed || computed.values[i] !== 0;
   const topTokens = () => model.get("top_tokens");
   const heatmap = new Heatmap(box, {
-    plotWidth: cellW * tokens.length, plotHeight: cellH * rows.length, marginLeft: 52, marginTop: 70,
+    plotWidth: cellW * tokens.length, plotHeight: cellH * rows.length, marginLeft: 52, marginTop: 90,
     cornerLabel: "after \u2193",
     cellLabel: (cell) => displayToken(topTokens()[cell.row]?.[cell.col] ?? ""),
     onHover: (cell, event) => guard(() => {
@@ -70,6 +82,10 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
       if (targetP) lines.push(["nbi-tip-value", `p(${JSON.stringify(target)}) ${formatValue(targetP.values[i])}`]);
       tooltip.show(lines, event);
     }),
+    // Axis labels are cut to fit; hovering one shows it whole.
+    onAxisHover: (label, event) => tooltip.show([["nbi-tip-where", label.axis === "row"
+      ? `${rows[label.index]}`
+      : `position ${label.index} ${JSON.stringify(tokens[label.index] ?? "")}`]], event),
   });
   heatmap.setLabels(rows, tokens.map(displayToken));
   cleanups.push(() => heatmap.destroy());
@@ -80,14 +96,17 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
     targetP = lens.target_probabilities ? decodeTensor(lens.target_probabilities) : null;
     computed = lens.computed ? decodeTensor(lens.computed) : null;
     const shown = colour === "target" && targetP ? targetP : top;
-    const scale = sequentialScale(0, 1);
+    const scale = lensScale === "log" ? logScale(LOG_FLOOR, 1) : sequentialScale(0, 1);
     // NaN is the heatmap's "no value yet" (grey): the wire sends 0 there, the mask says so
     const values = Float32Array.from(shown.values, (v, i) => (isComputed(i) ? v : NaN));
     heatmap.setData(values, shown.shape[0], shown.shape[1], scale);
     heatmap.draw();
     toggle.set(colour);
+    scaleToggle.set(lensScale);
+    root.dataset.scale = lensScale;
     renderLegend(legend, scale, colour === "target" && targetP ? `p(${JSON.stringify(target)})` : "p(top token)", {
-      note: "measured: each residual stream read through the final norm and the unembedding (logit lens), softmax over the vocabulary; linear 0 .. 1",
+      note: "measured: each residual stream read through the final norm and the unembedding (logit lens), softmax over the vocabulary; " +
+        (lensScale === "log" ? `log scale ${formatValue(LOG_FLOOR)} .. 1 (smaller probabilities get the first colour)` : "linear scale 0 .. 1"),
     });
     root.dataset.colour = colour;
     root.dataset.drawn = "true";

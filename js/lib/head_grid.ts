@@ -3,7 +3,7 @@
 
 import { hidpiCanvas } from "./canvas";
 import type { ColorScale } from "./colors";
-import { paintPixels } from "./heatmap";
+import { axisTicks, paintPixels } from "./heatmap";
 
 export interface HeadRef {
   layer: number;
@@ -22,10 +22,19 @@ const GAP = 2;
 const MARGIN_LEFT = 28;
 const MARGIN_TOP = 16;
 
-/** Thumbnail size in CSS px so the grid fits about `budget` px. */
-export function thumbSize(nLayers: number, nHeads: number, budget = 360): number {
-  const n = Math.max(nLayers, nHeads, 1);
-  return Math.max(12, Math.min(56, Math.floor(budget / n) - GAP));
+/** Thumbnail size in CSS px so the heads fit about `widthBudget` px across
+ *  and the layers `heightBudget` px down (a deep, narrow model such as 30 x 9
+ *  gets taller thumbnails than a square budget would give it). */
+export function thumbSize(nLayers: number, nHeads: number, widthBudget = 360, heightBudget = widthBudget): number {
+  const fit = Math.min(Math.floor(widthBudget / Math.max(nHeads, 1)), Math.floor(heightBudget / Math.max(nLayers, 1)));
+  return Math.max(12, Math.min(56, fit - GAP));
+}
+
+/** Which heads (or layers) get a header: every one whose label fits in a
+ *  thumbnail step, else every k-th (k = 1, 2, 5, 10, ...) so labels never run
+ *  together; `labelPx` is the widest label's width. Hover names every head. */
+export function headerTicks(n: number, stepPx: number, labelPx: number): number[] {
+  return axisTicks(0, n, stepPx, labelPx + 3);
 }
 
 export class HeadGrid {
@@ -91,9 +100,14 @@ export class HeadGrid {
     ctx.font = "10px sans-serif";
     ctx.textBaseline = "middle";
     ctx.textAlign = "center";
-    for (let h = 0; h < opts.nHeads; h++) ctx.fillText(`H${h}`, this.origin({ layer: 0, head: h }).x + opts.thumbPx / 2, MARGIN_TOP / 2);
+    const step = opts.thumbPx + GAP;
+    const headTicks = headerTicks(opts.nHeads, step, ctx.measureText(`H${opts.nHeads - 1}`).width);
+    const layerTicks = headerTicks(opts.nLayers, step, 8); // 10-px text stacked: 11 px apart
+    this.canvas.dataset.headTicks = headTicks.join(",");
+    this.canvas.dataset.layerTicks = layerTicks.join(",");
+    for (const h of headTicks) ctx.fillText(`H${h}`, this.origin({ layer: 0, head: h }).x + opts.thumbPx / 2, MARGIN_TOP / 2);
     ctx.textAlign = "right";
-    for (let l = 0; l < opts.nLayers; l++) ctx.fillText(`L${l}`, MARGIN_LEFT - 4, this.origin({ layer: l, head: 0 }).y + opts.thumbPx / 2);
+    for (const l of layerTicks) ctx.fillText(`L${l}`, MARGIN_LEFT - 4, this.origin({ layer: l, head: 0 }).y + opts.thumbPx / 2);
     if (this.values && this.scale) {
       const side = this.side;
       this.tile.width = side;

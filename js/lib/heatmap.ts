@@ -11,7 +11,6 @@
 
 import { hidpiCanvas } from "./canvas";
 import { type ColorScale, drawClipMark, hatchLines, NO_VALUE_STYLE, type NoValueKind, textColorOn } from "./colors";
-import { truncateLabel } from "./tokens";
 
 /** Half-open index ranges of the visible rows and columns. */
 export interface MatrixWindow {
@@ -143,6 +142,33 @@ export function axisTicks(start: number, stop: number, cellPx: number, minSpacin
   return ticks;
 }
 
+/** `text` as it fits in `maxPx` by `measure` (the canvas's measureText):
+ *  whole, or the longest prefix that fits with an ellipsis (at least one
+ *  character). The full text is always in the hover tooltip. */
+export function fitText(text: string, maxPx: number, measure: (s: string) => number): string {
+  if (measure(text) <= maxPx) return text;
+  const chars = Array.from(text);
+  let lo = 1;
+  let hi = chars.length - 1;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (measure(chars.slice(0, mid).join("") + "\u2026") <= maxPx) lo = mid;
+    else hi = mid - 1;
+  }
+  return chars.slice(0, Math.max(1, lo)).join("") + "\u2026";
+}
+
+/** Which axis label is under a point: x, y relative to the plot's top-left
+ *  corner (negative = in the margin); a row label left of the plot, a column
+ *  label above it; null elsewhere. */
+export function axisLabelAt(
+  x: number, y: number, plotWidth: number, plotHeight: number, win: MatrixWindow,
+): { axis: "row" | "col"; index: number } | null {
+  if (x < 0 && y >= 0 && y < plotHeight) return { axis: "row", index: win.row0 + Math.floor((y / plotHeight) * (win.row1 - win.row0)) };
+  if (y < 0 && x >= 0 && x < plotWidth) return { axis: "col", index: win.col0 + Math.floor((x / plotWidth) * (win.col1 - win.col0)) };
+  return null;
+}
+
 /** Runs of no-value pixels per row of a reduced grid: [y, x0, x1, kind]. */
 export function noValueRuns(reduced: Float32Array, outW: number, outH: number): Array<[number, number, number, NoValueKind]> {
   const runs: Array<[number, number, number, NoValueKind]> = [];
@@ -176,6 +202,8 @@ export interface HeatmapOptions {
   /** Least spacing between axis labels in CSS px (default 11 for 10-px text). */
   labelSpacing?: number;
   onHover?(cell: Cell | null, event: PointerEvent): void;
+  /** The pointer is over an axis label (left or top margin): show its full text. */
+  onAxisHover?(label: { axis: "row" | "col"; index: number }, event: PointerEvent): void;
   onClick?(cell: Cell): void;
   onWindowChange?(win: MatrixWindow): void;
 }
@@ -342,8 +370,8 @@ export class Heatmap {
     const cellH = opts.plotHeight / (row1 - row0);
     const cellW = opts.plotWidth / (col1 - col0);
     if (cellH < 11 || cellW < 22) return;
-    const maxChars = Math.max(2, Math.floor(cellW / 6.5));
     ctx.font = `${Math.min(11, Math.floor(cellH) - 2)}px sans-serif`;
+    const measure = (s: string) => ctx.measureText(s).width;
     ctx.textAlign = "center";
     ctx.textBaseline = "middle";
     for (let r = row0; r < row1; r++) {
@@ -351,7 +379,7 @@ export class Heatmap {
         const text = label({ row: r, col: c });
         if (!text) continue;
         ctx.fillStyle = textColorOn(this.scale, this.values[r * this.cols + c]);
-        ctx.fillText(truncateLabel(text, maxChars), opts.marginLeft + (c - col0 + 0.5) * cellW, opts.marginTop + (r - row0 + 0.5) * cellH);
+        ctx.fillText(fitText(text, cellW - 3, measure), opts.marginLeft + (c - col0 + 0.5) * cellW, opts.marginTop + (r - row0 + 0.5) * cellH);
       }
     }
   }
@@ -389,20 +417,19 @@ export class Heatmap {
     ctx.font = `${cellH >= 14 && rowTicks.length === row1 - row0 ? 11 : 10}px sans-serif`;
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
-    const maxChars = Math.max(3, Math.floor((opts.marginLeft - 6) / 6));
+    const measure = (s: string) => ctx.measureText(s).width;
     for (const r of rowTicks) {
-      ctx.fillText(truncateLabel(this.rowLabels[r] ?? String(r), maxChars), opts.marginLeft - 4, opts.marginTop + (r - row0 + 0.5) * cellH);
+      ctx.fillText(fitText(this.rowLabels[r] ?? String(r), opts.marginLeft - 6, measure), opts.marginLeft - 4, opts.marginTop + (r - row0 + 0.5) * cellH);
     }
     ctx.save();
     ctx.font = "10px sans-serif";
     ctx.textAlign = "left";
     ctx.textBaseline = "middle";
-    const maxColChars = Math.max(3, Math.floor((opts.marginTop - 6) / 6));
     for (const c of colTicks) {
       ctx.setTransform(this.dpr, 0, 0, this.dpr, 0, 0);
       ctx.translate(opts.marginLeft + (c - col0 + 0.5) * cellW, opts.marginTop - 4);
       ctx.rotate(-Math.PI / 2);
-      ctx.fillText(truncateLabel(this.colLabels[c] ?? String(c), maxColChars), 0, 0);
+      ctx.fillText(fitText(this.colLabels[c] ?? String(c), opts.marginTop - 6, measure), 0, 0);
     }
     ctx.restore();
   }
@@ -442,7 +469,14 @@ export class Heatmap {
         return;
       }
     }
-    this.opts.onHover?.(this.cellAt(e.clientX, e.clientY), e);
+    const cell = this.cellAt(e.clientX, e.clientY);
+    this.opts.onHover?.(cell, e);
+    if (!cell && this.opts.onAxisHover && this.values) {
+      const rect = this.canvas.getBoundingClientRect();
+      const hit = axisLabelAt(e.clientX - rect.left - this.opts.marginLeft, e.clientY - rect.top - this.opts.marginTop,
+        this.opts.plotWidth, this.opts.plotHeight, this.win);
+      if (hit) this.opts.onAxisHover(hit, e);
+    }
   };
 
   private onPointerLeave = (e: PointerEvent) => {

@@ -30,6 +30,7 @@ MODE_LABELS = {"probabilities": "attention probability", "value_weighted": "||a_
 # visible key) every row past a few dozen tokens is the darkest colour.
 COLOR_SCALES = ("log", "linear", "row")
 LONG_PROMPT_TOKENS = 32
+SINK_SCALES = ("auto", "exclude", "include")  # key 0 on the colour scale: see AttentionView.sink_scale
 STRIP_SCOPES = ("head", "layer")
 STRIP_DIRECTIONS = ("attends_to", "attended_by")
 THUMBNAIL_SIDE = 32
@@ -103,6 +104,10 @@ class AttentionView(HeadWidget):
     mode = traitlets.Unicode("probabilities").tag(sync=True, schema=Choice(*MODES))
     # log | linear | row (each query row / its max)
     color_scale = traitlets.Unicode("linear").tag(sync=True, schema=Choice(*COLOR_SCALES))
+    # Key 0 on or off the colour scale: an attention sink (key 0 holding most
+    # of a head) otherwise sets the top colour and darkens every other key.
+    # auto | exclude | include; auto leaves it out per head when its share > 0.5.
+    sink_scale = traitlets.Unicode("auto").tag(sync=True, schema=Choice(*SINK_SCALES))
     focus_token = traitlets.Int(-1).tag(sync=True)
     strip_scope = traitlets.Unicode("head").tag(sync=True, schema=Choice(*STRIP_SCOPES))
     strip_direction = traitlets.Unicode("attends_to").tag(sync=True, schema=Choice(*STRIP_DIRECTIONS))
@@ -152,7 +157,7 @@ class AttentionView(HeadWidget):
         n_tokens = len(self.tokens)
         fields = super()._frontend_fields()
         fields.update(
-            mode=as_declared, color_scale=as_declared, strip_scope=as_declared, strip_direction=as_declared,
+            mode=as_declared, color_scale=as_declared, sink_scale=as_declared, strip_scope=as_declared, strip_direction=as_declared,
             focus_token=lambda v: -1 if v == -1 else in_range(v, "focus_token", 0, n_tokens),
             zoom=self._check_zoom,
         )
