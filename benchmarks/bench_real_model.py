@@ -109,5 +109,95 @@ def main() -> None:
             BENCHES[name](model, prompts, base)
 
 
+
+# ---------------------------------------------------------------- patching (ni.patch)
+def bench_patch(model: ni.Model, prompts: Prompts, base: Baseline, full_up_to: int = 64) -> None:
+    """The estimated picture (clean forward + corrupted forward + backward) against
+    a plain forward + backward; the exact cells: time to the largest 5% (by
+    |estimate|), and every cell at T <= `full_up_to`; how far estimate and exact
+    disagree over the cells measured."""
+    from nbinterp.analysis.patching_sweep import sweep
+
+    clean, corrupted = [prompts.clean], [prompts.corrupted]
+    start = time.perf_counter()
+    result = sweep(model, torch.tensor(clean), torch.tensor(corrupted), prompts.target, prompts.foil)
+    estimate_s = time.perf_counter() - start
+    print(f"patch T={base.n_tokens}: estimate of all {sum(v.numel() for v in result.estimates.values())} cells "
+          f"{estimate_s:.2f} s = {estimate_s / base.forward_backward_s:.2f}x a forward+backward (target <= 3x)")
+    top = -(-result.total // 20)
+    start = time.perf_counter()
+    for cell in result:
+        if result.done >= top and base.n_tokens > full_up_to:
+            break
+        if result.done == top:
+            print(f"  largest 5% ({top} cells) exact in {time.perf_counter() - start:.1f} s "
+                  f"(target {30 if base.n_tokens <= 64 else 60} s)")
+    if result.finished:
+        print(f"  all {result.total} cells exact in {time.perf_counter() - start:.1f} s (target 240 s at T=64)")
+    for kind in result.kinds:
+        measured = result.measured(kind)
+        exact, estimate = result.effects[kind][measured], result.estimates[kind][measured]
+        if exact.numel() > 1:
+            corr = float(torch.corrcoef(torch.stack([exact, estimate]))[0, 1])
+            print(f"  {kind}: {exact.numel()} measured, |exact - estimate| max {float((exact - estimate).abs().max()):.3f}, "
+                  f"correlation {corr:.3f}")
+
+
+BENCHES["patch"] = bench_patch
+
+
+# ---------------------------------------------------------------- attribution (ni.attribute)
+def bench_attribute(model: ni.Model, prompts: Prompts, base: Baseline) -> None:
+    """The default hybrid: the estimated picture (one forward + backward) against
+    a plain forward + backward, then every head's ablation and the budgeted
+    edges measured, with the time to the last head and to the end (target: the
+    whole default call <= 60 s at T=64)."""
+    from nbinterp.analysis.attribution import attribute
+
+    start = time.perf_counter()
+    att = attribute(model, prompts.clean, prompts.target, prompts.foil, measure=False)
+    estimate_s = time.perf_counter() - start
+    m = att.measurement
+    print(f"attribute T={base.n_tokens}: estimates {estimate_s:.2f} s = {estimate_s / base.forward_backward_s:.2f}x "
+          f"a forward+backward; plan: {len(m.heads)} heads + {len(m.edges)} of {len(att.summary.dominant)} dominant "
+          f"edges, {m.per_forward} per forward")
+    heads_s = None
+    for update in att.measure():
+        if heads_s is None and update.done >= len(m.heads):
+            heads_s = time.perf_counter() - start
+    total_s = time.perf_counter() - start
+    print(f"  every head measured at {heads_s:.1f} s; whole call {total_s:.1f} s "
+          f"= {total_s / base.forward_s:.0f}x a forward (target <= 60 s at T=64)")
+
+
+BENCHES["attribute"] = bench_attribute
+
+
+# ---------------------------------------------------------------- logit lens (ni.logit_lens)
+def bench_logit_lens(model: ni.Model, prompts: Prompts, base: Baseline) -> None:
+    """The first paint (one forward: the output row, every row at the last
+    position) against a plain forward (target <= 1.5x at T=256), the whole
+    lens streamed, and the former lens of every row inside one trace."""
+    from nbinterp.analysis.logit_lens import first_paint
+    from nbinterp.engine.plan import Plan
+
+    def whole_in_one_trace() -> None:
+        model.execute(torch.tensor([prompts.clean]), Plan(), model.all_layers(["lens"]), logits="none",
+                      lens_tokens=(prompts.target,))
+
+    first_s, (lens, rest) = timed(lambda: first_paint(model, prompts.clean, prompts.target), 3)
+    start = time.perf_counter()
+    rest.run()
+    rest_s = time.perf_counter() - start
+    one_trace_s, _ = timed(whole_in_one_trace)
+    print(f"logit_lens T={base.n_tokens}: first paint {first_s:.2f} s = {first_s / base.forward_s:.2f}x a forward "
+          f"(target <= 1.5x at T=256); the other {rest.total} rows in {rest_s:.2f} s "
+          f"({rest.rows_per_chunk} a chunk); whole {(first_s + rest_s) / base.forward_s:.2f}x; "
+          f"every row in one trace {one_trace_s / base.forward_s:.2f}x")
+
+
+BENCHES["logit_lens"] = bench_logit_lens
+
+
 if __name__ == "__main__":
     main()
