@@ -79,10 +79,10 @@ function render({ model, el }: RenderProps<ProbeModel>): () => void {
     ["train acc.", "measured on the prompts the probe was fitted on"],
     ["held-out acc.", "measured on prompts the probe never saw (red mark: chance = always the commonest class)"],
     ["usage: mean |\u0394|", `mean |change| of ${metricLabel} over the held-out prompts when the probe direction is projected out of this stream`],
-    ["random dirs", "the same for random unit directions: [min, max] over the seeds (the control band)"],
+    ["control dirs", "the same for random directions that each remove as much of the stream as the probe direction (same rms projection): [min, max] over the seeds (the control band)"],
     ["gap before \u2192 after", `mean ${metricLabel} of ${classes[1] ?? "class 1"} minus ${classes[0] ?? "class 0"}, before and after`],
     ["P(token) per class before \u2192 after", "mean probability of the target token per class, measured with model.run"],
-    ["verdict", "present: held-out accuracy above the threshold; used: |\u0394| well beyond every random direction"],
+    ["verdict", "present: held-out accuracy above the threshold; used: |\u0394| well beyond every control direction"],
   ];
   for (const [text, title] of th) {
     const cell = el_("th", "", text);
@@ -97,7 +97,8 @@ function render({ model, el }: RenderProps<ProbeModel>): () => void {
   scroll.append(table);
   const explanation = el_("div", "nbi-explanation");
   const note = el_("div", "nbi-caption", "Click a row to run its usage test: the probe direction is projected out of that stream for every held-out prompt (model.run / the engine), "
-    + `and ${metricLabel} is measured again, next to random unit directions.`);
+    + `and ${metricLabel} is measured again, next to random directions that remove as much of the stream; `
+    + "massive-activation positions (attention sinks, norm > 10x the median) are left unedited for both, as the verdict says.");
   root.append(scroll, explanation, note);
 
   const heatBox = el_("div", "nbi-scroll-x");

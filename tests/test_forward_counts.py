@@ -247,7 +247,9 @@ def test_probe_is_one_forward_and_its_usage_test_one_per_prompt_length(remote_mo
     lengths = {len(result.token_ids[int(i)]) for i in result.test_index}
     with count_forwards(model) as calls:
         usage_test(model, result, result.best_layer, ("doctor", "nurse"), n_controls=2, probabilities=False)
-    assert len(calls) == len(lengths)  # clean, probe direction and controls share each length's forward
+    # one capture of the stream (sinks, the controls' matching), then clean, probe direction
+    # and controls share each length's forward
+    assert len(calls) == 1 + len(lengths)
 
 
 def test_an_ablation_panel_move_is_one_forward(remote_model):

@@ -12,7 +12,9 @@ import torch
 import nbinterp as ni
 from nbinterp.bundled import tasks
 from nbinterp.errors import NbinterpError
-from nbinterp.representations.probe_usage import random_directions, usage_test
+from nbinterp.representations.probe_usage import (
+    matched_directions, random_directions, rms_projection, sink_positions, usage_test,
+)
 from nbinterp.representations.probes import probe_layers
 from reference_hooks import blocks
 
@@ -179,6 +181,26 @@ def test_random_control_directions_are_unit_seeded_and_differ():
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert all(abs(float(x.norm()) - 1) < 1e-6 for x in a)
     assert abs(float(a[0] @ a[1])) < 0.9 and not torch.equal(random_directions(16, 1, seed=1)[0], a[0])
+
+
+def test_controls_match_the_probe_direction_and_skip_massive_activations():
+    """Controls remove as much of the stream as the probe direction (rms projection over
+    the edited positions), orthogonal to it; a position ~160x the median norm is a sink."""
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(300, 32, generator=generator, dtype=torch.float64) * torch.linspace(0.05, 4, 32, dtype=torch.float64)
+    rows[:, 5] += 30  # a large mean along one dimension, as real streams have
+    for direction in (torch.randn(32, generator=generator), torch.eye(32)[2], torch.eye(32)[30]):
+        u = direction.double() / direction.double().norm()
+        target = float((rows @ u).pow(2).mean().sqrt())
+        controls = matched_directions(rows, direction, 4, seed=1)
+        assert all(abs(float(c.norm()) - 1) < 1e-5 for c in controls)
+        assert [rms_projection(rows, c) for c in controls] == pytest.approx([target] * 4, rel=1e-5)
+        assert max(abs(float(c.double() @ u)) for c in controls) < 1e-5
+        assert all(torch.equal(a, b) for a, b in zip(controls, matched_directions(rows, direction, 4, seed=1)))
+    stream = torch.randn(20, 32, generator=generator)
+    stream[0, 7] = 3000.0
+    assert sink_positions(stream) == [0]
+    assert sink_positions(torch.randn(20, 32, generator=generator)) == []
 
 
 def test_per_position_accuracy_and_multiclass(model, bias_examples):

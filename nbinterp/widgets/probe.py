@@ -1,8 +1,10 @@
 """ProbeView: linear probes on every residual stream (train vs held-out
 accuracy, per position as a heatmap when computed) and the usage test per
 layer (the metric's change when the probe direction is projected out, next
-to random directions), with a verdict: present and used / present, not used /
-not present. Clicking a layer runs its usage test in the kernel."""
+to control directions that remove as much of the stream; massive-activation
+positions left unedited, as the verdict says), with a verdict: present and
+used / present, not used / not present. Clicking a layer runs its usage test
+in the kernel."""
 
 from __future__ import annotations
 
@@ -35,7 +37,11 @@ USAGE_SUMMARY = Obj({
     "gap_before": Nullable(FLOAT), "gap_after": Nullable(FLOAT), "control_gap_after": ListOf(FLOAT),
     "probability_token": Nullable(STR), "probability_before": Nullable(ListOf(FLOAT)),
     "probability_after": Nullable(ListOf(FLOAT)), "test_accuracy": FLOAT, "chance": FLOAT,
-    "verdict": STR, "explanation": STR, "forwards": INT, "thresholds": THRESHOLDS}, name="UsageSummary")
+    "verdict": STR, "explanation": STR, "forwards": INT, "thresholds": THRESHOLDS,
+    # positions left unedited (massive activations) and how that reads; the rms projection
+    # of the probe direction and of each control (matched to it) over the edited positions
+    "sink_positions": ListOf(INT), "sink_text": STR, "probe_rms": FLOAT, "control_rms": ListOf(FLOAT)},
+    name="UsageSummary")
 PROGRESS = Obj({"layer": INT, "done": INT, "total": INT, "state": Choice("running", "done", "error")}, name="UsageProgress")
 
 
