@@ -39,10 +39,13 @@ const QUANTITY: Record<Mode, string> = {
   value_weighted: "||a_ij v_j W_O|| (measured: value-weighted norm)",
 };
 /** Plot side: 12 px per token (every token labelled at 10-px text) between
- *  420 and 640 px; longer prompts label every k-th token and zoom for more. */
+ *  420 and 600 px; longer prompts label every k-th token and zoom for more.
+ *  600 keeps grid + heatmap side by side in JupyterLab's ~970-px output area. */
 export function plotSide(nTokens: number): number {
-  return Math.max(420, Math.min(640, nTokens * 12));
+  return Math.max(420, Math.min(600, nTokens * 12));
 }
+/** Least px between axis labels: 10-px text packed 10 px apart (every 2nd token at T=113 on 600 px). */
+export const ATTENTION_LABEL_SPACING = 10;
 /** Room for the rotated key labels ("index token") above the plot. */
 const HEATMAP_MARGIN_TOP = 110;
 const toMask = (t: Tensor): Uint8Array => Uint8Array.from(t.values, (v) => (v > 0.5 ? 1 : 0));
@@ -81,7 +84,6 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   const gridBox = doc.createElement("div");
   const gridCaption = doc.createElement("div");
   gridCaption.className = "nbi-caption nbi-grid-caption";
-  gridCaption.style.maxWidth = "380px";
   const mapBox = doc.createElement("div");
   const legend = doc.createElement("div");
   legend.className = "nbi-legend";
@@ -195,10 +197,12 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
     },
   });
   cleanups.push(() => grid.destroy());
+  // The caption wraps at the grid's width, so it never widens the grid's column past the thumbnails.
+  gridCaption.style.maxWidth = `${Math.max(200, grid.canvas.getBoundingClientRect().width || parseFloat(grid.canvas.style.width) || 200)}px`;
 
   const plotPx = plotSide(model.get("tokens").length);
   const heatmap = new Heatmap(mapBox, {
-    plotWidth: plotPx, plotHeight: plotPx, marginLeft: 120, marginTop: HEATMAP_MARGIN_TOP, cornerLabel: "query \u2193 key \u2192",
+    plotWidth: plotPx, plotHeight: plotPx, marginLeft: 110, marginTop: HEATMAP_MARGIN_TOP, labelSpacing: ATTENTION_LABEL_SPACING, cornerLabel: "query \u2193 key \u2192",
     onHover: (cell, event) => guard(() => {
       const pattern = currentPattern();
       if (!cell || !pattern) return hideTooltip();

@@ -3,7 +3,7 @@ import { test } from "node:test";
 import { headerTicks, thumbSize } from "../lib/head_grid";
 import { axisLabelAt, axisTicks, fitText } from "../lib/heatmap";
 import { displayMatrix, excludesSink, firstKeyShare } from "../lib/scales";
-import { plotSide } from "../attention";
+import { ATTENTION_LABEL_SPACING, plotSide } from "../attention";
 
 // 6 px per character, like 10-px sans-serif roughly; the helpers only need monotonicity.
 const mono = (s: string) => Array.from(s).length * 6;
@@ -37,10 +37,10 @@ test("thumbnails of a deep narrow model (30 x 9) use the height beside the heatm
 });
 
 test("every token is labelled at T=40 on the default plot, and labels never crowd at T=256 or 1,024", () => {
-  assert.equal(axisTicks(0, 40, plotSide(40) / 40).length, 40);
+  assert.equal(axisTicks(0, 40, plotSide(40) / 40, ATTENTION_LABEL_SPACING).length, 40);
   for (const n of [256, 1024]) {
-    const ticks = axisTicks(0, n, plotSide(n) / n);
-    assert.ok((ticks[1] - ticks[0]) * (plotSide(n) / n) >= 11);
+    const ticks = axisTicks(0, n, plotSide(n) / n, ATTENTION_LABEL_SPACING);
+    assert.ok((ticks[1] - ticks[0]) * (plotSide(n) / n) >= ATTENTION_LABEL_SPACING);
   }
 });
 

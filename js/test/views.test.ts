@@ -6,13 +6,13 @@ import { aggregateMax, axisTicks, noValueRuns, paintPixels, MASKED_RGB, MISSING_
 import { displayMatrix, logFloor } from "../lib/scales";
 import { placeTooltip } from "../lib/tooltip";
 import { cellSize, MIN_ROW_PX } from "../patching";
-import { plotSide } from "../attention";
+import { ATTENTION_LABEL_SPACING, plotSide } from "../attention";
 
 test("axis labels sit on multiples of a step chosen from pixel spacing, stable under a pan", () => {
   // 113 tokens on the old 420-px plot (3.7 px/cell) gave every 4th index.
   const cell = plotSide(113) / 113;
-  const ticks = axisTicks(0, 113, cell); // default spacing: 11 px for 10-px text
-  assert.equal(ticks[1] - ticks[0], 2); // 5.7 px per cell: every 2nd index, not every 4th
+  const ticks = axisTicks(0, 113, cell, ATTENTION_LABEL_SPACING); // 10-px text, 10 px apart
+  assert.equal(ticks[1] - ticks[0], 2); // 5.3 px per cell: every 2nd index, not every 4th
   assert.deepEqual(axisTicks(0, 10, 20), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
   // A panned window labels the same indices where the windows overlap.
   const a = axisTicks(37, 77, 3, 12);
