@@ -201,3 +201,37 @@ BENCHES["logit_lens"] = bench_logit_lens
 
 if __name__ == "__main__":
     main()
+
+
+# ------------------------------------------------------------------ why_not
+def bench_why_not(model: ni.Model, prompts: Prompts, base: Baseline) -> None:
+    """The first answer (trajectory, every component ranked by its gradient
+    estimate) against a plain forward + backward; the exact measurements
+    streamed after it (the whole call); the restore shares against measuring
+    each component by one plain `model.run(patch_from=...)` (a few, largest first)."""
+    from nbinterp.analysis.why_not import exact_steps, first_answer
+
+    corrupted, clean = torch.tensor([prompts.corrupted]), torch.tensor([prompts.clean])
+    start = time.perf_counter()
+    result = first_answer(model, corrupted, prompts.target, references=[clean])
+    first_s = time.perf_counter() - start
+    print(f"why_not T={base.n_tokens}: first answer {first_s:.2f} s = {first_s / base.forward_backward_s:.2f}x "
+          f"a forward+backward (target <= 3x)")
+    missing_done = None
+    for step in exact_steps(result):
+        if step["stage"] == "inhibitors" and missing_done is None:
+            missing_done = time.perf_counter() - start
+    whole_s = time.perf_counter() - start
+    print(f"  restore shares all exact at {missing_done or whole_s:.1f} s; whole call {whole_s:.1f} s "
+          f"(target {30 if base.n_tokens <= 64 else 120} s)")
+    gap = result.reference_metrics[0] - result.metric
+    worst = 0.0
+    for m in result.missing[:3]:
+        patched = model.run(corrupted, patch_from=clean, patch=[m.component.patch_site(result.position)])
+        share = (float(patched.logit_diff(prompts.target, prompts.foil)) - result.metric) / gap
+        worst = max(worst, abs(share - m.restore_share))
+    print(f"  top-3 restore shares vs plain patching: max |difference| {worst:.2e}; restore(5) together "
+          f"{result.restore(5).together_share:.3f}")
+
+
+BENCHES["why_not"] = bench_why_not

@@ -3,6 +3,8 @@
 // ablation effects; gradient estimates in their own, marked column), the
 // missing components with their measured restore shares, the restore of the
 // top k, and buttons that open the attention view or the ablation panel.
+// The first answer is the gradient estimates (rows marked "estimate"); the
+// exact numbers stream in with a progress line, a cancel and a resume.
 
 import type { RenderProps } from "@anywidget/types";
 import { decodeTensor } from "./lib/codec";
@@ -29,6 +31,13 @@ export function fmt(value: number | null): string {
   return value === null ? "\u2013" : value.toFixed(3);
 }
 
+/** The progress line: how many components are measured exactly, and what the rest are. */
+export function progressText(done: number, total: number, state: string, elapsedS: number): string {
+  const rest = total - done;
+  const tail = rest === 0 ? "every number measured" : `${rest} still shown as estimates`;
+  return `exact: ${done} / ${total} components (${state}, ${elapsedS.toFixed(1)} s); ${tail}`;
+}
+
 /** SVG polyline points for values on [0, 1] over `width` x `height` (row i at x = i step). */
 export function linePoints(values: ArrayLike<number>, width: number, height: number): string {
   const n = values.length;
@@ -46,7 +55,9 @@ function render({ model, el, host }: RenderProps<WhyNotModel>): () => void {
   const restore = doc.createElement("div");
   const opened = doc.createElement("div");
   opened.className = "nbi-opened";
-  root.append(header, chart, inhibitors, missing, restore, opened);
+  const status = doc.createElement("div");
+  status.className = "nbi-progress";
+  root.append(header, status, chart, inhibitors, missing, restore, opened);
 
   const open = (layer: number, head: number | null, where: "attention" | "ablation") =>
     rpc.call(WHY_NOT_REQUESTS.open, { layer, head, open_in: where }).catch((err) => errors.show(describeError(err)));
@@ -141,14 +152,33 @@ function render({ model, el, host }: RenderProps<WhyNotModel>): () => void {
     chart.replaceChildren(svg, caption, ranks);
   }
 
+  function drawProgress() {
+    const p = model.get("progress");
+    const stop = button(p.state === "running" ? "cancel" : "resume", () => {
+      const sent = p.state === "running" ? rpc.call(WHY_NOT_REQUESTS.cancel, {}) : rpc.call(WHY_NOT_REQUESTS.resume, {});
+      sent.catch((err) => errors.show(describeError(err)));
+    });
+    status.dataset.state = p.state;
+    status.textContent = progressText(p.done, p.total, p.state, p.elapsed_s);
+    if (p.done < p.total && p.state !== "error") status.append(" ", stop);
+  }
+
+  /** A measured number, or the estimate standing in for it (marked). */
+  function measuredCell(value: number, measured: boolean): Node {
+    return Object.assign(doc.createElement("span"), {
+      className: measured ? "nbi-measured" : "nbi-estimate", textContent: measured ? fmt(value) : `${fmt(value)} (estimate)`,
+    });
+  }
+
   function drawInhibitors() {
     const rows = model.get("inhibitor_list").slice(0, 12).map((r) => [
-      r.name, fmt(r.effect), Object.assign(doc.createElement("span"), { className: "nbi-estimate", textContent: fmt(r.estimate) }),
+      r.name, measuredCell(r.effect, r.measured),
+      Object.assign(doc.createElement("span"), { className: "nbi-estimate", textContent: fmt(r.estimate) }),
       button("attention", () => open(r.layer, r.head, "attention")), button("ablate", () => open(r.layer, r.head, "ablation")),
     ]);
     const title = doc.createElement("h4");
-    title.textContent = "Inhibitors: zero-ablation effect on the logit difference (measured; > 0 pushes against expected)";
-    inhibitors.replaceChildren(title, table(["component", "effect (measured)", "gradient (estimated)", "", ""], rows, "nbi-inhibitors"));
+    title.textContent = "Inhibitors: zero-ablation effect on the logit difference (measured rows first; > 0 pushes against expected)";
+    inhibitors.replaceChildren(title, table(["component", "effect", "gradient (estimated)", "", ""], rows, "nbi-inhibitors"));
   }
 
   function drawMissing() {
@@ -159,15 +189,16 @@ function render({ model, el, host }: RenderProps<WhyNotModel>): () => void {
       missing.replaceChildren(title);
       return;
     }
-    title.textContent = "Missing: share of the gap restored by patching each in from the reference at the answer (measured)";
+    title.textContent = "Missing: share of the gap restored by patching each in from the reference at the answer (measured rows first)";
     const rows = list.slice(0, 12).map((r) => {
-      const label = Object.assign(doc.createElement("span"), { textContent: r.label, className: r.label === "restores nothing" ? "nbi-nothing" : "" });
-      return [r.name, fmt(r.restore_share), label,
+      const cls = r.label === "restores nothing" ? "nbi-nothing" : r.measured ? "" : "nbi-estimate";
+      const label = Object.assign(doc.createElement("span"), { textContent: r.label, className: cls });
+      return [r.name, measuredCell(r.restore_share, r.measured), label,
         Object.assign(doc.createElement("span"), { className: "nbi-estimate", textContent: fmt(r.estimate) }),
         `${fmt(r.attention_here)} / ${fmt(r.attention_reference)}`, `${fmt(r.norm_here)} / ${fmt(r.norm_reference)}`,
         button("attention", () => open(r.layer, r.head, "attention"))];
     });
-    missing.replaceChildren(title, table(["component", "restore (measured)", "", "first-order (estimated)", "attention to span here / ref", "norm here / ref", ""], rows, "nbi-missing"));
+    missing.replaceChildren(title, table(["component", "restore share", "", "first-order (estimated)", "attention to span here / ref", "norm here / ref", ""], rows, "nbi-missing"));
   }
 
   function drawRestore() {
@@ -215,9 +246,13 @@ function render({ model, el, host }: RenderProps<WhyNotModel>): () => void {
     drawInhibitors();
     drawMissing();
     drawRestore();
+    drawProgress();
     root.dataset.drawn = "true";
   });
   listen("change:restored", drawRestore);
+  listen("change:progress", drawProgress);
+  listen("change:inhibitor_list", drawInhibitors);
+  listen("change:missing_list", drawMissing);
   listen("change:error", () => errors.show(model.get("error")));
   listen("change:_opened", () => { drawOpened().catch((err) => errors.show(describeError(err))); });
   return () => dispose();

@@ -70,7 +70,7 @@ def bundled_views():
         "attribution": recording(ni.attribute(bundled, ioi, target="Mary", foil="John", background=False)),
         "features": recording(ni.features(bundled, ioi, layer=1, corpus=[ioi, swapped], background=False)),
         "probe": recording(ni.probe(bundled, [e.prompt for e in bias], labels=labels, target="doctor", foil="nurse")),
-        "why_not": recording(ni.why_not(bundled, ioi, target="John", references=[swapped])),
+        "why_not": recording(ni.why_not(bundled, ioi, target="John", references=[swapped], background=False)),
         "context_use": recording(ni.context_use(bundled, context, context=(1, 6))),
         "bias": recording(ni.bias(bundled, prompts={g: [f"Anwen {c} works as a" for c in clans] for g, clans in tasks.GROUP_CLANS.items()}, target="doctor", foil="nurse")),
     }
@@ -205,6 +205,8 @@ REQUESTS = [
     ("features", "resume_contexts", {}),
     ("why_not", "open", {"layer": 3, "head": 0, "open_in": "attention"}),
     ("why_not", "restore", {"k": 2}),
+    ("why_not", "cancel", {}),
+    ("why_not", "resume", {}),
     ("attribution", "verify_head", {"layer": 3, "head": 0}),
     ("attribution", "verify_top_k", {"k": 3}),
     ("attribution", "verify_edge", {"layer": 3, "head": 0, "query": 12, "key": 2}),

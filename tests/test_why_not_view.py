@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import nbinterp as ni
-from nbinterp.analysis.why_not import contrast
+from nbinterp.analysis.why_not import contrast, first_answer, why_not
+from nbinterp.errors import NbinterpError
 from nbinterp.widgets._buffers import decode
 
 PROMPT = ("Context : the capital of Tarvos is Fallow . the capital of Tarvos is Yarrow . "
@@ -24,7 +25,40 @@ def model():
 
 @pytest.fixture(scope="module")
 def view(model):
-    return ni.why_not(model, PROMPT, target="Yarrow", references=[REFERENCE])
+    return ni.why_not(model, PROMPT, target="Yarrow", references=[REFERENCE]).wait()
+
+
+def test_the_first_answer_comes_at_once_and_the_exact_numbers_stream_in(model):
+    """The first answer is estimates (labelled so); the streamed numbers equal measuring
+    everything at once (the analysis' why_not) and plain patching; cancel stops, resume ends."""
+    exact = why_not(model, PROMPT, "Yarrow", references=[REFERENCE])
+    wn = ni.why_not(model, PROMPT, target="Yarrow", references=[REFERENCE], background=False)
+    assert wn.progress["state"] == "done" and wn.progress["done"] == wn.progress["total"] == 2 * model.n_layers * (model.n_heads + 1)
+    streamed = {m.component.name: m.restore_share for m in wn.result.missing}
+    for m in exact.missing:
+        assert streamed[m.component.name] == pytest.approx(m.restore_share, abs=1e-3), m.component.name
+    assert [i.component.name for i in wn.inhibitors][:5] == [i.component.name for i in exact.inhibitors][:5]
+    assert wn.restored["together_share"] == pytest.approx(exact.restore(5).together_share, abs=1e-3)
+
+    estimated = first_answer(model, PROMPT, "Yarrow", references=[REFERENCE])
+    assert not any(m.measured for m in estimated.missing) and {m.label for m in estimated.missing} == {"estimate"}
+    assert all(m.restore_share == m.estimate for m in estimated.missing if m.component.kind == "head")
+    with pytest.raises(NbinterpError, match="still being measured"):
+        estimated.restore(5)
+
+    first = ni.why_not(model, PROMPT, target="Yarrow", references=[REFERENCE], background=True)
+    first.cancel()
+    first.wait()
+    assert first.progress["state"] in ("cancelled", "done")
+    if first.progress["state"] == "cancelled":
+        # the missing components go first (one batch here), the inhibitors still hold estimates
+        assert all(r["measured"] for r in first.missing_list)
+        unmeasured = [r for r in first.inhibitor_list if not r["measured"]]
+        assert unmeasured and first.progress["done"] < first.progress["total"]
+        assert all(r["effect"] == r["estimate"] for r in unmeasured if r["head"] is not None)
+        first.resume(background=False)
+    assert first.finished and first.progress["state"] == "done"
+    assert {m.component.name: m.restore_share for m in first.result.missing} == pytest.approx(streamed, abs=1e-3)
 
 
 def sent(widget):

@@ -64,11 +64,14 @@ export const UsageThresholdsSchema: Schema = { kind: "object", fields: { present
 export interface UsageSummary { layer: number; stream: string; metric: string; scale: number; label: string | null; n_test: number; mean_abs_change: number; control_mean_abs_change: number[]; class_means_before: number[]; class_means_after: number[]; gap_before: number | null; gap_after: number | null; control_gap_after: number[]; probability_token: string | null; probability_before: number[] | null; probability_after: number[] | null; test_accuracy: number; chance: number; verdict: string; explanation: string; forwards: number; thresholds: UsageThresholds; sink_positions: number[]; sink_text: string; probe_rms: number; control_rms: number[] }
 export const UsageSummarySchema: Schema = { kind: "object", fields: { layer: { kind: "int" }, stream: { kind: "string" }, metric: { kind: "string" }, scale: { kind: "number" }, label: { kind: "nullable", of: { kind: "string" } }, n_test: { kind: "int" }, mean_abs_change: { kind: "number" }, control_mean_abs_change: { kind: "list", of: { kind: "number" } }, class_means_before: { kind: "list", of: { kind: "number" } }, class_means_after: { kind: "list", of: { kind: "number" } }, gap_before: { kind: "nullable", of: { kind: "number" } }, gap_after: { kind: "nullable", of: { kind: "number" } }, control_gap_after: { kind: "list", of: { kind: "number" } }, probability_token: { kind: "nullable", of: { kind: "string" } }, probability_before: { kind: "nullable", of: { kind: "list", of: { kind: "number" } } }, probability_after: { kind: "nullable", of: { kind: "list", of: { kind: "number" } } }, test_accuracy: { kind: "number" }, chance: { kind: "number" }, verdict: { kind: "string" }, explanation: { kind: "string" }, forwards: { kind: "int" }, thresholds: UsageThresholdsSchema, sink_positions: { kind: "list", of: { kind: "int" } }, sink_text: { kind: "string" }, probe_rms: { kind: "number" }, control_rms: { kind: "list", of: { kind: "number" } } }, optional: [], name: "UsageSummary" };
 
-export interface InhibitorRow { name: string; layer: number; head: number | null; effect: number; estimate: number | null }
-export const InhibitorRowSchema: Schema = { kind: "object", fields: { name: { kind: "string" }, layer: { kind: "int" }, head: { kind: "nullable", of: { kind: "int" } }, effect: { kind: "number" }, estimate: { kind: "nullable", of: { kind: "number" } } }, optional: [], name: "InhibitorRow" };
+export interface InhibitorRow { name: string; layer: number; head: number | null; effect: number; estimate: number | null; measured: boolean }
+export const InhibitorRowSchema: Schema = { kind: "object", fields: { name: { kind: "string" }, layer: { kind: "int" }, head: { kind: "nullable", of: { kind: "int" } }, effect: { kind: "number" }, estimate: { kind: "nullable", of: { kind: "number" } }, measured: { kind: "boolean" } }, optional: [], name: "InhibitorRow" };
 
-export interface MissingRow { name: string; layer: number; head: number | null; restore_share: number; estimate: number | null; norm_here: number; norm_reference: number; attention_here: number | null; attention_reference: number | null; label: string }
-export const MissingRowSchema: Schema = { kind: "object", fields: { name: { kind: "string" }, layer: { kind: "int" }, head: { kind: "nullable", of: { kind: "int" } }, restore_share: { kind: "number" }, estimate: { kind: "nullable", of: { kind: "number" } }, norm_here: { kind: "number" }, norm_reference: { kind: "number" }, attention_here: { kind: "nullable", of: { kind: "number" } }, attention_reference: { kind: "nullable", of: { kind: "number" } }, label: { kind: "string" } }, optional: [], name: "MissingRow" };
+export interface MissingRow { name: string; layer: number; head: number | null; restore_share: number; estimate: number | null; norm_here: number; norm_reference: number; attention_here: number | null; attention_reference: number | null; label: string; measured: boolean }
+export const MissingRowSchema: Schema = { kind: "object", fields: { name: { kind: "string" }, layer: { kind: "int" }, head: { kind: "nullable", of: { kind: "int" } }, restore_share: { kind: "number" }, estimate: { kind: "nullable", of: { kind: "number" } }, norm_here: { kind: "number" }, norm_reference: { kind: "number" }, attention_here: { kind: "nullable", of: { kind: "number" } }, attention_reference: { kind: "nullable", of: { kind: "number" } }, label: { kind: "string" }, measured: { kind: "boolean" } }, optional: [], name: "MissingRow" };
+
+export interface WhyNotProgress { done: number; total: number; state: "running" | "done" | "cancelled" | "error"; elapsed_s: number }
+export const WhyNotProgressSchema: Schema = { kind: "object", fields: { done: { kind: "int" }, total: { kind: "int" }, state: { kind: "choice", values: ["running", "done", "cancelled", "error"] }, elapsed_s: { kind: "number" } }, optional: [], name: "WhyNotProgress" };
 
 export interface RestoreResult { k: number; components: string[]; single_shares: number[]; together_share: number; labels: string[] }
 export const RestoreResultSchema: Schema = { kind: "object", fields: { k: { kind: "int" }, components: { kind: "list", of: { kind: "string" } }, single_shares: { kind: "list", of: { kind: "number" } }, together_share: { kind: "number" }, labels: { kind: "list", of: { kind: "string" } } }, optional: [], name: "RestoreResult" };
@@ -512,6 +515,7 @@ export interface WhyNotModel {
   metric: number;
   missing_list: MissingRow[];
   model_name: string;
+  progress: WhyNotProgress;
   reference_metrics: number[];
   restored: RestoreResult | null;
   row_labels: string[];
@@ -529,18 +533,28 @@ export const WHY_NOT_TRAITS: Record<keyof WhyNotModel, Schema> = {
   metric: { kind: "number" },
   missing_list: { kind: "list", of: MissingRowSchema },
   model_name: { kind: "string" },
+  progress: WhyNotProgressSchema,
   reference_metrics: { kind: "list", of: { kind: "number" } },
   restored: { kind: "nullable", of: RestoreResultSchema },
   row_labels: { kind: "list", of: { kind: "string" } },
   tokens: { kind: "list", of: { kind: "string" } },
 };
 
+export type WhyNotCancelParams = Record<string, never>;
+export type WhyNotCancelResult = { cancelled: boolean };
 export type WhyNotOpenParams = { layer: number; head?: number | null; open_in: "attention" | "ablation" };
 export type WhyNotOpenResult = { opened: string };
 export type WhyNotRestoreParams = { k: number };
 export type WhyNotRestoreResult = { together_share: number };
+export type WhyNotResumeParams = Record<string, never>;
+export type WhyNotResumeResult = { resumed: boolean };
 
 export const WHY_NOT_REQUESTS = {
+  cancel: {
+    method: "cancel",
+    params: { kind: "object", fields: {}, optional: [] },
+    result: { kind: "object", fields: { cancelled: { kind: "boolean" } }, optional: [] },
+  } as RequestSpec<WhyNotCancelParams, WhyNotCancelResult>,
   open: {
     method: "open",
     params: { kind: "object", fields: { layer: { kind: "int" }, head: { kind: "nullable", of: { kind: "int" } }, open_in: { kind: "choice", values: ["attention", "ablation"] } }, optional: ["head"] },
@@ -551,6 +565,11 @@ export const WHY_NOT_REQUESTS = {
     params: { kind: "object", fields: { k: { kind: "int" } }, optional: [] },
     result: { kind: "object", fields: { together_share: { kind: "number" } }, optional: [] },
   } as RequestSpec<WhyNotRestoreParams, WhyNotRestoreResult>,
+  resume: {
+    method: "resume",
+    params: { kind: "object", fields: {}, optional: [] },
+    result: { kind: "object", fields: { resumed: { kind: "boolean" } }, optional: [] },
+  } as RequestSpec<WhyNotResumeParams, WhyNotResumeResult>,
 } as const;
 
 // ---- context_use: nbinterp.widgets.context_use.ContextUseView

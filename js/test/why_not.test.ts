@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { fmt, linePoints } from "../why_not";
+import { fmt, linePoints, progressText } from "../why_not";
 import { attentionRow } from "../context_use";
 
 test("why_not: numbers print with 3 decimals, a missing estimate as a dash", () => {
@@ -19,4 +19,9 @@ test("context_use: attention row of one head, or the mean of every head", () => 
   const values = new Float32Array([1, 0, 0, 0, 1, 0, 0, 0, 1, 0.5, 0.5, 0]);
   assert.deepEqual(Array.from(attentionRow(values, 2, 2, 3, "L1.H0")), [0, 0, 1]);
   assert.deepEqual(Array.from(attentionRow(values, 2, 2, 3, "mean")), [0.375, 0.375, 0.25]);
+});
+
+test("the progress line says how many numbers are exact and how many are still estimates", () => {
+  assert.equal(progressText(120, 300, "running", 3.25), "exact: 120 / 300 components (running, 3.3 s); 180 still shown as estimates");
+  assert.equal(progressText(300, 300, "done", 12), "exact: 300 / 300 components (done, 12.0 s); every number measured");
 });

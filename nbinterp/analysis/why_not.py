@@ -20,12 +20,21 @@ position, where `actual` is what the model said instead. Four parts:
 
 Sign conventions follow the rest of nbinterp: an effect is
 metric(intervened) - metric(clean).
+
+Two stages, so a view can answer at once: `first_answer` is one forward, one
+forward + backward (gradients and the lens trajectory) and one forward per
+reference: every inhibitor and missing head ranked by its gradient estimate
+(`measured` False, the estimate standing in, labelled "estimate"); then
+`exact_steps` measures them in batches, largest estimate first, each batch
+replacing estimates by exact numbers in place; `finish` sorts by the measured
+numbers. `why_not` is the three in a row: the same exact numbers as measuring
+everything at once (each value is the difference of two rows of one forward).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
@@ -89,8 +98,9 @@ class Component:
 @dataclass
 class Inhibitor:
     component: Component
-    effect: float  # measured: metric(component zero-ablated) - metric(clean); > 0 = pushes against expected
+    effect: float  # metric(component zero-ablated) - metric(clean); > 0 = pushes against expected (see measured)
     estimate: float | None  # gradient x activation estimate of the same number (heads only)
+    measured: bool = True  # False: `effect` is still the estimate (0.0 for an MLP), not yet measured
 
     @property
     def pushes(self) -> str:
@@ -104,8 +114,9 @@ class Missing:
     norm_reference: float  # mean over references
     attention_here: float | None  # heads: attention from the answer position to the relevant span
     attention_reference: float | None
-    restore_share: float  # measured: share of the gap recovered by patching it alone (mean over references)
+    restore_share: float  # share of the gap recovered by patching it alone (mean over references; see measured)
     estimate: float | None  # first-order estimate of that share (heads only), for comparison
+    measured: bool = True  # False: `restore_share` is still the estimate (0.0 for an MLP), not yet measured
 
     @property
     def restores_nothing(self) -> bool:
@@ -113,6 +124,8 @@ class Missing:
 
     @property
     def label(self) -> str:
+        if not self.measured:
+            return "estimate"
         return "restores nothing" if self.restores_nothing else "restores"
 
 
@@ -150,6 +163,8 @@ class WhyNot:
             raise NbinterpError("restore needs references: why_not(..., references=[prompt where the model says expected])")
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise NbinterpError(f"k must be a positive integer, not {k!r}")
+        if not all(m.measured for m in self.missing):
+            raise NbinterpError("the restore shares are still being measured: wait for them (wn.wait()) before restore(k)")
         ctx = self._context
         chosen = [m.component for m in self.missing[:k]]
         sites = [[c.batch_site(self.position)] for c in chosen]
@@ -257,7 +272,19 @@ def why_not(
     model: "Model", prompt: Any, expected: str | int, references: Sequence[Any] = (),
     actual: str | int | None = None, position: int = -1, span: Sequence[int] | tuple[int, int] | None = None,
 ) -> WhyNot:
-    """Why `prompt` does not give `expected`; see the module docstring."""
+    """Why `prompt` does not give `expected`, every number measured; see the module docstring."""
+    result = first_answer(model, prompt, expected, references, actual, position, span)
+    for _ in exact_steps(result):
+        pass
+    return result
+
+
+def first_answer(
+    model: "Model", prompt: Any, expected: str | int, references: Sequence[Any] = (),
+    actual: str | int | None = None, position: int = -1, span: Sequence[int] | tuple[int, int] | None = None,
+) -> WhyNot:
+    """The trajectory and every component ranked by its gradient estimate (nothing
+    measured yet: `exact_steps` measures them)."""
     input_ids = model.tokenize(prompt)
     n_tokens = input_ids.shape[1]
     if not -n_tokens <= position < n_tokens:
@@ -287,16 +314,11 @@ def why_not(
         critical_layer(ranks[:, 0], ranks[:, 1]),
     )
 
-    # Inhibitors: exact ablations, plus the gradient estimate of the head effects (marked as such).
     parts = components(model)
-    heads = [(c.layer, c.head) for c in parts if c.head is not None]
-    head_effects = batch.ablation_effects(model, input_ids, heads, metric)
-    mlp_effects = mlp_ablation_effects(model, input_ids, metric)
     estimates = grad_run.head_attribution()
-    effect_of = {h: float(e) for h, e in zip(heads, head_effects)}
     inhibitors = [
-        Inhibitor(c, effect_of[(c.layer, c.head)] if c.head is not None else float(mlp_effects[c.layer]),
-                  None if c.head is None else float(estimates[c.layer, c.head]))
+        Inhibitor(c, 0.0 if c.head is None else float(estimates[c.layer, c.head]),
+                  None if c.head is None else float(estimates[c.layer, c.head]), measured=False)
         for c in parts
     ]
     inhibitors.sort(key=lambda i: -i.effect)
@@ -333,8 +355,14 @@ def why_not(
 
     missing: list[Missing] = []
     if reference_runs:
-        missing = _missing(model, run, grad_run, input_ids, reference_runs, reference_metrics, metric_here,
-                           metric, position, span_positions, parts)
+        for ref_metric in reference_metrics:
+            if ref_metric - metric_here <= 0:
+                raise NbinterpError(
+                    f"a reference's logit({metric.target}) - logit({metric.foil}) is {ref_metric:.3f}, not above "
+                    f"this prompt's {metric_here:.3f}: nothing to restore"
+                )
+        missing = missing_estimates(model, run, grad_run, reference_runs, reference_metrics, metric_here, position,
+                                    span_positions, parts)
 
     return WhyNot(
         tokens=display_text(tokenizer, input_ids[0].tolist()), expected=expected_text, actual=actual_text,
@@ -344,43 +372,82 @@ def why_not(
     )
 
 
-def _missing(model, run, grad_run, input_ids, reference_runs, reference_metrics, metric_here, metric, position,
-             span, parts) -> list[Missing]:
-    sets = [[c.batch_site(position)] for c in parts]
-    shares = torch.zeros(len(parts), dtype=torch.float64)
-    for ref, ref_metric in zip(reference_runs, reference_metrics):
-        gap = ref_metric - metric_here
-        if gap <= 0:
-            raise NbinterpError(
-                f"a reference's logit({metric.target}) - logit({metric.foil}) is {ref_metric:.3f}, not above "
-                f"this prompt's {metric_here:.3f}: nothing to restore"
-            )
-        values = torch.cat([
-            batch.patched_metrics(model, input_ids, ref, sets[i : i + _rows(model, input_ids)], metric).double()
-            for i in range(0, len(sets), _rows(model, input_ids))
-        ])
-        shares += (values - metric_here) / gap / len(reference_runs)
-
+def missing_estimates(model, run, grad_run, reference_runs, reference_metrics, metric_here, position, span,
+                      parts) -> list[Missing]:
+    """Every component's norms and attention here and in the references, and for heads the
+    first-order estimate of its restore share; the share itself is not measured yet."""
+    n = len(reference_runs)
     out = []
-    for index, c in enumerate(parts):
-        if c.head is None:
-            here = float(run.mlp_out(c.layer)[position].norm())
-            there = sum(float(r.mlp_out(c.layer)[position].norm()) for r in reference_runs) / len(reference_runs)
-            out.append(Missing(c, here, there, None, None, float(shares[index]), None))
-            continue
-        o_here = run.head_outputs(c.layer)[c.head, position]
-        grad = grad_run.grad_head_outputs(c.layer)[c.head, position]
-        estimate = 0.0
-        norm_ref = attn_ref = 0.0
-        for r, ref_metric in zip(reference_runs, reference_metrics):
-            o_ref = r.head_outputs(c.layer)[c.head, position]
-            estimate += float((o_ref - o_here) @ grad) / (ref_metric - metric_here) / len(reference_runs)
-            norm_ref += float(o_ref.norm()) / len(reference_runs)
-            attn_ref += float(r.attention(c.layer)[c.head, position, span].sum()) / len(reference_runs)
-        attn_here = float(run.attention(c.layer)[c.head, position, span].sum())
-        out.append(Missing(c, float(o_here.norm()), norm_ref, attn_here, attn_ref, float(shares[index]), estimate))
+    for layer in range(model.n_layers):
+        # each run's per-layer tensors once (not once per head)
+        outputs_here = run.head_outputs(layer)[:, position]
+        grads = grad_run.grad_head_outputs(layer)[:, position]
+        attention_here = run.attention(layer)[:, position, span].sum(-1)
+        outputs_ref = [r.head_outputs(layer)[:, position] for r in reference_runs]
+        attention_ref = [r.attention(layer)[:, position, span].sum(-1) for r in reference_runs]
+        for c in (p for p in parts if p.layer == layer):
+            if c.head is None:
+                here = float(run.mlp_out(layer)[position].norm())
+                there = sum(float(r.mlp_out(layer)[position].norm()) for r in reference_runs) / n
+                out.append(Missing(c, here, there, None, None, 0.0, None, measured=False))
+                continue
+            h = c.head
+            estimate = sum(float((o[h] - outputs_here[h]) @ grads[h]) / (m - metric_here)
+                           for o, m in zip(outputs_ref, reference_metrics)) / n
+            out.append(Missing(c, float(outputs_here[h].norm()), sum(float(o[h].norm()) for o in outputs_ref) / n,
+                               float(attention_here[h]), sum(float(a[h]) for a in attention_ref) / n,
+                               estimate, estimate, measured=False))
     out.sort(key=lambda m: -m.restore_share)
     return out
+
+
+def measuring_order(items: Sequence[Any]) -> list[Any]:
+    """Largest |estimate| first; components without an estimate (MLPs) before all, having nothing to show."""
+    return sorted(items, key=lambda i: -(abs(i.estimate) if i.estimate is not None else float("inf")))
+
+
+def exact_steps(result: WhyNot) -> Iterator[dict[str, Any]]:
+    """Measure every estimate of `result` exactly, one batched forward per step
+    (per reference for restore shares), the missing components first, largest
+    estimate first; each step writes its numbers into `result` and yields
+    {"stage", "names", "done", "total"}. At the end both lists are sorted by the
+    measured numbers."""
+    ctx = result._context
+    model, input_ids, metric = ctx["model"], ctx["input_ids"], ctx["metric"]
+    per_forward = _rows(model, input_ids)
+    missing = [m for m in measuring_order(result.missing) if not m.measured]
+    inhibitors = [i for i in measuring_order(result.inhibitors) if not i.measured]
+    batches = ([("missing", missing[i : i + per_forward]) for i in range(0, len(missing), per_forward)]
+               + [("inhibitors", inhibitors[i : i + per_forward]) for i in range(0, len(inhibitors), per_forward)])
+    done, total = 0, len(missing) + len(inhibitors)
+    for stage, chunk in batches:
+        if stage == "missing":
+            sets = [[m.component.batch_site(result.position)] for m in chunk]
+            shares = torch.zeros(len(chunk), dtype=torch.float64)
+            for ref, ref_metric in zip(ctx["reference_runs"], result.reference_metrics):
+                values = batch.patched_metrics(model, input_ids, ref, sets, metric).double()
+                shares += (values - result.metric) / (ref_metric - result.metric) / len(ctx["reference_runs"])
+            for m, share in zip(chunk, shares.tolist()):
+                m.restore_share, m.measured = share, True
+        else:
+            heads = [i for i in chunk if i.component.head is not None]
+            mlps = [i for i in chunk if i.component.head is None]
+            if heads:
+                effects = batch.ablation_effects(model, input_ids, [(i.component.layer, i.component.head) for i in heads],
+                                                 metric, rows=len(heads) + 1)
+                for i, effect in zip(heads, effects.tolist()):
+                    i.effect, i.measured = effect, True
+            if mlps:
+                layers = [i.component.layer for i in mlps]
+                measured = measure(model, input_ids, layers, lambda plan, slot, layer: plan.scale_mlp(slot, layer, 0.0),
+                                   metric, rows=len(layers) + 1)
+                for i, effect in zip(mlps, measured.effects[:, 0].tolist()):
+                    i.effect, i.measured = effect, True
+        done += len(chunk)
+        if done == total:
+            result.missing.sort(key=lambda m: -m.restore_share)
+            result.inhibitors.sort(key=lambda i: -i.effect)
+        yield {"stage": stage, "names": [x.component.name for x in chunk], "done": done, "total": total}
 
 
 def _rows(model: "Model", input_ids: torch.Tensor) -> int:
