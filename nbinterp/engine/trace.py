@@ -338,22 +338,32 @@ def logit_lens(sites: Sites, request: TraceRequest, state: TraceState) -> None:
     """The model's own final norm and unembedding on earlier streams, reduced here
     so only [streams, T] numbers leave the trace."""
     ids = list(request.lens_tokens)
-    inputs = dict(state.lens_inputs)
-    if request.lens_streams:
-        weight = sites.unembed.weight  # where and in what dtype the model lives (remote: there)
-        inputs.update({l: stream.to(weight.device, weight.dtype)[None] for l, stream in request.lens_streams.items()})
     with torch.no_grad():
-        for l, resid in inputs.items():
-            logits = softcap_logits(sites.unembed(sites.final_norm(resid))[0].float(), sites.shape.final_logit_softcap)
-            probabilities = torch.softmax(logits, dim=-1)
-            best = probabilities.max(dim=-1)
-            entry = {"top_probability": best.values, "top_token": best.indices,
-                     "token_probabilities": None, "token_ranks": None}
-            if ids:
-                entry["token_probabilities"] = probabilities[:, ids]
-                # one token at a time: [T, vocab] comparisons, never [T, n, vocab]
-                entry["token_ranks"] = torch.stack([(logits > logits[:, i : i + 1]).sum(-1) for i in ids], dim=-1)
-            state.saved["lens"][l] = entry
+        for l, resid in state.lens_inputs.items():
+            state.saved["lens"][l] = _lens_entry(sites, resid, ids)
+        if request.lens_streams:
+            # every given stream in ONE norm + unembedding call (the norm acts per
+            # position, so rows can sit side by side): one module call, not one per row
+            weight = sites.unembed.weight  # where and in what dtype the model lives (remote: there)
+            rows = list(request.lens_streams)
+            lengths = [request.lens_streams[r].shape[0] for r in rows]
+            stacked = torch.cat([request.lens_streams[r] for r in rows]).to(weight.device, weight.dtype)[None]
+            entry = _lens_entry(sites, stacked, ids)
+            parts = {key: (value.split(lengths) if value is not None else [None] * len(rows)) for key, value in entry.items()}
+            for i, row in enumerate(rows):
+                state.saved["lens"][row] = {key: parts[key][i] for key in entry}
+
+
+def _lens_entry(sites: Sites, resid: Any, ids: list[int]) -> dict:
+    logits = softcap_logits(sites.unembed(sites.final_norm(resid))[0].float(), sites.shape.final_logit_softcap)
+    probabilities = torch.softmax(logits, dim=-1)
+    best = probabilities.max(dim=-1)
+    entry = {"top_probability": best.values, "top_token": best.indices, "token_probabilities": None, "token_ranks": None}
+    if ids:
+        entry["token_probabilities"] = probabilities[:, ids]
+        # one token at a time: [T, vocab] comparisons, never [T, n, vocab]
+        entry["token_ranks"] = torch.stack([(logits > logits[:, i : i + 1]).sum(-1) for i in ids], dim=-1)
+    return entry
 
 
 def direct_effects(sites: Sites, request: TraceRequest, state: TraceState) -> None:
