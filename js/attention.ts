@@ -175,8 +175,10 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
   cleanups.push(() => clearTimeout(prefetchTimer));
 
   const grid = new HeadGrid(gridBox, {
-    // Layers may use the heatmap's height (plot + its top margin) so deep models get readable thumbnails.
-    nLayers, nHeads, thumbPx: thumbSize(nLayers, nHeads, 360, plotSide(model.get("tokens").length) + HEATMAP_MARGIN_TOP),
+    // Layers may use the heatmap's height (plot + its top margin) so deep models get readable thumbnails;
+    // heads what is left of a ~950-px output area beside the heatmap (at least 200 px), so both sit side by side.
+    nLayers, nHeads, thumbPx: thumbSize(nLayers, nHeads, Math.max(200, 950 - 100 - plotSide(model.get("tokens").length) - 16 - 28),
+      plotSide(model.get("tokens").length) + HEATMAP_MARGIN_TOP),
     onClick: (ref) => save({ layer: ref.layer, head: ref.head }),
     onHover: (ref, event) => {
       clearTimeout(prefetchTimer);
@@ -202,7 +204,7 @@ function render({ model, el }: RenderProps<AttentionModel>): () => void {
 
   const plotPx = plotSide(model.get("tokens").length);
   const heatmap = new Heatmap(mapBox, {
-    plotWidth: plotPx, plotHeight: plotPx, marginLeft: 110, marginTop: HEATMAP_MARGIN_TOP, labelSpacing: ATTENTION_LABEL_SPACING, cornerLabel: "query \u2193 key \u2192",
+    plotWidth: plotPx, plotHeight: plotPx, marginLeft: 100, marginTop: HEATMAP_MARGIN_TOP, labelSpacing: ATTENTION_LABEL_SPACING, cornerLabel: "query \u2193 key \u2192",
     onHover: (cell, event) => guard(() => {
       const pattern = currentPattern();
       if (!cell || !pattern) return hideTooltip();
