@@ -240,3 +240,25 @@ def test_colour_scale_defaults_to_log_beyond_32_tokens_and_is_validated(model, v
     assert view.color_scale == "row" and view.error == ""
     figure = view.to_figure()
     assert "per-row scale" in figure.axes[1].get_ylabel()
+
+
+def test_sink_scale_is_validated_and_the_figure_follows_it(view):
+    """Key 0 off the colour scale ("exclude", or "auto" on a sink head): the
+    figure's scale tops out at the max over keys 1.., as the view's legend does."""
+    values = view.run.attention(view.layer)[view.head].float().numpy()
+    view.color_scale = "linear"
+    with pytest.raises(ni.NbinterpError, match="sink_scale must be one of"):
+        view.sink_scale = "drop"
+    view.set_state({"sink_scale": "off"})
+    assert view.sink_scale == "auto" and view.error.startswith("The view sent a value that was refused")
+    view.error = ""
+    tops = {}
+    for choice in ("include", "exclude"):
+        view.set_state({"sink_scale": choice})
+        assert view.sink_scale == choice and view.error == ""
+        figure = view.to_figure()
+        tops[choice] = figure.axes[0].images[0].norm.vmax
+        assert ("key 0 left out of the scale" in figure.axes[1].get_ylabel()) == (choice == "exclude")
+    assert tops["include"] == pytest.approx(float(values.max()), rel=1e-6)
+    assert tops["exclude"] == pytest.approx(float(values[:, 1:].max()), rel=1e-6)
+    assert tops["exclude"] < tops["include"]  # row 0 holds probability 1 on key 0

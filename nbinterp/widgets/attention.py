@@ -31,6 +31,7 @@ MODE_LABELS = {"probabilities": "attention probability", "value_weighted": "||a_
 COLOR_SCALES = ("log", "linear", "row")
 LONG_PROMPT_TOKENS = 32
 SINK_SCALES = ("auto", "exclude", "include")  # key 0 on the colour scale: see AttentionView.sink_scale
+SINK_SHARE = 0.5  # "auto" leaves key 0 out of the scale above this share (js/lib/scales.ts SINK_SHARE)
 STRIP_SCOPES = ("head", "layer")
 STRIP_DIRECTIONS = ("attends_to", "attended_by")
 THUMBNAIL_SIDE = 32
@@ -74,6 +75,17 @@ def thumbnail_mask(masked: torch.Tensor, side: int = THUMBNAIL_SIDE) -> torch.Te
     if masked.shape[-1] > side:
         allowed = torch.nn.functional.adaptive_max_pool2d(allowed, side)
     return allowed[0, 0] == 0
+
+
+def first_key_share(values: Any, masked: Any) -> float:
+    """Key 0's share of each query row 1.. (its attention, for probabilities),
+    averaged: row 0 sees only key 0 and says nothing about a sink."""
+    import numpy as np
+
+    allowed = np.where(masked, 0.0, values)[1:]
+    totals = allowed.sum(axis=1)
+    keep = (totals > 0) & ~masked[1:, 0]
+    return float((allowed[keep, 0] / totals[keep]).mean()) if keep.any() else 0.0
 
 
 def default_color_scale(n_tokens: int) -> str:
@@ -182,6 +194,13 @@ class AttentionView(HeadWidget):
             raise NbinterpError(f"color_scale must be one of {COLOR_SCALES} ('row': each query row / its max), not {proposal['value']!r}")
         return proposal["value"]
 
+    @traitlets.validate("sink_scale")
+    def _valid_sink_scale(self, proposal: Any) -> str:
+        if proposal["value"] not in SINK_SCALES:
+            raise NbinterpError(f"sink_scale must be one of {SINK_SCALES} (auto: key 0 left out of the colour scale "
+                                f"where it holds more than {SINK_SHARE:.0%} of a head), not {proposal['value']!r}")
+        return proposal["value"]
+
     # --------------------------------------------------------------- data
     def _masked(self, layer: int) -> torch.Tensor:
         if layer not in self._masks:
@@ -271,11 +290,16 @@ class AttentionView(HeadWidget):
         from matplotlib.colors import LogNorm, Normalize
 
         masked = self._masked(self.layer).numpy()
-        vmax = max(float(values[~masked].max()), 1e-12)
+        # The same sink rule as the view (js/lib/scales.ts): key 0 left out of the scale's max.
+        exclude = self.sink_scale == "exclude" or (self.sink_scale == "auto" and first_key_share(values, masked) > SINK_SHARE)
+        on_scale = ~masked
+        if exclude and n > 1:
+            on_scale[:, 0] = False
+        vmax = max(float(values[on_scale].max()) if on_scale.any() else 0.0, 1e-12)
         scale = self.color_scale
-        shown, label = values, MODE_LABELS[self.mode]
+        shown, label = values, MODE_LABELS[self.mode] + (", key 0 left out of the scale" if exclude else "")
         if scale == "row":
-            row_max = np.where(masked, 0.0, values).max(axis=1, keepdims=True)
+            row_max = np.where(on_scale, values, 0.0).max(axis=1, keepdims=True)
             shown = values / np.maximum(row_max, 1e-30)
             norm, label = Normalize(0.0, 1.0), f"{label} \u00f7 its row's max (per-row scale)"
         elif scale == "log":
