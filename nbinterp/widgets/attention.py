@@ -344,6 +344,9 @@ def attention(model: Any, prompt: Any, *, layer: int = 0, head: int = 0, mode: s
     `view = ni.attention(model, "When Mary and John went to the store, John gave a drink to")`.
 
     color_scale: "log", "linear" (0 .. the head's max) or "row" (each query
-    row / its max); default linear up to 32 tokens, log beyond."""
+    row / its max); default linear up to 32 tokens, log beyond. Key 0 (an
+    attention sink in most trained models) is left out of the colour scale's
+    max where it holds more than half of a head: `view.sink_scale` is "auto"
+    (that rule), "exclude" or "include"; the legend says which applies."""
     run = prompt if hasattr(prompt, "attention") and hasattr(prompt, "model") else model.run(prompt, capture=("qkv",))
     return AttentionView(run, layer=layer, head=head, mode=mode, color_scale=color_scale)
