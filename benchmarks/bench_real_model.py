@@ -199,8 +199,6 @@ def bench_logit_lens(model: ni.Model, prompts: Prompts, base: Baseline) -> None:
 BENCHES["logit_lens"] = bench_logit_lens
 
 
-if __name__ == "__main__":
-    main()
 
 
 # ------------------------------------------------------------------ why_not
@@ -235,3 +233,7 @@ def bench_why_not(model: ni.Model, prompts: Prompts, base: Baseline) -> None:
 
 
 BENCHES["why_not"] = bench_why_not
+
+
+if __name__ == "__main__":
+    main()
