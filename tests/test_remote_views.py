@@ -53,9 +53,12 @@ def test_patching_view(models):
 
 def test_logit_lens_view(models):
     local, remote = models
-    before = remote.forwards
     lens = ni.logit_lens(remote, IOI, target="Mary")
-    assert remote.forwards - before == 1
+    # .lens waits for the streamed rows: one forward of the prompt, then one-token traces
+    # over its captured streams (counted exactly in test_forward_counts); nothing runs after
+    full = lens.lens
+    after = remote.forwards
+    assert lens.lens is full and remote.forwards == after
     expected = ni.logit_lens(local, IOI, target="Mary")
     torch.testing.assert_close(lens.lens.target_probabilities, expected.lens.target_probabilities, atol=1e-5, rtol=0)
     assert lens.lens.top_tokens == expected.lens.top_tokens
