@@ -47,26 +47,102 @@ def slow_batches(monkeypatch: Any, seconds: float) -> None:
 
 
 def test_patching_heatmaps_fill_in_as_the_sweep_streams(page: Any, model: Any, monkeypatch: Any) -> None:
+    """The first paint is the estimate of every cell ("best" mode has no grey cell
+    in any frame); "measured only" fills in as the sweep streams; the legend
+    counts the measured cells as Python publishes them."""
     slow_batches(monkeypatch, 0.04)
     grid = ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", foil="w9", batch_size=4)
     comm = open_view(page, grid, bundle="patching.js")
-    resid = ".nbi-patching canvas[data-kind='resid_pre']"
+    root = page.locator(".nbi-patching")
+    canvases = [f".nbi-patching canvas[data-kind='{kind}']" for kind in grid.kinds]
+    cells = sum(values.numel() for values in grid.estimates.values())
+
+    def pixels() -> dict[str, int]:
+        counts = [page.evaluate(GREY, sel) for sel in canvases]
+        return {key: sum(c[key] for c in counts) for key in ("grey", "coloured")}
+
+    def show(mode: str) -> None:
+        page.locator(f".nbi-patching .nbi-show button[data-value='{mode}']").click()
+        assert root.get_attribute("data-show") == mode
+
     seen = []
     while True:
         push_state(page, comm)
-        done = int(page.locator(".nbi-patching").get_attribute("data-done"))
-        seen.append((done, page.evaluate(GREY, resid)))
-        if page.locator(".nbi-patching").get_attribute("data-state") == "done":
+        done = int(root.get_attribute("data-done"))
+        best, legend = pixels(), root.locator(".nbi-legend").text_content()
+        show("measured")
+        measured = pixels()
+        show("best")
+        seen.append((done, best, measured, legend))
+        if root.get_attribute("data-state") == "done":
             break
         # the next frame: wait for the sweep (a Python thread) to publish more cells or finish
         wait_until(page, lambda: grid.progress["done"] != done or grid.progress["state"] != "running",
                    f"the sweep to move on from {done} cells", timeout_s=30)
     total = grid.progress["total"]
-    assert seen[-1][0] == total and seen[-1][1]["grey"] == 0 and seen[-1][1]["coloured"] > 0
-    middle = [(done, pixels) for done, pixels in seen if 0 < done < 20]  # resid_pre's 20 cells come first
-    assert middle, f"no intermediate frame: {[d for d, _ in seen]}"
-    assert all(pixels["grey"] > 0 and pixels["coloured"] > 0 for _, pixels in middle)
+    assert total == cells and grid.show == "best"  # the toggle reached Python
+    assert all(best["grey"] == 0 and best["coloured"] > 0 for _, best, _, _ in seen), "an estimate is drawn for every cell"
+    for done, _, _, legend in seen:
+        heading = "estimated (attribution patching)" if done == 0 else f"{done} of {cells} cells measured, the rest estimated"
+        assert heading in legend, (done, legend)
+    middle = [measured for done, _, measured, _ in seen if 0 < done < total]
+    assert middle, f"no intermediate frame: {[d for d, *_ in seen]}"
+    assert all(measured["grey"] > 0 and measured["coloured"] > 0 for measured in middle)
+    assert seen[-1][0] == total and seen[-1][2]["grey"] == 0 and seen[-1][2]["coloured"] > 0
     assert page.locator(".nbi-patching progress").evaluate("(p) => [p.value, p.max]") == [total, total]
+
+
+def hover_tip(page: Any, kind: str, row: int, col: int, rows: int, cols: int) -> dict[str, str]:
+    """Hovers one cell and returns the tooltip's lines by what they say."""
+    page.mouse.move(0, 0)
+    canvas = page.locator(f".nbi-patching canvas[data-kind='{kind}']")
+    canvas.scroll_into_view_if_needed()
+    g = canvas.evaluate("(c) => { const r = c.getBoundingClientRect(); return { x: r.left, y: r.top, ...Object.fromEntries(Object.entries(c.dataset).map(([k, v]) => [k, Number(v)])) }; }")
+    page.mouse.move(g["x"] + g["marginLeft"] + (col + 0.5) * g["plotWidth"] / cols, g["y"] + g["marginTop"] + (row + 0.5) * g["plotHeight"] / rows)
+    tip = page.locator(".nbi-patching .nbi-tooltip")
+    tip.wait_for(state="visible")
+    lines = tip.locator(".nbi-tip-value").all_text_contents() + tip.locator(".nbi-status").all_text_contents()
+    return {line.split()[0].rstrip(":"): line for line in lines}
+
+
+def number_after(line: str, word: str) -> float:
+    return float(line.split(word, 1)[1].split()[0])
+
+
+def test_patching_shows_pythons_estimate_then_its_measurement(page: Any, model: Any) -> None:
+    """exact=False paints the estimates only; after resume the same cell shows
+    the measured value. The cell is the one where the two differ most, so a view
+    that drew one in place of the other fails."""
+    reference = ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", foil="w9", background=False)
+    gap = (reference.effects["head"] - reference.estimates["head"]).abs()
+    row, col = divmod(int(gap.argmax()), gap.shape[1])
+    estimate, measured = reference.estimates["head"][row, col].item(), reference.effects["head"][row, col].item()
+    assert abs(measured - estimate) > 1e-2 * max(abs(measured), abs(estimate)), "this model's estimate is exact here: pick another cell"
+    close = lambda v: pytest.approx(v, rel=1e-3, abs=1e-6)  # noqa: E731 (the view prints 4 significant digits)
+
+    grid = ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", foil="w9", exact=False)
+    comm = open_view(page, grid, bundle="patching.js")
+    root = page.locator(".nbi-patching")
+    cells = sum(values.numel() for values in grid.estimates.values())
+    assert root.get_attribute("data-state") == "cancelled" and root.get_attribute("data-done") == "0"
+    assert "estimated (attribution patching)" in root.locator(".nbi-legend").text_content()
+    tip = hover_tip(page, "head", row, col, model.n_layers, model.n_heads)
+    assert tip["measured"] == "measured: not yet"
+    assert number_after(tip["estimate"], "estimate ") == close(grid.estimates["head"][row, col].item()) == close(estimate)
+    assert number_after(tip["drawn"], "drawn: ") == close(estimate)
+
+    page.locator(".nbi-patching button.nbi-resume").click()
+    wait_until(page, lambda: grid.progress.get("state") == "done", "the resumed sweep to finish", timeout_s=30)
+    push_state(page, comm)
+    assert f"{cells} of {cells} cells measured" in root.locator(".nbi-legend").text_content()
+    tip = hover_tip(page, "head", row, col, model.n_layers, model.n_heads)
+    assert number_after(tip["measured"], "measured ") == close(grid.effects["head"][row, col].item()) == close(measured)
+    assert number_after(tip["estimate"], "estimate ") == close(estimate)
+    assert number_after(tip["drawn"], "drawn: ") == close(measured)
+    page.locator(".nbi-patching .nbi-show button[data-value='difference']").click()
+    tip = hover_tip(page, "head", row, col, model.n_layers, model.n_heads)
+    assert number_after(tip["drawn"], "drawn: ") == pytest.approx(measured - estimate, rel=1e-3, abs=1e-5)
+    assert "measured \u2212 estimate" in root.locator(".nbi-legend").text_content() and grid.show == "difference"
 
 
 def test_cancel_stops_the_sweep_and_resume_finishes_it(page: Any, model: Any, monkeypatch: Any) -> None:
@@ -86,18 +162,61 @@ def test_cancel_stops_the_sweep_and_resume_finishes_it(page: Any, model: Any, mo
     assert root.get_attribute("data-state") == "done"
 
 
+CANVAS_GEOMETRY = "(c) => { const r = c.getBoundingClientRect(); return { x: r.left, y: r.top, ...Object.fromEntries(Object.entries(c.dataset).map(([k, v]) => [k, Number(v)])) }; }"
+
+
+def hover_lens_cell(page: Any, row: int, col: int, rows: int, cols: int) -> Any:
+    """Moves the mouse over one cell of the lens heatmap; returns the tooltip."""
+    g = page.locator(".nbi-logit-lens canvas.nbi-heatmap").evaluate(CANVAS_GEOMETRY)
+    page.mouse.move(g["x"] + g["marginLeft"] + (col + 0.5) * g["plotWidth"] / cols, g["y"] + g["marginTop"] + (row + 0.5) * g["plotHeight"] / rows)
+    tip = page.locator(".nbi-logit-lens .nbi-tooltip")
+    tip.wait_for(state="visible")
+    return tip
+
+
 def test_logit_lens_cells_tooltips_and_labels(page: Any, model: Any) -> None:
     view = ni.logit_lens(model, PROMPT, target="w5")
+    # The harness renders one snapshot of the state: wait for the streamed rows so every cell has its numbers
+    # (the pending cells' own tooltip is the next test's).
+    assert view.wait(30) is True
     open_view(page, view, bundle="logit_lens.js")
-    canvas = page.locator(".nbi-logit-lens canvas.nbi-heatmap")
-    g = canvas.evaluate("(c) => { const r = c.getBoundingClientRect(); return { x: r.left, y: r.top, ...Object.fromEntries(Object.entries(c.dataset).map(([k, v]) => [k, Number(v)])) }; }")
+    assert page.locator(".nbi-logit-lens").get_attribute("data-progress") == f"{view.progress['total']}/{view.progress['total']}:done"
     rows, cols = view.lens.shape
     for row, col in [(0, 0), (rows - 1, cols - 1), (1, 4)]:
-        page.mouse.move(g["x"] + g["marginLeft"] + (col + 0.5) * g["plotWidth"] / cols, g["y"] + g["marginTop"] + (row + 0.5) * g["plotHeight"] / rows)
-        tip = page.locator(".nbi-logit-lens .nbi-tooltip")
-        tip.wait_for(state="visible")
+        tip = hover_lens_cell(page, row, col, rows, cols)
         shown = float(tip.locator(".nbi-tip-value").text_content().split()[-1])
         assert shown == pytest.approx(view.lens.target_probabilities[row, col].item(), rel=1e-3, abs=1e-7)
         assert view.lens.top_tokens[row][col] in tip.locator(".nbi-tip-top").text_content()
     page.locator(".nbi-logit-lens button[data-value='top']").click()
     assert page.locator(".nbi-logit-lens").get_attribute("data-colour") == "top"
+
+
+def test_logit_lens_pending_cells_say_not_computed_then_fill_in(page: Any, model: Any) -> None:
+    """Opened while rows are still pending, a pending cell's tooltip says so (no number), the progress line says
+    what is pending; once the rows land and reach the page the same cell shows the engine's numbers."""
+    with model.lock:  # the streaming thread takes this lock per chunk: holding it keeps the rows pending
+        view = ni.logit_lens(model, PROMPT, target="w5")
+        comm = open_view(page, view, bundle="logit_lens.js")
+        first = view.first_paint
+        rows, cols = first.shape
+        pending = [(r, c) for r in range(rows) for c in range(cols) if not bool(first.computed[r, c])]
+        assert (0, 0) in pending and bool(first.computed[:, -1].all()) and bool(first.computed[-1].all())
+        root = page.locator(".nbi-logit-lens")
+        assert root.get_attribute("data-progress").endswith(":running")
+        assert "streaming in" in root.locator(".nbi-strip-caption").text_content()
+        tip = hover_lens_cell(page, 0, 0, rows, cols)
+        assert "not computed yet" in tip.locator(".nbi-tip-where").text_content()
+        assert tip.locator(".nbi-tip-value").count() == 0 and tip.locator(".nbi-tip-top").count() == 0
+        tip = hover_lens_cell(page, 0, cols - 1, rows, cols)  # the first paint's last position has numbers
+        assert float(tip.locator(".nbi-tip-value").text_content().split()[-1]) == pytest.approx(
+            first.target_probabilities[0, cols - 1].item(), rel=1e-3, abs=1e-7)
+    assert view.wait(30) is True
+    push_state(page, comm)
+    assert root.get_attribute("data-progress") == f"{rows}/{rows}:done"
+    assert root.locator(".nbi-strip-caption").text_content() == ""
+    page.mouse.move(0, 0)
+    tip = hover_lens_cell(page, 0, 0, rows, cols)
+    assert "not computed" not in tip.locator(".nbi-tip-where").text_content()
+    assert float(tip.locator(".nbi-tip-value").text_content().split()[-1]) == pytest.approx(
+        view.lens.target_probabilities[0, 0].item(), rel=1e-3, abs=1e-7)
+    assert view.lens.top_tokens[0][0] in tip.locator(".nbi-tip-top").text_content()
