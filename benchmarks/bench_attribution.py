@@ -25,7 +25,7 @@ import torch
 
 import nbinterp as ni
 from nbinterp.interventions import batch
-from nbinterp.analysis.attribution import METHODS, attribute, causally_zero
+from nbinterp.analysis.attribution import METHODS, compute_attribution, causally_zero
 from nbinterp.analysis.estimate_stats import Summary
 
 K = 10
@@ -74,12 +74,12 @@ def random_prompt(model: ni.Model, n_tokens: int, rng: random.Random) -> tuple[t
 
 def bench(model: ni.Model, name: str, n_tokens: int, prompt, budget: float, rng: random.Random) -> dict:
     ids, target, foil = prompt(model, n_tokens, rng)
-    attribute(model, ids, target, foil, exact_budget=0)  # warm-up
+    compute_attribution(model, ids, target, foil, exact_budget=0)  # warm-up
     started = time.perf_counter()
-    attribute(model, ids, target, foil, exact_budget=0)
+    compute_attribution(model, ids, target, foil, exact_budget=0)
     t_attr = time.perf_counter() - started
     started = time.perf_counter()
-    att = attribute(model, ids, target, foil)
+    att = compute_attribution(model, ids, target, foil)
     t_hybrid = time.perf_counter() - started
     valid = ~att.dense_edge_effects("linear").isnan()  # L*H*T^2: the lengths here are short
     to_run = valid & ~causally_zero(model.n_layers, n_tokens, n_tokens - 1)

@@ -1,4 +1,4 @@
-"""Peak memory of `attribute(model, ids, target, foil, exact_budget=0)` (estimates
+"""Peak memory of `compute_attribution(model, ids, target, foil, exact_budget=0)` (estimates
 only: one forward + one backward and the per-head reduction) on a random-init
 GPT-2-small-sized model (12 layers x 12 heads, d_model 768, vocabulary 50,257,
 float32), at T = 512 and 1,024 tokens.
@@ -66,14 +66,14 @@ def child(n_tokens: int, source: str) -> dict:
     sys.path.insert(0, str(HERE))
     from bench_attribution import gpt2_small_random, random_prompt
 
-    from nbinterp.analysis.attribution import attribute
+    from nbinterp.analysis.attribution import compute_attribution
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     model = gpt2_small_random()
     rng = random.Random(0)
     ids, target, foil = random_prompt(model, n_tokens, rng)
     small, t_small, f_small = random_prompt(model, 16, rng)
-    attribute(model, small, t_small, f_small, exact_budget=0)  # imports, first-use allocations
+    compute_attribution(model, small, t_small, f_small, exact_budget=0)  # imports, first-use allocations
     run = None
     if source == "run":
         run = model.run(ids, target=target, foil=foil, gradients=True)
@@ -113,7 +113,7 @@ def child(n_tokens: int, source: str) -> dict:
 
         att = ni.attribute(model, ids, target=target, foil=foil, exact_budget=0).attribution
     else:
-        att = attribute(model, run if run is not None else ids, target, foil, exact_budget=0)
+        att = compute_attribution(model, run if run is not None else ids, target, foil, exact_budget=0)
     seconds = time.perf_counter() - started
     stop.set()
     sampler.join()

@@ -12,7 +12,7 @@ import torch
 
 import nbinterp as ni
 from nbinterp.bundled import tasks
-from nbinterp.analysis.attribution import METHODS, attribute
+from nbinterp.analysis.attribution import METHODS, compute_attribution
 
 N_PROMPTS, MAX_TOKENS, K, SATURATED = 2, 20, 10, 0.9
 
@@ -25,7 +25,7 @@ def main() -> None:
           + "".join(f"{m:>18}" for m in METHODS))
     for task, variant in (("induction", {}), ("ioi", {}), ("context_override", tasks.CONTEXT_VARIANTS["plain"])):
         for example in tasks.short_examples(task, N_PROMPTS, MAX_TOKENS, **variant):
-            att = attribute(model, example.prompt, example.target, example.foil)
+            att = compute_attribution(model, example.prompt, example.target, example.foil)
             exact = att.exhaustive_edges()
             cells = [att.compare(exact, K, m) for m in METHODS]
             print(f"{task:<18}{len(att.run):>4}{len(att.measured_edges()):>8} / {exact.n_measured:<5}{att.seconds:>8.2f}"

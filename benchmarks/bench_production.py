@@ -19,10 +19,10 @@ T=16 first, so first-use costs such as nnsight's `.source` are not counted):
   `layer_values(run, l, "probabilities")` + `head_thumbnails` for every layer.
 - ablation update: `ablated_run(model, prompt, {"L1.H3": 0.0})` + `summarize`
   against the (already shown) unablated run.
-- attribution: `attribute(model, prompt, target, foil, exact_budget=0)`.
+- attribution: `compute_attribution(model, prompt, target, foil, exact_budget=0)`.
 - patching batch: `effects_of(setup, 8 single-site sets)` (one batched forward
   of 8 + 2 reference rows); `prepare` runs once beforehand, untimed.
-- logit lens: `logit_lens(model, prompt, target=target)`.
+- logit lens: `compute_logit_lens(model, prompt, target=target)`.
 
 target / foil are the clean run's top-2 next tokens; the corrupted prompt
 changes one early token, the first position (of 1, T/4, T/2, T-2) where
@@ -58,8 +58,8 @@ import transformers as tf
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import nbinterp as ni
-from nbinterp.analysis.attribution import attribute
-from nbinterp.analysis.logit_lens import logit_lens
+from nbinterp.analysis.attribution import compute_attribution
+from nbinterp.analysis.logit_lens import compute_logit_lens
 from nbinterp.analysis.patching_sweep import effects_of, prepare
 from nbinterp.errors import NbinterpError
 from nbinterp.interventions.ablation import ablated_run, canonical_ablations, summarize
@@ -222,13 +222,13 @@ def cases_for(model: ni.Model, hf: torch.nn.Module, ids: list[int], notes: list[
         return summarize(model, run, baseline, k=10, target=target, foil=foil, ablations=ablations)
 
     def attribution():
-        return attribute(model, ids, target, foil, exact_budget=0)
+        return compute_attribution(model, ids, target, foil, exact_budget=0)
 
     def patching_batch():
         return effects_of(setup, patch_sets)
 
     def lens():
-        return logit_lens(model, ids, target=target)
+        return compute_logit_lens(model, ids, target=target)
 
     return [
         Case("HF forward", hf_forward, reference="self"),

@@ -152,10 +152,10 @@ def bench_attribute(model: ni.Model, prompts: Prompts, base: Baseline) -> None:
     a plain forward + backward, then every head's ablation and the budgeted
     edges measured, with the time to the last head and to the end (target: the
     whole default call <= 60 s at T=64)."""
-    from nbinterp.analysis.attribution import attribute
+    from nbinterp.analysis.attribution import compute_attribution
 
     start = time.perf_counter()
-    att = attribute(model, prompts.clean, prompts.target, prompts.foil, measure=False)
+    att = compute_attribution(model, prompts.clean, prompts.target, prompts.foil, measure=False)
     estimate_s = time.perf_counter() - start
     m = att.measurement
     print(f"attribute T={base.n_tokens}: estimates {estimate_s:.2f} s = {estimate_s / base.forward_backward_s:.2f}x "

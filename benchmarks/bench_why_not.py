@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from nbinterp.analysis.why_not import why_not
+from nbinterp.analysis.why_not import compute_why_not
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_attribution import gpt2_small_random  # noqa: E402
@@ -64,7 +64,7 @@ def main() -> None:
         base = (time.perf_counter() - start) / args.repeats
         forwards = model.forwards
         start = time.perf_counter()
-        result = why_not(model, ids, expected, references=[ref])
+        result = compute_why_not(model, ids, expected, references=[ref])
         analysis = time.perf_counter() - start
         start = time.perf_counter()
         restore = result.restore(k=5)

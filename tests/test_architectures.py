@@ -15,7 +15,7 @@ import transformers as tf
 
 import nbinterp as ni
 from conftest import PROMPT, VOCAB, random_model
-from nbinterp.analysis.attribution import attribute
+from nbinterp.analysis.attribution import compute_attribution
 from nbinterp.analysis.qk import qk
 from nbinterp.engine.attention_math import attention_output, attention_probabilities
 
@@ -45,7 +45,7 @@ ATOL = 1e-5  # float32 activations of order 1
 @pytest.fixture(scope="module", params=["gpt_bigcode", "phi", "gptj", "opt"])
 def attribution(request, tokenizer):
     model = ni.load(random_model(request.param), tokenizer=tokenizer)
-    return attribute(model, PROMPT, target="w5", foil="w9")
+    return compute_attribution(model, PROMPT, target="w5", foil="w9")
 
 
 @pytest.fixture(scope="module", params=["phi"])

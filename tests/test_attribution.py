@@ -15,7 +15,7 @@ from nbinterp.engine.plan import Metric
 from nbinterp.interventions import batch
 from nbinterp.analysis import attribution as attribution_module
 from nbinterp.analysis import edge_estimates as edge_estimates_module
-from nbinterp.analysis.attribution import attribute, causally_zero, edge_estimates
+from nbinterp.analysis.attribution import compute_attribution, causally_zero, edge_estimates
 from nbinterp.analysis.estimate_stats import rank_average, recall_at_k, spearman
 
 TARGET, FOIL = "w5", "w9"
@@ -24,7 +24,7 @@ TARGET, FOIL = "w5", "w9"
 @pytest.fixture(scope="module", params=["gpt2", "llama", "gemma2"])
 def attribution(request, tokenizer):
     model = ni.load(random_model(request.param), tokenizer=tokenizer)
-    return attribute(model, PROMPT, target=TARGET, foil=FOIL)
+    return compute_attribution(model, PROMPT, target=TARGET, foil=FOIL)
 
 
 def test_batched_knockouts_and_ablations_equal_one_run_each(attribution):
@@ -105,11 +105,11 @@ def test_hybrid_measures_every_head_ablation_exactly(attribution):
     np.testing.assert_allclose(verified.measured, attribution.head_exact.flatten().numpy(), atol=1e-5)
     np.testing.assert_allclose(verified.estimate, attribution.head_estimates.flatten().numpy())
     # a small edge budget still measures every head (first), then that many edges
-    small = attribute(model, attribution.run, TARGET, FOIL, exact_budget=5)
+    small = compute_attribution(model, attribution.run, TARGET, FOIL, exact_budget=5)
     assert small.head_measured.all() and torch.equal(small.heads, small.head_exact)
     assert small.measurement.total == model.n_layers * model.n_heads + 5
     # exact_budget=0: estimates only, and every head says so
-    none = attribute(model, attribution.run, TARGET, FOIL, exact_budget=0)
+    none = compute_attribution(model, attribution.run, TARGET, FOIL, exact_budget=0)
     assert not none.head_measured.any() and torch.equal(none.heads, none.head_estimates)
     assert none.head_status(0, 0) == attribution_module.OUT_OF_BUDGET
     fresh = none.verify_heads(heads=[(0, 0), (1, 3)])  # not measured by the hybrid: ablated now
@@ -135,7 +135,7 @@ def test_hybrid_measures_each_rows_dominant_edges_exactly(attribution):
     torch.testing.assert_close(hybrid[~measured], fixed[~measured], equal_nan=True)
     assert {e[:4] for e in attribution.measured_edges()} == {tuple(x) for x in measured.nonzero().tolist()}
     assert attribution.compare(exact, k=10).mae < attribution.compare(exact, k=10, method="qk_fix").mae
-    capped = attribute(model, attribution.run, TARGET, FOIL, exact_budget=5)
+    capped = compute_attribution(model, attribution.run, TARGET, FOIL, exact_budget=5)
     capped_measured = capped.dense_exact()
     assert int(capped_measured.sum()) == 5
     chosen = fixed[capped_measured].abs()
@@ -143,7 +143,7 @@ def test_hybrid_measures_each_rows_dominant_edges_exactly(attribution):
     # measured in that order: the first edges of the plan have the largest |estimate|
     planned = fixed[tuple(capped.measurement.edges.T)].abs()
     assert torch.equal(planned, planned.sort(descending=True).values)
-    none = attribute(model, attribution.run, TARGET, FOIL, exact_budget=0)
+    none = compute_attribution(model, attribution.run, TARGET, FOIL, exact_budget=0)
     assert not none.dense_exact().any() and none.measurement.total == 0
 
 
@@ -188,20 +188,20 @@ def test_top_edges_are_sorted_by_magnitude_and_well_formed(attribution):
 def test_clear_errors(attribution):
     model = attribution.model
     with pytest.raises(ni.NbinterpError, match="method must be one of"):
-        attribute(model, PROMPT, TARGET, FOIL, method="exact")
+        compute_attribution(model, PROMPT, TARGET, FOIL, method="exact")
     with pytest.raises(ni.NbinterpError, match="dominant must be a probability"):
-        attribute(model, attribution.run, TARGET, FOIL, dominant=0)
+        compute_attribution(model, attribution.run, TARGET, FOIL, dominant=0)
     with pytest.raises(ni.NbinterpError, match="exact_budget must be a non-negative integer"):
-        attribute(model, attribution.run, TARGET, FOIL, exact_budget=-1)
+        compute_attribution(model, attribution.run, TARGET, FOIL, exact_budget=-1)
     with pytest.raises(ni.NbinterpError, match="query 0 sees only key 0"):
         attribution.verify(edges=[(0, 0, 0, 0)])
     with pytest.raises(ni.NbinterpError, match="other target"):
-        attribute(model, attribution.run, target=FOIL, foil=TARGET)
+        compute_attribution(model, attribution.run, target=FOIL, foil=TARGET)
 
 
 def test_without_a_foil_the_metric_is_the_target_logit(attribution):
     model = attribution.model
-    att = attribute(model, PROMPT, target=TARGET)
+    att = compute_attribution(model, PROMPT, target=TARGET)
     assert att.metric == pytest.approx(model.run(PROMPT).logits[-1, model.token_id(TARGET)].item(), abs=1e-5)
     edge = att.top_edges(1)[0]
     measured = model.run(PROMPT, knockout=[edge[:4]]).logits[-1, model.token_id(TARGET)].item() - att.metric
@@ -223,8 +223,8 @@ def test_attribution_runs_through_remote_serialisation(tokenizer):
     """Gradients, batched head ablations and edge knockouts all go through nnsight's
     remote="local" path (serialised as NDIF would get them) with the local numbers."""
     hf = random_model("gpt2")
-    local = attribute(ni.load(hf, tokenizer=tokenizer), PROMPT, TARGET, FOIL)
-    remote = attribute(ni.load(hf, tokenizer=tokenizer, remote="local"), PROMPT, TARGET, FOIL)
+    local = compute_attribution(ni.load(hf, tokenizer=tokenizer), PROMPT, TARGET, FOIL)
+    remote = compute_attribution(ni.load(hf, tokenizer=tokenizer, remote="local"), PROMPT, TARGET, FOIL)
     assert torch.equal(remote.dense_exact(), local.dense_exact()) and int(remote.dense_exact().sum()) > 0
     torch.testing.assert_close(remote.heads, local.heads, atol=1e-4, rtol=1e-4)
     for method in ("hybrid", "qk_fix"):
@@ -247,7 +247,7 @@ def test_top_edges_from_the_per_head_lists_equal_a_sort_of_every_edge(attributio
     larger k recomputes from the run."""
     monkeypatch.setattr(attribution_module, "TOP_PER_HEAD", 3)
     monkeypatch.setattr(edge_estimates_module, "ROW_BLOCK_ELEMENTS", 3 * len(attribution.run))
-    small = attribute(attribution.model, attribution.run, TARGET, FOIL, n_top=3)
+    small = compute_attribution(attribution.model, attribution.run, TARGET, FOIL, n_top=3)
     assert small.summary.keep == 3
     dense = small.dense_edge_effects(method)
     for k in (1, 3, 7, None):
@@ -270,7 +270,7 @@ def test_measurements_stream_in_batches_cancel_and_resume(attribution):
     measures batch by batch; a cancel stops after the batch in flight; the
     resumed measurement ends where the complete one did."""
     model = attribution.model
-    att = attribute(model, attribution.run, TARGET, FOIL, measure=False)
+    att = compute_attribution(model, attribution.run, TARGET, FOIL, measure=False)
     m = att.measurement
     assert m.done == 0 and m.total == attribution.measurement.total > 0
     assert not att.head_measured.any() and not att.dense_exact().any()
@@ -313,7 +313,7 @@ def test_every_head_is_measured_where_the_budget_is_smaller_than_the_heads(attri
     from nbinterp.analysis import exact_measurement
 
     monkeypatch.setattr(exact_measurement.batch, "batch_rows", lambda model, n_tokens: 3)
-    att = attribute(model, attribution.run, TARGET, FOIL)
+    att = compute_attribution(model, attribution.run, TARGET, FOIL)
     n_heads = model.n_layers * model.n_heads
     budget = attribution_module.default_edge_budget(model, len(att.run))
     assert budget == max(2, 3 * 2 - n_heads)
@@ -338,7 +338,7 @@ def test_every_head_is_measured_where_the_budget_is_smaller_than_the_heads(attri
 
 def test_after_a_cancel_only_measured_entries_say_measured(attribution):
     model = attribution.model
-    att = attribute(model, attribution.run, TARGET, FOIL, measure=False)
+    att = compute_attribution(model, attribution.run, TARGET, FOIL, measure=False)
     n_heads = model.n_layers * model.n_heads
     assert {att.head_status(0, 0), att.pending_status()} == {attribution_module.QUEUED}
     planned = [tuple(e) for e in att.measurement.edges.tolist()]

@@ -14,7 +14,7 @@ import torch
 
 import nbinterp as ni
 from nbinterp.bundled import tasks
-from nbinterp.analysis.attribution import attribute
+from nbinterp.analysis.attribution import compute_attribution
 from nbinterp.engine.loading import BUNDLED_DIR
 
 pytestmark = pytest.mark.skipif(
@@ -47,7 +47,7 @@ def compared(model):
     for task, variant in (("induction", {}), ("ioi", {}), ("context_override", tasks.CONTEXT_VARIANTS["plain"])):
         rows = []
         for example in short_examples(task, **variant):
-            att = attribute(model, example.prompt, example.target, example.foil)
+            att = compute_attribution(model, example.prompt, example.target, example.foil)
             rows.append((att, att.exhaustive_edges()))
         out[task] = rows
     return out
@@ -103,7 +103,7 @@ def test_the_induction_heads_top_edge_reads_the_previous_token_head(model, card)
     previous = tuple(card["circuits"]["previous_token_head"])
     assert previous[0] < layer
     for example in short_examples("induction"):
-        att = attribute(model, example.prompt, example.target)
+        att = compute_attribution(model, example.prompt, example.target)
         edge = att.top_edges(1, layer=layer, head=head)[0]
         cell = att.qk(layer, head, edge.query, edge.key)
         assert abs(cell.remainder) < 1e-4 * max(1.0, abs(cell.score))

@@ -13,7 +13,7 @@ import torch
 
 import nbinterp as ni
 from conftest import PROMPT, random_model
-from nbinterp.analysis.attribution import attribute as compute_attribution
+from nbinterp.analysis.attribution import compute_attribution
 from nbinterp.widgets import AttributionView
 from nbinterp.widgets._buffers import decode
 

@@ -9,7 +9,7 @@ import torch
 
 import nbinterp as ni
 from nbinterp.analysis.context_use import (
-    PARTLY_RATIO, ContextDetector, auroc, bootstrap_auroc, context_use, lookback_ratios,
+    PARTLY_RATIO, ContextDetector, auroc, bootstrap_auroc, compute_context_use, lookback_ratios,
 )
 from nbinterp.analysis.why_not import contrast
 from nbinterp.bundled import tasks
@@ -29,7 +29,7 @@ def context_of(prompt: str) -> str:
 
 def test_ratio_and_knockout_equal_plain_runs(model):
     example = tasks.examples("context_override", 1, **tasks.CONTEXT_VARIANTS["plain"])[0]
-    cu = context_use(model, example.prompt, context_of(example.prompt))
+    cu = compute_context_use(model, example.prompt, context_of(example.prompt))
     ids = model.tokenize(example.prompt)[0].tolist()
     start, end = cu.context
     assert ids[start:end] == model.tokenizer(context_of(example.prompt), add_special_tokens=False).input_ids
@@ -64,7 +64,7 @@ def test_verdict_agrees_with_planted_ground_truth(model):
         key = f"the capital of {example.meta['country']} is {example.target} ."
         no_key = contrast(example.prompt, key, FILLER, model=model)
         for prompt, followed in ((example.prompt, True), (no_key, False)):
-            cu = context_use(model, prompt, context_of(prompt))
+            cu = compute_context_use(model, prompt, context_of(prompt))
             truth = cu.knockout.answer_before == example.target if followed else \
                 cu.knockout.answer_before == example.meta["memory_answer"]
             if not truth:
@@ -96,7 +96,7 @@ def test_detector_auroc_on_held_out_prompts(model):
     assert low > 0.5
     # reusable through context_use
     example = tasks.examples("context_override", 1, seed=12, **tasks.CONTEXT_VARIANTS["plain"])[0]
-    cu = context_use(model, example.prompt, context_of(example.prompt), detector=detector)
+    cu = compute_context_use(model, example.prompt, context_of(example.prompt), detector=detector)
     assert cu.score == pytest.approx(float(detector.score(cu.ratio[None])[0]))
 
 
@@ -113,11 +113,11 @@ def test_auroc_reference_values():
 def test_clear_errors(model):
     prompt = "Context : the capital of Veldora is Brinn . Question : the capital of Veldora is"
     with pytest.raises(NbinterpError, match="does not occur"):
-        context_use(model, prompt, "the capital of Galdor is Brinn")
+        compute_context_use(model, prompt, "the capital of Galdor is Brinn")
     with pytest.raises(NbinterpError, match="start < end"):
-        context_use(model, prompt, (5, 3))
+        compute_context_use(model, prompt, (5, 3))
     with pytest.raises(NbinterpError, match="before the answer"):
-        context_use(model, prompt, (3, len(prompt.split()) + 1))
+        compute_context_use(model, prompt, (3, len(prompt.split()) + 1))
     with pytest.raises(NbinterpError, match="both labels"):
         ContextDetector.fit(torch.rand(3, 4, 4), [1, 1, 1])
     assert 0 < PARTLY_RATIO < 1

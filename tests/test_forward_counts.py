@@ -13,8 +13,8 @@ import pytest
 import nbinterp as ni
 from conftest import random_model
 from nbinterp.analysis import patching_sweep
-from nbinterp.analysis.attribution import attribute
-from nbinterp.analysis.logit_lens import logit_lens
+from nbinterp.analysis.attribution import compute_attribution
+from nbinterp.analysis.logit_lens import compute_logit_lens
 from nbinterp.interventions.batch import batch_rows
 
 IOI = "When Mary and John went to the store , John gave a drink to"
@@ -84,7 +84,7 @@ def test_reading_every_layer_costs_one_more_forward(remote_model):
 def test_attribution_estimate_is_one_forward_and_backward(remote_model):
     model, (prompt, _, target, foil, _) = remote_model
     with count_forwards(model) as calls:
-        att = attribute(model, prompt, target, foil, exact_budget=0)
+        att = compute_attribution(model, prompt, target, foil, exact_budget=0)
         att.edges, att.heads
     assert len(calls) == 1
 
@@ -93,7 +93,7 @@ def test_hybrid_attribution_is_one_forward_plus_its_knockout_batches(remote_mode
     model, (prompt, _, target, foil, _) = remote_model
     n_tokens = len(model.tokenize(prompt)[0])
     with count_forwards(model) as calls:
-        att = attribute(model, prompt, target, foil)
+        att = compute_attribution(model, prompt, target, foil)
     rows = batch_rows(model, n_tokens) - 1  # one row of each batch is the clean reference
     n_heads = model.n_layers * model.n_heads
     # every head, then the edges, packed into the same forwards
@@ -157,18 +157,18 @@ def test_why_not_is_a_constant_plus_its_ablation_batches(remote_model):
     """The run, the head ablations (batched), every MLP ablation (one forward), one
     forward + backward for the estimates and the lens trajectory; with references,
     one run per reference, the restore batches, and one forward per restore(k)."""
-    from nbinterp.analysis.why_not import why_not
+    from nbinterp.analysis.why_not import compute_why_not
 
     model, (prompt, corrupted, target, foil, _) = remote_model
     rows = batch_rows(model, len(model.tokenize(prompt)[0])) - 1
     head_batches = -(-model.n_layers * model.n_heads // rows)
     with count_forwards(model) as calls:
-        why_not(model, prompt, foil)
+        compute_why_not(model, prompt, foil)
     assert len(calls) == 3 + head_batches
     if model.n_layers != 4:
         return  # references must make the model say the expected token: the bundled model's IOI pair
     with count_forwards(model) as calls:
-        result = why_not(model, prompt, foil, references=[corrupted])
+        result = compute_why_not(model, prompt, foil, references=[corrupted])
     patch_batches = -(-model.n_layers * (model.n_heads + 1) // rows)
     assert len(calls) == 3 + head_batches + 1 + patch_batches
     with count_forwards(model) as calls:
@@ -177,18 +177,18 @@ def test_why_not_is_a_constant_plus_its_ablation_batches(remote_model):
 
 
 def test_context_use_is_two_forwards(remote_model):
-    from nbinterp.analysis.context_use import context_use
+    from nbinterp.analysis.context_use import compute_context_use
 
     model, (prompt, *_) = remote_model
     words = prompt.split()
     with count_forwards(model) as calls:
-        context_use(model, prompt, " ".join(words[1:4]))
+        compute_context_use(model, prompt, " ".join(words[1:4]))
     assert len(calls) == 2  # the run with q/k/v, then every edge into the context knocked out
 
 
 def test_attribution_verify_is_one_batch_and_qk_one_forward(remote_model):
     model, (prompt, _, target, foil, _) = remote_model
-    att = attribute(model, prompt, target, foil)
+    att = compute_attribution(model, prompt, target, foil)
     with count_forwards(model) as calls:
         att.verify(k=20)
     assert len(calls) == 1

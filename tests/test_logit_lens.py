@@ -9,13 +9,13 @@ import torch
 
 import nbinterp as ni
 from conftest import PROMPT
-from nbinterp.analysis.logit_lens import logit_lens
+from nbinterp.analysis.logit_lens import compute_logit_lens
 from nbinterp.widgets._buffers import decode
 
 
 def test_rows_read_the_residual_stream_through_the_final_norm_and_unembedding(arch_model):
     _, hf, model = arch_model
-    lens = logit_lens(model, PROMPT, target="w5")
+    lens = compute_logit_lens(model, PROMPT, target="w5")
     run = model.run(PROMPT)
     assert lens.shape == (model.n_layers + 1, len(run)) and lens.row_labels == ["embed", "L0", "L1"]
     final_norm, unembed = hf.get_submodule(model.arch.final_norm), hf.get_submodule(model.arch.unembed)
@@ -79,7 +79,7 @@ def test_view_paints_first_then_streams_the_other_rows(arch_model, monkeypatch):
     monkeypatch.undo()
     view.resume(background=False)
     assert view.progress["state"] == "done" and "computed" not in view._lens
-    full = logit_lens(model, PROMPT, target="w5")
+    full = compute_logit_lens(model, PROMPT, target="w5")
     np.testing.assert_allclose(decode(view._lens["target_probabilities"]), full.target_probabilities.numpy(),
                                atol=16 * np.finfo(np.float32).eps, rtol=0)  # chunked sums: float32 ulps of p <= 1
     assert view.top_tokens == full.top_tokens and view.progress["label"].startswith("every row")
@@ -132,7 +132,7 @@ def test_first_paint_is_the_output_row_and_the_last_position_then_the_rest_strea
     assert lens.top_probabilities[~lens.computed].isnan().all()
     rest.run()  # resumes
     assert lens.complete and rest.finished
-    full = logit_lens(model, PROMPT, target="w5")
+    full = compute_logit_lens(model, PROMPT, target="w5")
     # other chunkings sum the unembedding in another order: float32 ulps of a probability <= 1
     ulps = 16 * torch.finfo(torch.float32).eps
     torch.testing.assert_close(lens.target_probabilities, full.target_probabilities, atol=ulps, rtol=0)

@@ -24,11 +24,11 @@ import torch
 
 import nbinterp as ni
 from nbinterp.analysis import patching_sweep
-from nbinterp.analysis.attribution import attribute
-from nbinterp.analysis.context_use import context_use
-from nbinterp.analysis.logit_lens import logit_lens
+from nbinterp.analysis.attribution import compute_attribution
+from nbinterp.analysis.context_use import compute_context_use
+from nbinterp.analysis.logit_lens import compute_logit_lens
 from nbinterp.analysis.qk import qk
-from nbinterp.analysis.why_not import why_not
+from nbinterp.analysis.why_not import compute_why_not
 from nbinterp.bundled import tasks
 from nbinterp.interventions.ablation import ablated_run, summarize
 from nbinterp.representations.activations import FeatureActivations
@@ -106,7 +106,7 @@ def test_the_client_really_holds_meta_weights(models):
 
 def test_why_not_and_restore(models):
     local, remote = models
-    got, expected = (why_not(m, IOI, "John", references=[CORRUPTED]) for m in (remote, local))
+    got, expected = (compute_why_not(m, IOI, "John", references=[CORRUPTED]) for m in (remote, local))
     same(got.trajectory, expected.trajectory, UNIT)
     same(got.inhibitors, expected.inhibitors, LOGITS)
     same(got.missing, expected.missing, LOGITS)
@@ -117,12 +117,12 @@ def test_context_use(models):
     local, remote = models
     example = tasks.examples("context_override", 1, **tasks.CONTEXT_VARIANTS["plain"])[0]
     context = example.prompt[example.prompt.index("Context :") + len("Context : ") : example.prompt.index(" Question")]
-    same(context_use(remote, example.prompt, context), context_use(local, example.prompt, context), UNIT)
+    same(compute_context_use(remote, example.prompt, context), compute_context_use(local, example.prompt, context), UNIT)
 
 
 def test_attribute_verify_and_qk(models):
     local, remote = models
-    got, expected = (attribute(m, IOI, "Mary", "John") for m in (remote, local))
+    got, expected = (compute_attribution(m, IOI, "Mary", "John") for m in (remote, local))
     same(got.heads, expected.heads, LOGITS)
     same(got.edges, expected.edges, LOGITS)
     same(got.verify(k=5), expected.verify(k=5), LOGITS)
@@ -142,7 +142,7 @@ def test_patch(models):
 
 def test_logit_lens(models):
     local, remote = models
-    same(logit_lens(remote, IOI, target="Mary"), logit_lens(local, IOI, target="Mary"), UNIT)
+    same(compute_logit_lens(remote, IOI, target="Mary"), compute_logit_lens(local, IOI, target="Mary"), UNIT)
 
 
 def test_features_direct_logit_effect_and_contexts(models):
@@ -201,18 +201,18 @@ def test_every_view_builds_on_meta_weights(models):
     """The widget layer on top: each view built from the meta-weight model shows the local numbers."""
     local, remote = models
     view = ni.why_not(remote, IOI, target="John", references=[CORRUPTED])
-    same(view.result.trajectory, why_not(local, IOI, "John", references=[CORRUPTED]).trajectory, UNIT)
+    same(view.result.trajectory, compute_why_not(local, IOI, "John", references=[CORRUPTED]).trajectory, UNIT)
     ni.attention(remote, IOI, layer=1, head=1)
     panel = ni.ablate(remote, IOI, target="Mary", foil="John")
     panel.ablations = {"L3.H0": 0.0}
     expected = local.run(IOI, ablate={"L3.H0": 0.0}).logit_diff("Mary", "John")
     assert panel.result.logit_diff == pytest.approx(expected, abs=LOGITS)
     lens = ni.logit_lens(remote, IOI, target="Mary")
-    same(lens.lens, logit_lens(local, IOI, target="Mary"), UNIT)
+    same(lens.lens, compute_logit_lens(local, IOI, target="Mary"), UNIT)
     grid = ni.patch(remote, IOI, corrupted=CORRUPTED, target="Mary", foil="John", kinds=["head"], background=False)
     assert grid is not None
     view = ni.attribute(remote, IOI, target="Mary", foil="John", background=False)
-    same(view.result.heads, attribute(local, IOI, "Mary", "John").heads, LOGITS)
+    same(view.result.heads, compute_attribution(local, IOI, "Mary", "John").heads, LOGITS)
     fv = ni.features(remote, IOI, sae=bundled_sae(), target="Mary", foil="John", background=False)
     try:
         feature = int(fv.features.top_indices[-1, 0])

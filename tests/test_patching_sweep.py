@@ -150,7 +150,7 @@ def test_logit_of_target_alone_without_a_foil(arch_model):
 def test_sweep_and_logit_lens_run_through_nnsight_remote_serialisation(tokenizer):
     """remote="local" serialises each request as NDIF would and runs it here."""
     from conftest import random_model
-    from nbinterp.analysis.logit_lens import logit_lens
+    from nbinterp.analysis.logit_lens import compute_logit_lens
 
     hf = random_model("llama")
     local, remote = ni.load(hf, tokenizer=tokenizer), ni.load(hf, tokenizer=tokenizer, remote="local")
@@ -159,8 +159,8 @@ def test_sweep_and_logit_lens_run_through_nnsight_remote_serialisation(tokenizer
     got = sweep(remote, PROMPT, CORRUPTED, TARGET, FOIL, kinds=["head", "mlp_out"]).run()
     for kind in expected:
         torch.testing.assert_close(got[kind], expected[kind], atol=rounding(local, local_sweep.setup), rtol=0)
-    torch.testing.assert_close(logit_lens(remote, PROMPT, TARGET).target_probabilities,
-                               logit_lens(local, PROMPT, TARGET).target_probabilities, atol=1e-6, rtol=0)
+    torch.testing.assert_close(compute_logit_lens(remote, PROMPT, TARGET).target_probabilities,
+                               compute_logit_lens(local, PROMPT, TARGET).target_probabilities, atol=1e-6, rtol=0)
 
 
 def test_one_patch_set_is_one_row_without_gradients(arch_model):

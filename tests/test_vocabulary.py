@@ -98,3 +98,15 @@ def test_ablate_takes_a_run_and_a_position(model):
     assert panel.result.logit_diff == pytest.approx(ablated, abs=64 * torch.finfo(torch.float32).eps * scale)
     with pytest.raises(NbinterpError, match="outside the prompt"):
         ni.ablate(model, IOI, position=99)
+
+
+def test_analysis_functions_are_not_named_like_the_views():
+    """ni.why_not is the view; nbinterp.analysis.why_not.compute_why_not the numbers behind it
+    (the old name still works one release, with a warning)."""
+    from nbinterp.analysis import attribution, context_use, logit_lens, why_not
+
+    for module, old in ((attribution, "attribute"), (logit_lens, "logit_lens"), (context_use, "context_use"),
+                        (why_not, "why_not")):
+        assert old not in vars(module), module.__name__
+        with pytest.warns(DeprecationWarning, match=rf"{old} is now compute_"):
+            assert getattr(module, old) is getattr(module, "compute_" + ("attribution" if old == "attribute" else old))

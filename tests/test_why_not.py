@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import nbinterp as ni
-from nbinterp.analysis.logit_lens import logit_lens
-from nbinterp.analysis.why_not import contrast, critical_layer, why_not
+from nbinterp.analysis.logit_lens import compute_logit_lens
+from nbinterp.analysis.why_not import contrast, critical_layer, compute_why_not
 from nbinterp.bundled import tasks
 from nbinterp.errors import NbinterpError
 
@@ -53,7 +53,7 @@ def failures(model, variant: str, n: int, pool: int = 30):
 def case(model):
     example = failures(model, "distractors_2", 1)[0]
     reference = without_distractors(model, example)
-    return example, reference, why_not(model, example.prompt, example.target, references=[reference])
+    return example, reference, compute_why_not(model, example.prompt, example.target, references=[reference])
 
 
 def test_numbers_equal_plain_interventions(model, case):
@@ -106,8 +106,8 @@ def test_numbers_equal_plain_interventions(model, case):
 
 def test_trajectory_equals_the_logit_lens(model, case):
     example, _, wn = case
-    expected_lens = logit_lens(model, example.prompt, target=example.target)
-    actual_lens = logit_lens(model, example.prompt, target=wn.actual)
+    expected_lens = compute_logit_lens(model, example.prompt, target=example.target)
+    actual_lens = compute_logit_lens(model, example.prompt, target=wn.actual)
     t = wn.trajectory
     assert t.row_labels == expected_lens.row_labels
     torch.testing.assert_close(t.expected_probability, expected_lens.target_probabilities[:, -1], atol=1e-5, rtol=1e-4)
@@ -135,7 +135,7 @@ def test_context_failures_miss_the_context_movers_and_restore(model):
     named, shares = 0, []
     for example in cases:
         reference = without_distractors(model, example)
-        wn = why_not(model, example.prompt, example.target, references=[reference])
+        wn = compute_why_not(model, example.prompt, example.target, references=[reference])
         top5 = [m.component.name for m in wn.missing[:5]]
         named += bool(movers & set(top5))
         shares.append(wn.restore(k=5).together_share)
@@ -152,7 +152,7 @@ def test_context_failures_miss_the_context_movers_and_restore(model):
 def test_bias_names_the_components_that_read_the_group(model):
     example = tasks.examples("bias", 1, group="B")[0]
     reference = contrast(example.prompt, example.meta["clan"], tasks.GROUP_CLANS["A"][0], model=model)
-    wn = why_not(model, example.prompt, "doctor", references=[reference])
+    wn = compute_why_not(model, example.prompt, "doctor", references=[reference])
     clan_position = model.tokenize(example.prompt)[0].tolist().index(model.token_id(example.meta["clan"]))
     assert wn.actual == "nurse" and wn.span == [clan_position]
     top = wn.missing[:3]
@@ -164,14 +164,14 @@ def test_bias_names_the_components_that_read_the_group(model):
 def test_clear_errors(model, case):
     example, reference, wn = case
     with pytest.raises(NbinterpError, match="tokens"):
-        why_not(model, example.prompt, example.target, references=["the capital of Veldora is"])
+        compute_why_not(model, example.prompt, example.target, references=["the capital of Veldora is"])
     with pytest.raises(NbinterpError, match="reference 0 answers"):
-        why_not(model, example.prompt, example.target, references=[example.prompt])
+        compute_why_not(model, example.prompt, example.target, references=[example.prompt])
     with pytest.raises(NbinterpError, match="token length"):
         contrast(example.prompt, "Question :", "Question", model=model)
     with pytest.raises(NbinterpError, match="does not occur"):
         contrast(example.prompt, "no such words", "x")
     with pytest.raises(NbinterpError, match="restore needs references"):
-        why_not(model, example.prompt, example.target).restore()
+        compute_why_not(model, example.prompt, example.target).restore()
     with pytest.raises(NbinterpError, match="positive integer"):
         wn.restore(k=0)

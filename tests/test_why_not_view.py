@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nbinterp as ni
-from nbinterp.analysis.why_not import contrast, first_answer, why_not
+from nbinterp.analysis.why_not import contrast, first_answer, compute_why_not
 from nbinterp.errors import NbinterpError
 from nbinterp.widgets._buffers import decode
 
@@ -31,7 +31,7 @@ def view(model):
 def test_the_first_answer_comes_at_once_and_the_exact_numbers_stream_in(model):
     """The first answer is estimates (labelled so); the streamed numbers equal measuring
     everything at once (the analysis' why_not) and plain patching; cancel stops, resume ends."""
-    exact = why_not(model, PROMPT, "Yarrow", references=[REFERENCE])
+    exact = compute_why_not(model, PROMPT, "Yarrow", references=[REFERENCE])
     wn = ni.why_not(model, PROMPT, target="Yarrow", references=[REFERENCE], background=False)
     assert wn.progress["state"] == "done" and wn.progress["done"] == wn.progress["total"] == 2 * model.n_layers * (model.n_heads + 1)
     streamed = {m.component.name: m.restore_share for m in wn.result.missing}

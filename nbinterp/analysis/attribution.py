@@ -56,7 +56,7 @@ from the run on request (`edge_map`). `dense_edge_effects`,
 
 Two phases: the estimates (one forward + one backward), then the exact
 measurements in batches (`measure()`: iterate, `cancel()`, `done / total`;
-`nbinterp.analysis.exact_measurement`). `attribute(...)` runs both by default;
+`nbinterp.analysis.exact_measurement`). `compute_attribution(...)` runs both by default;
 `measure=False` returns after the first, every number marked estimated until
 measured.
 """
@@ -523,7 +523,7 @@ def default_edge_budget(model: "Model", n_tokens: int) -> int:
     return max(per_forward, EXACT_FORWARDS * per_forward - model.n_layers * model.n_heads)
 
 
-def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | None = None, *,
+def compute_attribution(model: "Model", prompt: Any, target: str | int, foil: str | int | None = None, *,
               position: int = -1, method: str = "hybrid", n_top: int = DEFAULT_TOP,
               dominant: float = DOMINANT, exact_budget: int | None = None, measure: bool = True) -> Attribution:
     """Estimated effect of ablating each head and knocking out each attention
@@ -539,7 +539,7 @@ def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | 
     if method not in METHODS:
         raise NbinterpError(f"method must be one of {METHODS}, not {method!r}")
     if target is None:
-        raise NbinterpError("attribution needs a target token, e.g. attribute(model, prompt, target=' Mary', foil=' John')")
+        raise NbinterpError("attribution needs a target token, e.g. ni.attribute(model, prompt, target=' Mary', foil=' John')")
     if not (isinstance(dominant, (int, float)) and 0 < dominant <= 1):
         raise NbinterpError(f"dominant must be a probability in (0, 1], not {dominant!r}")
     if exact_budget is not None and not (isinstance(exact_budget, int) and exact_budget >= 0):
@@ -572,3 +572,14 @@ def attribute(model: "Model", prompt: Any, target: str | int, foil: str | int | 
         measurement.run()
     att.seconds = time.perf_counter() - started
     return att
+
+
+def __getattr__(name: str):
+    # `attribute` was this function's name; `ni.attribute` is the view, so the analysis is `compute_attribution` now
+    if name == "attribute":
+        import warnings
+
+        warnings.warn("nbinterp.analysis.attribution.attribute is now compute_attribution (ni.attribute is the view); "
+                      "the old name goes in the next release", DeprecationWarning, stacklevel=2)
+        return compute_attribution
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

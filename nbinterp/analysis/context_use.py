@@ -14,7 +14,7 @@
   PARTLY_RATIO of what it was; "ignored" otherwise.
 - A detector: logistic regression over the per-head ratios, fitted on
   labelled prompts (1 = the context is followed), reusable through
-  `context_use(..., detector=fitted)`.
+  `compute_context_use(..., detector=fitted)`.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def lookback_ratios(model: "Model", prompt: Any, context: Any, position: int = -
 
 
 # ------------------------------------------------------------------ the analysis
-def context_use(model: "Model", prompt: Any, context: Any, detector: "ContextDetector | None" = None,
+def compute_context_use(model: "Model", prompt: Any, context: Any, detector: "ContextDetector | None" = None,
                 position: int = -1) -> ContextUse:
     input_ids = model.tokenize(prompt)
     n_tokens = input_ids.shape[1]
@@ -230,3 +230,14 @@ def bootstrap_auroc(scores: Sequence[float], labels: Sequence[int], n: int = 100
     low = values[int((1 - level) / 2 * n)]
     high = values[min(n - 1, int((1 + level) / 2 * n))]
     return auroc(scores, labels), low, high
+
+
+def __getattr__(name: str):
+    # `context_use` was this function's name; `ni.context_use` is the view, so the analysis is `compute_context_use` now
+    if name == "context_use":
+        import warnings
+
+        warnings.warn("nbinterp.analysis.context_use.context_use is now compute_context_use (ni.context_use is the view); "
+                      "the old name goes in the next release", DeprecationWarning, stacklevel=2)
+        return compute_context_use
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -155,8 +155,19 @@ def first_paint(model: "Model", prompt: Any, target: str | int | None = None) ->
     return lens, LensRemainder(model, lens, streams)
 
 
-def logit_lens(model: "Model", prompt: Any, target: str | int | None = None) -> LogitLens:
+def compute_logit_lens(model: "Model", prompt: Any, target: str | int | None = None) -> LogitLens:
     """Top token and target probability at every layer and position of `prompt`
     (one forward of the prompt, then one-token traces reading its captured streams)."""
     lens, rest = first_paint(model, prompt, target)
     return rest.run()
+
+
+def __getattr__(name: str):
+    # `logit_lens` was this function's name; `ni.logit_lens` is the view, so the analysis is `compute_logit_lens` now
+    if name == "logit_lens":
+        import warnings
+
+        warnings.warn("nbinterp.analysis.logit_lens.logit_lens is now compute_logit_lens (ni.logit_lens is the view); "
+                      "the old name goes in the next release", DeprecationWarning, stacklevel=2)
+        return compute_logit_lens
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -160,7 +160,7 @@ class WhyNot:
     def restore(self, k: int = 5) -> Restore:
         """Patch the top-k missing components in from the references (exact, one batched forward each)."""
         if not self.missing:
-            raise NbinterpError("restore needs references: why_not(..., references=[prompt where the model says expected])")
+            raise NbinterpError("restore needs references: ni.why_not(..., references=[a prompt where the model says the target])")
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise NbinterpError(f"k must be a positive integer, not {k!r}")
         if not all(m.measured for m in self.missing):
@@ -268,7 +268,7 @@ def answer_span(model: "Model", ids: list[int], expected_id: int, references: li
 
 
 # ------------------------------------------------------------------ the analysis
-def why_not(
+def compute_why_not(
     model: "Model", prompt: Any, expected: str | int, references: Sequence[Any] = (),
     actual: str | int | None = None, position: int = -1, span: Sequence[int] | tuple[int, int] | None = None,
 ) -> WhyNot:
@@ -453,3 +453,14 @@ def exact_steps(result: WhyNot) -> Iterator[dict[str, Any]]:
 def _rows(model: "Model", input_ids: torch.Tensor) -> int:
     """Patch sets per forward: what fits, less the clean row each forward carries."""
     return max(1, batch.batch_rows(model, input_ids.shape[1]) - 1)
+
+
+def __getattr__(name: str):
+    # `why_not` was this function's name; `ni.why_not` is the view, so the analysis is `compute_why_not` now
+    if name == "why_not":
+        import warnings
+
+        warnings.warn("nbinterp.analysis.why_not.why_not is now compute_why_not (ni.why_not is the view); "
+                      "the old name goes in the next release", DeprecationWarning, stacklevel=2)
+        return compute_why_not
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

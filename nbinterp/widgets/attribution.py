@@ -26,7 +26,7 @@ import torch
 import traitlets
 
 from nbinterp.analysis.attribution import (
-    DOMINANT, MEASURED, METHODS, NOT_DOMINANT, OUT_OF_BUDGET, Attribution, attribute as compute_attribution,
+    DOMINANT, MEASURED, METHODS, NOT_DOMINANT, OUT_OF_BUDGET, Attribution, compute_attribution,
 )
 from nbinterp.analysis.estimate_stats import Verification
 from nbinterp.errors import NbinterpError

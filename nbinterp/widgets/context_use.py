@@ -11,7 +11,7 @@ from typing import Any
 
 import traitlets
 
-from nbinterp.analysis.context_use import PARTLY_RATIO, ContextUse, context_use as compute_context_use
+from nbinterp.analysis.context_use import PARTLY_RATIO, ContextUse, compute_context_use
 
 from ._base import FrontendError, InterpWidget, new_figure
 from ._buffers import encode
