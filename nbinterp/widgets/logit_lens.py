@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import torch
 import traitlets
 
@@ -125,13 +126,16 @@ class LogitLensView(InterpWidget):
         return self._lens_value
 
     def to_figure(self, *, dpi: int = 100) -> Any:
-        """The same heatmap, top tokens written in the cells where they fit."""
+        """The same heatmap, top tokens written in the cells where they fit. Waits for the rows
+        still streaming; a lens left incomplete (cancelled, or stopped by an error) draws its
+        missing cells grey and says so in the title."""
         lens = self.lens
         values = (lens.target_probabilities if lens.target_probabilities is not None else lens.top_probabilities).numpy()
         rows, cols = values.shape
         figure = new_figure(figsize=(max(6.0, 0.75 * cols + 1.5), 0.45 * rows + 1.8), dpi=dpi)
         ax = figure.add_subplot()
-        image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#e6e6e6")  # NaN: not computed, grey as in the view
+        image = ax.imshow(values, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
         label = f"p({lens.target!r})" if lens.target is not None else "p(top token)"
         figure.colorbar(image, ax=ax, label=label)
         if cols <= 40:
@@ -142,7 +146,11 @@ class LogitLensView(InterpWidget):
             ax.set_xticks(range(cols), [repr(t)[1:-1] for t in lens.tokens], rotation=90, fontsize=7)
         ax.set_yticks(range(rows), lens.row_labels, fontsize=8)
         ax.set_ylabel("residual stream after")
-        ax.set_title(f"{self.model_name} \u00b7 logit lens \u00b7 {label}", fontsize=9)
+        title = f"{self.model_name} \u00b7 logit lens \u00b7 {label}"
+        if not lens.complete:
+            state = self.progress.get("state", "done")  # the rows have stopped streaming: not "running" any more
+            title += f"\n{progress_label(lens, 'done' if state == 'running' else state)}"
+        ax.set_title(title, fontsize=9)
         figure.tight_layout()
         return figure
 
