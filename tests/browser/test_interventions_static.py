@@ -6,6 +6,7 @@ top token and its tooltip shows the engine's numbers."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -46,6 +47,26 @@ def slow_batches(monkeypatch: Any, seconds: float) -> None:
     monkeypatch.setattr(patching_sweep, "effects_of", slowed)
 
 
+# One snapshot in one JS task: the pixels of every map and the legend drawn
+# with them (a toggle's reply can bring newer cells at any later moment).
+SNAPSHOT = f"""(sels) => {{
+  const count = {GREY};
+  const root = document.querySelector('.nbi-patching');
+  let grey = 0, coloured = 0;
+  for (const sel of sels) {{ const c = count(sel); grey += c.grey; coloured += c.coloured; }}
+  return {{ show: root.dataset.show, legend: root.querySelector('.nbi-legend').textContent, grey, coloured }};
+}}"""
+
+
+def measured_in_legend(legend: str, cells: int) -> int:
+    """The legend's count of measured cells (0: the estimate alone)."""
+    if "estimated (attribution patching)" in legend:
+        return 0
+    found = re.search(rf"(\d+) of {cells} cells measured, the rest estimated", legend)
+    assert found, legend
+    return int(found.group(1))
+
+
 def test_patching_heatmaps_fill_in_as_the_sweep_streams(page: Any, model: Any, monkeypatch: Any) -> None:
     """The first paint is the estimate of every cell ("best" mode has no grey cell
     in any frame); "measured only" fills in as the sweep streams; the legend
@@ -56,39 +77,30 @@ def test_patching_heatmaps_fill_in_as_the_sweep_streams(page: Any, model: Any, m
     root = page.locator(".nbi-patching")
     canvases = [f".nbi-patching canvas[data-kind='{kind}']" for kind in grid.kinds]
     cells = sum(values.numel() for values in grid.estimates.values())
-
-    def pixels() -> dict[str, int]:
-        counts = [page.evaluate(GREY, sel) for sel in canvases]
-        return {key: sum(c[key] for c in counts) for key in ("grey", "coloured")}
-
-    def show(mode: str) -> None:
-        page.locator(f".nbi-patching .nbi-show button[data-value='{mode}']").click()
-        assert root.get_attribute("data-show") == mode
-
-    seen = []
+    seen: dict[str, list[tuple[int, dict[str, Any]]]] = {"best": [], "measured": []}
     while True:
         push_state(page, comm)
-        done = int(root.get_attribute("data-done"))
-        best, legend = pixels(), root.locator(".nbi-legend").text_content()
-        show("measured")
-        measured = pixels()
-        show("best")
-        seen.append((done, best, measured, legend))
-        if root.get_attribute("data-state") == "done":
+        state = root.get_attribute("data-state")
+        for mode in ("measured", "best"):
+            page.locator(f".nbi-patching .nbi-show button[data-value='{mode}']").click()
+            shot = page.evaluate(SNAPSHOT, canvases)
+            assert shot["show"] == mode
+            seen[mode].append((measured_in_legend(shot["legend"], cells), shot))
+        if state == "done":
             break
         # the next frame: wait for the sweep (a Python thread) to publish more cells or finish
+        done = grid.progress["done"]
         wait_until(page, lambda: grid.progress["done"] != done or grid.progress["state"] != "running",
                    f"the sweep to move on from {done} cells", timeout_s=30)
+    push_state(page, comm)
     total = grid.progress["total"]
     assert total == cells and grid.show == "best"  # the toggle reached Python
-    assert all(best["grey"] == 0 and best["coloured"] > 0 for _, best, _, _ in seen), "an estimate is drawn for every cell"
-    for done, _, _, legend in seen:
-        heading = "estimated (attribution patching)" if done == 0 else f"{done} of {cells} cells measured, the rest estimated"
-        assert heading in legend, (done, legend)
-    middle = [measured for done, _, measured, _ in seen if 0 < done < total]
-    assert middle, f"no intermediate frame: {[d for d, *_ in seen]}"
-    assert all(measured["grey"] > 0 and measured["coloured"] > 0 for measured in middle)
-    assert seen[-1][0] == total and seen[-1][2]["grey"] == 0 and seen[-1][2]["coloured"] > 0
+    assert root.get_attribute("data-done") == str(total)
+    assert all(shot["grey"] == 0 and shot["coloured"] > 0 for _, shot in seen["best"]), "an estimate is drawn for every cell"
+    middle = [(n, shot) for n, shot in seen["measured"] if 0 < n < total]
+    assert middle, f"no intermediate frame: {[n for n, _ in seen['measured']]}"
+    assert all(shot["grey"] > 0 and shot["coloured"] > 0 for _, shot in middle), middle
+    assert seen["measured"][-1][0] == total and seen["measured"][-1][1]["grey"] == 0 and seen["measured"][-1][1]["coloured"] > 0
     assert page.locator(".nbi-patching progress").evaluate("(p) => [p.value, p.max]") == [total, total]
 
 
@@ -102,7 +114,8 @@ def hover_tip(page: Any, kind: str, row: int, col: int, rows: int, cols: int) ->
     tip = page.locator(".nbi-patching .nbi-tooltip")
     tip.wait_for(state="visible")
     lines = tip.locator(".nbi-tip-value").all_text_contents() + tip.locator(".nbi-status").all_text_contents()
-    return {line.split()[0].rstrip(":"): line for line in lines}
+    key = lambda line: "difference" if line.startswith("measured \u2212") else line.split()[0].rstrip(":")  # noqa: E731
+    return {key(line): line for line in lines}
 
 
 def number_after(line: str, word: str) -> float:
@@ -139,6 +152,7 @@ def test_patching_shows_pythons_estimate_then_its_measurement(page: Any, model: 
     assert number_after(tip["measured"], "measured ") == close(grid.effects["head"][row, col].item()) == close(measured)
     assert number_after(tip["estimate"], "estimate ") == close(estimate)
     assert number_after(tip["drawn"], "drawn: ") == close(measured)
+    assert number_after(tip["difference"], "estimate ") == pytest.approx(measured - estimate, rel=1e-3, abs=1e-5)
     page.locator(".nbi-patching .nbi-show button[data-value='difference']").click()
     tip = hover_tip(page, "head", row, col, model.n_layers, model.n_heads)
     assert number_after(tip["drawn"], "drawn: ") == pytest.approx(measured - estimate, rel=1e-3, abs=1e-5)

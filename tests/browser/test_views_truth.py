@@ -136,21 +136,27 @@ def slow_batches(monkeypatch: Any, seconds: float) -> None:
     monkeypatch.setattr(patching_sweep, "effects_of", slowed)
 
 
-def test_patching_scale_is_fixed_pending_cells_hatched_and_one_marker(page: Any, model: Any, monkeypatch: Any) -> None:
+def test_patching_scale_is_fixed_estimates_fill_every_cell_and_one_marker(page: Any, model: Any, monkeypatch: Any) -> None:
     slow_batches(monkeypatch, 0.04)
     grid = ni.patch(model, clean=PROMPT, corrupted=CORRUPTED, target="w5", foil="w9", batch_size=4)
     comm = open_view(page, grid, bundle="patching.js")
     resid, head = "canvas[data-kind='resid_pre']", "canvas[data-kind='head']"
-    ends, pending_seen = set(), False
+    ends, missing, frames = set(), [], 0
     while page.locator(".nbi-patching").get_attribute("data-state") != "done":
         push_state(page, comm)
         ends.add((page.locator(".nbi-patching .nbi-legend-min").text_content(), page.locator(".nbi-patching .nbi-legend-max").text_content()))
-        pending_seen |= int(dataset(page, head).get("missingPixels", "0")) > 0
+        # the first paint is the estimate: no cell waits hatched for its measurement
+        missing += [int(dataset(page, sel).get("missingPixels", "0")) for sel in (resid, head)]
+        frames += 1
         time.sleep(0.05)
     push_state(page, comm)
-    assert ends == {("-1.000", "1.000")} and pending_seen
+    assert frames > 1 and ends == {("-1.000", "1.000")} and set(missing) == {0}, (frames, ends, missing)
     legend = page.locator(".nbi-patching .nbi-legend").text_content()
-    assert "not computed yet" in legend and "beyond \u00b11" in legend and "measured" in legend
+    assert "no number in this mode" in legend and "beyond \u00b11" in legend and "measured" in legend
+    # every cell measured now: "measured only" hatches none (mid-sweep it does: test_interventions_static)
+    page.locator(".nbi-patching .nbi-show button[data-value='measured']").click()
+    assert int(dataset(page, head)["missingPixels"]) == 0 and grid.show == "measured"
+    page.locator(".nbi-patching .nbi-show button[data-value='best']").click()
     assert int(dataset(page, head)["missingPixels"]) == 0
     expected_clipped = int((grid.effects["resid_pre"].abs() > 1).sum())
     assert int(dataset(page, resid)["clipped"]) == expected_clipped
