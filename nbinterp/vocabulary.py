@@ -72,3 +72,18 @@ def public_call(*, positional: tuple[str, ...] = (), renamed: dict[str, str] | N
 def _warn(message: str) -> None:
     # stacklevel 3: the user's line (call -> _warn), so Jupyter shows it for a cell's call
     warnings.warn(message, DeprecationWarning, stacklevel=3)
+
+
+def renamed_function(module: str, old: str, function: Callable[..., Any]) -> Callable[[str], Any]:
+    """A module's `__getattr__` that still serves a function under its old name
+    for one release, with a DeprecationWarning (e.g. an analysis that was named
+    like the view `ni.<old>`)."""
+
+    def __getattr__(name: str) -> Any:
+        if name == old:
+            warnings.warn(f"{module}.{old} is now {function.__name__} (ni.{old} is the view); the old name goes in "
+                          "the next release", DeprecationWarning, stacklevel=2)
+            return function
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -77,6 +77,7 @@ from nbinterp.analysis.exact_measurement import ExactMeasurement, MeasuredBatch
 from nbinterp.engine.plan import Metric
 from nbinterp.errors import NbinterpError
 from nbinterp.interventions import batch
+from nbinterp.vocabulary import renamed_function
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
@@ -574,12 +575,5 @@ def compute_attribution(model: "Model", prompt: Any, target: str | int, foil: st
     return att
 
 
-def __getattr__(name: str):
-    # `attribute` was this function's name; `ni.attribute` is the view, so the analysis is `compute_attribution` now
-    if name == "attribute":
-        import warnings
-
-        warnings.warn("nbinterp.analysis.attribution.attribute is now compute_attribution (ni.attribute is the view); "
-                      "the old name goes in the next release", DeprecationWarning, stacklevel=2)
-        return compute_attribution
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# `attribute` was this function's name; `ni.attribute` is the view
+__getattr__ = renamed_function(__name__, "attribute", compute_attribution)

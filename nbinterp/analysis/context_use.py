@@ -27,6 +27,7 @@ import torch
 
 from nbinterp.engine.tokens import display_text, display_token
 from nbinterp.errors import NbinterpError
+from nbinterp.vocabulary import renamed_function
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
@@ -232,12 +233,5 @@ def bootstrap_auroc(scores: Sequence[float], labels: Sequence[int], n: int = 100
     return auroc(scores, labels), low, high
 
 
-def __getattr__(name: str):
-    # `context_use` was this function's name; `ni.context_use` is the view, so the analysis is `compute_context_use` now
-    if name == "context_use":
-        import warnings
-
-        warnings.warn("nbinterp.analysis.context_use.context_use is now compute_context_use (ni.context_use is the view); "
-                      "the old name goes in the next release", DeprecationWarning, stacklevel=2)
-        return compute_context_use
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# `context_use` was this function's name; `ni.context_use` is the view
+__getattr__ = renamed_function(__name__, "context_use", compute_context_use)

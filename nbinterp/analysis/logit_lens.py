@@ -32,6 +32,7 @@ import torch
 from nbinterp.engine.plan import Plan
 from nbinterp.engine.tokens import display_text
 from nbinterp.engine.weights import lens_of_streams
+from nbinterp.vocabulary import renamed_function
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
@@ -162,12 +163,5 @@ def compute_logit_lens(model: "Model", prompt: Any, target: str | int | None = N
     return rest.run()
 
 
-def __getattr__(name: str):
-    # `logit_lens` was this function's name; `ni.logit_lens` is the view, so the analysis is `compute_logit_lens` now
-    if name == "logit_lens":
-        import warnings
-
-        warnings.warn("nbinterp.analysis.logit_lens.logit_lens is now compute_logit_lens (ni.logit_lens is the view); "
-                      "the old name goes in the next release", DeprecationWarning, stacklevel=2)
-        return compute_logit_lens
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# `logit_lens` was this function's name; `ni.logit_lens` is the view
+__getattr__ = renamed_function(__name__, "logit_lens", compute_logit_lens)

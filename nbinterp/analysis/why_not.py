@@ -43,6 +43,7 @@ from nbinterp.engine.plan import Metric, Plan
 from nbinterp.engine.tokens import display_text
 from nbinterp.errors import NbinterpError
 from nbinterp.interventions import batch
+from nbinterp.vocabulary import renamed_function
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
@@ -455,12 +456,5 @@ def _rows(model: "Model", input_ids: torch.Tensor) -> int:
     return max(1, batch.batch_rows(model, input_ids.shape[1]) - 1)
 
 
-def __getattr__(name: str):
-    # `why_not` was this function's name; `ni.why_not` is the view, so the analysis is `compute_why_not` now
-    if name == "why_not":
-        import warnings
-
-        warnings.warn("nbinterp.analysis.why_not.why_not is now compute_why_not (ni.why_not is the view); "
-                      "the old name goes in the next release", DeprecationWarning, stacklevel=2)
-        return compute_why_not
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# `why_not` was this function's name; `ni.why_not` is the view
+__getattr__ = renamed_function(__name__, "why_not", compute_why_not)

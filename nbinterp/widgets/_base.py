@@ -31,7 +31,7 @@ import traitlets
 
 from nbinterp.errors import NbinterpError
 
-from ._contract import INT, ContractError, Obj, Opt, Request, Schema, is_declared_view, synced_traits
+from ._contract import BOOL, INT, ContractError, Obj, Opt, Request, Schema, is_declared_view, synced_traits
 from ._contract import request as declare_request
 from ._picture import defer_picture, picture_png
 
@@ -332,3 +332,18 @@ def figure_png(figure: Any, dpi: int = 80) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     return buffer.getvalue()
+
+
+class CancelResume:
+    """The browser's cancel and resume buttons of a view that measures in the
+    background: the requests call the view's own `cancel()` / `resume()`."""
+
+    @rpc("cancel", params={}, result={"cancelled": BOOL})
+    def _rpc_cancel(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
+        self.cancel()
+        return {"cancelled": True}, []
+
+    @rpc("resume", params={}, result={"resumed": BOOL})
+    def _rpc_resume(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
+        self.resume()
+        return {"resumed": True}, []

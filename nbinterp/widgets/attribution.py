@@ -31,7 +31,7 @@ from nbinterp.analysis.attribution import (
 from nbinterp.analysis.estimate_stats import Verification
 from nbinterp.errors import NbinterpError
 from ._background import BackgroundJob
-from ._base import HeadWidget, as_declared, in_range, new_figure, rpc
+from ._base import CancelResume, HeadWidget, as_declared, in_range, new_figure, rpc
 from ._contract import BOOL, FLOAT, INT, STR, TENSOR, Choice, ListOf, Nullable, Number, Obj
 from ._buffers import encode
 from .attention import display_tokens
@@ -152,7 +152,7 @@ def verification_state(v: Verification) -> dict[str, Any]:
     }
 
 
-class AttributionView(HeadWidget):
+class AttributionView(CancelResume, HeadWidget):
     """Head and edge effects of one prompt on logit(target) - logit(foil);
     see `nbinterp.attribute`."""
 
@@ -371,16 +371,6 @@ class AttributionView(HeadWidget):
     @staticmethod
     def _verified(result: Verification) -> tuple[Any, list[bytes]]:
         return {"kind": result.kind, "n": len(result.keys), "seconds": result.seconds}, []
-
-    @rpc("cancel", params={}, result={"cancelled": BOOL})
-    def _rpc_cancel(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
-        self.cancel()
-        return {"cancelled": True}, []
-
-    @rpc("resume", params={}, result={"resumed": BOOL})
-    def _rpc_resume(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
-        self.resume()
-        return {"resumed": True}, []
 
     # --------------------------------------------------------------- export
     def to_figure(self, *, dpi: int = 100) -> Any:

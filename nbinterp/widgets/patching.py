@@ -22,7 +22,7 @@ from nbinterp.errors import NbinterpError
 from nbinterp.engine.tokens import display_text
 from nbinterp.analysis.patching_sweep import KIND_LABELS, SWEEP_KINDS, PatchingSweep, prepare
 from ._background import BackgroundJob
-from ._base import FrontendError, InterpWidget, as_declared, in_range, new_figure, rpc
+from ._base import CancelResume, FrontendError, InterpWidget, as_declared, in_range, new_figure, rpc
 from ._buffers import encode
 from ._contract import BOOL, FLOAT, INT, STR, TENSOR, WIDGET_REF, Choice, ListOf, MapOf, Obj, Opt
 from nbinterp.vocabulary import public_call
@@ -37,7 +37,7 @@ KIND = Choice(*SWEEP_KINDS)
 SHOW = ("best", "estimate", "measured", "difference")
 
 
-class PatchingView(InterpWidget):
+class PatchingView(CancelResume, InterpWidget):
     """Activation patching of clean into corrupted; see `nbinterp.patch`."""
 
     _esm = STATIC / "patching.js"
@@ -166,16 +166,6 @@ class PatchingView(InterpWidget):
         fields = super()._frontend_fields()
         fields.update(open_in=as_declared, show=as_declared)
         return fields
-
-    @rpc("cancel", params={}, result={"cancelled": BOOL})
-    def _rpc_cancel(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
-        self.cancel()
-        return {"cancelled": True}, []
-
-    @rpc("resume", params={}, result={"resumed": BOOL})
-    def _rpc_resume(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
-        self.resume()
-        return {"resumed": True}, []
 
     @rpc("open", params={"kind": KIND, "layer": INT, "index": INT, "open_in": Opt(Choice(*OPEN_IN))},
          result={"opened": STR})  # the handler narrows kind to this sweep's kinds

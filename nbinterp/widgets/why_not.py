@@ -22,7 +22,7 @@ from nbinterp.analysis.why_not import WhyNot, exact_steps, first_answer
 from nbinterp.errors import NbinterpError
 
 from ._background import BackgroundJob
-from ._base import InterpWidget, in_range, new_figure, rpc
+from ._base import CancelResume, InterpWidget, in_range, new_figure, rpc
 from ._buffers import encode
 from ._contract import BOOL, FLOAT, INT, STR, TENSOR, Choice, ListOf, Nullable, Obj, Opt
 from nbinterp.vocabulary import public_call
@@ -60,7 +60,7 @@ def missing_rows(result: WhyNot) -> list[dict[str, Any]]:
             for m in rows]
 
 
-class WhyNotView(InterpWidget):
+class WhyNotView(CancelResume, InterpWidget):
     """See `nbinterp.why_not`. The analysis is in `.result`; `.actual`, `.trajectory`,
     `.inhibitors`, `.missing` and `.restore(k)` answer as it does."""
 
@@ -159,16 +159,6 @@ class WhyNotView(InterpWidget):
                          "elapsed_s": round(self._job.elapsed(), 3)}
         if state == "done" and self._result.missing and self.restored is None:
             self.restore(self._k)
-
-    @rpc("cancel", params={}, result={"cancelled": BOOL})
-    def _rpc_cancel(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
-        self.cancel()
-        return {"cancelled": True}, []
-
-    @rpc("resume", params={}, result={"resumed": BOOL})
-    def _rpc_resume(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:
-        self.resume()
-        return {"resumed": True}, []
 
     # the analysis' answers
     actual = property(lambda self: self.result.actual)
