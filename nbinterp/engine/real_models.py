@@ -52,6 +52,16 @@ class RealModel:
     card: str  # the model card's file under cards/
     hub_id: str  # the original's Hugging Face id (what remote=True would need)
 
+    def missing(self) -> str | None:
+        """Why this model cannot load here (its package or the gguf reader absent), or None."""
+        try:
+            importlib.metadata.distribution(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return f"{self.distribution} is not installed"
+        if importlib.util.find_spec("gguf") is None:
+            return "the gguf package is not installed"
+        return None
+
     def install_commands(self) -> str:
         # --no-deps: the package declares `llm` and `llama-cpp-python` (its own
         # runtime), which nbinterp never imports; pip cannot say that inside an extra.
