@@ -26,7 +26,7 @@ type Method = AttributionModel["method"];
 type Verified = ResultOf<typeof ATTRIBUTION_REQUESTS.verify_heads>;
 
 const METHOD_LABEL: Record<Method, string> = {
-  hybrid: "hybrid (heads and dominant edges measured)", qk_fix: "QK fix (AtP*)", linear: "linear",
+  hybrid: "hybrid (measures heads and dominant edges within exact_budget)", qk_fix: "QK fix (AtP*)", linear: "linear",
 };
 const PLOT_PX = 380;
 const SHOWN_ROWS = 20;

@@ -35,6 +35,7 @@ from ._base import CancelResume, HeadWidget, as_declared, in_range, new_figure, 
 from ._contract import BOOL, FLOAT, INT, STR, TENSOR, Choice, ListOf, Nullable, Number, Obj
 from ._buffers import encode
 from .attention import display_tokens
+from nbinterp.engine.tokens import display_token
 from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -184,8 +185,8 @@ class AttributionView(CancelResume, HeadWidget):
         layer, head = model.check_layer(layer), model.check_head(head)
         super().__init__(
             model_name=str(getattr(model, "name", "")), tokens=display_tokens(attribution.run),
-            n_layers=model.n_layers, n_heads=model.n_heads, target=str(attribution.target),
-            foil="" if attribution.foil is None else str(attribution.foil), metric=attribution.metric,
+            n_layers=model.n_layers, n_heads=model.n_heads, target=_token_text(model, attribution.target),
+            foil="" if attribution.foil is None else _token_text(model, attribution.foil), metric=attribution.metric,
             method=attribution.method, layer=layer, head=head,
         )
         self._publish("done" if attribution.finished else "running")
@@ -323,7 +324,9 @@ class AttributionView(CancelResume, HeadWidget):
         with self._send_lock:
             a, method = self._attribution, self.method
             measured = a.head_measured if method == "hybrid" else torch.zeros(a.head_estimates.shape, dtype=torch.bool)
-            self._heads = {"method": method, "label": HEAD_LABELS[method],
+            # the hybrid with exact_budget=0 measures no head: its grid is the estimate, and says so
+            label = HEAD_LABELS["qk_fix" if method == "hybrid" and not a.measurement.heads else method]
+            self._heads = {"method": method, "label": label,
                            "tensor": encode(a.head_effects(method), "float32"),
                            "measured": encode(measured.to(torch.uint8), "uint8"),
                            "pending": pending_head_words(a, method)}
@@ -435,3 +438,8 @@ def attribute(model: Any, prompt: Any, *, target: str | int, foil: str | int | N
         attribution = compute_attribution(model, prompt, target, foil, position=position, method=method,
                                           dominant=dominant, exact_budget=exact_budget, measure=False)
     return AttributionView(attribution, layer=layer, head=head, background=background)
+
+
+def _token_text(model: Any, token: str | int) -> str:
+    """The token as the reader knows it (" Rome"), also when it was given as an id."""
+    return display_token(model.tokenizer, model.token_id(token))
