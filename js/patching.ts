@@ -260,7 +260,9 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
     bar.max = Math.max(total, 1);
     bar.value = done;
     const state = p.state ?? "running";
-    progressText.textContent = `${done} / ${total} cells \u00b7 ${state} \u00b7 ${(p.elapsed_s ?? 0).toFixed(1)} s`;
+    // stopped before any cell was measured (exact=False, or an early cancel): the grid is all estimate
+    const words = state === "cancelled" && done === 0 ? "estimates only, nothing measured: resume to measure" : state;
+    progressText.textContent = `${done} / ${total} cells \u00b7 ${words} \u00b7 ${(p.elapsed_s ?? 0).toFixed(1)} s`;
     cancel.hidden = state !== "running";
     resume.hidden = state !== "cancelled";
     root.dataset.state = state;
