@@ -1,11 +1,14 @@
 // BiasView front end: the gap between two groups with its 95% interval, the
 // components' measured shares of it (bars, largest first), and after
 // `reduce` the held-out gap before / after with the side effects on
-// capability prompts. Everything is drawn from traits; nothing is requested.
+// capability prompts. Everything is drawn from traits; the components'
+// shares stream in as Python measures them (progress, cancel, resume).
 
 import type { RenderProps } from "@anywidget/types";
+import { checkTrait, type RequestSpec } from "./lib/contract";
+import { BIAS_REQUESTS, BIAS_TRAITS, type BiasModel, type BiasReduction, type ComponentShare, type SideEffect } from "./lib/contract.gen";
+import { describeError } from "./lib/errors";
 import { mountView } from "./lib/view";
-import type { BiasModel, BiasReduction, ComponentShare, SideEffect } from "./lib/contract.gen";
 
 // the synced traits: declared once in Python, generated into lib/contract.gen.ts
 export type { BiasModel, BiasReduction, ComponentShare, SideEffect };
@@ -19,6 +22,7 @@ const CSS = `
 .nbi-bias .nbi-interval { position: absolute; top: 6px; height: 2px; background: #000; }
 .nbi-bias .nbi-value { width: 150px; font-family: monospace; }
 .nbi-bias h4 { margin: 8px 0 2px; font-size: 12px; }
+.nbi-bias progress { width: 160px; }
 .nbi-bias table { border-collapse: collapse; font-size: 11px; }
 .nbi-bias td, .nbi-bias th { padding: 1px 8px; text-align: right; }
 `;
@@ -38,14 +42,41 @@ export function axisFor(values: number[]): [number, number] {
   return [lo - pad, hi + pad];
 }
 
+type Progress = BiasModel["progress"];
+
+/** The progress line: components measured of the total, the state in words, seconds spent. */
+export function progressText(p: Progress): string {
+  const done = p.done ?? 0, total = p.total ?? 0;
+  const state = p.state ?? "running";
+  const words = state === "cancelled"
+    ? (done === 0 ? "not measured yet: resume (or b.components) measures them" : "cancelled: resume continues, nothing measured is lost")
+    : state === "running" ? "measuring (each zero-ablated alone on every row)" : state;
+  return `${done} / ${total} components measured \u00b7 ${words} \u00b7 ${(p.elapsed_s ?? 0).toFixed(1)} s`;
+}
+
 function render({ model, el }: RenderProps<BiasModel>): () => void {
-  const { doc, root, errors, guard, listen, dispose } = mountView(model, el, "bias", { css: CSS });
+  const { doc, root, rpc, errors, guard, listen, dispose } = mountView(model, el, "bias", { css: CSS });
+  const call = <P, R>(spec: RequestSpec<P, R>, params: P) =>
+    rpc.call(spec, params).catch((err) => errors.show(describeError(err)));
   const summary = doc.createElement("div");
   summary.className = "nbi-verdict";
   const gapBox = doc.createElement("div");
+  const toolbar = doc.createElement("div");
+  toolbar.className = "nbi-toolbar nbi-measuring";
+  const meter = doc.createElement("progress");
+  const status = doc.createElement("span");
+  status.className = "nbi-status nbi-progress";
+  const button = (label: string, spec: RequestSpec<Record<string, never>, unknown>) => {
+    const b = Object.assign(doc.createElement("button"), { type: "button", className: `nbi-button nbi-${label}`, textContent: label });
+    b.addEventListener("click", () => call(spec, {}));
+    return b;
+  };
+  const cancel = button("cancel", BIAS_REQUESTS.cancel);
+  const resume = button("resume", BIAS_REQUESTS.resume);
+  toolbar.append(meter, status, cancel, resume);
   const componentBox = doc.createElement("div");
   const reductionBox = doc.createElement("div");
-  root.append(summary, gapBox, componentBox, reductionBox);
+  root.append(summary, gapBox, toolbar, componentBox, reductionBox);
 
   function bar(label: string, value: number, axis: [number, number], colour: string, interval?: number[], text?: string) {
     const row = doc.createElement("div");
@@ -100,19 +131,33 @@ function render({ model, el }: RenderProps<BiasModel>): () => void {
     gapBox.dataset.gap = String(gap);
   }
 
+  function drawProgress() {
+    const p = checkTrait(model, BIAS_TRAITS, "progress");
+    const state = p.state ?? "running";
+    meter.max = Math.max(p.total ?? 0, 1);
+    meter.value = p.done ?? 0;
+    status.textContent = progressText(p);
+    cancel.hidden = state !== "running";
+    resume.hidden = state !== "cancelled";
+    root.dataset.state = state;
+    root.dataset.done = String(p.done ?? 0);
+  }
+
   function drawComponents() {
     const shown = model.get("components_shown");
-    const total = model.get("n_components");
-    if (!total) {
+    const measured = model.get("n_components");
+    const total = model.get("progress").total ?? measured;
+    if (!measured) {
       componentBox.replaceChildren(Object.assign(doc.createElement("div"), {
-        className: "nbi-status", textContent: "components not measured yet (b.components measures them)",
+        className: "nbi-status", textContent: "no component measured yet",
       }));
       return;
     }
     const axis = axisFor(shown.map((c) => c.share));
+    const of = measured < total ? `${measured} measured so far (of ${total})` : `${total}`;
     componentBox.replaceChildren(
       Object.assign(doc.createElement("h4"), {
-        textContent: `share of the gap per component (measured: each zero-ablated alone on every row), ${shown.length} largest of ${total}`,
+        textContent: `share of the gap per component (measured: each zero-ablated alone on every row), ${shown.length} largest of ${of}`,
       }),
       ...shown.map((c) => {
         const row = bar(c.name, c.share, axis, c.share >= 0 ? "#dd8452" : "#8172b3", undefined,
@@ -162,12 +207,17 @@ function render({ model, el }: RenderProps<BiasModel>): () => void {
   guard(() => {
     errors.show(model.get("error"));
     drawGap();
+    drawProgress();
     drawComponents();
     drawReduction();
     root.dataset.drawn = "true";
   });
   listen("change:components_shown", drawComponents);
   listen("change:n_components", drawComponents);
+  listen("change:progress", () => {
+    drawProgress();
+    drawComponents();
+  });
   listen("change:reduction", drawReduction);
   listen("change:error", () => errors.show(model.get("error")));
   return () => dispose();

@@ -296,3 +296,64 @@ def test_a_component_list_measures_only_those(bundled):
         assert c.share == pytest.approx(full[c.name], abs=2 * METRIC_ATOL / abs(chosen.gap))
     with pytest.raises(NbinterpError, match="cannot read component 'L9.H0'|layer 9 is out of range"):
         ni.bias(bundled, data, components=["L9.H0"])
+
+
+def test_components_stream_cancel_keeps_them_and_resume_ends_at_the_uninterrupted_numbers(bundled, monkeypatch):
+    from nbinterp.analysis import dataset_runs
+    from nbinterp.engine.plan import component_key
+
+    data = small_bias_set(10)  # 120 rows: the 20 components take three chunks (one is a single forward)
+    uninterrupted = measure_bias(bundled, data, n_resamples=200)
+    reference = uninterrupted.ablation_effects().clone()
+    assert len(uninterrupted.component_chunks()) >= 2
+
+    measured_keys: list = []
+    plain = dataset_runs.component_metrics
+
+    def counting(model, data, components, **kwargs):
+        measured_keys.extend(components)
+        return plain(model, data, components, **kwargs)
+
+    monkeypatch.setattr(dataset_runs, "component_metrics", counting)
+    view = ni.bias(bundled, data, components=False, n_resamples=200)
+    assert view.progress == {"done": 0, "total": 20, "state": "cancelled", "elapsed_s": 0.0}
+
+    def cancel_after_the_first_chunk(change):
+        if change["new"] > 0:
+            view.cancel()
+
+    view.observe(cancel_after_the_first_chunk, "n_components")
+    view.resume()  # in the background; the observer runs in its thread after the first chunk lands
+    assert not view.wait(timeout=120)
+    first = view.result.component_chunks()[0]
+    assert view.progress["state"] == "cancelled" and view.progress["done"] == len(first) == view.n_components
+    assert view.result.n_measured == len(first)
+    # what was measured is kept and shown: exactly the first chunk's components, with their final numbers
+    keys = view.result.component_keys
+    assert {c["name"] for c in view.components_shown} == {component_key(*keys[i]) for i in first}
+    partial = {c.name: c for c in view.result.measured_components()}
+    final = {c.name: c for c in uninterrupted.components}
+    for name, c in partial.items():
+        # the same forwards as the uninterrupted run: equal up to float64 rounding of the share
+        assert c.share == pytest.approx(final[name].share, rel=1e-12, abs=1e-12), name
+
+    view.unobserve(cancel_after_the_first_chunk, "n_components")
+    view.resume(background=False)
+    assert view.progress["state"] == "done" and view.progress["done"] == 20 == view.n_components
+    # nothing measured twice, nothing lost: every component exactly once over cancel + resume
+    assert sorted(measured_keys, key=str) == sorted(keys, key=str)
+    torch.testing.assert_close(view.result.ablation_effects(), reference, rtol=0, atol=1e-12)
+    assert [c.name for c in view.components] == [c.name for c in uninterrupted.components]
+    shown = [c["name"] for c in view.components_shown]
+    assert shown == [c.name for c in sorted(sorted(uninterrupted.components, key=lambda c: -abs(c.share))[:24],
+                                            key=lambda c: -c.share)]
+
+
+def test_components_measured_in_the_background_by_default(bundled):
+    view = ni.bias(bundled, small_bias_set(4), n_resamples=200)  # the call returns before the shares land
+    assert view.wait(timeout=120)
+    assert view.progress["state"] == "done" and view.progress["total"] == view.n_components == 20
+    full = measure_bias(bundled, small_bias_set(4), n_resamples=200).components
+    assert [c.name for c in view.components] == [c.name for c in full]
+    for ours, theirs in zip(view.components, full):
+        assert ours.share == pytest.approx(theirs.share, abs=2 * METRIC_ATOL / abs(view.gap))

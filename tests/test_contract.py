@@ -214,6 +214,8 @@ REQUESTS = [
     ("attribution", "cancel", {}),
     ("attribution", "resume", {}),
     ("probe", "usage", {"layer": 3}),
+    ("bias", "cancel", {}),
+    ("bias", "resume", {}),
 ]
 
 

@@ -627,6 +627,7 @@ export interface BiasModel {
   n_components: number;
   p_value: number;
   paired: boolean;
+  progress: { done?: number; total?: number; state?: "running" | "done" | "cancelled" | "error"; elapsed_s?: number };
   reduction: BiasReduction | null;
   target: string;
 }
@@ -644,8 +645,25 @@ export const BIAS_TRAITS: Record<keyof BiasModel, Schema> = {
   n_components: { kind: "int" },
   p_value: { kind: "number" },
   paired: { kind: "boolean" },
+  progress: { kind: "object", fields: { done: { kind: "int" }, total: { kind: "int" }, state: { kind: "choice", values: ["running", "done", "cancelled", "error"] }, elapsed_s: { kind: "number" } }, optional: ["done", "total", "state", "elapsed_s"] },
   reduction: { kind: "nullable", of: BiasReductionSchema },
   target: { kind: "string" },
 };
 
-export const BIAS_REQUESTS = {} as const;
+export type BiasCancelParams = Record<string, never>;
+export type BiasCancelResult = { cancelled: boolean };
+export type BiasResumeParams = Record<string, never>;
+export type BiasResumeResult = { resumed: boolean };
+
+export const BIAS_REQUESTS = {
+  cancel: {
+    method: "cancel",
+    params: { kind: "object", fields: {}, optional: [] },
+    result: { kind: "object", fields: { cancelled: { kind: "boolean" } }, optional: [] },
+  } as RequestSpec<BiasCancelParams, BiasCancelResult>,
+  resume: {
+    method: "resume",
+    params: { kind: "object", fields: {}, optional: [] },
+    result: { kind: "object", fields: { resumed: { kind: "boolean" } }, optional: [] },
+  } as RequestSpec<BiasResumeParams, BiasResumeResult>,
+} as const;

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
 from nbinterp.analysis import dataset_runs
 from nbinterp.analysis.datasets import PromptSet, TokenizedSet, as_prompt_set
 from nbinterp.analysis.group_stats import GroupLayout, bootstrap_interval, check_layout, gap, permutation_p_value
+from nbinterp.engine.batch import forwards_needed
 from nbinterp.engine.plan import check_edit_site, component_key
 from nbinterp.errors import NbinterpError
 from nbinterp.vocabulary import BUNDLED_MODEL_NAME
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 
 CAPABILITY_TASKS = ("induction", "facts", "ioi")
 CAPABILITY_PROMPTS = 12  # per bundled task: accuracy in steps of 1/12
+# Streaming measures the components in chunks; a chunk may be smaller than a
+# whole forward's worth of them only while that adds at most this share of forwards.
+CHUNK_EXTRA_FORWARDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -100,13 +104,16 @@ class Bias:
         self.ci = bootstrap_interval(self.metrics, self.layout, n_resamples=self.n_resamples, seed=self.seed)
         self.p_value = permutation_p_value(self.metrics, self.layout, n_permutations=self.n_resamples, seed=self.seed)
         self._components: list[ComponentShare] | None = None
-        self._effects: torch.Tensor | None = None  # [components, rows]
         if self.only is None:
             self._component_keys = dataset_runs.every_component(model)
         else:
             if isinstance(self.only, (str, tuple)) or not self.only:
                 raise NbinterpError('components= is True, False or a list like ["L3.H1", "L2.mlp"]')
             self._component_keys = list(dict.fromkeys(model.parse_component(key) for key in self.only))
+        # [components, rows]: filled chunk by chunk (see measure_components); NaN until measured
+        self._effects = torch.full((len(self._component_keys), len(data)), float("nan"), dtype=torch.float64)
+        self._measured = torch.zeros(len(self._component_keys), dtype=torch.bool)
+        self._chunks: list[list[int]] | None = None
 
     def group_means(self) -> tuple[float, float]:
         return (float(self.metrics[self.layout.a_rows].mean()), float(self.metrics[self.layout.b_rows].mean()))
@@ -114,11 +121,59 @@ class Bias:
     def ablation_effects(self, progress: Callable[[], None] | None = None) -> torch.Tensor:
         """[components, rows]: metric(row, one component zero-ablated) - metric(row),
         both rows of the same forward (so a component that changes nothing has
-        effect 0 exactly). Components in `component_keys` order. Measured once."""
-        if self._effects is None:
-            measured = dataset_runs.component_metrics(self.model, self.data, self._component_keys, progress=progress)
-            self._effects = measured.effects
+        effect 0 exactly). Components in `component_keys` order. Measured once
+        (what `measure_components` already measured is kept)."""
+        for _ in self.measure_components(progress):
+            pass
         return self._effects
+
+    @property
+    def n_measured(self) -> int:
+        """How many components' effects are measured so far."""
+        return int(self._measured.sum())
+
+    def component_chunks(self) -> list[list[int]]:
+        """The fixed chunks (indices into `component_keys`) `measure_components`
+        measures one at a time: as small as the forwards allow (a chunk
+        smaller than one forward's worth of components costs extra forwards),
+        at most CHUNK_EXTRA_FORWARDS more forwards than measuring all at once."""
+        if self._chunks is None:
+            n = len(self._component_keys)
+            sizes = [(len(self.data.input_ids[members[0]]), len(members))
+                     for members in dataset_runs.buckets(self.data, range(len(self.data))).values()]
+
+            def forwards(chunk: int) -> int:
+                return sum(forwards_needed(self.model, n_prompts, n_tokens, min(chunk, n - start))
+                           for n_tokens, n_prompts in sizes for start in range(0, n, chunk))
+
+            allowed = forwards(n) * (1 + CHUNK_EXTRA_FORWARDS)
+            size = next(c for c in range(1, n + 1) if forwards(c) <= allowed)
+            self._chunks = [list(range(start, min(n, start + size))) for start in range(0, n, size)]
+        return self._chunks
+
+    def measure_components(self, progress: Callable[[], None] | None = None) -> Iterator[list[int]]:
+        """Measures the components not measured yet, one chunk at a time
+        (`component_chunks`), yielding each chunk's indices once its effects
+        are stored. To cancel, stop iterating: everything measured is kept and
+        a new call continues with the next chunk. The chunks are fixed, so a
+        cancelled and resumed measurement runs exactly the forwards of an
+        uninterrupted one and ends at the same numbers."""
+        for chunk in self.component_chunks():
+            if bool(self._measured[chunk].all()):
+                continue
+            keys = [self._component_keys[i] for i in chunk]
+            measured = dataset_runs.component_metrics(self.model, self.data, keys, progress=progress)
+            self._effects[chunk] = measured.effects
+            self._measured[chunk] = True
+            yield chunk
+
+    def measured_components(self) -> list[ComponentShare]:
+        """The components measured so far, largest share first (all of them
+        once the measurement is complete; exact, not estimated, as they land)."""
+        done = self._measured.nonzero().flatten().tolist()
+        if not done:
+            return []
+        return shares([self._component_keys[i] for i in done], self._effects[done], self.metrics, self.layout)
 
     @property
     def component_keys(self) -> list[tuple[int, Any]]:

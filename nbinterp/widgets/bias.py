@@ -1,7 +1,11 @@
 """BiasView: a difference between two groups of prompts with its interval,
 every head's and MLP's measured share of it, and, after `reduce`, the
 held-out gap before and after removing the chosen components with the side
-effects on capability prompts. A thin view over `nbinterp.analysis.bias`."""
+effects on capability prompts. A thin view over `nbinterp.analysis.bias`.
+
+The components' shares are measured in a background thread, chunk by chunk,
+and stream into the view as they land (progress, cancel and resume: nothing
+measured is lost on a cancel); `b.components` waits for them."""
 
 from __future__ import annotations
 
@@ -12,11 +16,14 @@ import traitlets
 
 from nbinterp.analysis.bias import Bias, Reduction, measure_bias
 
-from ._base import InterpWidget, new_figure
-from ._contract import FLOAT, INT, STR, ListOf, Nullable, Obj
+from ._background import BackgroundJob
+from ._base import CancelResume, InterpWidget, new_figure
+from ._contract import FLOAT, INT, STR, Choice, ListOf, Nullable, Obj, Opt
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 SHOWN_COMPONENTS = 24  # the largest shares by size; the rest are in `.components`
+PUBLISH_EVERY_S = 0.1  # streaming granularity: at most ~10 redraws a second
+STATES = ("running", "done", "cancelled", "error")
 
 COMPONENT_SHARE = Obj({"name": STR, "share": FLOAT, "gap_ablated": FLOAT}, name="ComponentShare")
 SIDE_EFFECT = Obj({"task": STR, "n": INT, "accuracy_before": FLOAT, "accuracy_after": FLOAT,
@@ -26,7 +33,7 @@ REDUCTION = Obj({"method": STR, "removed": ListOf(STR), "n_held_out": INT, "gap_
                  "side_effects": ListOf(SIDE_EFFECT)}, name="BiasReduction")
 
 
-class BiasView(InterpWidget):
+class BiasView(CancelResume, InterpWidget):
     """See `nbinterp.bias`. `.gap`, `.ci`, `.p_value`, `.components` and `.reduce(k)` answer as the analysis."""
 
     _esm = STATIC / "bias.js"
@@ -41,13 +48,17 @@ class BiasView(InterpWidget):
     gap = traitlets.Float(0.0).tag(sync=True)
     ci = traitlets.List(traitlets.Float()).tag(sync=True)
     p_value = traitlets.Float(1.0).tag(sync=True)
-    n_components = traitlets.Int(0).tag(sync=True)  # how many were measured (0: not measured)
+    n_components = traitlets.Int(0).tag(sync=True)  # how many are measured so far (0: none yet)
+    # the components' measurement: done / total components, its state, seconds spent measuring
+    progress = traitlets.Dict().tag(sync=True, schema=Obj(
+        {"done": Opt(INT), "total": Opt(INT), "state": Opt(Choice(*STATES)), "elapsed_s": Opt(FLOAT)}))
     components_shown = traitlets.List().tag(sync=True, schema=ListOf(COMPONENT_SHARE))
     reduction = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(REDUCTION))
 
-    def __init__(self, result: Bias, *, measure_components: bool = True) -> None:
+    def __init__(self, result: Bias, *, measure_components: bool = True, background: bool = True) -> None:
         self.result = result
         self.last_reduction: Reduction | None = None
+        self._stop = False  # cancel(): the measurement stops after the chunk in flight
         rows = result.data.prompts.rows
         names = result.group_names
         super().__init__(
@@ -57,30 +68,80 @@ class BiasView(InterpWidget):
             group_means=list(result.group_means()), paired=result.layout.pairs is not None, gap=result.gap,
             ci=list(result.ci), p_value=result.p_value,
         )
+        self._job = BackgroundJob("nbinterp-bias", result.model.lock, lambda state, _: self._publish(state),
+                                  self._show_exception, PUBLISH_EVERY_S, owner=self)
         if measure_components:
-            self._show_components()
+            self._publish("running")
+            self._start(background)
+        else:  # b.components or resume() measures them
+            self._publish("cancelled")
 
     @property
     def components(self) -> list:
-        """Every head and MLP by its measured share of the gap, largest first (measured on first use)."""
-        components = self.result.components
-        if not self.n_components:
-            self._show_components()
-        return components
+        """Every head and MLP by its measured share of the gap, largest first.
+        Waits for the background measurement; after a cancel (or with
+        components=False) it measures the rest here first."""
+        self.wait()
+        if not self.finished:
+            self.resume(background=False)
+        return self.result.components
 
-    def _show_components(self) -> None:
-        components = self.result.components
-        largest = sorted(components, key=lambda c: -abs(c.share))[:SHOWN_COMPONENTS]
-        self.components_shown = [{"name": c.name, "share": c.share, "gap_ablated": c.gap_ablated}
-                                 for c in sorted(largest, key=lambda c: -c.share)]
-        self.n_components = len(components)
+    @property
+    def finished(self) -> bool:
+        """Whether every component's share is measured."""
+        return self.result.n_measured == len(self.result.component_keys)
+
+    @property
+    def running(self) -> bool:
+        """Whether components are being measured in the background now."""
+        return self._job.running
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks until the background measurement stops; True if every component is measured."""
+        self._job.wait(timeout)
+        return self.finished
+
+    def cancel(self) -> None:
+        """Stops after the chunk in flight; every component measured so far is
+        kept (and shown), and `resume()` continues from there."""
+        self._stop = True
+
+    def resume(self, background: bool = True) -> None:
+        """Measures the components not measured yet (in the background by default)."""
+        if self.finished or self._job.running:
+            return
+        self._stop = False
+        self._start(background)
+
+    def _start(self, background: bool) -> None:
+        self._job.start(self._chunks, lambda: self.finished, background, self.progress.get("elapsed_s", 0.0))
+
+    def _chunks(self) -> Any:
+        for chunk in self.result.measure_components():
+            yield chunk
+            if self._stop:
+                return
+
+    def _publish(self, state: str) -> None:
+        measured = self.result.measured_components()
+        largest = sorted(measured, key=lambda c: -abs(c.share))[:SHOWN_COMPONENTS]
+        with self.hold_sync():  # one message: the bars and the count never disagree
+            self.components_shown = [{"name": c.name, "share": c.share, "gap_ablated": c.gap_ablated}
+                                     for c in sorted(largest, key=lambda c: -c.share)]
+            self.n_components = len(measured)
+            self.progress = {"done": len(measured), "total": len(self.result.component_keys), "state": state,
+                             "elapsed_s": round(self._job.elapsed(), 3) if measured or state == "running" else 0.0}
 
     def reduce(self, k: int = 3, *, method: str = "ablate", direction: Any = None, site: Any = None,
                fit: float = 0.5, seed: int | None = None, capability: Any = "bundled") -> Reduction:
         """`nbinterp.analysis.bias.Bias.reduce` (held-out gap before / after, side
-        effects), and the view's before/after bars show it."""
-        reduction = self.result.reduce(k, method=method, direction=direction, site=site, fit=fit, seed=seed,
-                                       capability=capability)
+        effects), and the view's before/after bars show it. Waits for (or
+        completes) the components' measurement first when ablating."""
+        if method == "ablate":
+            self.components  # noqa: B018 - the shares on the fit rows need every component measured
+        with self.result.model.lock:  # beside other views' background work, one forward at a time
+            reduction = self.result.reduce(k, method=method, direction=direction, site=site, fit=fit, seed=seed,
+                                           capability=capability)
         self.last_reduction = reduction
         self.reduction = {
             "method": reduction.method, "removed": list(reduction.removed), "n_held_out": len(reduction.held_out_rows),
@@ -112,7 +173,9 @@ class BiasView(InterpWidget):
             ax.set_xlabel("share of the gap (measured: zero-ablated)")
         else:
             ax.text(0.5, 0.5, "components not measured", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(f"largest shares of {self.n_components} components", fontsize=9)
+        total = len(self.result.component_keys)
+        measured = "" if self.n_components == total else f" (measured so far, of {total})"
+        ax.set_title(f"largest shares of {self.n_components} components{measured}", fontsize=9)
         if reduced:
             r = self.last_reduction
             ax = axes[2]
@@ -129,23 +192,28 @@ class BiasView(InterpWidget):
     def __repr__(self) -> str:
         a, b = self.group_names
         low, high = self.ci
+        p = self.progress
         return (f"BiasView({self.model_name!r}: {a} - {b} gap {self.gap:.3f} (95% CI {low:.3f}..{high:.3f}), "
-                f"p = {self.p_value:.4f}, {sum(self.group_sizes)} rows)")
+                f"p = {self.p_value:.4f}, {sum(self.group_sizes)} rows, {p.get('done')}/{p.get('total')} components "
+                f"{p.get('state')})")
 
 
 def bias(model: Any, data: Any = None, *, prompts: Any = None, target: Any = None, foil: Any = None,
          groups: Sequence[str] | None = None, components: bool | Sequence[Any] = True, seed: int = 0,
-         n_resamples: int = 2000) -> BiasView:
+         n_resamples: int = 2000, background: bool = True) -> BiasView:
     """A bias over a data set: `b = ni.bias(model, prompts={"A": [...], "B": [...]}, target=" doctor",
     foil=" nurse")` (or a `nbinterp.analysis.datasets.PromptSet` / DataFrame as `data`).
     `b.gap`, `b.ci` (95% bootstrap), `b.p_value` (permutation test), `b.components` (every head
     and MLP by its exact share of the gap; `components=False` measures them on first use, a list
-    like ["L3.H1", "L2.mlp"] only those), `b.reduce(k=3)` (held-out gap before / after and side effects)."""
+    like ["L3.H1", "L2.mlp"] only those), `b.reduce(k=3)` (held-out gap before / after and side effects).
+    The shares are measured in the background and stream into the view with progress;
+    `b.cancel()` / `b.resume()` (or the view's buttons) stop and continue without losing
+    any; `b.components` waits. background=False measures them before returning."""
     only = None if isinstance(components, bool) else components
     with model.lock:
         result = measure_bias(model, data, prompts=prompts, target=target, foil=foil, groups=groups, seed=seed,
                               n_resamples=n_resamples, only=only)
-        return BiasView(result, measure_components=components is not False)
+    return BiasView(result, measure_components=components is not False, background=background)
 
 
 def _shared(tokens: Any) -> str:
