@@ -28,9 +28,13 @@ def public_calls() -> list[tuple[str, object]]:
         if inspect.isfunction(value):
             calls.append((f"ni.{name}", value))
             returned = inspect.signature(value).return_annotation
-            view = getattr(inspect.getmodule(inspect.unwrap(value)), str(returned).strip("'\""), None)
-            if isinstance(view, type) and name != "load":
-                owners.append((view, RESULT_NAMES.get(name, name)))
+            # "AttributionView | DatasetView": the single-prompt view's methods under the call's
+            # result name, a second view's (over a data set, shared by several calls) once as "ds"
+            module = inspect.getmodule(inspect.unwrap(value))
+            for i, part in enumerate(str(returned).strip("'\"").split("|")):
+                view = getattr(module, part.strip(), None)
+                if isinstance(view, type) and name != "load" and all(view is not o for o, _ in owners):
+                    owners.append((view, RESULT_NAMES.get(name, name) if i == 0 else "ds"))
     for owner, prefix in owners:
         inherited = {n for base in owner.__mro__[1:] if not base.__module__.startswith("nbinterp") for n in vars(base)}
         for name, value in vars(owner).items():
@@ -71,6 +75,7 @@ def table() -> str:
     rows = ["| call | returns |", "|---|---|"]
     for written, function in public_calls():
         call, returns = signature(written, function)
+        returns = returns.replace("|", "\\|")  # a union's "|" would end the table cell
         rows.append(f"| `{call}` | {('`' + returns + '`') if returns else ''} |")
     return "\n".join(rows)
 

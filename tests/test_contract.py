@@ -73,6 +73,8 @@ def bundled_views():
         "why_not": recording(ni.why_not(bundled, ioi, target="John", references=[swapped], background=False)),
         "context_use": recording(ni.context_use(bundled, context, context=(1, 6))),
         "bias": recording(ni.bias(bundled, prompts={g: [f"Anwen {c} works as a" for c in clans] for g, clans in tasks.GROUP_CLANS.items()}, target="doctor", foil="nurse")),
+        "dataset": recording(ni.attribute(bundled, {g: [f"Anwen {c} works as a" for c in clans] for g, clans in tasks.GROUP_CLANS.items()},
+                                          target="doctor", foil="nurse", background=False)),
     }
 
 
@@ -216,6 +218,10 @@ REQUESTS = [
     ("probe", "usage", {"layer": 3}),
     ("bias", "cancel", {}),
     ("bias", "resume", {}),
+    ("dataset", "cell_rows", {"cell": 2}),
+    ("dataset", "open_row", {"unit": 1, "cell": 2}),
+    ("dataset", "cancel", {}),
+    ("dataset", "resume", {}),
 ]
 
 

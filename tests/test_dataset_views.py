@@ -236,3 +236,84 @@ def test_patch_needs_pairs_and_a_set_needs_rows(bundled):
         de.patch_effects(bundled, bias_set().check(bundled), kinds=["resid"])
     with pytest.raises(NbinterpError, match="at least one row"):
         PromptSet([])
+
+
+# --------------------------------------------------------- the public calls
+def test_the_four_calls_take_a_data_set(bundled):
+    from nbinterp.widgets.dataset_view import DatasetView
+
+    data = bias_set()
+    views = {
+        "attribute": ni.attribute(bundled, data, background=False),
+        "ablate": ni.ablate(bundled, data, ablate={"L1.H2": 0.0}),
+        "patch": ni.patch(bundled, data, background=False),
+        "logit_lens": ni.logit_lens(bundled, data, background=False),
+    }
+    checked = data.check(bundled)
+    reference = {"attribute": de.head_effects(bundled, checked), "ablate": de.ablation_effects(bundled, checked, {"L1.H2": 0.0}),
+                 "patch": de.patch_effects(bundled, checked), "logit_lens": de.lens_probabilities(bundled, checked)}
+    for kind, view in views.items():
+        assert isinstance(view, DatasetView) and view.kind == kind
+        result = view.result
+        assert result.computed.all() and view.progress["state"] == "done"
+        expected = reference[kind].run().values
+        torch.testing.assert_close(result.values, expected, atol=METRIC_ATOL, rtol=0, equal_nan=True)
+        means = torch.nanmean(expected, 0)
+        torch.testing.assert_close(result.stats.mean, means, atol=METRIC_ATOL, rtol=0, equal_nan=True)
+        # a cell's rows, largest first, and the single-prompt view of one of them
+        cell = int(torch.nan_to_num(result.stats.mean.abs(), nan=-1).argmax())
+        rows = view.cell_rows(cell)
+        assert [v for _, _, v in rows] == sorted((v for _, _, v in rows), reverse=True)
+        opened = view.open_row(rows[0][0], cell)
+        assert type(opened).__name__ == {"attribute": "AttributionView", "ablate": "AblationPanel",
+                                         "patch": "PatchingView", "logit_lens": "LogitLensView"}[kind]
+        assert view.selected == {"cell": cell, "unit": rows[0][0]}
+    # the attribution view opens at the cell's head
+    att = views["attribute"]
+    assert (att.opened.layer, att.opened.head) == att.effects.cell_keys[att.selected["cell"]]
+    assert views["ablate"].opened.ablations == {"L1.H2": 0.0}
+
+
+def test_patch_takes_two_lists_of_prompts(bundled):
+    rows = [(r.prompt, data_row.prompt) for r, data_row in zip(bias_set().rows[0::2], bias_set().rows[1::2])]
+    view = ni.patch(bundled, [a for a, _ in rows], corrupted=[b for _, b in rows], target="doctor", foil="nurse",
+                    background=False)
+    torch.testing.assert_close(view.result.values, de.patch_effects(bundled, bias_set().check(bundled)).run().values,
+                               atol=METRIC_ATOL, rtol=0, equal_nan=True)
+
+
+def test_the_view_cancels_and_keeps_rows(bundled):
+    view = ni.attribute(bundled, bias_set(3))
+    view.cancel()
+    view.wait()
+    state = view.progress["state"]
+    effects = view.effects
+    assert state in ("cancelled", "done") and view.progress["done"] == effects.done
+    computed = effects.computed.clone()
+    kept = effects.values[computed].clone()
+    assert effects.values[~computed].isnan().all()
+    view.resume(background=False)
+    assert view.progress["state"] == "done" and effects.finished
+    full = de.head_effects(bundled, bias_set(3).check(bundled)).run()
+    torch.testing.assert_close(kept, full.values[computed], atol=METRIC_ATOL, rtol=0)  # nothing lost, nothing redone
+    torch.testing.assert_close(effects.values, full.values, atol=METRIC_ATOL, rtol=0)
+
+
+def test_clear_errors_over_a_data_set(bundled):
+    unpaired = PromptSet([PromptRow(r.prompt, r.target, r.foil, r.group) for r in bias_set()])
+    with pytest.raises(NbinterpError, match="needs counterfactual pairs"):
+        ni.patch(bundled, unpaired)
+    with pytest.raises(NbinterpError, match="leave corrupted= out"):
+        ni.patch(bundled, bias_set(), corrupted="Anwen Quel works as a")
+    with pytest.raises(NbinterpError, match="corrupted= is a list of as many"):
+        ni.patch(bundled, ["Anwen Varn works as a"], corrupted=[], target="doctor")
+    with pytest.raises(NbinterpError, match="clean= is empty"):
+        ni.patch(bundled, [], corrupted=[], target="doctor")
+    with pytest.raises(NbinterpError, match="group 'B' is empty"):
+        ni.attribute(bundled, {"A": ["Anwen Varn works as a"], "B": []}, target="doctor")
+    with pytest.raises(NbinterpError, match=r"does not take ablation=, k="):
+        ni.ablate(bundled, bias_set(), ablation="mean", k=3)
+    with pytest.raises(NbinterpError, match="ni.attribute needs target="):
+        ni.attribute(bundled, "Anwen Varn works as a")
+    with pytest.raises(NbinterpError, match="ni.patch needs corrupted= and target="):
+        ni.patch(bundled, "Anwen Varn works as a", target="doctor")

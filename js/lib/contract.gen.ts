@@ -88,6 +88,15 @@ export const SideEffectSchema: Schema = { kind: "object", fields: { task: { kind
 export interface BiasReduction { method: string; removed: string[]; n_held_out: number; gap_before: number; ci_before: number[]; gap_after: number; ci_after: number[]; side_effects: SideEffect[] }
 export const BiasReductionSchema: Schema = { kind: "object", fields: { method: { kind: "string" }, removed: { kind: "list", of: { kind: "string" } }, n_held_out: { kind: "int" }, gap_before: { kind: "number" }, ci_before: { kind: "list", of: { kind: "number" } }, gap_after: { kind: "number" }, ci_after: { kind: "list", of: { kind: "number" } }, side_effects: { kind: "list", of: SideEffectSchema } }, optional: [], name: "BiasReduction" };
 
+export interface DatasetPanel { title: string; row_axis: string; col_axis: string; row_labels: string[]; col_labels: string[]; start: number }
+export const DatasetPanelSchema: Schema = { kind: "object", fields: { title: { kind: "string" }, row_axis: { kind: "string" }, col_axis: { kind: "string" }, row_labels: { kind: "list", of: { kind: "string" } }, col_labels: { kind: "list", of: { kind: "string" } }, start: { kind: "int" } }, optional: [], name: "DatasetPanel" };
+
+export interface DatasetProgress { done: number; total: number; state: "running" | "done" | "cancelled" | "error"; elapsed_s: number }
+export const DatasetProgressSchema: Schema = { kind: "object", fields: { done: { kind: "int" }, total: { kind: "int" }, state: { kind: "choice", values: ["running", "done", "cancelled", "error"] }, elapsed_s: { kind: "number" } }, optional: [], name: "DatasetProgress" };
+
+export interface DatasetCellRow { unit: number; text: string; value: number }
+export const DatasetCellRowSchema: Schema = { kind: "object", fields: { unit: { kind: "int" }, text: { kind: "string" }, value: { kind: "number" } }, optional: [], name: "DatasetCellRow" };
+
 // ---- attention: nbinterp.widgets.attention.AttentionView
 
 /** The synced traits of AttentionView. */
@@ -666,4 +675,69 @@ export const BIAS_REQUESTS = {
     params: { kind: "object", fields: {}, optional: [] },
     result: { kind: "object", fields: { resumed: { kind: "boolean" } }, optional: [] },
   } as RequestSpec<BiasResumeParams, BiasResumeResult>,
+} as const;
+
+// ---- dataset: nbinterp.widgets.dataset_view.DatasetView
+
+/** The synced traits of DatasetView. */
+export interface DatasetModel {
+  _opened: string | null;
+  _stats: { n: EncodedTensor; mean: EncodedTensor; low: EncodedTensor; high: EncodedTensor; agree: EncodedTensor; minimum: EncodedTensor; q1: EncodedTensor; median: EncodedTensor; q3: EncodedTensor; maximum: EncodedTensor };
+  diverging: boolean;
+  error: string;
+  kind: "attribute" | "ablate" | "patch" | "logit_lens";
+  model_name: string;
+  n_units: number;
+  panels: DatasetPanel[];
+  progress: DatasetProgress;
+  selected: { cell?: number; unit?: number };
+  unit: string;
+  what: string;
+}
+
+export const DATASET_TRAITS: Record<keyof DatasetModel, Schema> = {
+  _opened: { kind: "widget_ref" },
+  _stats: { kind: "object", fields: { n: { kind: "tensor" }, mean: { kind: "tensor" }, low: { kind: "tensor" }, high: { kind: "tensor" }, agree: { kind: "tensor" }, minimum: { kind: "tensor" }, q1: { kind: "tensor" }, median: { kind: "tensor" }, q3: { kind: "tensor" }, maximum: { kind: "tensor" } }, optional: [] },
+  diverging: { kind: "boolean" },
+  error: { kind: "string" },
+  kind: { kind: "choice", values: ["attribute", "ablate", "patch", "logit_lens"] },
+  model_name: { kind: "string" },
+  n_units: { kind: "int" },
+  panels: { kind: "list", of: DatasetPanelSchema },
+  progress: DatasetProgressSchema,
+  selected: { kind: "object", fields: { cell: { kind: "int" }, unit: { kind: "int" } }, optional: ["cell", "unit"] },
+  unit: { kind: "string" },
+  what: { kind: "string" },
+};
+
+export type DatasetCancelParams = Record<string, never>;
+export type DatasetCancelResult = { cancelled: boolean };
+export type DatasetCellRowsParams = { cell: number };
+export type DatasetCellRowsResult = { name: string; rows: DatasetCellRow[]; n: number };
+export type DatasetOpenRowParams = { unit: number; cell?: number };
+export type DatasetOpenRowResult = { opened: string };
+export type DatasetResumeParams = Record<string, never>;
+export type DatasetResumeResult = { resumed: boolean };
+
+export const DATASET_REQUESTS = {
+  cancel: {
+    method: "cancel",
+    params: { kind: "object", fields: {}, optional: [] },
+    result: { kind: "object", fields: { cancelled: { kind: "boolean" } }, optional: [] },
+  } as RequestSpec<DatasetCancelParams, DatasetCancelResult>,
+  cell_rows: {
+    method: "cell_rows",
+    params: { kind: "object", fields: { cell: { kind: "int" } }, optional: [] },
+    result: { kind: "object", fields: { name: { kind: "string" }, rows: { kind: "list", of: DatasetCellRowSchema }, n: { kind: "int" } }, optional: [] },
+  } as RequestSpec<DatasetCellRowsParams, DatasetCellRowsResult>,
+  open_row: {
+    method: "open_row",
+    params: { kind: "object", fields: { unit: { kind: "int" }, cell: { kind: "int" } }, optional: ["cell"] },
+    result: { kind: "object", fields: { opened: { kind: "string" } }, optional: [] },
+  } as RequestSpec<DatasetOpenRowParams, DatasetOpenRowResult>,
+  resume: {
+    method: "resume",
+    params: { kind: "object", fields: {}, optional: [] },
+    result: { kind: "object", fields: { resumed: { kind: "boolean" } }, optional: [] },
+  } as RequestSpec<DatasetResumeParams, DatasetResumeResult>,
 } as const;

@@ -140,8 +140,11 @@ class DatasetEffects:
 
     def __init__(self, kind: str, model: "Model", data: TokenizedSet, panels: list[Panel], what: str, unit: str,
                  unit_rows: list[tuple[int, ...]], chunks: list[list[int]],
-                 compute: Callable[[list[int]], torch.Tensor], diverging: bool = True) -> None:
+                 compute: Callable[[list[int]], torch.Tensor], cell_keys: list[Any], diverging: bool = True) -> None:
         self.kind, self.model, self.data, self.panels = kind, model, data, panels
+        # what each cell intervenes on, as the single-prompt view takes it: (layer, head),
+        # {component: scale}, (kind, layer, head or position from the end) or (stream, position from the end)
+        self.cell_keys = cell_keys
         self.what, self.unit, self.diverging = what, unit, diverging
         self.unit_rows = unit_rows
         self.n_cells = sum(panel.size for panel in panels)
@@ -191,6 +194,12 @@ class DatasetEffects:
         """`cell_stats` of the units computed so far."""
         return cell_stats(self.values[self.computed], n_resamples=n_resamples, seed=seed)
 
+    def summary(self, *, n_resamples: int = 2000, seed: int = 0) -> "DatasetResult":
+        """The numbers as they are now (copies), with their statistics."""
+        return DatasetResult(self.kind, self.what, self.unit, list(self.panels), self.values.clone(),
+                             self.computed.clone(), self.stats(n_resamples=n_resamples, seed=seed),
+                             [self.unit_text(u) for u in range(self.total)])
+
     def unit_text(self, unit: int) -> str:
         rows = self.data.prompts.rows
         return "  \u2192  ".join(rows[r].prompt for r in self.unit_rows[unit])
@@ -204,12 +213,38 @@ class DatasetEffects:
 
     def cell_values(self, cell: int) -> list[tuple[int, float]]:
         """(unit, value) of every computed unit that has `cell`, largest value first."""
+        if not 0 <= cell < self.n_cells:
+            raise NbinterpError(f"cell {cell} is out of range 0..{self.n_cells - 1}")
         column = self.values[:, cell]
         units = (self.computed & column.isfinite()).nonzero()[:, 0].tolist()
         return sorted(((u, float(column[u])) for u in units), key=lambda item: -item[1])
 
     def __repr__(self) -> str:
         return f"<DatasetEffects {self.kind}: {self.done}/{self.total} {self.unit}s x {self.n_cells} cells>"
+
+
+@dataclass
+class DatasetResult:
+    """A view's numbers over a data set (`view.result`): `values` [units, cells]
+    float64 (NaN: not computed, or the row has no such position), `stats` per
+    cell over the computed units, `panels` say which cells form which grid."""
+
+    kind: str
+    what: str  # what one value is, in words
+    unit: str  # "row", or "pair" for patching
+    panels: list[Panel]
+    values: torch.Tensor
+    computed: torch.Tensor  # bool [units]
+    stats: CellStats
+    texts: list[str]  # each unit's prompt(s)
+
+    def grid(self, panel: int | str = 0, what: str = "mean") -> torch.Tensor:
+        """[rows, cols] of one panel (by index or title): a `CellStats` field."""
+        chosen = next((p for p in self.panels if p.title == panel), None) if isinstance(panel, str) else self.panels[panel]
+        if chosen is None:
+            raise NbinterpError(f"no panel {panel!r}; the panels are {[p.title for p in self.panels]}")
+        values = getattr(self.stats, what)[chosen.start : chosen.start + chosen.size]
+        return values.reshape(len(chosen.row_labels), len(chosen.col_labels))
 
 
 # ---------------------------------------------------------------- builders
@@ -253,7 +288,7 @@ def head_effects(model: "Model", data: TokenizedSet) -> DatasetEffects:
     return DatasetEffects(
         "attribute", model, data, [panel], f"change of {_metric_words(data)} when the head is zero-ablated (exact)",
         "row", [(r,) for r in units], _chunks(model, data, units, len(heads) + 1),
-        _metric_effects(model, data, heads, fill, order=lambda key: key[0]))
+        _metric_effects(model, data, heads, fill, order=lambda key: key[0]), heads)
 
 
 def ablation_effects(model: "Model", data: TokenizedSet, ablations: Mapping[Any, Any] | None = None) -> DatasetEffects:
@@ -290,7 +325,8 @@ def ablation_effects(model: "Model", data: TokenizedSet, ablations: Mapping[Any,
     return DatasetEffects(
         "ablate", model, data, [panel], f"change of {_metric_words(data)} under the ablation (exact)", "row",
         [(r,) for r in units], _chunks(model, data, units, len(items) + 1),
-        _metric_effects(model, data, items, fill, order=lambda item: item[0][0]))
+        _metric_effects(model, data, items, fill, order=lambda item: item[0][0]),
+        [{component_key(layer, head): scale for layer, head, scale in item} for item in items])
 
 
 def counterfactual_pairs(data: TokenizedSet) -> list[tuple[int, int]]:
@@ -350,7 +386,8 @@ def patch_effects(model: "Model", data: TokenizedSet, kinds: Sequence[str] = PAT
     return DatasetEffects(
         "patch", model, data, panels,
         f"change of {_metric_words(data)} on the corrupted row when the {clean_words}'s activation is patched in (exact)",
-        "pair", [tuple(pair) for pair in pairs], [[u] for u in range(len(pairs))], compute)
+        "pair", [tuple(pair) for pair in pairs], [[u] for u in range(len(pairs))], compute,
+        [(kind, layer, col if kind == "head" else col - width) for kind, layer, col in cells])
 
 
 def lens_probabilities(model: "Model", data: TokenizedSet) -> DatasetEffects:
@@ -386,4 +423,5 @@ def lens_probabilities(model: "Model", data: TokenizedSet) -> DatasetEffects:
     chunks = [c for c in _chunks(model, data, units, 1, limit)]
     target = _metric_words(data).split(" - ")[0].replace("logit(", "p(")
     return DatasetEffects("logit_lens", model, data, [panel], f"probability of the row's target, {target}".rstrip(", "),
-                          "row", [(r,) for r in units], chunks, compute, diverging=False)
+                          "row", [(r,) for r in units], chunks, compute,
+                          [(stream, p - width) for stream in range(streams_per_row) for p in range(width)], diverging=False)

@@ -65,6 +65,7 @@ VIEWS = {
     "why_not": "nbinterp.widgets.why_not:WhyNotView",
     "context_use": "nbinterp.widgets.context_use:ContextUseView",
     "bias": "nbinterp.widgets.bias:BiasView",
+    "dataset": "nbinterp.widgets.dataset_view:DatasetView",
 }
 
 

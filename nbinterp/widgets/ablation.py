@@ -26,6 +26,7 @@ from nbinterp.engine.tokens import display_text
 from nbinterp.vocabulary import public_call
 from ._base import DictAccessDeprecated, FrontendError, InterpWidget, as_declared, new_figure, rpc
 from ._contract import FLOAT, INT, STR, Choice, ListOf, MapOf, Nullable, Number, Obj, Opt
+from .dataset_view import DatasetView, is_data_set, over_data_set, refuse_options
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 SCALE_RANGE = (0.0, 1.5)  # the sliders' range; Python may set any finite scale
@@ -247,7 +248,7 @@ def _bad_mode(value: Any) -> str:
 
 @public_call(positional=("target", "foil"), renamed={"ablations": "ablate"})
 def ablate(model: Any, prompt: Any, *, target: Any = None, foil: Any = None, position: int = -1, k: int = 10,
-           ablate: dict | None = None, ablation: str = "zero", reference: Sequence[str] | None = None) -> AblationPanel:
+           ablate: dict | None = None, ablation: str = "zero", reference: Sequence[str] | None = None) -> AblationPanel | DatasetView:
     """Sliders that scale every head (0..1.5) and MLP of `model` on `prompt` (text, token ids or a `Run`):
     `panel = ni.ablate(model, "When Mary and John went to the store, John gave a drink to", target=" Mary", foil=" John")`.
 
@@ -255,6 +256,18 @@ def ablate(model: Any, prompt: Any, *, target: Any = None, foil: Any = None, pos
     `position` is where the next tokens and logit(target) - logit(foil) are read (the last token by default).
     ablation="mean" moves heads towards their mean output over `reference`
     prompts (default: the prompt itself) instead of zero; MLPs always scale
-    towards zero. `panel.ablations` is two-way; `panel.result` the latest run."""
+    towards zero. `panel.ablations` is two-way; `panel.result` the latest run.
+
+    Over a data set (a `PromptSet`, a DataFrame or {group: [prompts]}; target=
+    / foil= replace the rows' own): the sliders are for one prompt, so the
+    ablations are a fixed set: each component of `ablate=` alone at its scale
+    and, with several, all together (none given: every head and MLP
+    zero-ablated alone), one cell each with its mean effect on logit(target) -
+    logit(foil) over the rows and a 95% bootstrap interval (zero ablation only;
+    clicking a row opens this panel on it)."""
+    if is_data_set(prompt):
+        refuse_options("ni.ablate", position=(position, -1), k=(k, 10), ablation=(ablation, "zero"),
+                       reference=(reference, None))
+        return over_data_set("ablate", model, prompt, target=target, foil=foil, ablate=ablate)
     return AblationPanel(model, prompt, target=target, foil=foil, position=position, k=k, ablations=ablate,
                          ablation=ablation, reference=reference)

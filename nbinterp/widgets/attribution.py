@@ -34,6 +34,7 @@ from ._background import BackgroundJob
 from ._base import CancelResume, HeadWidget, as_declared, in_range, new_figure, rpc
 from ._contract import BOOL, FLOAT, INT, STR, TENSOR, Choice, ListOf, Nullable, Number, Obj
 from ._buffers import encode
+from .dataset_view import DatasetView, is_data_set, over_data_set, refuse_options
 from .attention import display_tokens
 from nbinterp.engine.tokens import display_token
 from nbinterp.vocabulary import public_call
@@ -418,9 +419,9 @@ def _outline(col: int, row: int) -> Any:
 
 
 @public_call(positional=("target", "foil"))
-def attribute(model: Any, prompt: Any, *, target: str | int, foil: str | int | None = None, position: int = -1,
-              method: str = "hybrid", dominant: float = DOMINANT, exact_budget: int | None = None,
-              layer: int | None = None, head: int | None = None, background: bool = True) -> AttributionView:
+def attribute(model: Any, prompt: Any, *, target: str | int | None = None, foil: str | int | None = None,
+              position: int = -1, method: str = "hybrid", dominant: float = DOMINANT, exact_budget: int | None = None,
+              layer: int | None = None, head: int | None = None, background: bool = True) -> AttributionView | DatasetView:
     """Which heads and attention edges change logit(target) - logit(foil), from
     one forward + one backward pass, shown at once, then the exact measurements
     (method "hybrid": every head's ablation, then the dominant edges largest
@@ -433,7 +434,18 @@ def attribute(model: Any, prompt: Any, *, target: str | int, foil: str | int | N
 
     `att.heads` / `att.edges` wait for the measurements; background=False
     measures everything before returning.
+
+    Over a data set (a `PromptSet`, a DataFrame or {group: [prompts]}; target=
+    / foil= replace the rows' own): every head's exact zero-ablation effect on
+    each row, a layer x head grid of means with 95% bootstrap intervals
+    (`nbinterp.widgets.dataset_view.DatasetView`; clicking a row opens this view).
     """
+    if is_data_set(prompt):
+        refuse_options("ni.attribute", position=(position, -1), method=(method, "hybrid"), dominant=(dominant, DOMINANT),
+                       exact_budget=(exact_budget, None), layer=(layer, None), head=(head, None))
+        return over_data_set("attribute", model, prompt, target=target, foil=foil, background=background)
+    if target is None:
+        raise NbinterpError('ni.attribute needs target= (and usually foil=), e.g. target=" Mary", foil=" John"')
     with model.lock:
         attribution = compute_attribution(model, prompt, target, foil, position=position, method=method,
                                           dominant=dominant, exact_budget=exact_budget, measure=False)

@@ -23,6 +23,7 @@ from ._background import BackgroundJob
 from ._base import InterpWidget, new_figure
 from ._buffers import encode
 from ._contract import FLOAT, INT, STR, TENSOR, Choice, Obj, Opt
+from .dataset_view import DatasetView, is_data_set, over_data_set
 from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -159,12 +160,19 @@ class LogitLensView(InterpWidget):
 
 
 @public_call(positional=("target",))
-def logit_lens(model: Any, prompt: Any, *, target: Any = None, background: bool = True) -> LogitLensView:
+def logit_lens(model: Any, prompt: Any, *, target: Any = None, background: bool = True) -> LogitLensView | DatasetView:
     """The top token and the target's probability at every layer and position:
     `lens = ni.logit_lens(model, "The capital of Veldora is", target=" Quorn")`;
     `lens.lens` holds the numbers. Shown at once from one forward (the output
     row, and the last position of every row); the other rows stream in
-    (background=False: computed before returning)."""
+    (background=False: computed before returning).
+
+    Over a data set (a `PromptSet`, a DataFrame or {group: [prompts]}; target=
+    replaces the rows' own): the mean probability of each row's target per
+    layer x position counted from the end (rows of different lengths line up on
+    their last tokens), with 95% bootstrap intervals; clicking a row opens this view."""
+    if is_data_set(prompt):
+        return over_data_set("logit_lens", model, prompt, target=target, background=background)
     with model.lock:
         lens, rest = first_paint(model, prompt, target)
     return LogitLensView(lens, model_name=str(getattr(model, "name", "")), rest=rest, lock=model.lock,

@@ -25,6 +25,7 @@ from ._background import BackgroundJob
 from ._base import CancelResume, FrontendError, InterpWidget, as_declared, in_range, new_figure, rpc
 from ._buffers import encode
 from ._contract import BOOL, FLOAT, INT, STR, TENSOR, WIDGET_REF, Choice, ListOf, MapOf, Obj, Opt
+from .dataset_view import DatasetView, is_data_set, over_data_set, paired_lists, refuse_options
 from nbinterp.vocabulary import public_call
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -246,10 +247,10 @@ class PatchingView(CancelResume, InterpWidget):
 
 
 @public_call(positional=("corrupted", "target", "foil"))
-def patch(model: Any, clean: str, *, corrupted: str, target: Any, foil: Any = None,
+def patch(model: Any, clean: Any, *, corrupted: Any = None, target: Any = None, foil: Any = None,
           kinds: Sequence[str] = SWEEP_KINDS, positions: Sequence[int] | None = None,
           layers: Sequence[int] | None = None, position: int = -1, exact: bool = True,
-          batch_size: int | None = None, background: bool = True) -> PatchingView:
+          batch_size: int | None = None, background: bool = True) -> PatchingView | DatasetView:
     """Activation patching from `clean` into `corrupted` (same token length):
     `grid = ni.patch(model, clean=..., corrupted=..., target=" Mary", foil=" John")`.
     Every cell is estimated at once (attribution patching: the clean forward and
@@ -257,9 +258,31 @@ def patch(model: Any, clean: str, *, corrupted: str, target: Any, foil: Any = No
     largest estimate first, within `layers=` / `positions=` (default all;
     exact=False: the estimate only, `resume()` measures). `grid.effects` waits
     and returns {kind: tensor}. background=False measures before returning.
-    `position` is where the metric is read."""
+    `position` is where the metric is read.
+
+    Over a data set of counterfactual pairs (a `PromptSet` from
+    `PromptSet.from_templates`, a DataFrame with a partner column, or clean= and
+    corrupted= as two lists of prompts, pair by pair): each pair's clean
+    activation patched into its corrupted partner, cell by cell, measured; each
+    cell shows the mean change of logit(target) - logit(foil) in logit units
+    with a 95% bootstrap interval (positions counted from the end when pairs
+    differ in length); clicking a pair opens this view on it."""
     if isinstance(kinds, str):
         raise NbinterpError("kinds is a list, e.g. kinds=['resid_pre', 'head']")
+    if isinstance(clean, (list, tuple)) and not clean:
+        raise NbinterpError("clean= is empty: pass a prompt, a data set, or a non-empty list of prompts")
+    if isinstance(clean, (list, tuple)) and all(isinstance(p, str) for p in clean):
+        clean, corrupted = paired_lists(clean, corrupted, target), None
+    if is_data_set(clean):
+        if corrupted is not None:
+            raise NbinterpError("a data set carries its own counterfactual pairs: leave corrupted= out "
+                                "(or pass clean= and corrupted= as two lists of prompts)")
+        refuse_options("ni.patch", positions=(positions, None), layers=(layers, None), position=(position, -1),
+                       exact=(exact, True), batch_size=(batch_size, None))
+        return over_data_set("patch", model, clean, target=target, foil=foil, background=background, kinds=kinds)
+    if corrupted is None or target is None:
+        raise NbinterpError('ni.patch needs corrupted= and target=, e.g. ni.patch(model, "When Mary and John ...", '
+                            'corrupted="When Mary and John ... Mary gave", target=" Mary", foil=" John")')
     return PatchingView(model, clean, corrupted, target, foil, kinds=kinds, position=position,
                         batch_size=batch_size, layers=layers, positions=positions, exact=exact,
                         background=background)
