@@ -376,7 +376,7 @@ class Attribution:
             scope = f"{len(keys)} chosen edges"
         compared = "qk_fix" if method == "hybrid" else method
         started = time.perf_counter()
-        measured = batch.knockout_effects(self.model, self.run.input_ids, keys, self._metric()).numpy()
+        measured = batch.knockout_effects(self.model, self.run.input_ids, keys, self._metric(), base=self.run).numpy()
         clean = self.metric  # for display: the gradient run's own forward, no extra one
         seconds = time.perf_counter() - started
         estimate = np.nan_to_num(estimate)  # a no-op knockout (masked key) estimates 0
@@ -405,7 +405,7 @@ class Attribution:
         missing = [i for i, value in enumerate(measured) if np.isnan(value)]
         if missing:
             measured[missing] = batch.ablation_effects(self.model, self.run.input_ids, [keys[i] for i in missing],
-                                                       self._metric()).numpy()
+                                                       self._metric(), base=self.run).numpy()
         clean = self.metric  # for display (effects come with their own clean rows)
         seconds = time.perf_counter() - started
         estimate = np.array([float(self.head_estimates[key]) for key in keys])
@@ -430,7 +430,7 @@ class Attribution:
         to_run = valid & ~zero
         keys = [tuple(x) for x in to_run.nonzero().tolist()]
         started = time.perf_counter()
-        measured = batch.knockout_effects(self.model, self.run.input_ids, keys, self._metric(), rows)
+        measured = batch.knockout_effects(self.model, self.run.input_ids, keys, self._metric(), rows, base=self.run)
         clean = self.metric  # for display (effects come with their own clean rows)
         seconds = time.perf_counter() - started
         effects = torch.full(valid.shape, float("nan"), dtype=torch.float64)
@@ -558,7 +558,8 @@ def compute_attribution(model: "Model", prompt: Any, target: str | int, foil: st
         if run.gradient_metric != expected:
             raise NbinterpError("the run's gradients are of another target / foil / position: pass the prompt instead")
     else:
-        run = model.run(prompt, target=target, foil=foil, position=position, gradients=True)
+        # resid_pre too (in the same forward): exact measurements start from this run's stream
+        run = model.run(prompt, target=target, foil=foil, position=position, gradients=True, capture=["resid_pre"])
     n_tokens = len(run)
     head_estimates = run.head_attribution().double()
     summary = summarise(run, model.n_layers, model.n_heads, position, max(n_top, TOP_PER_HEAD), dominant)
@@ -567,7 +568,8 @@ def compute_attribution(model: "Model", prompt: Any, target: str | int, foil: st
     # every head, at any length (exact_budget=0 asks for estimates only)
     heads = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)] if exact_budget else []
     metric = Metric.of(model, target, foil, position, n_tokens)
-    measurement = ExactMeasurement(model, run.input_ids, metric, heads, choose_dominant(summary, exact_budget))
+    measurement = ExactMeasurement(model, run.input_ids, metric, heads, choose_dominant(summary, exact_budget),
+                                   base=run)
     att = Attribution(model, run, target, foil, position, head_estimates, summary, measurement, method, n_top)
     if measure:
         measurement.run()

@@ -27,6 +27,7 @@ from nbinterp.interventions import batch
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
     from nbinterp.engine.plan import Metric
+    from nbinterp.engine.run import Run
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,9 @@ class ExactMeasurement:
     """Planned head ablations and edge knockouts of one prompt and metric."""
 
     def __init__(self, model: "Model", input_ids: torch.Tensor, metric: "Metric", heads: list[tuple[int, int]],
-                 edges: torch.Tensor, rows: int | None = None) -> None:
+                 edges: torch.Tensor, rows: int | None = None, base: "Run | None" = None) -> None:
         self.model, self.input_ids, self.metric = model, input_ids, metric
+        self.base = base  # the prompt's own run: forwards start where their interventions begin
         self.heads = heads
         self.edges = edges  # [N, 4] int64, in measurement order (the caller's priority)
         self.head_effects = torch.full((model.n_layers, model.n_heads), float("nan"), dtype=torch.float64)
@@ -97,7 +99,7 @@ class ExactMeasurement:
         keys: list[tuple[int, ...]] = [tuple(h) for h in self.heads[start:stop]]
         first_edge = max(0, start - n_heads)
         keys += [tuple(edge) for edge in self.edges[first_edge : max(0, stop - n_heads)].tolist()]
-        effects = measure_effects(self.model, self.input_ids, keys, self.metric)
+        effects = measure_effects(self.model, self.input_ids, keys, self.metric, self.base)
         n_head_keys = sum(len(key) == 2 for key in keys)
         for (layer, head), value in zip(keys[:n_head_keys], effects[:n_head_keys].tolist()):
             self.head_effects[layer, head] = value
@@ -112,13 +114,21 @@ class ExactMeasurement:
         return self.edge_effects.isnan()
 
 
-def measure_effects(model: "Model", input_ids: torch.Tensor, keys: list[tuple[int, ...]], metric: "Metric") -> torch.Tensor:
+def measure_effects(model: "Model", input_ids: torch.Tensor, keys: list[tuple[int, ...]], metric: "Metric",
+                    base: "Run | None" = None) -> torch.Tensor:
     """metric(intervened) - metric(clean) for head ablations (2-tuples) and edge
-    knockouts (4-tuples) together, in one forward: float64 [len(keys)]."""
+    knockouts (4-tuples) together, in one forward (more only where a resumed
+    forward's cache budget splits it): float64 [len(keys)]. With `base`, the
+    prompt's run, a forward starts at its lowest layer and, for edges only, its
+    first query (`nbinterp.engine.batch.measure`)."""
     def fill(plan: batch.RowPlan, slot: int, key: tuple[int, ...]) -> None:
         if len(key) == 2:
             plan.ablate_head(slot, *key)
         else:
             plan.knock_out(slot, *key)
 
-    return batch.measure(model, input_ids, keys, fill, metric, rows=len(keys) + 1).effects[:, 0]
+    def start(key: tuple[int, ...]) -> tuple[int, int]:
+        return (key[0], 0) if len(key) == 2 else (key[0], key[2])
+
+    return batch.measure(model, input_ids, keys, fill, metric, rows=len(keys) + 1, base=base,
+                         start=start).effects[:, 0]

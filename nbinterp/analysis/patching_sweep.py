@@ -33,6 +33,7 @@ import torch
 
 from nbinterp.engine.batch import RowPlan
 from nbinterp.engine.plan import PATCH_SITES, Metric, Plan, parse_site
+from nbinterp.engine.resume import Resume, from_run, rows_for
 from nbinterp.engine.run import Run
 from nbinterp.interventions.batch import Site
 from nbinterp.errors import NbinterpError
@@ -49,6 +50,7 @@ KIND_LABELS = {
 }
 WINDOW = 4  # batches of cells ahead a batch may draw from (see PatchingSweep._next_batch)
 TOKENS_PER_BATCH = 512  # rows x tokens per forward; small models are overhead-bound, so batch
+MAX_BATCH = 64  # rows per forward when batch_size is not given (short suffixes fit many)
 
 
 @dataclass
@@ -68,6 +70,10 @@ class PatchingSetup:
     @property
     def n_tokens(self) -> int:
         return self.corrupted_ids.shape[1]
+
+    def resume_at(self, layer: int, position: int) -> "Resume | None":
+        """Where a batch patched from (layer, position) on starts: the corrupted run's reads."""
+        return from_run(self.corrupted, layer, position)
 
     @property
     def clean_tokens(self) -> list[str]:
@@ -175,15 +181,22 @@ def effects_of(setup: PatchingSetup, patch_sets: Sequence[Sequence[Site]]) -> to
     for slot, sites in enumerate(patch_sets):
         for kind, layer, head, position in sites:
             rows.patch(slot, kind, layer, head, position, setup.clean.captured(PATCH_SITES[kind][0], layer))
-    # A patch at layer l leaves every layer below l as in the corrupted run: start
-    # the forward at the lowest patched layer from the corrupted stream entering it.
-    start = min((layer for sites in patch_sets for _, layer, _, _ in sites), default=0)
-    start_at = None if start == 0 else (start, setup.corrupted.captured("resid_pre", start)[None])
+    # A patch at layer l and token p leaves every layer below l, and every token
+    # before p, as in the corrupted run: the forward starts there (nbinterp.engine.resume).
+    layer, position = batch_start(setup, [site for sites in patch_sets for site in sites])
     saved = setup.model.execute(setup.corrupted_ids.repeat(n, 1), rows.plan, {}, setup.metric, gradients=False,
-                                logits="none", start_at=start_at)
+                                logits="none", resume=setup.resume_at(layer, position))
     raw = saved["metric"].reshape(n).cpu().double()
     corrupted, clean = setup.corrupted_logit_diff, setup.clean_logit_diff
     return ((raw - corrupted) / (clean - corrupted)).float() + 0.0  # + 0.0: no "-0.0" on screen
+
+
+def batch_start(setup: PatchingSetup, sites: Sequence[Site]) -> tuple[int, int]:
+    """(lowest patched layer, first patched token) of a batch; a head patch covers every token.
+    Tokens after the metric's position cannot move it: the start is at most that position."""
+    layer = min((site[1] for site in sites), default=0)
+    position = min((0 if site[3] is None else site[3] for site in sites), default=0)
+    return layer, min(position, setup.metric.position)
 
 
 def patching_effect(
@@ -243,8 +256,6 @@ class PatchingSweep:
         ]
         # stable sort: equal estimates keep the kind / layer / index order
         self.order = sorted(cells, key=lambda c: -abs(float(self.estimates[c[0]][c[1], c[2]])))
-        if self.batch_size is None:
-            self.batch_size = max(1, min(64, TOKENS_PER_BATCH // n_tokens))
 
     @property
     def total(self) -> int:
@@ -289,21 +300,39 @@ class PatchingSweep:
     def _next_batch(self) -> list[tuple[str, int, int]]:
         """The next cells (`order`'s pending part is reordered to match): the
         largest pending |estimate|, then, from the next WINDOW batches' worth,
-        the cells at or above its layer (nearest in order first), then the
-        highest of the rest. A forward starts at its lowest patched layer, so
-        the blocks below it are not run; the order by |estimate| holds to
-        within a window."""
+        the cells that add least to the forward's cost (nearest in order first).
+        A forward runs the blocks from its lowest patched layer and the tokens
+        from its first patched one (`nbinterp.engine.resume`), so cells at or
+        above both add only their row. The order by |estimate| holds to within
+        a window."""
         pending = self.order[self.done :]
-        first_layer = pending[0][1]
-        window = pending[1 : WINDOW * self.batch_size]
-        below = lambda i: window[i][1] < first_layer  # noqa: E731 - lowers the batch's start
-        rest = sorted(range(len(window)), key=lambda i: (below(i), -window[i][1] if below(i) else 0, i))
-        chosen = sorted(rest[: self.batch_size - 1])
+        n_layers, n_tokens, metric = self.setup.model.n_layers, self.setup.n_tokens, self.setup.metric
+        start = lambda c: (c[1], 0 if c[0] == "head" else min(c[2], metric.position))  # noqa: E731
+        cost = lambda layer, position: (n_layers - layer) * (n_tokens - position)  # noqa: E731 - per row
+        layer0, position0 = start(pending[0])
+        window = pending[1 : WINDOW * (self.batch_size or MAX_BATCH)]
+        added = lambda i: cost(min(layer0, start(window[i])[0]), min(position0, start(window[i])[1]))  # noqa: E731
+        chosen: list[int] = []
+        for i in sorted(range(len(window)), key=lambda i: (added(i), i)):
+            layer, position = start(window[i])
+            if len(chosen) + 2 > self._capacity(min(position0, position)):
+                if len(chosen) + 2 > self._capacity(position0):
+                    break
+                continue  # would shorten the batch below what it holds: leave it for a later one
+            chosen.append(i)
+            layer0, position0 = min(layer0, layer), min(position0, position)
+        chosen.sort()
         batch = [pending[0]] + [window[i] for i in chosen]
         taken = set(chosen)
         left = [c for i, c in enumerate(window) if i not in taken]
         self.order[self.done :] = batch + left + pending[len(window) + 1 :]
         return batch
+
+    def _capacity(self, position: int) -> int:
+        """Rows per forward for a batch whose tokens start at `position` (batch_size when given)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return min(MAX_BATCH, rows_for(self.setup.n_tokens, position, TOKENS_PER_BATCH))
 
     def run(self) -> dict[str, torch.Tensor]:
         for _ in self:

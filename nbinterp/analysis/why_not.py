@@ -172,7 +172,8 @@ class WhyNot:
         sets = sites + [[s[0] for s in sites]]
         single, together = [], []
         for run in ctx["reference_runs"]:
-            values = batch.patched_metrics(ctx["model"], ctx["input_ids"], run, sets, ctx["metric"]).double()
+            values = batch.patched_metrics(ctx["model"], ctx["input_ids"], run, sets, ctx["metric"],
+                                           base=ctx["run"]).double()
             single.append(values[:-1].tolist())
             together.append(float(values[-1]))
         gaps = [ref - self.metric for ref in self.reference_metrics]
@@ -252,14 +253,6 @@ def critical_layer(expected_rank: torch.Tensor, actual_rank: torch.Tensor) -> in
     return row - 1  # stream row r is the stream after block r - 1
 
 
-def mlp_ablation_effects(model: "Model", input_ids: torch.Tensor, metric: Metric) -> torch.Tensor:
-    """metric(MLP l zero-ablated) - metric(clean) for every layer (the engine's batched runner)."""
-    layers = list(range(model.n_layers))
-    measured = measure(model, input_ids, layers, lambda plan, slot, layer: plan.scale_mlp(slot, layer, 0.0), metric,
-                       rows=model.n_layers + 1)
-    return measured.effects[:, 0]
-
-
 def answer_span(model: "Model", ids: list[int], expected_id: int, references: list[list[int]], position: int) -> list[int]:
     """Default relevant span: where the expected token occurs before the answer, else where references differ."""
     span = [i for i, t in enumerate(ids[:position]) if t == expected_id]
@@ -293,7 +286,8 @@ def first_answer(
     position %= n_tokens
     expected_id = model.token_id(expected)
     tokenizer = model.tokenizer
-    run = model.run(input_ids, capture=["z", "w_o", "qkv", "mlp_out", "logits"])
+    # resid_pre and qkv too: exact measurements start from this run where they change nothing before
+    run = model.run(input_ids, capture=["z", "w_o", "qkv", "mlp_out", "resid_pre", "logits"])
     logits = run.logits_at(position)
     if actual is None:
         order = logits.argsort(descending=True).tolist()
@@ -369,7 +363,8 @@ def first_answer(
         tokens=display_text(tokenizer, input_ids[0].tolist()), expected=expected_text, actual=actual_text,
         position=position, metric=metric_here, trajectory=trajectory, inhibitors=inhibitors, missing=missing,
         span=span_positions, reference_metrics=reference_metrics,
-        _context={"model": model, "input_ids": input_ids, "metric": metric, "reference_runs": reference_runs},
+        _context={"model": model, "input_ids": input_ids, "metric": metric, "reference_runs": reference_runs,
+                  "run": run},
     )
 
 
@@ -426,7 +421,7 @@ def exact_steps(result: WhyNot) -> Iterator[dict[str, Any]]:
             sets = [[m.component.batch_site(result.position)] for m in chunk]
             shares = torch.zeros(len(chunk), dtype=torch.float64)
             for ref, ref_metric in zip(ctx["reference_runs"], result.reference_metrics):
-                values = batch.patched_metrics(model, input_ids, ref, sets, metric).double()
+                values = batch.patched_metrics(model, input_ids, ref, sets, metric, base=ctx["run"]).double()
                 shares += (values - result.metric) / (ref_metric - result.metric) / len(ctx["reference_runs"])
             for m, share in zip(chunk, shares.tolist()):
                 m.restore_share, m.measured = share, True
@@ -435,13 +430,13 @@ def exact_steps(result: WhyNot) -> Iterator[dict[str, Any]]:
             mlps = [i for i in chunk if i.component.head is None]
             if heads:
                 effects = batch.ablation_effects(model, input_ids, [(i.component.layer, i.component.head) for i in heads],
-                                                 metric, rows=len(heads) + 1)
+                                                 metric, rows=len(heads) + 1, base=ctx["run"])
                 for i, effect in zip(heads, effects.tolist()):
                     i.effect, i.measured = effect, True
             if mlps:
                 layers = [i.component.layer for i in mlps]
                 measured = measure(model, input_ids, layers, lambda plan, slot, layer: plan.scale_mlp(slot, layer, 0.0),
-                                   metric, rows=len(layers) + 1)
+                                   metric, rows=len(layers) + 1, base=ctx["run"], start=lambda layer: (layer, 0))
                 for i, effect in zip(mlps, measured.effects[:, 0].tolist()):
                     i.effect, i.measured = effect, True
         done += len(chunk)

@@ -16,14 +16,16 @@ every prompt clean, slot s every prompt with intervention s.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
 from nbinterp.engine.plan import PATCH_SITES, Metric, Plan
+from nbinterp.engine.resume import Resume, from_run, rows_for
 
 if TYPE_CHECKING:
     from nbinterp.engine.model import Model
+    from nbinterp.engine.run import Run
 
 # Largest float32 element count of one layer's attention probabilities
 # (rows x heads x T x T) or MLP hidden state per batch: ~64 MB each.
@@ -108,9 +110,11 @@ class RowPlan:
         where[self.rows(slot), positions, cols] = True
 
 
-def forward_metric(model: "Model", input_ids: torch.Tensor, plan: Plan, metric: Metric) -> torch.Tensor:
-    """One forward of the rows `input_ids` [B, T] under `plan`: the metric per row, float64 [B]."""
-    saved = model.execute(input_ids, plan, {}, metric, gradients=False, logits="none")
+def forward_metric(model: "Model", input_ids: torch.Tensor, plan: Plan, metric: Metric,
+                   resume: "Resume | None" = None) -> torch.Tensor:
+    """One forward of the rows `input_ids` [B, T] under `plan`: the metric per row, float64 [B]
+    (`resume`: run only the blocks and tokens the plan can change, `nbinterp.engine.resume`)."""
+    saved = model.execute(input_ids, plan, {}, metric, gradients=False, logits="none", resume=resume)
     return saved["metric"].reshape(input_ids.shape[0]).cpu().double()
 
 
@@ -143,31 +147,69 @@ def forwards_needed(model: "Model", n_prompts: int, n_tokens: int, n_items: int,
 def measure(
     model: "Model", input_ids: torch.Tensor, items: Sequence[Any], fill: Callable[[RowPlan, int, Any], None],
     metric: Metric, rows: int | None = None, order: Callable[[Any], Any] | None = None,
-    progress: Callable[[], None] | None = None,
+    progress: Callable[[], None] | None = None, base: "Run | None" = None,
+    start: Callable[[Any], tuple[int, int]] | None = None,
 ) -> Measured:
     """The one batched runner: `fill(row_plan, slot, item)` writes item's
     intervention into slot `slot` (1, 2, ...) of a forward whose slot 0 is the
     clean prompts; `input_ids` [P, T] are P prompts of one token length (the
     metric at the same position in each). `rows` caps the rows per forward
     (default: what fits, `batch_rows`); `order` sorts the items so a batch
-    touches few layers; `progress()` is called after each forward."""
+    touches few layers; `progress()` is called after each forward.
+
+    With one prompt, its unintervened run `base` and `start(item)` = (layer,
+    token) before which the item changes nothing (a patch or knockout there,
+    (layer, 0) for a head or MLP at every token), each forward runs only the
+    blocks and tokens its items can change (`nbinterp.engine.resume`); the
+    clean row is the same shortened forward, so effects stay differences of
+    one forward's rows."""
     n_prompts, n_tokens = input_ids.shape
     per_prompts, per_forward = _layout(model, n_prompts, n_tokens, rows)
     values = torch.empty(len(items), n_prompts, dtype=torch.float64)
     clean = torch.empty(len(items), n_prompts, dtype=torch.float64)
     indices = sorted(range(len(items)), key=lambda i: order(items[i])) if order else list(range(len(items)))
+    resumable = (base is not None and start is not None and n_prompts == 1
+                 and torch.equal(base.input_ids.cpu(), input_ids.cpu()))
     for p0 in range(0, n_prompts, per_prompts):
         prompts = input_ids[p0 : p0 + per_prompts]
         n_p = prompts.shape[0]
-        for start in range(0, len(indices), per_forward):
-            chunk = indices[start : start + per_forward]
+        for chunk in _chunks(indices, per_forward, [start(items[i]) for i in indices] if resumable else None,
+                             n_tokens, metric.position):
             row_plan = RowPlan(model, len(chunk) + 1, n_tokens, n_p)
             for slot, i in enumerate(chunk, start=1):
                 fill(row_plan, slot, items[i])
-            out = forward_metric(model, prompts.repeat(len(chunk) + 1, 1), row_plan.plan, metric).reshape(-1, n_p)
+            resume = None
+            if resumable:
+                layer = min(start(items[i])[0] for i in chunk)
+                position = min(min(start(items[i])[1] for i in chunk), metric.position)
+                resume = from_run(base, layer, position)
+            out = forward_metric(model, prompts.repeat(len(chunk) + 1, 1), row_plan.plan, metric, resume)
+            out = out.reshape(-1, n_p)
             index = torch.tensor(chunk)
             values[index, p0 : p0 + n_p] = out[1:]
             clean[index, p0 : p0 + n_p] = out[0].expand(len(chunk), -1)
             if progress is not None:
                 progress()
     return Measured(values, clean)
+
+
+def _chunks(indices: list[int], per_forward: int, starts: list[tuple[int, int]] | None, n_tokens: int,
+            metric_position: int) -> Iterator[list[int]]:
+    """The items of each forward, in order. Resumed forwards hold cached keys
+    for every row: a chunk that starts after token 0 also keeps rows x tokens
+    within the cache's budget (`resume.rows_for`)."""
+    if starts is None:
+        yield from (indices[i : i + per_forward] for i in range(0, len(indices), per_forward))
+        return
+    chunk: list[int] = []
+    position = n_tokens
+    for i, (_, item_position) in zip(indices, starts):
+        lowest = min(position, item_position, metric_position)
+        capacity = per_forward if lowest == 0 else min(per_forward, rows_for(n_tokens, lowest, MAX_ROWS * n_tokens) - 1)
+        if chunk and len(chunk) + 1 > max(1, capacity):
+            yield chunk
+            chunk, lowest = [], min(item_position, metric_position)
+        chunk.append(i)
+        position = lowest
+    if chunk:
+        yield chunk

@@ -19,6 +19,7 @@ from nbinterp.engine import plan as plans
 from nbinterp.engine.plan import Metric, Plan
 from nbinterp.engine.captures import typed
 from nbinterp.engine.trace import CAPTURES, TraceRequest, execute
+from nbinterp.engine.resume import trim
 from nbinterp.engine.patch_plan import build_patch
 from nbinterp.engine.run import Run
 
@@ -256,11 +257,20 @@ class Model:
     ) -> dict:
         """The engine's one trace (`nbinterp.engine.trace.execute`), under the model's lock, results on CPU,
         captures typed (`nbinterp.engine.captures`). `options` are `TraceRequest` fields
-        (logits, lens_tokens, attention_mask, all_rows, direct_effect).
+        (logits, lens_tokens, attention_mask, all_rows, direct_effect), or `resume=`
+        (`nbinterp.engine.resume.Resume`: run only the blocks and tokens an intervention can change).
 
         The one execution path: every analysis builds a `Plan`, the captures it
         needs per layer and its metric, and calls this once per forward."""
         device = self._device()
+        resume = options.pop("resume", None)
+        if resume is not None:
+            if capture or metric is None or gradients:
+                raise self._error("a resumed forward reads only a metric (no captures, no gradients)")
+            # a remote request would have to ship the KV cache: there only the blocks below are skipped
+            fields = trim(input_ids.to(device), plan, metric, resume, self.hf.config, tokens=self.remote is False)
+            input_ids, plan, metric = fields.pop("input_ids"), fields.pop("plan"), fields.pop("metric")
+            options.update(fields)
         request = TraceRequest(input_ids.to(device), plan, capture, metric, gradients, **options)
         with self.lock:
             saved = execute(self.nn, self.arch, self.shape, request, self.remote)

@@ -53,6 +53,9 @@ class TraceRequest:
     # stream). For interventions that leave layers below l alone (patching
     # sweeps): the stream is the unintervened run's resid_pre at l.
     start_at: "tuple[int, torch.Tensor] | None" = None
+    # more keyword arguments of the model's forward (a resumed request's KV cache and
+    # mask: `nbinterp.engine.resume`)
+    forward_kwargs: "dict[str, Any] | None" = None
     lens_streams: "dict[int, torch.Tensor] | None" = None
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ beforehand, so the same request runs locally, through nnsight's
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,7 +93,17 @@ def execute(nn_model: Any, arch: Architecture, shape: ModelShape, request: Trace
         for name in ("qkv", "z"):
             request.capture[name] = set(range(shape.n_layers))
     sites = Sites.of(nn_model, arch, shape, request)
-    with torch.set_grad_enabled(request.want_grads), nn_model.trace(request.inputs, remote=remote):
+    with warnings.catch_warnings():
+        # transformers 5 renames past_key_values to `cache` in some models (a FutureWarning);
+        # nnsight passes on only the old name, which still works
+        warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+        return _execute(nn_model, sites, request, remote)
+
+
+def _execute(nn_model: Any, sites: Sites, request: TraceRequest, remote: bool | str) -> dict[str, Any]:
+    shape = sites.shape
+    with torch.set_grad_enabled(request.want_grads), nn_model.trace(request.inputs, remote=remote,
+                                                                    **(request.forward_kwargs or {})):
         state = TraceState({name: {} for name in CAPTURES})
         embeddings(sites, request, state)
         start = skip_below(sites, request)
@@ -170,6 +181,9 @@ def attention_inputs(sites: Sites, request: TraceRequest, state: TraceState, l: 
     query, key, value, mask = args[1], args[2], args[3], args[4]
     knockout = request.plan.knockout.get(l)
     if knockout is not None:
+        # A resumed forward's sliding-window layers hold only the keys still in view (the
+        # cache dropped older ones, which no query here can see): the mask's last columns.
+        knockout = knockout[..., -key.shape[-2]:]
         probs = attention_probabilities(
             query, key, mask, kwargs.get("scaling") or query.shape[-1] ** -0.5, kwargs.get("softcap"),
             kwargs.get("sliding_window"), knockout.to(query.device),
