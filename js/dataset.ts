@@ -150,12 +150,18 @@ function render({ model, el, host }: RenderProps<DatasetModel>): () => void {
         panel.row_labels.length, panel.col_labels.length, scale);
       h.draw();
     });
-    const done = checkTrait(model, DATASET_TRAITS, "progress").done ?? 0;
-    renderLegend(legend, scale, `mean over ${done} ${unit}s`, {
+    drawLegend();
+    root.dataset.drawn = "true";
+  }
+
+  /** The legend counts the rows from `progress`, which may land after `_stats` in one update: drawn on both. */
+  function drawLegend() {
+    if (!stats) return;
+    const done = checkTrait(model, DATASET_TRAITS, "progress").done;
+    renderLegend(legend, scaleFor(stats, diverging), `mean over ${done} ${unit}s`, {
       swatches: [{ label: `no ${unit} has this cell (or none computed yet)`, kind: "missing" }],
       note: `each ${unit}: ${model.get("what")}; hover a cell for its 95% bootstrap interval, sign agreement and spread`,
     });
-    root.dataset.drawn = "true";
   }
 
   function drawProgress() {
@@ -233,7 +239,7 @@ function render({ model, el, host }: RenderProps<DatasetModel>): () => void {
   });
   drawOpened().catch((err) => errors.show(describeError(err)));
   listen("change:_stats", drawMaps);
-  listen("change:progress", drawProgress);
+  listen("change:progress", () => { drawProgress(); drawLegend(); });
   listen("change:_opened", () => void drawOpened().catch((err) => errors.show(describeError(err))));
   listen("change:error", () => errors.show(model.get("error")));
   return () => dispose();
