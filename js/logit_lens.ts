@@ -8,6 +8,7 @@
 import type { RenderProps } from "@anywidget/types";
 import { decodeTensor, type Tensor } from "./lib/codec";
 import { formatValue, logScale, renderLegend, sequentialScale } from "./lib/colors";
+import { fittedColumnWidth, watchWidth } from "./lib/fit";
 import { Heatmap } from "./lib/heatmap";
 import { toggleGroup } from "./lib/style";
 import { displayToken } from "./lib/tokens";
@@ -20,6 +21,15 @@ type Colour = "target" | "top";
 type LensScale = "log" | "linear";
 /** The log scale's floor: a target's probability is often 1e-5 .. 1e-3 until the last layers. */
 const LOG_FLOOR = 1e-5;
+/** Columns as wide as a top-token label needs, narrowed to fit the output area
+ *  down to MIN_COL_PX (then the box scrolls); MARGIN_LEFT holds the row labels. */
+const PREFERRED_COL_PX = 64, MIN_COL_PX = 3, MARGIN_LEFT = 52, ASSUMED_WIDTH_PX = 900;
+
+/** Plot width of the lens for `cols` positions in `availablePx` of output area. */
+export function lensPlotWidth(cols: number, availablePx: number): number {
+  const preferred = Math.max(12, Math.min(PREFERRED_COL_PX, Math.floor(900 / Math.max(cols, 1))));
+  return cols * fittedColumnWidth(cols, preferred, availablePx, MARGIN_LEFT + 2, MIN_COL_PX);
+}
 
 function render({ model, el }: RenderProps<LogitLensModel>): () => void {
   const { doc, root, errors, cleanups, guard, dispose } = mountView(model, el, "logit-lens");
@@ -49,10 +59,9 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
 
   const tokens = model.get("tokens");
   const rows = model.get("row_labels");
-  const cellW = Math.max(12, Math.min(64, Math.floor(900 / Math.max(tokens.length, 1))));
   const cellH = 20;
   const box = doc.createElement("div");
-  box.className = "nbi-scroll-x"; // a long prompt scrolls here instead of spilling out of the output area
+  box.className = "nbi-scroll-x"; // past the least column width a long prompt scrolls here, inside the output area
   const legend = doc.createElement("div");
   legend.className = "nbi-legend";
   const progressLine = doc.createElement("div");
@@ -66,7 +75,8 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
   const isComputed = (i: number) => !computed || computed.values[i] !== 0;
   const topTokens = () => model.get("top_tokens");
   const heatmap = new Heatmap(box, {
-    plotWidth: cellW * tokens.length, plotHeight: cellH * rows.length, marginLeft: 52, marginTop: 90,
+    plotWidth: lensPlotWidth(tokens.length, el.clientWidth || ASSUMED_WIDTH_PX), plotHeight: cellH * rows.length,
+    marginLeft: MARGIN_LEFT, marginTop: 90,
     cornerLabel: "after \u2193",
     cellLabel: (cell) => displayToken(topTokens()[cell.row]?.[cell.col] ?? ""),
     onHover: (cell, event) => guard(() => {
@@ -89,6 +99,11 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
   });
   heatmap.setLabels(rows, tokens.map(displayToken));
   cleanups.push(() => heatmap.destroy());
+  // The whole prompt in the width the output area has (and again when it changes).
+  cleanups.push(watchWidth(root, (px) => {
+    heatmap.resize(lensPlotWidth(tokens.length, px), cellH * rows.length);
+    root.dataset.fittedTo = String(px);
+  }));
 
   function draw() {
     const lens = checkTrait(model, LOGIT_LENS_TRAITS, "_lens");
@@ -106,7 +121,8 @@ function render({ model, el }: RenderProps<LogitLensModel>): () => void {
     root.dataset.scale = lensScale;
     renderLegend(legend, scale, colour === "target" && targetP ? `p(${JSON.stringify(target)})` : "p(top token)", {
       note: "measured: each residual stream read through the final norm and the unembedding (logit lens), softmax over the vocabulary; " +
-        (lensScale === "log" ? `log scale ${formatValue(LOG_FLOOR)} .. 1 (smaller probabilities get the first colour)` : "linear scale 0 .. 1"),
+        (lensScale === "log" ? `log scale ${formatValue(LOG_FLOOR)} .. 1 (smaller probabilities get the first colour)` : "linear scale 0 .. 1") +
+        " \u00b7 top tokens are written in cells wide enough: wheel zooms in (labels follow), drag pans, double-click resets; hover shows every number",
     });
     root.dataset.colour = colour;
     root.dataset.drawn = "true";

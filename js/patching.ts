@@ -12,6 +12,7 @@ import { checkTrait, type RequestSpec } from "./lib/contract";
 import { PATCHING_REQUESTS, PATCHING_TRAITS, type PatchingModel } from "./lib/contract.gen";
 import { divergingScale, formatValue, renderLegend } from "./lib/colors";
 import { describeError } from "./lib/errors";
+import { fittedColumnWidth, watchWidth } from "./lib/fit";
 import { Heatmap, type Cell } from "./lib/heatmap";
 import { toggleGroup } from "./lib/style";
 import { displayToken } from "./lib/tokens";
@@ -53,14 +54,26 @@ const TITLES: Record<Kind, string> = {
   head: "heads (all positions)",
 };
 
-/** Rows tall enough for a 10-px layer label on every row; columns at least 8 px. */
+/** Rows tall enough for a 10-px layer label on every row; columns at least 8 px
+ *  where the output area has room for them. */
 export const MIN_ROW_PX = 16;
 export const MIN_COL_PX = 8;
+/** A long prompt's columns shrink to fit the output area down to this width
+ *  (labels every k-th position, every token on hover, wheel zooms in); only
+ *  narrower would they be unreadable, and the map scrolls in its box instead. */
+export const MIN_FIT_COL_PX = 3;
+/** Left margin of the layer labels ("L29"), and the width assumed before the view is laid out. */
+const MARGIN_LEFT = 34;
+const ASSUMED_WIDTH_PX = 900;
 /** Cell size of a map with `cols` columns and `rows` rows: square up to 28 px,
- *  never under the minimums (a wide map scrolls instead of shrinking). */
+ *  never under the minimums (`fittedColumnWidth` narrows a long prompt's to fit). */
 export function cellSize(cols: number, rows: number): { width: number; height: number } {
   const width = Math.max(MIN_COL_PX, Math.min(28, Math.floor(360 / Math.max(cols, rows, 1))));
   return { width, height: Math.max(MIN_ROW_PX, width) };
+}
+/** The plot width of a map of `cols` columns in `availablePx` of output area. */
+export function plotWidthFor(cols: number, rows: number, availablePx: number): number {
+  return cols * fittedColumnWidth(cols, cellSize(cols, rows).width, availablePx, MARGIN_LEFT + 2, MIN_FIT_COL_PX);
 }
 /** The colour scale is fixed: 0 = no effect, +1 = the clean metric restored,
  *  -1 = as far the other way; values beyond are clipped and marked. */
@@ -73,13 +86,6 @@ const CSS = `
 .nbi-patching progress { width: 160px; }
 .nbi-patching .nbi-opened { margin-top: 10px; border-top: 1px solid #ddd; padding-top: 6px; }
 `;
-
-/** Effects as drawn: cells not computed yet become NaN (drawn grey). */
-export function withPending(values: Float32Array, done: number): Float32Array {
-  const out = values.slice();
-  for (let i = Math.max(0, done); i < out.length; i++) out[i] = NaN;
-  return out;
-}
 
 function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
   const { doc, root, rpc, errors, cleanups, guard, listen, dispose } = mountView(model, el, "patching", { css: CSS });
@@ -150,6 +156,7 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
   const columnLabels = (kind: Kind) => (kind === "head" ? Array.from({ length: nHeads }, (_, h) => `H${h}`) : tokens.map((t, i) => `${i} ${displayToken(t)}`));
   const rowLabels = Array.from({ length: nLayers }, (_, l) => `L${l}`);
   const heatmaps = new Map<Kind, Heatmap>();
+  const columns = (kind: Kind) => (kind === "head" ? nHeads : tokens.length);
 
   const describe = (kind: Kind, cell: Cell) => {
     if (kind === "head") return `layer ${cell.row} head ${cell.col}`;
@@ -168,17 +175,18 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
     scroller.className = "nbi-scroll-x";
     box.append(heading, scroller);
     maps.append(box);
-    const cols = kind === "head" ? nHeads : tokens.length;
+    const cols = columns(kind);
     const cell = cellSize(cols, nLayers);
     const heatmap = new Heatmap(scroller, {
-      plotWidth: cols * cell.width, plotHeight: nLayers * cell.height, marginLeft: 34, marginTop: kind === "head" ? 28 : 80,
+      plotWidth: plotWidthFor(cols, nLayers, el.clientWidth || ASSUMED_WIDTH_PX), plotHeight: nLayers * cell.height,
+      marginLeft: MARGIN_LEFT, marginTop: kind === "head" ? 28 : 80,
       markClipped: true,
       onHover: (at, event) => guard(() => {
         if (!at) return tooltip.hide();
         const value = heatmap.valueAt(at);
         const beyond = Math.abs(value) > EFFECT_SCALE_MAX ? " (beyond \u00b11: drawn at the end colour)" : "";
         const v = kindValues.get(kind);
-        const i = at.row * (kind === "head" ? nHeads : tokens.length) + at.col;
+        const i = at.row * cols + at.col;
         const measured = v !== undefined && v.measured[i] === 1;
         const est = v === undefined ? NaN : v.estimate[i];
         tooltip.show([TITLES[kind], describe(kind, at),
@@ -198,6 +206,11 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
     heatmaps.set(kind, heatmap);
     cleanups.push(() => heatmap.destroy());
   }
+  // The whole prompt in the width the output area has (and again when it changes).
+  cleanups.push(watchWidth(maps, (px) => {
+    for (const [kind, heatmap] of heatmaps) heatmap.resize(plotWidthFor(columns(kind), nLayers, px), heatmap.plotSize.height);
+    root.dataset.fittedTo = String(px);
+  }));
 
   /** One red marker on screen: the cell last opened (cleared in every other map). */
   function showMarker(kind: Kind | undefined, at: Cell | null) {
@@ -225,10 +238,6 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
       const entry = effects[kind];
       if (!entry) continue;  // not streamed yet
       const tensor = decodeTensor(entry.tensor);
-      if (entry.measured === undefined || entry.estimate === undefined) {
-        decoded.set(kind, { values: withPending(tensor.values, entry.done), shape: tensor.shape });
-        continue;
-      }
       const v = { exact: tensor.values, measured: decodeTensor(entry.measured).values, estimate: decodeTensor(entry.estimate).values };
       kindValues.set(kind, v);
       nMeasured += entry.done;
@@ -248,7 +257,8 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
     const heading = nMeasured === 0 ? "estimated (attribution patching)" : `${nMeasured} of ${nCells} cells measured, the rest estimated`;
     renderLegend(legend, scale, show === "difference" ? "measured \u2212 estimate" : `patching effect \u00b7 ${heading}`, {
       swatches: [{ label: "no number in this mode", kind: "missing" }, { label: "beyond \u00b11 (clipped; hover for the value)", kind: "clipped" }],
-      note: `${SHOW_NOTES[show]}; 1 = the clean metric restored, 0 = no change from corrupted, fixed scale \u22121 .. 1`,
+      note: `${SHOW_NOTES[show]}; 1 = the clean metric restored, 0 = no change from corrupted, fixed scale \u22121 .. 1` +
+        " \u00b7 wheel on a map zooms (labels follow), drag pans, double-click resets; hover names the token",
     });
     root.dataset.drawn = "true";
   }

@@ -45,6 +45,15 @@ export function linePoints(values: ArrayLike<number>, width: number, height: num
   return Array.from(values, (v, i) => `${(i * step).toFixed(1)},${(height - Math.max(0, Math.min(1, v)) * height).toFixed(1)}`).join(" ");
 }
 
+/** The trajectory chart's width: 60 px per stream where they fit in ~800 px (a
+ *  30-layer model's 31 streams at 26 px), never under 6; and which streams
+ *  get an x label (every k-th, k the least that leaves 24 px for "L29"). */
+export const CHART_WIDTH_PX = 800;
+export function chartLayout(streams: number): { width: number; every: number } {
+  const step = Math.max(6, Math.min(60, Math.floor(CHART_WIDTH_PX / Math.max(streams - 1, 1))));
+  return { width: step * Math.max(streams - 1, 1), every: Math.max(1, Math.ceil(24 / step)) };
+}
+
 function render({ model, el, host }: RenderProps<WhyNotModel>): () => void {
   const { doc, root, rpc, errors, cleanups, guard, listen, dispose } = mountView(model, el, "why-not", { css: CSS });
   const svgNS = "http://www.w3.org/2000/svg";
@@ -105,7 +114,8 @@ function render({ model, el, host }: RenderProps<WhyNotModel>): () => void {
     const expectedRank = decodeTensor(t.expected_rank).values;
     const actualRank = decodeTensor(t.actual_rank).values;
     const labels = model.get("row_labels");
-    const width = 60 * Math.max(labels.length - 1, 1), height = 90, pad = 30;
+    const { width, every } = chartLayout(labels.length);
+    const height = 90, pad = 30;
     const svg = doc.createElementNS(svgNS, "svg");
     svg.setAttribute("width", String(width + 2 * pad));
     svg.setAttribute("height", String(height + 40));
@@ -132,6 +142,7 @@ function render({ model, el, host }: RenderProps<WhyNotModel>): () => void {
       g.append(poly);
     }
     labels.forEach((label, i) => {
+      if (i % every !== 0) return;
       const text = doc.createElementNS(svgNS, "text");
       text.setAttribute("x", String(i * (labels.length > 1 ? width / (labels.length - 1) : 0)));
       text.setAttribute("y", String(height + 16));
@@ -149,7 +160,11 @@ function render({ model, el, host }: RenderProps<WhyNotModel>): () => void {
       ["rank expected", ...Array.from(expectedRank, (v) => String(v))],
       ["rank actual", ...Array.from(actualRank, (v) => String(v))],
     ], "nbi-ranks");
-    chart.replaceChildren(svg, caption, ranks);
+    // 31 streams of ranks up to the vocabulary's size are wider than the output area: they scroll in their own box
+    const rankBox = doc.createElement("div");
+    rankBox.className = "nbi-scroll-x";
+    rankBox.append(ranks);
+    chart.replaceChildren(svg, caption, rankBox);
   }
 
   function drawProgress() {

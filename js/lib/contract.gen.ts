@@ -94,8 +94,8 @@ export const DatasetPanelSchema: Schema = { kind: "object", fields: { title: { k
 export interface DatasetProgress { done: number; total: number; state: "running" | "done" | "cancelled" | "error"; elapsed_s: number }
 export const DatasetProgressSchema: Schema = { kind: "object", fields: { done: { kind: "int" }, total: { kind: "int" }, state: { kind: "choice", values: ["running", "done", "cancelled", "error"] }, elapsed_s: { kind: "number" } }, optional: [], name: "DatasetProgress" };
 
-export interface DatasetCellRow { unit: number; text: string; value: number }
-export const DatasetCellRowSchema: Schema = { kind: "object", fields: { unit: { kind: "int" }, text: { kind: "string" }, value: { kind: "number" } }, optional: [], name: "DatasetCellRow" };
+export interface DatasetCellRow { unit: number; group: string; text: string; value: number }
+export const DatasetCellRowSchema: Schema = { kind: "object", fields: { unit: { kind: "int" }, group: { kind: "string" }, text: { kind: "string" }, value: { kind: "number" } }, optional: [], name: "DatasetCellRow" };
 
 // ---- attention: nbinterp.widgets.attention.AttentionView
 
@@ -162,7 +162,7 @@ export const ATTENTION_REQUESTS = {
 
 /** The synced traits of PatchingView. */
 export interface PatchingModel {
-  _effects: Partial<Record<"resid_pre" | "attn_out" | "mlp_out" | "head", { tensor: EncodedTensor; done: number; measured?: EncodedTensor; estimate?: EncodedTensor }>>;
+  _effects: Partial<Record<"resid_pre" | "attn_out" | "mlp_out" | "head", { tensor: EncodedTensor; done: number; measured: EncodedTensor; estimate: EncodedTensor }>>;
   _opened: string | null;
   clean_logit_diff: number;
   clean_tokens: string[];
@@ -182,7 +182,7 @@ export interface PatchingModel {
 }
 
 export const PATCHING_TRAITS: Record<keyof PatchingModel, Schema> = {
-  _effects: { kind: "map", of: { kind: "object", fields: { tensor: { kind: "tensor" }, done: { kind: "int" }, measured: { kind: "tensor" }, estimate: { kind: "tensor" } }, optional: ["measured", "estimate"] }, keys: ["resid_pre", "attn_out", "mlp_out", "head"] },
+  _effects: { kind: "map", of: { kind: "object", fields: { tensor: { kind: "tensor" }, done: { kind: "int" }, measured: { kind: "tensor" }, estimate: { kind: "tensor" } }, optional: [] }, keys: ["resid_pre", "attn_out", "mlp_out", "head"] },
   _opened: { kind: "widget_ref" },
   clean_logit_diff: { kind: "number" },
   clean_tokens: { kind: "list", of: { kind: "string" } },

@@ -222,16 +222,15 @@ export class Heatmap {
   private marker: Cell | null = null;
   private drag: { x: number; y: number; win: MatrixWindow; moved: boolean } | null = null;
   private readonly dpr: number;
+  private readonly opts: HeatmapOptions;
 
-  constructor(container: HTMLElement, private readonly opts: HeatmapOptions) {
+  constructor(container: HTMLElement, opts: HeatmapOptions) {
     const doc = container.ownerDocument;
+    this.opts = { ...opts };
     const w = opts.marginLeft + opts.plotWidth;
     const h = opts.marginTop + opts.plotHeight;
     ({ canvas: this.canvas, ctx: this.ctx, dpr: this.dpr } = hidpiCanvas(doc, "nbi-heatmap", w, h));
-    Object.assign(this.canvas.dataset, {
-      marginLeft: String(opts.marginLeft), marginTop: String(opts.marginTop),
-      plotWidth: String(opts.plotWidth), plotHeight: String(opts.plotHeight),
-    });
+    this.recordSize();
     this.offscreen = doc.createElement("canvas");
     this.canvas.addEventListener("pointermove", this.onPointerMove);
     this.canvas.addEventListener("pointerleave", this.onPointerLeave);
@@ -246,6 +245,33 @@ export class Heatmap {
     return { ...this.win };
   }
 
+  /** The plot's size in CSS px (the margins stay), e.g. to fit a container that was resized. */
+  get plotSize(): { width: number; height: number } {
+    return { width: this.opts.plotWidth, height: this.opts.plotHeight };
+  }
+
+  /** Gives the plot a new size (the margins stay) and redraws; the window, data and marker are kept. */
+  resize(plotWidth: number, plotHeight: number): void {
+    if (plotWidth === this.opts.plotWidth && plotHeight === this.opts.plotHeight) return;
+    this.opts.plotWidth = plotWidth;
+    this.opts.plotHeight = plotHeight;
+    const w = this.opts.marginLeft + plotWidth, h = this.opts.marginTop + plotHeight;
+    this.canvas.style.width = `${w}px`;
+    this.canvas.style.height = `${h}px`;
+    this.canvas.width = Math.round(w * this.dpr);
+    this.canvas.height = Math.round(h * this.dpr);
+    this.recordSize();
+    this.draw();
+  }
+
+  private recordSize(): void {
+    const { opts } = this;
+    Object.assign(this.canvas.dataset, {
+      marginLeft: String(opts.marginLeft), marginTop: String(opts.marginTop),
+      plotWidth: String(opts.plotWidth), plotHeight: String(opts.plotHeight),
+    });
+  }
+
   get shape(): [number, number] {
     return [this.rows, this.cols];
   }
@@ -258,6 +284,7 @@ export class Heatmap {
     this.cols = cols;
     this.scale = scale;
     if (reshaped) this.win = fullWindow(rows, cols);
+    Object.assign(this.canvas.dataset, { rows: String(rows), cols: String(cols) });
   }
 
   setLabels(rowLabels: readonly string[], colLabels: readonly string[]): void {

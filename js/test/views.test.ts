@@ -5,7 +5,8 @@ import { divergingScale, logScale } from "../lib/colors";
 import { aggregateMax, axisTicks, noValueRuns, paintPixels, MASKED_RGB, MISSING_RGB } from "../lib/heatmap";
 import { displayMatrix, logFloor } from "../lib/scales";
 import { placeTooltip } from "../lib/tooltip";
-import { cellSize, MIN_ROW_PX } from "../patching";
+import { cellSize, MIN_FIT_COL_PX, MIN_ROW_PX, plotWidthFor } from "../patching";
+import { fittedColumnWidth } from "../lib/fit";
 import { ATTENTION_LABEL_SPACING, plotSide } from "../attention";
 
 test("axis labels sit on multiples of a step chosen from pixel spacing, stable under a pan", () => {
@@ -86,4 +87,17 @@ test("logit-difference axis: round span and labels", () => {
   assert.equal(niceCeil(2.3), 2.5);
   assert.equal(niceCeil(0.07), 0.1);
   assert.deepEqual(symmetricTicks(20).map(tickLabel), ["-20", "-10", "0", "10", "20"]);
+});
+
+test("wide maps: a long prompt's columns shrink to fit the output area, never under the least readable width", () => {
+  assert.equal(fittedColumnWidth(14, 25, 900, 36), 25); // a short prompt keeps its preferred cells
+  assert.equal(fittedColumnWidth(252, 8, 900, 36, 3), 3); // (900 - 36) / 252 = 3.4
+  assert.equal(fittedColumnWidth(512, 8, 900, 36, 3), 3); // too long to fit: the least width, the box scrolls
+  assert.equal(fittedColumnWidth(0, 8, 900, 36, 3), 8);
+  for (const [cols, px] of [[14, 900], [128, 700], [252, 856], [252, 1000], [300, 1300]] as const) {
+    const width = plotWidthFor(cols, 30, px);
+    assert.ok(width + 36 <= px, `${cols} columns in ${px} px: plot ${width} px`);
+    assert.ok(width / cols >= MIN_FIT_COL_PX);
+  }
+  assert.equal(plotWidthFor(600, 30, 856), 600 * MIN_FIT_COL_PX); // past the least width it scrolls
 });

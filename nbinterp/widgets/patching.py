@@ -62,7 +62,7 @@ class PatchingView(CancelResume, InterpWidget):
     # kind -> {tensor: exact effects (float32, 0 where not measured), measured: 1 where
     # measured else 0, estimate: attribution-patching estimates, done: cells measured}
     _effects = traitlets.Dict().tag(sync=True, schema=MapOf(
-        Obj({"tensor": TENSOR, "done": INT, "measured": Opt(TENSOR), "estimate": Opt(TENSOR)}), keys=KIND))
+        Obj({"tensor": TENSOR, "done": INT, "measured": TENSOR, "estimate": TENSOR}), keys=KIND))
     _opened = anywidget.WidgetTrait().tag(sync=True)  # "anywidget:<id>" of the opened view
 
     def __init__(self, model: Any, clean: str, corrupted: str, target: Any, foil: Any = None, *,
