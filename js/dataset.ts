@@ -37,9 +37,9 @@ const CSS = `
 .nbi-dataset .nbi-opened { margin-top: 10px; border-top: 1px solid #ddd; padding-top: 6px; }
 `;
 
-/** Cell size: square up to 28 px, at least 16 px tall (a readable row label) and 8 px wide. */
+/** Cell size: square up to 40 px, at least 16 px tall (a readable row label) and 8 px wide. */
 export function cellSize(cols: number, rows: number): { width: number; height: number } {
-  const width = Math.max(8, Math.min(28, Math.floor(360 / Math.max(cols, rows, 1))));
+  const width = Math.max(8, Math.min(40, Math.floor(400 / Math.max(cols, rows, 1))));
   return { width, height: Math.max(16, width) };
 }
 
@@ -111,7 +111,8 @@ function render({ model, el, host }: RenderProps<DatasetModel>): () => void {
 
   panels.forEach((panel, index) => {
     const box = Object.assign(doc.createElement("div"), { className: "nbi-map" });
-    const heading = Object.assign(doc.createElement("div"), { className: "nbi-map-title", textContent: panel.title });
+    const axes = panel.col_axis ? ` \u00b7 ${panel.row_axis} \u00d7 ${panel.col_axis}` : "";
+    const heading = Object.assign(doc.createElement("div"), { className: "nbi-map-title", textContent: `${panel.title}${axes}` });
     const scroller = Object.assign(doc.createElement("div"), { className: "nbi-scroll-x" });
     box.append(heading, scroller);
     maps.append(box);
@@ -119,7 +120,7 @@ function render({ model, el, host }: RenderProps<DatasetModel>): () => void {
     const size = cellSize(cols, rows);
     const longest = Math.max(...panel.row_labels.map((l) => l.length), 2);
     const heatmap = new Heatmap(scroller, {
-      plotWidth: cols * size.width, plotHeight: rows * size.height, marginLeft: Math.min(140, 8 + 6 * longest), marginTop: 30,
+      plotWidth: cols * size.width, plotHeight: rows * size.height, marginLeft: Math.min(160, 12 + 7 * longest), marginTop: 30,
       onHover: (at, event) => guard(() => {
         if (!at || !stats) return tooltip.hide();
         tooltip.show([panel.title, where(panel, at), ...statLines(stats, cellOf(panel, at), unit, diverging),
@@ -185,7 +186,7 @@ function render({ model, el, host }: RenderProps<DatasetModel>): () => void {
     const reply = answer.result;
     const table = doc.createElement("table");
     const head = table.createTHead().insertRow();
-    for (const t of ["#", unit === "pair" ? "clean \u2192 corrupted" : "prompt", "value"]) head.append(Object.assign(doc.createElement("th"), { textContent: t }));
+    for (const t of ["#", "group", unit === "pair" ? "clean \u2192 corrupted" : "prompt", diverging ? "effect" : "probability"]) head.append(Object.assign(doc.createElement("th"), { textContent: t }));
     const body = table.createTBody();
     for (const row of reply.rows) {
       const tr = body.insertRow();
@@ -193,6 +194,7 @@ function render({ model, el, host }: RenderProps<DatasetModel>): () => void {
       tr.dataset.unit = String(row.unit);
       tr.title = "open the single-prompt view of this " + unit;
       tr.insertCell().textContent = String(row.unit);
+      tr.insertCell().textContent = row.group;
       tr.insertCell().textContent = row.text;
       Object.assign(tr.insertCell(), { className: "nbi-num", textContent: formatValue(row.value) });
       tr.addEventListener("click", () => {

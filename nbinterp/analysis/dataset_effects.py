@@ -204,6 +204,11 @@ class DatasetEffects:
         rows = self.data.prompts.rows
         return "  \u2192  ".join(rows[r].prompt for r in self.unit_rows[unit])
 
+    def unit_group(self, unit: int) -> str:
+        """The unit's group ("A", or "A → B" for a pair)."""
+        rows = self.data.prompts.rows
+        return " → ".join(rows[r].group for r in self.unit_rows[unit])
+
     def cell_name(self, cell: int) -> str:
         for panel in self.panels:
             if panel.start <= cell < panel.start + panel.size:

@@ -36,7 +36,7 @@ STATES = ("running", "done", "cancelled", "error")
 STAT_FIELDS = ("n", "mean", "low", "high", "agree", "minimum", "q1", "median", "q3", "maximum")
 PANEL = Obj({"title": STR, "row_axis": STR, "col_axis": STR, "row_labels": ListOf(STR), "col_labels": ListOf(STR),
              "start": INT}, name="DatasetPanel")
-CELL_ROW = Obj({"unit": INT, "text": STR, "value": FLOAT}, name="DatasetCellRow")
+CELL_ROW = Obj({"unit": INT, "group": STR, "text": STR, "value": FLOAT}, name="DatasetCellRow")
 CALLS = {"attribute": "ni.attribute", "ablate": "ni.ablate", "patch": "ni.patch", "logit_lens": "ni.logit_lens"}
 
 
@@ -151,8 +151,9 @@ class DatasetView(CancelResume, InterpWidget):
         rows = self.cell_rows(cell)
         shown = rows if len(rows) <= LISTED_ROWS else rows[: LISTED_ROWS // 2] + rows[-LISTED_ROWS // 2:]
         self.selected = {"cell": cell}
+        groups = self._effects.unit_group
         return {"name": self._effects.cell_name(cell), "n": len(rows),
-                "rows": [{"unit": u, "text": t, "value": v} for u, t, v in shown]}, []
+                "rows": [{"unit": u, "group": groups(u), "text": t, "value": v} for u, t, v in shown]}, []
 
     @rpc("open_row", params={"unit": INT, "cell": Opt(INT)}, result={"opened": STR})
     def _rpc_open_row(self, params: dict[str, Any]) -> tuple[Any, list[bytes]]:

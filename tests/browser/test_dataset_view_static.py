@@ -77,7 +77,7 @@ def test_hover_shows_python_statistics_and_a_click_lists_and_opens_rows(page: An
     wait_until(page, lambda: rows.count() == int(s.n[cell]), "the cell's rows listed")
     expected = view.cell_rows(cell)
     assert [int(u) for u in rows.evaluate_all("rs => rs.map(r => r.dataset.unit)")] == [u for u, _, _ in expected]
-    assert rows.first.locator("td").nth(1).inner_text() == expected[0][1]
+    assert rows.first.locator("td").nth(2).inner_text() == expected[0][1]
     assert f"layer {layer}" in page.locator(f"{ROOT} .nbi-rows-caption").inner_text()
     rows.nth(2).click()
     wait_until(page, lambda: view.opened is not None, "the single-prompt view opened in Python")
