@@ -317,3 +317,17 @@ def test_clear_errors_over_a_data_set(bundled):
         ni.attribute(bundled, "Anwen Varn works as a")
     with pytest.raises(NbinterpError, match="ni.patch needs corrupted= and target="):
         ni.patch(bundled, "Anwen Varn works as a", target="doctor")
+
+
+def test_a_dataframe_is_a_data_set(bundled):
+    pd = pytest.importorskip("pandas")
+    data = bias_set()
+    frame = pd.DataFrame({"prompt": [r.prompt for r in data], "target": "doctor", "foil": "nurse",
+                          "group": [r.group for r in data], "pair": [r.partner for r in data]})
+    lens = ni.logit_lens(bundled, frame, background=False)
+    torch.testing.assert_close(lens.result.values, de.lens_probabilities(bundled, data.check(bundled)).run().values,
+                               atol=PROBABILITY_ATOL, rtol=0, equal_nan=True)
+    with pytest.raises(NbinterpError, match="give a partner column to PromptSet.from_dataframe"):
+        ni.patch(bundled, frame)
+    paired = ni.patch(bundled, PromptSet.from_dataframe(frame, partner="pair"), background=False)
+    assert paired.result.values.shape[0] == len(data) // 2
