@@ -22,6 +22,16 @@ type Summary = AblationSummary;
 type TokenProbability = AblationSummary["top_k"][number];
 
 const SCALE_MAX = 1.5;
+/** A prompt longer than this is shown by its start and end (the whole prompt on hover). */
+export const PROMPT_SHOWN_CHARS = 240;
+
+/** `text` whole when short, else its first and last parts around an ellipsis that says how much is left out. */
+export function middleOut(text: string, max = PROMPT_SHOWN_CHARS): string {
+  const chars = Array.from(text);
+  if (chars.length <= max) return text;
+  const head = Math.ceil(max * 0.4), tail = max - head;
+  return `${chars.slice(0, head).join("")} \u2026 (${chars.length - max} characters; hover for all) \u2026 ${chars.slice(-tail).join("")}`;
+}
 const SCALE_STEP = 0.05;
 
 const CSS = `
@@ -145,7 +155,8 @@ function render({ model, el, signal }: RenderProps<AblationModel>): () => void {
   prompt.className = "nbi-status nbi-prompt";
   const target = model.get("target");
   const foil = model.get("foil");
-  prompt.textContent = `prompt: ${JSON.stringify(model.get("prompt"))}` + (target !== null ? ` \u00b7 target ${JSON.stringify(target)}` : "") + (foil !== null ? ` vs ${JSON.stringify(foil)}` : "");
+  prompt.title = model.get("prompt");
+  prompt.textContent = `prompt: ${JSON.stringify(middleOut(model.get("prompt")))}` + (target !== null ? ` \u00b7 target ${JSON.stringify(target)}` : "") + (foil !== null ? ` vs ${JSON.stringify(foil)}` : "");
   root.append(prompt);
 
   // Panels: control grid | output

@@ -33,7 +33,7 @@ const SHOWN_ROWS = 20;
 
 const EXTRA_CSS = `
 .nbi-attribution .nbi-table { border-collapse: collapse; font-family: ui-monospace, monospace; font-size: 11px; }
-.nbi-attribution .nbi-table td, .nbi-attribution .nbi-table th { padding: 1px 6px; text-align: right; border-bottom: 1px solid #eee; }
+.nbi-attribution .nbi-table td, .nbi-attribution .nbi-table th { padding: 1px 6px; text-align: right; border-bottom: 1px solid #eee; white-space: nowrap; }
 .nbi-attribution .nbi-table tbody tr { cursor: pointer; }
 .nbi-attribution .nbi-table tbody tr:hover { background: #f0f4ff; }
 .nbi-attribution .nbi-list { max-height: 300px; overflow-y: auto; }
@@ -225,7 +225,8 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     for (const v of matrix.effect.values) max = Math.max(max, Math.abs(v));
     const scale = divergingScale(max);
     heatmap.setData(matrix.effect.values, rows, cols, scale);
-    const tokens = model.get("tokens").map(displayToken);
+    // position and token, as the list names them: at a long prompt only every k-th is labelled
+    const tokens = model.get("tokens").map((t, i) => `${i} ${displayToken(t)}`);
     heatmap.setLabels(tokens, tokens);
     const s = model.get("selected");
     heatmap.setMarker(s.query !== undefined && s.key !== undefined ? { row: s.query, col: s.key } : null);

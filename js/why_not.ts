@@ -147,7 +147,8 @@ function render({ model, el, host }: RenderProps<WhyNotModel>): () => void {
       text.setAttribute("x", String(i * (labels.length > 1 ? width / (labels.length - 1) : 0)));
       text.setAttribute("y", String(height + 16));
       text.setAttribute("font-size", "10");
-      text.setAttribute("text-anchor", "middle");
+      // "embed" is wider than a narrow step: it ends at its point, in the left padding, clear of "L0"
+      text.setAttribute("text-anchor", i === 0 && labels.length > 1 ? "end" : "middle");
       text.textContent = label;
       g.append(text);
     });

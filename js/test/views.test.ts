@@ -101,3 +101,12 @@ test("wide maps: a long prompt's columns shrink to fit the output area, never un
   }
   assert.equal(plotWidthFor(600, 30, 856), 600 * MIN_FIT_COL_PX); // past the least width it scrolls
 });
+
+test("ablation panel: a long prompt is shown by its start and end, a short one whole", async () => {
+  const { middleOut } = await import("../ablation");
+  assert.equal(middleOut("When Mary and John went to the store"), "When Mary and John went to the store");
+  const long = "a".repeat(100) + "MIDDLE" + "z".repeat(200);
+  const shown = middleOut(long, 100);
+  assert.ok(shown.startsWith("a".repeat(40)) && shown.endsWith("z".repeat(60)) && !shown.includes("MIDDLE"));
+  assert.ok(shown.includes("(206 characters; hover for all)"));
+});
