@@ -425,8 +425,9 @@ def lens_probabilities(model: "Model", data: TokenizedSet) -> DatasetEffects:
 
     per_row = streams_per_row * width * model.shape.vocab_size
     limit = max(1, min(MAX_CHUNK_UNITS, LENS_ELEMENTS // per_row))
-    chunks = [c for c in _chunks(model, data, units, 1, limit)]
-    target = _metric_words(data).split(" - ")[0].replace("logit(", "p(")
-    return DatasetEffects("logit_lens", model, data, [panel], f"probability of the row's target, {target}".rstrip(", "),
-                          "row", [(r,) for r in units], chunks, compute,
+    targets = {str(row.target) for row in data.prompts.rows}
+    what = f"probability of the target, p({data.prompts.rows[0].target!r})" if len(targets) == 1 else \
+        "probability of each row's target"
+    return DatasetEffects("logit_lens", model, data, [panel], what, "row", [(r,) for r in units],
+                          _chunks(model, data, units, 1, limit), compute,
                           [(stream, p - width) for stream in range(streams_per_row) for p in range(width)], diverging=False)
