@@ -168,7 +168,7 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
 
   let matrix: { effect: Tensor; measured: Tensor; status: Tensor; statusLabels: string[]; attention: Tensor; key: string; method: Method } | null = null;
   const heatmap = new Heatmap(mapBox, {
-    plotWidth: PLOT_PX, plotHeight: PLOT_PX, marginLeft: 92, marginTop: 72, cornerLabel: "query \u2193 key \u2192",
+    plotWidth: PLOT_PX, plotHeight: PLOT_PX, marginLeft: 92, marginTop: 72, cornerLabel: "query \u2193 key \u2192", signed: true,
     onHover: (cell, event) => guard(() => {
       if (!cell || !matrix) return tooltip.hide();
       const n = matrix.effect.shape[1];

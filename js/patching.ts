@@ -181,6 +181,7 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
       plotWidth: plotWidthFor(cols, nLayers, el.clientWidth || ASSUMED_WIDTH_PX), plotHeight: nLayers * cell.height,
       marginLeft: MARGIN_LEFT, marginTop: kind === "head" ? 28 : 80,
       markClipped: true,
+      signed: true,
       onHover: (at, event) => guard(() => {
         if (!at) return tooltip.hide();
         const value = heatmap.valueAt(at);

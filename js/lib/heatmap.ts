@@ -29,9 +29,12 @@ export function fullWindow(rows: number, cols: number): MatrixWindow {
   return { row0: 0, row1: rows, col0: 0, col1: cols };
 }
 
-/** Block max of `win` into an outH x outW grid (outH <= rows, outW <= cols). */
+/** Block max of `win` into an outH x outW grid (outH <= rows, outW <= cols).
+ *  `byMagnitude` (signed data on a diverging scale): each block shows its value
+ *  of largest magnitude, sign kept, so a strong negative cell is not hidden
+ *  behind the zeros around it. */
 export function aggregateMax(
-  values: Float32Array, cols: number, win: MatrixWindow, outW: number, outH: number,
+  values: Float32Array, cols: number, win: MatrixWindow, outW: number, outH: number, byMagnitude = false,
 ): Float32Array {
   const out = new Float32Array(outW * outH);
   const vr = win.row1 - win.row0;
@@ -51,7 +54,8 @@ export function aggregateMax(
         const base = r * cols;
         for (let c = c0; c < c1; c++) {
           const v = values[base + c];
-          if (v > best) best = v;
+          // -Infinity (masked) only wins a block with nothing else in it
+          if (byMagnitude ? v === v && (best === -Infinity || (v !== -Infinity && Math.abs(v) > Math.abs(best))) : v > best) best = v;
           if (v === v) any = true; // NaN marks "no value yet" and never wins
         }
       }
@@ -199,6 +203,8 @@ export interface HeatmapOptions {
   cellLabel?(cell: Cell): string;
   /** Mark cells whose value lies beyond the scale's ends (clipped to the end colour). */
   markClipped?: boolean;
+  /** Signed values (a diverging scale): zoomed out, a block shows its value of largest magnitude, not its max. */
+  signed?: boolean;
   /** Least spacing between axis labels in CSS px (default 11 for 10-px text). */
   labelSpacing?: number;
   onHover?(cell: Cell | null, event: PointerEvent): void;
@@ -331,7 +337,7 @@ export class Heatmap {
     const { row0, row1, col0, col1 } = this.win;
     const outW = Math.max(1, Math.min(col1 - col0, Math.round(opts.plotWidth * dpr)));
     const outH = Math.max(1, Math.min(row1 - row0, Math.round(opts.plotHeight * dpr)));
-    const reduced = aggregateMax(this.values, this.cols, this.win, outW, outH);
+    const reduced = aggregateMax(this.values, this.cols, this.win, outW, outH, this.opts.signed ?? false);
     this.offscreen.width = outW;
     this.offscreen.height = outH;
     const octx = this.offscreen.getContext("2d");

@@ -69,3 +69,11 @@ test("values print with four significant digits", () => {
   assert.equal(formatValue(0), "0");
   assert.equal(formatValue(2.5e-5), "2.500e-5");
 });
+
+test("aggregateMax by magnitude: a strong negative cell shows through the zeros of its block, masked only alone", () => {
+  const values = Float32Array.from([0, -0.5, 0.25, 0, /* row 2 */ -Infinity, -Infinity, -Infinity, 0.125]);
+  assert.deepEqual(Array.from(aggregateMax(values, 4, fullWindow(2, 4), 2, 2)), [0, 0.25, -Infinity, 0.125]);
+  const signed = aggregateMax(values, 4, fullWindow(2, 4), 2, 2, true);
+  assert.deepEqual(Array.from(signed), [-0.5, 0.25, -Infinity, 0.125]); // all exact in float32
+  assert.ok(Number.isNaN(aggregateMax(Float32Array.from([NaN, NaN]), 2, fullWindow(1, 2), 1, 1, true)[0]));
+});
