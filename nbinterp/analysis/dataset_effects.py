@@ -202,7 +202,7 @@ class DatasetEffects:
 
     def unit_text(self, unit: int) -> str:
         rows = self.data.prompts.rows
-        return "  \u2192  ".join(rows[r].prompt for r in self.unit_rows[unit])
+        return " \u2192 ".join(rows[r].prompt for r in self.unit_rows[unit])
 
     def unit_group(self, unit: int) -> str:
         """The unit's group ("A", or "A → B" for a pair)."""
