@@ -20,7 +20,7 @@ const CSS = `
 .nbi-bias .nbi-bar { position: absolute; top: 2px; height: 10px; }
 .nbi-bias .nbi-zero { position: absolute; top: 0; bottom: 0; width: 1px; background: #444; }
 .nbi-bias .nbi-interval { position: absolute; top: 6px; height: 2px; background: #000; }
-.nbi-bias .nbi-value { width: 150px; font-family: monospace; }
+.nbi-bias .nbi-value { min-width: 150px; font-family: monospace; white-space: nowrap; }
 .nbi-bias h4 { margin: 8px 0 2px; font-size: 12px; }
 .nbi-bias progress { width: 160px; }
 .nbi-bias table { border-collapse: collapse; font-size: 11px; }
@@ -55,7 +55,7 @@ export function progressText(p: Progress): string {
 }
 
 function render({ model, el }: RenderProps<BiasModel>): () => void {
-  const { doc, root, rpc, errors, guard, listen, dispose } = mountView(model, el, "bias", { css: CSS });
+  const { doc, root, rpc, errors, cleanups, guard, listen, dispose } = mountView(model, el, "bias", { css: CSS });
   const call = <P, R>(spec: RequestSpec<P, R>, params: P) =>
     rpc.call(spec, params).catch((err) => errors.show(describeError(err)));
   const summary = doc.createElement("div");
@@ -111,7 +111,8 @@ function render({ model, el }: RenderProps<BiasModel>): () => void {
     const [meanA, meanB] = model.get("group_means");
     const [nA, nB] = model.get("group_sizes");
     const foil = model.get("foil");
-    const metric = foil ? `logit(${model.get("target")}) - logit(${foil})` : `logit(${model.get("target")})`;
+    const target = JSON.stringify(model.get("target"));
+    const metric = foil ? `logit(${target}) - logit(${JSON.stringify(foil)})` : `logit(${target})`;
     summary.textContent = `${model.get("model_name")}: mean ${metric} over ${a} (${nA} rows) minus ${b} (${nB} rows)` +
       (model.get("paired") ? ", counterfactual pairs" : "");
     const axis = axisFor([low, high, meanA, meanB]);
@@ -131,12 +132,22 @@ function render({ model, el }: RenderProps<BiasModel>): () => void {
     gapBox.dataset.gap = String(gap);
   }
 
+  // Python publishes when a chunk lands; between publishes the clock runs here, from Python's last figure
+  let clock: ReturnType<typeof setInterval> | undefined;
+  cleanups.push(() => clearInterval(clock));
   function drawProgress() {
     const p = checkTrait(model, BIAS_TRAITS, "progress");
     const state = p.state ?? "running";
     meter.max = Math.max(p.total ?? 0, 1);
     meter.value = p.done ?? 0;
-    status.textContent = progressText(p);
+    const received = Date.now();
+    const paint = () => {
+      const running = state === "running" ? (Date.now() - received) / 1000 : 0;
+      status.textContent = progressText({ ...p, elapsed_s: (p.elapsed_s ?? 0) + running });
+    };
+    paint();
+    clearInterval(clock);
+    clock = state === "running" ? setInterval(paint, 1000) : undefined;
     cancel.hidden = state !== "running";
     resume.hidden = state !== "cancelled";
     root.dataset.state = state;

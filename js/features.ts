@@ -268,7 +268,8 @@ function render({ model, el, signal }: RenderProps<FeaturesModel>): () => void {
     () => guard(() => {
       adoptTraits();
       const result = model.get("_result");
-      status.textContent = result ? `computed in ${result.compute_ms.toFixed(1)} ms` : "";
+      // the first run is the unsteered one, timed by nothing here: no "computed in 0.0 ms"
+      status.textContent = result && result.compute_ms > 0 ? `computed in ${result.compute_ms.toFixed(1)} ms` : "";
       root.dataset.busy = "false";
     }),
   );

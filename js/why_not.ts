@@ -168,6 +168,9 @@ function render({ model, el, host }: RenderProps<WhyNotModel>): () => void {
     chart.replaceChildren(svg, caption, rankBox);
   }
 
+  // Python publishes when measurements land; between publishes the clock runs here, from Python's last figure
+  let clock: ReturnType<typeof setInterval> | undefined;
+  cleanups.push(() => clearInterval(clock));
   function drawProgress() {
     const p = model.get("progress");
     const stop = button(p.state === "running" ? "cancel" : "resume", () => {
@@ -175,8 +178,16 @@ function render({ model, el, host }: RenderProps<WhyNotModel>): () => void {
       sent.catch((err) => errors.show(describeError(err)));
     });
     status.dataset.state = p.state;
-    status.textContent = progressText(p.done, p.total, p.state, p.elapsed_s);
+    const text = doc.createTextNode("");
+    const received = Date.now();
+    const paint = () => {
+      text.data = progressText(p.done, p.total, p.state, p.elapsed_s + (p.state === "running" ? (Date.now() - received) / 1000 : 0));
+    };
+    paint();
+    status.replaceChildren(text);
     if (p.done < p.total && p.state !== "error") status.append(" ", stop);
+    clearInterval(clock);
+    clock = p.state === "running" ? setInterval(paint, 1000) : undefined;
   }
 
   /** A measured number, or the estimate standing in for it (marked). */
