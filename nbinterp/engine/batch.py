@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 # (rows x heads x T x T) or MLP hidden state per batch: ~64 MB each.
 ELEMENT_BUDGET = 1 << 24
 MAX_ROWS = 512
+# row-tokens (rows x tokens run) from which a forward is efficient on a CPU: a
+# resumable forward stops growing there rather than start earlier (see `_chunks`)
+EFFICIENT_TOKENS = 1024
 
 
 def batch_rows(model: "Model", n_tokens: int) -> int:
@@ -155,7 +158,8 @@ def measure(
     clean prompts; `input_ids` [P, T] are P prompts of one token length (the
     metric at the same position in each). `rows` caps the rows per forward
     (default: what fits, `batch_rows`); `order` sorts the items so a batch
-    touches few layers; `progress()` is called after each forward.
+    touches few layers (resumable items go latest start first instead);
+    `progress()` is called after each forward.
 
     With one prompt, its unintervened run `base` and `start(item)` = (layer,
     token) before which the item changes nothing (a patch or knockout there,
@@ -167,14 +171,17 @@ def measure(
     per_prompts, per_forward = _layout(model, n_prompts, n_tokens, rows)
     values = torch.empty(len(items), n_prompts, dtype=torch.float64)
     clean = torch.empty(len(items), n_prompts, dtype=torch.float64)
-    indices = sorted(range(len(items)), key=lambda i: order(items[i])) if order else list(range(len(items)))
     resumable = (base is not None and start is not None and n_prompts == 1
                  and torch.equal(base.input_ids.cpu(), input_ids.cpu()))
+    if resumable:  # latest start first: forwards that run few blocks and tokens fill up first
+        order = lambda item: tuple(-x for x in start(item))  # noqa: E731
+    indices = sorted(range(len(items)), key=lambda i: order(items[i])) if order else list(range(len(items)))
     for p0 in range(0, n_prompts, per_prompts):
         prompts = input_ids[p0 : p0 + per_prompts]
         n_p = prompts.shape[0]
-        for chunk in _chunks(indices, per_forward, [start(items[i]) for i in indices] if resumable else None,
-                             n_tokens, metric.position):
+        starts = [start(items[i]) for i in indices] if resumable else None
+        # a remote forward costs a round trip: there, fewer and fuller forwards
+        for chunk in _chunks(indices, per_forward, starts, n_tokens, metric.position, split=model.remote is False):
             row_plan = RowPlan(model, len(chunk) + 1, n_tokens, n_p)
             for slot, i in enumerate(chunk, start=1):
                 fill(row_plan, slot, items[i])
@@ -194,22 +201,28 @@ def measure(
 
 
 def _chunks(indices: list[int], per_forward: int, starts: list[tuple[int, int]] | None, n_tokens: int,
-            metric_position: int) -> Iterator[list[int]]:
-    """The items of each forward, in order. Resumed forwards hold cached keys
-    for every row: a chunk that starts after token 0 also keeps rows x tokens
-    within the cache's budget (`resume.rows_for`)."""
+            metric_position: int, split: bool = True) -> Iterator[list[int]]:
+    """The items of each forward, in order. With `starts` (items sorted latest
+    start first), a forward that already runs EFFICIENT_TOKENS row-tokens ends
+    where the next item would make it start earlier: the rest go to a forward
+    that has to run more blocks or tokens anyway (with `split`). Resumed forwards hold cached
+    keys for every row: a chunk that starts after token 0 also keeps rows x
+    tokens within the cache's budget (`resume.rows_for`)."""
     if starts is None:
         yield from (indices[i : i + per_forward] for i in range(0, len(indices), per_forward))
         return
     chunk: list[int] = []
-    position = n_tokens
-    for i, (_, item_position) in zip(indices, starts):
-        lowest = min(position, item_position, metric_position)
-        capacity = per_forward if lowest == 0 else min(per_forward, rows_for(n_tokens, lowest, MAX_ROWS * n_tokens) - 1)
-        if chunk and len(chunk) + 1 > max(1, capacity):
+    layer, position = 0, n_tokens
+    for i, (item_layer, item_position) in zip(indices, starts):
+        item_position = min(item_position, metric_position)
+        lower, earlier = min(layer, item_layer) if chunk else item_layer, min(position, item_position)
+        capacity = per_forward if earlier == 0 else min(per_forward, rows_for(n_tokens, earlier, MAX_ROWS * n_tokens) - 1)
+        moves_start = chunk and (lower, earlier) != (layer, position)
+        efficient = split and (len(chunk) + 1) * (n_tokens - position) >= EFFICIENT_TOKENS
+        if chunk and (len(chunk) + 1 > max(1, capacity) or (moves_start and efficient)):
             yield chunk
-            chunk, lowest = [], min(item_position, metric_position)
+            chunk, lower, earlier = [], item_layer, item_position
         chunk.append(i)
-        position = lowest
+        layer, position = lower, earlier
     if chunk:
         yield chunk

@@ -50,9 +50,9 @@ def knockout_metrics(
 
 def _knockouts(model, input_ids, edges, metric, rows, base=None):
     checked = [check_edge(model.shape, edge, input_ids.shape[1], renormalisable=True) for edge in edges]
-    # later queries first: a forward starts at its first query (tokens before it are untouched)
+    # with a base, a forward starts at its lowest layer and first query (tokens before it are untouched)
     return measure(model, input_ids, checked, lambda plan, slot, edge: plan.knock_out(slot, *edge), metric, rows,
-                   order=lambda edge: (-edge[2], edge[0]), base=base, start=lambda edge: (edge[0], edge[2]))
+                   order=lambda edge: edge[0], base=base, start=lambda edge: (edge[0], edge[2]))
 
 
 def ablation_effects(
