@@ -37,6 +37,7 @@ import torch
 
 from nbinterp.engine.batch import RowPlan, forwards_needed, measure
 from nbinterp.engine.plan import Metric, check_scale
+from nbinterp.engine.tokens import display_token
 from nbinterp.errors import NbinterpError
 from nbinterp.representations.probes import ProbeResult, stream_site
 
@@ -205,7 +206,7 @@ def parse_metric(model: "Model", metric: Any) -> tuple[int, int | None, str]:
         raise NbinterpError(
             f"metric must be (target, foil) tokens, e.g. ('doctor', 'nurse'), or one target token; got {metric!r}"
         )
-    name = lambda i: model.tokenizer.convert_ids_to_tokens([i])[0]  # noqa: E731
+    name = lambda i: display_token(model.tokenizer, i)  # noqa: E731 - " is", not the piece "Ġis"
     label = f"logit({name(target)})" + ("" if foil is None else f" - logit({name(foil)})")
     return target, foil, label + " at the last token"
 
@@ -425,7 +426,7 @@ def usage_test(
         layer=layer, stream=result.stream_labels[layer], metric=metric_label, scale=scale,
         label=None if len(result.classes) == 2 else label, classes=result.classes, test_index=test,
         test_classes=test_classes, clean=metrics[0], edited=metrics[1], control_edited=metrics[2:],
-        probability_token=model.tokenizer.convert_ids_to_tokens([target])[0],
+        probability_token=display_token(model.tokenizer, target),
         probability_before=per_class(before), probability_after=per_class(after),
         test_accuracy=float(result.test_accuracy[layer]), chance=result.chance, thresholds=thresholds,
         forwards=model.forwards - forwards_before, sink_positions=skip,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 import torch
 
+from nbinterp.engine.tokens import display_token
 from nbinterp.errors import NbinterpError
 
 if TYPE_CHECKING:
@@ -308,5 +309,5 @@ def shared_tokens(model: "Model", token_ids: Sequence[torch.Tensor], offsets: Se
     shown = []
     for offset in offsets:
         ids = {int(ids[offset]) for ids in token_ids}
-        shown.append(model.tokenizer.convert_ids_to_tokens([ids.pop()])[0] if len(ids) == 1 else "")
+        shown.append(display_token(model.tokenizer, ids.pop()) if len(ids) == 1 else "")
     return shown
