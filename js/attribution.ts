@@ -33,7 +33,8 @@ const SHOWN_ROWS = 20;
 
 const EXTRA_CSS = `
 .nbi-attribution .nbi-table { border-collapse: collapse; font-family: ui-monospace, monospace; font-size: 11px; }
-.nbi-attribution .nbi-table td, .nbi-attribution .nbi-table th { padding: 1px 6px; text-align: right; border-bottom: 1px solid #eee; white-space: nowrap; }
+.nbi-attribution .nbi-table td, .nbi-attribution .nbi-table th { padding: 1px 6px; text-align: right; border-bottom: 1px solid #eee; }
+.nbi-attribution .nbi-table td:nth-child(-n+4) { white-space: nowrap; } /* component, positions with tokens, number: one line each; the status wraps */
 .nbi-attribution .nbi-table tbody tr { cursor: pointer; }
 .nbi-attribution .nbi-table tbody tr:hover { background: #f0f4ff; }
 .nbi-attribution .nbi-list { max-height: 300px; overflow-y: auto; }

@@ -367,7 +367,7 @@ function render({ model, el, signal }: RenderProps<FeaturesModel>): () => void {
     root.dataset.steering = JSON.stringify(result.steering);
     root.dataset.mode = result.mode;
     if (!runner.busy) {
-      status.textContent = `computed in ${result.compute_ms.toFixed(1)} ms`;
+      status.textContent = result.compute_ms > 0 ? `computed in ${result.compute_ms.toFixed(1)} ms` : "";
       root.dataset.busy = "false";
     }
   }

@@ -115,7 +115,7 @@ function render({ model, el, host }: RenderProps<WhyNotModel>): () => void {
     const actualRank = decodeTensor(t.actual_rank).values;
     const labels = model.get("row_labels");
     const { width, every } = chartLayout(labels.length);
-    const height = 90, pad = 30;
+    const height = 90, pad = 36; // the left padding holds "embed", which ends at its point
     const svg = doc.createElementNS(svgNS, "svg");
     svg.setAttribute("width", String(width + 2 * pad));
     svg.setAttribute("height", String(height + 40));
