@@ -100,3 +100,26 @@ def test_resuming_after_the_metric_position_is_refused(arch_model):
         model.execute(ids, Plan(), {}, metric, gradients=False, logits="none", resume=resume_of(base, 0, 6))
     with pytest.raises(Exception, match="reads only a metric"):
         model.execute(ids, Plan(), {"z": {0}}, metric, gradients=False, logits="none", resume=resume_of(base, 0, 2))
+
+
+def test_several_prompts_skip_the_blocks_below_with_their_own_streams(arch_model):
+    """measure(base={layer: [P, T, d]}): head ablations in layer 1 on three prompts
+    equal the full forwards, and block 0's MLP never runs."""
+    from nbinterp.engine.batch import measure
+
+    _, hf, model = arch_model
+    prompts = [PROMPT, SOURCE, " ".join(reversed(PROMPT.split()))]
+    ids = torch.cat([model.tokenize(p) for p in prompts])
+    layers = set(range(model.n_layers))
+    streams = model.execute(ids, Plan(), {"resid_pre": layers}, logits="none", all_rows=True)["resid_pre"]
+    metric = Metric(model.token_id("w5"), model.token_id("w9"), ids.shape[1] - 1)
+    heads = [(1, h) for h in range(model.n_heads)]
+    fill = lambda plan, slot, head: plan.ablate_head(slot, *head)  # noqa: E731
+    full = measure(model, ids, heads, fill, metric)
+    calls = []
+    with hooks(mlp(hf, 0).register_forward_pre_hook(lambda m, a: calls.append(0))):
+        skipped = measure(model, ids, heads, fill, metric, base=streams, start=lambda head: (head[0], 0))
+    assert not calls
+    tolerance = ULPS * EPS * float(full.values.abs().max())
+    torch.testing.assert_close(skipped.effects, full.effects, atol=tolerance, rtol=0)
+    assert float(full.effects.abs().max()) > 100 * tolerance

@@ -150,7 +150,7 @@ def forwards_needed(model: "Model", n_prompts: int, n_tokens: int, n_items: int,
 def measure(
     model: "Model", input_ids: torch.Tensor, items: Sequence[Any], fill: Callable[[RowPlan, int, Any], None],
     metric: Metric, rows: int | None = None, order: Callable[[Any], Any] | None = None,
-    progress: Callable[[], None] | None = None, base: "Run | None" = None,
+    progress: Callable[[], None] | None = None, base: "Run | dict[int, torch.Tensor] | None" = None,
     start: Callable[[Any], tuple[int, int]] | None = None,
 ) -> Measured:
     """The one batched runner: `fill(row_plan, slot, item)` writes item's
@@ -166,13 +166,21 @@ def measure(
     (layer, 0) for a head or MLP at every token), each forward runs only the
     blocks and tokens its items can change (`nbinterp.engine.resume`); the
     clean row is the same shortened forward, so effects stay differences of
-    one forward's rows."""
+    one forward's rows. With several prompts, `base` {layer: [P, T, d_model]}
+    holds their unintervened streams entering each layer: forwards skip the
+    blocks below their items' lowest layer (every token runs)."""
     n_prompts, n_tokens = input_ids.shape
     per_prompts, per_forward = _layout(model, n_prompts, n_tokens, rows)
     values = torch.empty(len(items), n_prompts, dtype=torch.float64)
     clean = torch.empty(len(items), n_prompts, dtype=torch.float64)
-    resumable = (base is not None and start is not None and n_prompts == 1
-                 and torch.equal(base.input_ids.cpu(), input_ids.cpu()))
+    streams = base if isinstance(base, dict) else None
+    if streams is not None:
+        wrong = [layer for layer, s in streams.items() if tuple(s.shape[:2]) != (n_prompts, n_tokens)]
+        if wrong:
+            raise ValueError(f"base streams of layers {wrong} are not [{n_prompts}, {n_tokens}, d_model]")
+        start = None if start is None else (lambda item, given=start: (given(item)[0], 0))  # every token runs
+    resumable = start is not None and (streams is not None or (
+        base is not None and n_prompts == 1 and torch.equal(base.input_ids.cpu(), input_ids.cpu())))
     if resumable:  # latest start first: forwards that run few blocks and tokens fill up first
         order = lambda item: tuple(-x for x in start(item))  # noqa: E731
     indices = sorted(range(len(items)), key=lambda i: order(items[i])) if order else list(range(len(items)))
@@ -189,7 +197,10 @@ def measure(
             if resumable:
                 layer = min(start(items[i])[0] for i in chunk)
                 position = min(min(start(items[i])[1] for i in chunk), metric.position)
-                resume = from_run(base, layer, position)
+                if streams is None:
+                    resume = from_run(base, layer, position)
+                elif layer > 0:
+                    resume = Resume(layer, 0, streams[layer][p0 : p0 + n_p])
             out = forward_metric(model, prompts.repeat(len(chunk) + 1, 1), row_plan.plan, metric, resume)
             out = out.reshape(-1, n_p)
             index = torch.tensor(chunk)

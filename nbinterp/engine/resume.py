@@ -39,7 +39,8 @@ CACHE_TOKENS = 8192
 class Resume:
     """Where a forward may start: block `layer`, token `position`.
 
-    `stream` [T, d_model] is the unintervened stream entering `layer`;
+    `stream` [T, d_model] is the unintervened stream entering `layer` (or
+    [P, T, d_model] for P prompts, batch row r running prompt r mod P);
     `keys_values` per layer (key, value) [H_kv, T, D], the unintervened
     attention inputs, needed when position > 0."""
 
@@ -76,7 +77,8 @@ def trim(input_ids: torch.Tensor, plan: Plan, metric: Metric, resume: Resume, co
     rows, n_tokens = input_ids.shape
     start_at = None
     if resume.layer > 0:
-        start_at = (resume.layer, resume.stream[None, position:])
+        stream = resume.stream if resume.stream.dim() == 3 else resume.stream[None]
+        start_at = (resume.layer, stream[:, position:])
     if position == 0:
         return {"input_ids": input_ids, "plan": plan, "metric": metric, "start_at": start_at}
     return {

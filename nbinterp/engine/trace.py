@@ -131,7 +131,10 @@ def skip_below(sites: Sites, request: TraceRequest) -> int:
     if request.start_at is None:
         return 0
     start, stream = request.start_at
-    stream = stream.to(request.input_ids.device).expand(request.input_ids.shape[0], -1, -1)
+    rows = request.input_ids.shape[0]
+    stream = stream.to(request.input_ids.device)
+    # one stream for every row, or one per prompt (row r runs prompt r mod P)
+    stream = stream.expand(rows, -1, -1) if stream.shape[0] == 1 else stream.repeat(rows // stream.shape[0], 1, 1)
     for l in range(start):
         sites.layers[l].skip(stream)
     return start
