@@ -316,7 +316,8 @@ def test_components_stream_cancel_keeps_them_and_resume_ends_at_the_uninterrupte
 
     monkeypatch.setattr(dataset_runs, "component_metrics", counting)
     view = ni.bias(bundled, data, components=False, n_resamples=200)
-    assert view.progress == {"done": 0, "total": 20, "state": "cancelled", "elapsed_s": 0.0}
+    assert view.progress == {"done": 0, "total": 20, "state": "cancelled", "elapsed_s": 0.0, "estimated": 0,
+                             "estimating": False}
 
     def cancel_after_the_first_chunk(change):
         if change["new"] > 0:

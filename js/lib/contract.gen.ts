@@ -79,8 +79,11 @@ export const RestoreResultSchema: Schema = { kind: "object", fields: { k: { kind
 export interface KnockoutResult { answer_before: string; answer_after: string; probability_before: number; probability_after: number; metric_before: number; metric_after: number; rival: string; n_edges: number }
 export const KnockoutResultSchema: Schema = { kind: "object", fields: { answer_before: { kind: "string" }, answer_after: { kind: "string" }, probability_before: { kind: "number" }, probability_after: { kind: "number" }, metric_before: { kind: "number" }, metric_after: { kind: "number" }, rival: { kind: "string" }, n_edges: { kind: "int" } }, optional: [], name: "KnockoutResult" };
 
-export interface ComponentShare { name: string; share: number; gap_ablated: number }
-export const ComponentShareSchema: Schema = { kind: "object", fields: { name: { kind: "string" }, share: { kind: "number" }, gap_ablated: { kind: "number" } }, optional: [], name: "ComponentShare" };
+export interface ComponentShare { name: string; share: number; gap_ablated: number; measured: boolean }
+export const ComponentShareSchema: Schema = { kind: "object", fields: { name: { kind: "string" }, share: { kind: "number" }, gap_ablated: { kind: "number" }, measured: { kind: "boolean" } }, optional: [], name: "ComponentShare" };
+
+export interface ShareEstimateError { n: number; max_abs_error: number; correlation: number | null }
+export const ShareEstimateErrorSchema: Schema = { kind: "object", fields: { n: { kind: "int" }, max_abs_error: { kind: "number" }, correlation: { kind: "nullable", of: { kind: "number" } } }, optional: [], name: "ShareEstimateError" };
 
 export interface SideEffect { task: string; n: number; accuracy_before: number; accuracy_after: number; logit_diff_before: number | null; logit_diff_after: number | null }
 export const SideEffectSchema: Schema = { kind: "object", fields: { task: { kind: "string" }, n: { kind: "int" }, accuracy_before: { kind: "number" }, accuracy_after: { kind: "number" }, logit_diff_before: { kind: "nullable", of: { kind: "number" } }, logit_diff_after: { kind: "nullable", of: { kind: "number" } } }, optional: [], name: "SideEffect" };
@@ -627,6 +630,7 @@ export interface BiasModel {
   ci: number[];
   components_shown: ComponentShare[];
   error: string;
+  estimates_vs_measured: ShareEstimateError | null;
   foil: string;
   gap: number;
   group_means: number[];
@@ -636,7 +640,7 @@ export interface BiasModel {
   n_components: number;
   p_value: number;
   paired: boolean;
-  progress: { done?: number; total?: number; state?: "running" | "done" | "cancelled" | "error"; elapsed_s?: number };
+  progress: { done?: number; total?: number; state?: "running" | "done" | "cancelled" | "error"; elapsed_s?: number; estimated?: number; estimating?: boolean };
   reduction: BiasReduction | null;
   target: string;
 }
@@ -645,6 +649,7 @@ export const BIAS_TRAITS: Record<keyof BiasModel, Schema> = {
   ci: { kind: "list", of: { kind: "number" } },
   components_shown: { kind: "list", of: ComponentShareSchema },
   error: { kind: "string" },
+  estimates_vs_measured: { kind: "nullable", of: ShareEstimateErrorSchema },
   foil: { kind: "string" },
   gap: { kind: "number" },
   group_means: { kind: "list", of: { kind: "number" } },
@@ -654,7 +659,7 @@ export const BIAS_TRAITS: Record<keyof BiasModel, Schema> = {
   n_components: { kind: "int" },
   p_value: { kind: "number" },
   paired: { kind: "boolean" },
-  progress: { kind: "object", fields: { done: { kind: "int" }, total: { kind: "int" }, state: { kind: "choice", values: ["running", "done", "cancelled", "error"] }, elapsed_s: { kind: "number" } }, optional: ["done", "total", "state", "elapsed_s"] },
+  progress: { kind: "object", fields: { done: { kind: "int" }, total: { kind: "int" }, state: { kind: "choice", values: ["running", "done", "cancelled", "error"] }, elapsed_s: { kind: "number" }, estimated: { kind: "int" }, estimating: { kind: "boolean" } }, optional: ["done", "total", "state", "elapsed_s", "estimated", "estimating"] },
   reduction: { kind: "nullable", of: BiasReductionSchema },
   target: { kind: "string" },
 };

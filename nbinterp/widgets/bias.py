@@ -14,18 +14,20 @@ from typing import Any, Sequence
 
 import traitlets
 
-from nbinterp.analysis.bias import Bias, Reduction, measure_bias
+from nbinterp.analysis.bias import EXACT_BUDGET, Bias, EstimateError, Reduction, measure_bias
 
 from ._background import BackgroundJob
 from ._base import CancelResume, InterpWidget, new_figure
-from ._contract import FLOAT, INT, STR, Choice, ListOf, Nullable, Obj, Opt
+from ._contract import BOOL, FLOAT, INT, STR, Choice, ListOf, Nullable, Obj, Opt
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 SHOWN_COMPONENTS = 24  # the largest shares by size; the rest are in `.components`
 PUBLISH_EVERY_S = 0.1  # streaming granularity: at most ~10 redraws a second
 STATES = ("running", "done", "cancelled", "error")
 
-COMPONENT_SHARE = Obj({"name": STR, "share": FLOAT, "gap_ablated": FLOAT}, name="ComponentShare")
+# measured: False for a share estimated by attribution patching (outside the exact budget)
+COMPONENT_SHARE = Obj({"name": STR, "share": FLOAT, "gap_ablated": FLOAT, "measured": BOOL}, name="ComponentShare")
+ESTIMATE_ERROR = Obj({"n": INT, "max_abs_error": FLOAT, "correlation": Nullable(FLOAT)}, name="ShareEstimateError")
 SIDE_EFFECT = Obj({"task": STR, "n": INT, "accuracy_before": FLOAT, "accuracy_after": FLOAT,
                    "logit_diff_before": Nullable(FLOAT), "logit_diff_after": Nullable(FLOAT)}, name="SideEffect")
 REDUCTION = Obj({"method": STR, "removed": ListOf(STR), "n_held_out": INT, "gap_before": FLOAT,
@@ -49,10 +51,15 @@ class BiasView(CancelResume, InterpWidget):
     ci = traitlets.List(traitlets.Float()).tag(sync=True)
     p_value = traitlets.Float(1.0).tag(sync=True)
     n_components = traitlets.Int(0).tag(sync=True)  # how many are measured so far (0: none yet)
-    # the components' measurement: done / total components, its state, seconds spent measuring
+    # the components' measurement: done / total components to measure exactly, its state, seconds
+    # spent; estimated: how many shares are estimates only (outside the exact budget), and
+    # estimating: the estimates that choose which to measure are being made
     progress = traitlets.Dict().tag(sync=True, schema=Obj(
-        {"done": Opt(INT), "total": Opt(INT), "state": Opt(Choice(*STATES)), "elapsed_s": Opt(FLOAT)}))
+        {"done": Opt(INT), "total": Opt(INT), "state": Opt(Choice(*STATES)), "elapsed_s": Opt(FLOAT),
+         "estimated": Opt(INT), "estimating": Opt(BOOL)}))
     components_shown = traitlets.List().tag(sync=True, schema=ListOf(COMPONENT_SHARE))
+    # the estimated shares against the measured ones (None: every share measured, no estimates)
+    estimates_vs_measured = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(ESTIMATE_ERROR))
     reduction = traitlets.Dict(allow_none=True, default_value=None).tag(sync=True, schema=Nullable(REDUCTION))
 
     def __init__(self, result: Bias, *, measure_components: bool = True, background: bool = True) -> None:
@@ -78,7 +85,8 @@ class BiasView(CancelResume, InterpWidget):
 
     @property
     def components(self) -> list:
-        """Every head and MLP by its measured share of the gap, largest first.
+        """Every head and MLP by its share of the gap, largest first (measured,
+        or estimated outside the exact budget: see each one's `measured`).
         Waits for the background measurement; after a cancel (or with
         components=False) it measures the rest here first."""
         self.wait()
@@ -86,10 +94,16 @@ class BiasView(CancelResume, InterpWidget):
             self.resume(background=False)
         return self.result.components
 
+    def estimate_error(self) -> EstimateError | None:
+        """The estimated shares' error against the measured ones (`Bias.estimate_error`,
+        None when every share is measured); waits for the measurement."""
+        self.components  # noqa: B018 - the comparison needs the measurement complete
+        return self.result.estimate_error()
+
     @property
     def finished(self) -> bool:
-        """Whether every component's share is measured."""
-        return self.result.n_measured == len(self.result.component_keys)
+        """Whether every component's share is measured (or, outside the exact budget, estimated)."""
+        return self.result.finished
 
     @property
     def running(self) -> bool:
@@ -123,14 +137,21 @@ class BiasView(CancelResume, InterpWidget):
                 return
 
     def _publish(self, state: str) -> None:
-        measured = self.result.measured_components()
-        largest = sorted(measured, key=lambda c: -abs(c.share))[:SHOWN_COMPONENTS]
+        result = self.result
+        known = result.measured_components()
+        n_measured = sum(c.measured for c in known)
+        largest = sorted(known, key=lambda c: -abs(c.share))[:SHOWN_COMPONENTS]
+        error = result.estimate_error()
+        total = result.n_to_measure
         with self.hold_sync():  # one message: the bars and the count never disagree
-            self.components_shown = [{"name": c.name, "share": c.share, "gap_ablated": c.gap_ablated}
-                                     for c in sorted(largest, key=lambda c: -c.share)]
-            self.n_components = len(measured)
-            self.progress = {"done": len(measured), "total": len(self.result.component_keys), "state": state,
-                             "elapsed_s": round(self._job.elapsed(), 3) if measured or state == "running" else 0.0}
+            self.components_shown = [{"name": c.name, "share": c.share, "gap_ablated": c.gap_ablated,
+                                      "measured": c.measured} for c in sorted(largest, key=lambda c: -c.share)]
+            self.n_components = n_measured
+            self.estimates_vs_measured = None if error is None else vars(error).copy()
+            self.progress = {"done": n_measured, "total": len(result.component_keys) if total is None else total,
+                             "state": state, "estimated": len(known) - n_measured,
+                             "estimating": total is None and state == "running",
+                             "elapsed_s": round(self._job.elapsed(), 3) if known or state == "running" else 0.0}
 
     def reduce(self, k: int = 3, *, method: str = "ablate", direction: Any = None, site: Any = None,
                fit: float = 0.5, seed: int | None = None, capability: Any = "bundled") -> Reduction:
@@ -138,7 +159,7 @@ class BiasView(CancelResume, InterpWidget):
         effects), and the view's before/after bars show it. Waits for (or
         completes) the components' measurement first when ablating."""
         if method == "ablate":
-            self.components  # noqa: B018 - the shares on the fit rows need every component measured
+            self.components  # noqa: B018 - the shares on the fit rows need the measurement complete
         with self.result.model.lock:  # beside other views' background work, one forward at a time
             reduction = self.result.reduce(k, method=method, direction=direction, site=site, fit=fit, seed=seed,
                                            capability=capability)
@@ -166,11 +187,16 @@ class BiasView(CancelResume, InterpWidget):
         ax = axes[1]
         shown = self.components_shown[:12]
         if shown:
-            ax.barh(range(len(shown)), [c["share"] for c in shown], color="#dd8452")
+            bars = ax.barh(range(len(shown)), [c["share"] for c in shown], color="#dd8452")
+            for patch, c in zip(bars, shown):
+                if not c["measured"]:
+                    patch.set_hatch("//")
+                    patch.set_alpha(0.5)
             ax.set_yticks(range(len(shown)), [c["name"] for c in shown], fontsize=7)
             ax.invert_yaxis()
             ax.axvline(0, color="#444", lw=0.8)
-            ax.set_xlabel("share of the gap (measured: zero-ablated)")
+            estimated = any(not c["measured"] for c in shown)
+            ax.set_xlabel("share of the gap (measured: zero-ablated" + ("; hatched: estimated" if estimated else "") + ")")
         else:
             ax.text(0.5, 0.5, "components not measured", ha="center", va="center", transform=ax.transAxes)
         total = len(self.result.component_keys)
@@ -200,19 +226,24 @@ class BiasView(CancelResume, InterpWidget):
 
 def bias(model: Any, data: Any = None, *, prompts: Any = None, target: Any = None, foil: Any = None,
          groups: Sequence[str] | None = None, components: bool | Sequence[Any] = True, seed: int = 0,
-         n_resamples: int = 2000, background: bool = True) -> BiasView:
+         n_resamples: int = 2000, exact_budget: float | None = EXACT_BUDGET, background: bool = True) -> BiasView:
     """A bias over a data set: `b = ni.bias(model, prompts={"A": [...], "B": [...]}, target=" doctor",
     foil=" nurse")` (or a `nbinterp.analysis.datasets.PromptSet` / DataFrame as `data`).
     `b.gap`, `b.ci` (95% bootstrap), `b.p_value` (permutation test), `b.components` (every head
     and MLP by its exact share of the gap; `components=False` measures them on first use, a list
     like ["L3.H1", "L2.mlp"] only those), `b.reduce(k=3)` (held-out gap before / after and side effects).
+    `exact_budget`: forwards of the data set the exact shares may cost (each component costs
+    (layers - its layer) / layers of one); past it, every share is estimated by attribution
+    patching (one forward + backward per row), the largest |estimates| are measured within the
+    budget and the rest are marked estimated (`measured=False`); `b.estimate_error()` reports the
+    estimates' error on the measured ones. None: every component measured.
     The shares are measured in the background and stream into the view with progress;
     `b.cancel()` / `b.resume()` (or the view's buttons) stop and continue without losing
     any; `b.components` waits. background=False measures them before returning."""
     only = None if isinstance(components, bool) else components
     with model.lock:
         result = measure_bias(model, data, prompts=prompts, target=target, foil=foil, groups=groups, seed=seed,
-                              n_resamples=n_resamples, only=only)
+                              n_resamples=n_resamples, only=only, exact_budget=exact_budget)
     return BiasView(result, measure_components=components is not False, background=background)
 
 
