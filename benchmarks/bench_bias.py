@@ -5,18 +5,21 @@
    then every component zero-ablated alone on every row. Target: <= 10 s.
 2. A GPT-2-small-sized random-init model (12 layers, 12 heads, d_model 768,
    vocabulary 50,257), the same number of prompts of word tokens in two
-   lengths: the 156-component sweep against one batched forward of the data
-   set (plain Hugging Face, right-padded with an attention mask), measured
-   side by side in this process. Target: <= 25x.
+   lengths, against one batched forward of the data set (plain Hugging Face,
+   right-padded with an attention mask), side by side in this process:
+   - all exact, every forward from block 0 (the old path): ~157 forwards' worth;
+   - all exact, each forward starting at its components' lowest layer from
+     the rows' streams (same numbers): ~(1 + 156 x 6.5 / 12) forwards' worth;
+   - ni.bias's default (the clean metrics and streams, every share's
+     attribution-patching estimate, the largest |estimates| measured within
+     EXACT_BUDGET forwards of the data set). Target: <= 25x.
+3. Memory vs rows: ni.bias's default on the GPT-2-sized model in a fresh
+   process per row count, peak resident memory above the loaded model's.
+   Rows are chunked per forward; kept are float64 [components, rows]
+   numbers and the rows' streams (capped by dataset_runs.STREAM_BYTES).
 
-The exact sweep runs every row once per component plus the clean rows
-(`measure` packs (prompts x component slots) into forwards of at most
-MAX_ROWS rows), so on a compute-bound CPU its floor is about
-(components + 1) forwards of the data set; the ratio printed says how close
-it comes. Memory: rows are chunked per forward, only float64
-[components, rows] numbers are kept; the peak resident memory is printed.
-
-    python benchmarks/bench_bias.py [--rows 200] [--gpt2-rows 200] [--threads 1] [--repeats 3] [--device cpu]
+    python benchmarks/bench_bias.py [--rows 200] [--gpt2-rows 200] [--threads 1] [--repeats 1] [--device cpu]
+                                    [--memory-rows 100 200]
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 
 import nbinterp as ni
 from nbinterp.analysis import dataset_runs
-from nbinterp.analysis.bias import measure_bias
+from nbinterp.analysis.bias import EXACT_BUDGET, measure_bias
 from nbinterp.analysis.datasets import PromptSet
 from nbinterp.bundled import tasks
 
@@ -101,18 +106,52 @@ def gpt2_case(n_rows: int, repeats: int, device: str) -> None:
     data = word_prompts(n_rows).check(model)
     components = dataset_runs.every_component(model)
     plain_forward(hf, data, device)  # warm-up
-    forward_s, sweep_s = [], []
+    times: dict[str, list[float]] = {"forward": [], "old": [], "skip": [], "hybrid": []}
     for _ in range(repeats):
-        forward_s.append(plain_forward(hf, data, device))
+        times["forward"].append(plain_forward(hf, data, device))
         started = time.perf_counter()
-        dataset_runs.component_metrics(model, data, components)
-        sweep_s.append(time.perf_counter() - started)
-    forward, sweep = statistics.median(forward_s), statistics.median(sweep_s)
-    ratio = sweep / forward
-    print(f"gpt2-small (random init), {len(data)} prompts: one batched forward {forward:.3f} s; "
-          f"{len(components)} components' exact shares {sweep:.2f} s = {ratio:.1f}x "
-          f"(target <= 25x -> {'OK' if ratio <= 25 else 'OVER'}; floor of exact full forwards ~{len(components) + 1}x); "
-          f"peak RSS {peak_rss_mb():.0f} MB")
+        old = dataset_runs.component_metrics(model, data, components)
+        times["old"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        _, streams = dataset_runs.clean_run(model, data)
+        skipped = dataset_runs.component_metrics(model, data, components, streams=streams)
+        times["skip"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        b = measure_bias(model, data.prompts, n_resamples=200)
+        shares = b.components
+        times["hybrid"].append(time.perf_counter() - started)
+    forward = statistics.median(times["forward"])
+    ratio = {name: statistics.median(t) / forward for name, t in times.items()}
+    difference = float((old.effects - skipped.effects).abs().max())
+    error = b.estimate_error()
+    print(f"gpt2-small (random init), {len(data)} prompts, {len(components)} components: one batched forward "
+          f"{forward:.2f} s = 1x, side by side (median of {repeats}):")
+    print(f"  all exact, every block:          {ratio['old']:6.1f}x")
+    print(f"  all exact, layer skip:           {ratio['skip']:6.1f}x (max |effect difference| {difference:.1e})")
+    print(f"  ni.bias default (budget {EXACT_BUDGET:g}):    {ratio['hybrid']:6.1f}x -> "
+          f"{'OK' if ratio['hybrid'] <= 25 else 'OVER'} (target <= 25x): {b.n_measured} measured, "
+          f"{sum(not c.measured for c in shares)} estimated")
+    if error is not None:
+        print(f"  estimates vs measured on {error.n}: max |share error| {error.max_abs_error:.3f}, "
+              f"correlation {error.correlation if error.correlation is None else round(error.correlation, 3)}")
+
+
+def memory_case(n_rows: int, device: str) -> None:
+    """One row count in this process: peak RSS above the model's, MB."""
+    _, model = gpt2_small(device)
+    data = word_prompts(n_rows).check(model)
+    baseline = peak_rss_mb()
+    measure_bias(model, data.prompts, n_resamples=200).components  # noqa: B018
+    print(f"{len(data)} {peak_rss_mb() - baseline:.0f}")
+
+
+def memory_vs_rows(row_counts: list[int], threads: int, device: str) -> None:
+    figures = []
+    for n_rows in row_counts:
+        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n_rows), "--threads", str(threads),
+                              "--device", device], check=True, capture_output=True, text=True).stdout.split()
+        figures.append(f"{out[-2]} rows: +{out[-1]} MB")
+    print("gpt2-small ni.bias default, peak RSS above the loaded model: " + ", ".join(figures))
 
 
 def main() -> None:
@@ -120,14 +159,23 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--gpt2-rows", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-gpt2", action="store_true")
+    parser.add_argument("--skip-bundled", action="store_true")
+    parser.add_argument("--memory-rows", type=int, nargs="*", default=[100, 200])
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    bundled_case(args.rows)
+    if args.memory_child:
+        memory_case(args.memory_child, args.device)
+        return
+    if not args.skip_bundled:
+        bundled_case(args.rows)
     if not args.skip_gpt2:
         gpt2_case(args.gpt2_rows, args.repeats, args.device)
+    if args.memory_rows:
+        memory_vs_rows(args.memory_rows, args.threads, args.device)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,26 @@
 // BiasView front end: the gap between two groups with its 95% interval, the
 // components' measured shares of it (bars, largest first), and after
 // `reduce` the held-out gap before / after with the side effects on
-// capability prompts. Everything is drawn from traits; the components'
+// capability prompts. Shares outside the exact budget are estimates
+// (attribution patching): drawn pale and hatched, labelled "est.", with the
+// estimates' error against the measured shares beside them. Everything is drawn from traits; the components'
 // shares stream in as Python measures them (progress, cancel, resume).
 
 import type { RenderProps } from "@anywidget/types";
 import { checkTrait, type RequestSpec } from "./lib/contract";
-import { BIAS_REQUESTS, BIAS_TRAITS, type BiasModel, type BiasReduction, type ComponentShare, type SideEffect } from "./lib/contract.gen";
+import { BIAS_REQUESTS, BIAS_TRAITS, type BiasModel, type BiasReduction, type ComponentShare, type ShareEstimateError, type SideEffect } from "./lib/contract.gen";
 import { describeError } from "./lib/errors";
 import { mountView } from "./lib/view";
 
 // the synced traits: declared once in Python, generated into lib/contract.gen.ts
-export type { BiasModel, BiasReduction, ComponentShare, SideEffect };
+export type { BiasModel, BiasReduction, ComponentShare, ShareEstimateError, SideEffect };
 
 const CSS = `
 .nbi-bias .nbi-row { display: flex; align-items: center; gap: 6px; font-size: 11px; margin: 1px 0; }
 .nbi-bias .nbi-label { width: 110px; text-align: right; font-family: monospace; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .nbi-bias .nbi-track { position: relative; width: 320px; height: 14px; background: #f3f3f3; }
 .nbi-bias .nbi-bar { position: absolute; top: 2px; height: 10px; }
+.nbi-bias .nbi-estimated .nbi-bar { opacity: 0.5; background-image: repeating-linear-gradient(45deg, transparent 0 3px, rgba(255,255,255,0.8) 3px 5px); }
 .nbi-bias .nbi-zero { position: absolute; top: 0; bottom: 0; width: 1px; background: #444; }
 .nbi-bias .nbi-interval { position: absolute; top: 6px; height: 2px; background: #000; }
 .nbi-bias .nbi-value { min-width: 150px; font-family: monospace; white-space: nowrap; }
@@ -50,8 +53,20 @@ export function progressText(p: Progress): string {
   const state = p.state ?? "running";
   const words = state === "cancelled"
     ? (done === 0 ? "not measured yet: resume (or b.components) measures them" : "cancelled: resume continues, nothing measured is lost")
-    : state === "running" ? "measuring (each zero-ablated alone on every row)" : state;
-  return `${done} / ${total} components measured \u00b7 ${words} \u00b7 ${(p.elapsed_s ?? 0).toFixed(1)} s`;
+    : state === "running"
+      ? (p.estimating ? "estimating every share (gradient x activation) to choose which to measure"
+        : "measuring (each zero-ablated alone on every row)")
+      : state;
+  const estimated = p.estimated ? ` \u00b7 ${p.estimated} estimated only (outside the exact budget)` : "";
+  return `${done} / ${total} components measured${estimated} \u00b7 ${words} \u00b7 ${(p.elapsed_s ?? 0).toFixed(1)} s`;
+}
+
+/** The estimates' error against the measured shares, in words ("" without estimates). */
+export function estimateErrorText(e: ShareEstimateError | null): string {
+  if (!e) return "";
+  const r = e.correlation === null ? "" : `, correlation ${e.correlation.toFixed(2)}`;
+  return `estimated shares (attribution patching) vs measured on ${e.n} components: ` +
+    `max |error| ${(100 * e.max_abs_error).toFixed(1)} points of share${r}`;
 }
 
 function render({ model, el }: RenderProps<BiasModel>): () => void {
@@ -165,18 +180,26 @@ function render({ model, el }: RenderProps<BiasModel>): () => void {
       return;
     }
     const axis = axisFor(shown.map((c) => c.share));
-    const of = measured < total ? `${measured} measured so far (of ${total})` : `${total}`;
+    const estimated = model.get("progress").estimated ?? 0;
+    const of = measured < total ? `${measured} measured so far (of ${total})` : `${total} measured`;
+    const rest = estimated ? ` + ${estimated} estimated` : "";
+    const error = estimateErrorText(model.get("estimates_vs_measured"));
     componentBox.replaceChildren(
       Object.assign(doc.createElement("h4"), {
-        textContent: `share of the gap per component (measured: each zero-ablated alone on every row), ${shown.length} largest of ${of}`,
+        textContent: `share of the gap per component (measured: each zero-ablated alone on every row` +
+          `${estimated ? "; est.: attribution-patching estimate, not measured" : ""}), ${shown.length} largest of ${of}${rest}`,
       }),
       ...shown.map((c) => {
         const row = bar(c.name, c.share, axis, c.share >= 0 ? "#dd8452" : "#8172b3", undefined,
-          `${(100 * c.share).toFixed(1)}% \u00b7 gap ${c.gap_ablated.toFixed(2)}`);
+          `${c.measured ? "" : "est. "}${(100 * c.share).toFixed(1)}% \u00b7 gap ${c.gap_ablated.toFixed(2)}`);
         row.dataset.component = c.name;
-        row.title = `${c.name} zero-ablated: gap ${c.gap_ablated.toFixed(4)} (measured)`;
+        row.dataset.measured = String(c.measured);
+        if (!c.measured) row.classList.add("nbi-estimated");
+        row.title = c.measured ? `${c.name} zero-ablated: gap ${c.gap_ablated.toFixed(4)} (measured)`
+          : `${c.name}: gap ${c.gap_ablated.toFixed(4)} if zero-ablated, estimated by attribution patching (not measured)`;
         return row;
       }),
+      ...(error ? [Object.assign(doc.createElement("div"), { className: "nbi-status nbi-estimate-error", textContent: error })] : []),
     );
   }
 
@@ -225,6 +248,7 @@ function render({ model, el }: RenderProps<BiasModel>): () => void {
   });
   listen("change:components_shown", drawComponents);
   listen("change:n_components", drawComponents);
+  listen("change:estimates_vs_measured", drawComponents);
   listen("change:progress", () => {
     drawProgress();
     drawComponents();
