@@ -17,10 +17,11 @@ import nbinterp as ni
 from nbinterp.analysis.bias import measure_bias
 from nbinterp.analysis.datasets import PromptRow, PromptSet
 from nbinterp.bundled import tasks
+from nbinterp.engine.plan import component_key as component_name
 from nbinterp.errors import NbinterpError
 
 from conftest import random_model, word_tokenizer
-from reference_hooks import hooks, mlp, scale_head_input
+from reference_hooks import head_slice, hooks, mlp, out_proj, scale_head_input
 
 # float32 logits of magnitude <= ~30, summed in a different order in a padded
 # batch: metrics agree to ~1e-5; 1e-4 leaves room for BLAS blocking.
@@ -358,3 +359,136 @@ def test_components_measured_in_the_background_by_default(bundled):
     assert [c.name for c in view.components] == [c.name for c in full]
     for ours, theirs in zip(view.components, full):
         assert ours.share == pytest.approx(theirs.share, abs=2 * METRIC_ATOL / abs(view.gap))
+
+
+# ------------------------------------------------------- speed: layer skip and the exact budget
+def test_layer_skip_equals_every_block_and_skips_the_blocks_below(bundled):
+    """Each forward starts at its components' lowest layer from the rows' streams:
+    the same effects as running every block (float32 sums over another batch),
+    and block 0 never runs for layer-1 components."""
+    from nbinterp.analysis import dataset_runs
+
+    model = ni.load(random_model("gpt2"), tokenizer=word_tokenizer())
+    data = word_set(4).check(model)
+    clean, streams = dataset_runs.clean_run(model, data)
+    assert streams is not None
+    torch.testing.assert_close(clean, dataset_runs.clean_metrics(model, data), atol=METRIC_ATOL, rtol=0)
+    upper = [(1, head) for head in [*range(model.n_heads), "mlp"]]
+    calls = []
+    with hooks(mlp(model.hf, 0).register_forward_pre_hook(lambda module, args: calls.append(0))):
+        skipped = dataset_runs.component_metrics(model, data, upper, streams=streams)
+    assert not calls
+    full = dataset_runs.component_metrics(model, data, upper)
+    # float32 logits, ~|metric| in size, summed in another batch: ~100 ulps of that scale
+    tolerance = 100 * torch.finfo(torch.float32).eps * float(full.values.abs().max())
+    torch.testing.assert_close(skipped.effects, full.effects, atol=tolerance, rtol=0)
+    assert float(full.effects.abs().max()) > 100 * tolerance
+    # and Bias measures through it: the bundled shares equal the every-block path's
+    b = measure_bias(bundled, small_bias_set(2), n_resamples=200, exact_budget=None)
+    every_block = dataset_runs.component_metrics(bundled, b.data, b.component_keys).effects
+    scale = 100 * torch.finfo(torch.float32).eps * float(b.metrics.abs().max())
+    torch.testing.assert_close(b.ablation_effects(), every_block, atol=scale, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama"])
+def test_estimates_equal_plain_gradient_times_activation(which):
+    """Each component's estimate: -(d metric / d z_head . z_head) and
+    -(d metric / d mlp_out . mlp_out), summed over positions, per row, against
+    plain autograd through HF with hooks."""
+    from nbinterp.analysis import dataset_runs
+
+    model = ni.load(random_model(which), tokenizer=word_tokenizer())
+    data = word_set(2).check(model)
+    components = dataset_runs.every_component(model)
+    rows = [0, 3]
+    estimates = dict(dataset_runs.estimated_effects(model, data, components, rows))
+    hf = model.hf
+    for row in rows:
+        kept: dict = {}
+
+        # the tensors the model goes on with (in the graph: gradients of every later path)
+        def keep_z(layer):
+            return lambda module, args: kept.__setitem__(("z", layer), args[0])
+
+        def keep_mlp(layer):
+            return lambda module, args, output: kept.__setitem__(("mlp", layer), output)
+
+        handles = [out_proj(hf, l).register_forward_pre_hook(keep_z(l)) for l in range(model.n_layers)]
+        handles += [mlp(hf, l).register_forward_hook(keep_mlp(l)) for l in range(model.n_layers)]
+        with hooks(*handles):
+            logits = hf(input_ids=data.input_ids[row][None]).logits[0, -1]
+        metric = logits[data.targets[row]] - logits[data.foils[row]]
+        names = list(kept)
+        grads = dict(zip(names, torch.autograd.grad(metric, [kept[n] for n in names])))
+        reference = []
+        for layer, head in components:
+            if head == "mlp":
+                value, grad = kept[("mlp", layer)], grads[("mlp", layer)]
+            else:
+                cols = head_slice(hf, head)
+                value, grad = kept[("z", layer)][..., cols], grads[("z", layer)][..., cols]
+            reference.append(-float((grad.double() * value.detach().double()).sum()))
+        reference = torch.tensor(reference, dtype=torch.float64)
+        # float32 activations and gradients, products summed over T x width: ~1e-5 of the largest term
+        tolerance = 1e-4 * float(reference.abs().max())
+        torch.testing.assert_close(estimates[row], reference, atol=tolerance, rtol=0)
+        assert float(reference.abs().max()) > 0
+
+
+def test_past_the_budget_the_largest_estimates_are_measured_and_the_rest_marked(bundled):
+    data = small_bias_set(4)
+    full = measure_bias(bundled, data, n_resamples=200, exact_budget=None)
+    assert full.estimate_error() is None and all(c.measured and c.estimate is None for c in full.components)
+    exact = {c.name: c for c in full.components}
+    b = measure_bias(bundled, data, n_resamples=200, exact_budget=3.0)
+    assert b.exact_plan is None  # chosen by the estimates, made on first use
+    components = b.components
+    plan = b.exact_plan
+    assert b.exact_cost(plan) <= 3.0 and 0 < len(plan) < len(components)
+    measured = {c.name for c in components if c.measured}
+    assert measured == {component_name(*b.component_keys[i]) for i in plan} and b.n_measured == len(plan)
+    # the measured ones are the largest |estimated share| first, up to the budget
+    by_estimate = sorted(components, key=lambda c: -abs(c.estimate))
+    assert {c.name for c in by_estimate[: len(plan)]} == measured
+    next_one = by_estimate[len(plan)]
+    assert b.exact_cost([*plan, b.component_keys.index((next_one.layer, next_one.head))]) > 3.0
+    for c in components:
+        if c.measured:  # exact: the full sweep's number
+            assert c.share == pytest.approx(exact[c.name].share, abs=2 * METRIC_ATOL / abs(b.gap)), c.name
+        else:  # an estimate, and said so
+            assert c.share == c.estimate
+    error = b.estimate_error()
+    measured_c = [c for c in components if c.measured]
+    assert error.n == len(measured_c)
+    assert error.max_abs_error == pytest.approx(max(abs(c.estimate - c.share) for c in measured_c), rel=1e-9)
+    assert error.max_abs_error > 0  # a first-order estimate of a zero ablation is not exact
+    # reduce chooses among the measured ones only, and refuses more than there are
+    r = b.reduce(k=1, capability=None)
+    assert r.removed[0] in measured
+    with pytest.raises(NbinterpError, match=r"only \d+ of 20 are \(exact_budget=3.0\).*exact_budget=None"):
+        b.reduce(k=len(plan) + 1, capability=None)
+    with pytest.raises(NbinterpError, match="exact_budget is forwards of the data set"):
+        measure_bias(bundled, data, n_resamples=200, exact_budget=-1)
+
+
+def test_view_labels_estimated_shares(bundled):
+    from nbinterp.widgets import _contract as contract
+
+    view = ni.bias(bundled, small_bias_set(4), n_resamples=200, exact_budget=3.0, background=False)
+    assert view.finished and view.progress["state"] == "done"
+    n_measured = view.result.n_measured
+    assert view.progress["done"] == view.progress["total"] == n_measured == view.n_components
+    assert view.progress["estimated"] == 20 - n_measured and view.progress["estimating"] is False
+    flags = {c.name: c.measured for c in view.components}
+    assert all(c["measured"] == flags[c["name"]] for c in view.components_shown)
+    assert any(not c["measured"] for c in view.components_shown)
+    error = view.estimate_error()
+    assert view.estimates_vs_measured == {"n": error.n, "max_abs_error": error.max_abs_error,
+                                          "correlation": error.correlation}
+    state = view.get_state()
+    for name, schema in contract.synced_traits(type(view)).items():
+        schema.check(state[name], name)
+    # every share measured (the default on the bundled model): no estimates shown
+    plain = ni.bias(bundled, small_bias_set(2), n_resamples=200, background=False)
+    assert plain.estimates_vs_measured is None and all(c["measured"] for c in plain.components_shown)
+    assert plain.progress["estimated"] == 0
