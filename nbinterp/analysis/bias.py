@@ -13,8 +13,8 @@ exact ablations, and reduced on held-out rows with its side effects checked.
                |estimates| are measured within the budget; the rest stay estimates, marked
                `measured=False`, and `estimate_error` reports the estimates' error against
                the measured shares.
-    reduce(k)  rows split into fit / held-out by a seed; the top-k components by their share on the
-               fit rows are removed together and judged on the held-out rows, and on capability prompts
+    reduce(k)  rows split into fit / held-out by a seed; the top-k measured components by their share
+               on the fit rows are removed together and judged on the held-out rows, and on capability prompts
                (the bundled tasks, or the user's) as accuracy and logit difference before / after.
 """
 
@@ -40,8 +40,11 @@ if TYPE_CHECKING:
 # whole forward's worth of them only while that adds at most this share of forwards.
 CHUNK_EXTRA_FORWARDS = 0.1
 # Exact measurement within this many forwards of the data set by default (one
-# component costs (layers - its layer) / layers of one, `Bias.exact_cost`).
-EXACT_BUDGET = 20.0
+# component costs (layers - its layer) / layers of one, `Bias.exact_cost`). With
+# the estimates (a forward + backward per row, 4-6 forwards' worth on a CPU) and
+# the clean forward, a GPT-2-small-sized sweep stays within ~20x one forward
+# (benchmarks/bench_bias.py); every component of the bundled model (12.5) fits.
+EXACT_BUDGET = 16.0
 ESTIMATE_ROWS_PER_STEP = 8  # rows estimated between two chances to cancel
 
 
@@ -76,8 +79,7 @@ class Bias:
     group_names: tuple[str, str]
     seed: int = 0
     n_resamples: int = 2000
-    # which heads / MLPs `.components` and `reduce` consider (None: every one);
-    # a large model's full sweep costs (components + 1) forwards of every row
+    # which heads / MLPs `.components` and `reduce` consider (None: every one)
     only: Sequence[Any] | None = None
     # forwards of the data set the exact shares may cost (None: every component exact)
     exact_budget: float | None = EXACT_BUDGET
@@ -235,7 +237,7 @@ class Bias:
         land), then, once the estimates are made, the others' estimated shares
         (`measured=False`) among them."""
         done = self._measured.nonzero().flatten().tolist()
-        rest = [] if not self.estimated else [i for i in range(len(self._component_keys)) if i not in set(done)]
+        rest = (~self._measured).nonzero().flatten().tolist() if self.estimated else []
         if not done and not rest:
             return []
         effects = self._effects.clone()
@@ -274,7 +276,7 @@ class Bias:
 
     def reduce(self, k: int = 3, *, method: str = "ablate", direction: Any = None, site: Any = None,
                fit: float = 0.5, seed: int | None = None, capability: Any = "bundled") -> Reduction:
-        """Remove the top `k` components (chosen on the fit rows) or, with
+        """Remove the top `k` measured components (chosen on the fit rows) or, with
         method="project", the component of the activation at `site` along
         `direction` (e.g. a probe's, `pr.direction(layer)` at ("resid_pre", layer));
         judged on the held-out rows and on `capability` prompts ("bundled": the
