@@ -172,3 +172,28 @@ def test_a_batch_of_high_layer_cells_does_not_run_the_blocks_below(tokenizer):
     tol = rounding(model, result.setup)
     for kind in ("attn_out", "head"):
         torch.testing.assert_close(effects[kind][1], full[kind][1], atol=tol, rtol=0)
+
+
+def test_tokens_the_prompts_share_are_exactly_0_and_no_forward_runs_them(arch_model):
+    """CORRUPTED differs from PROMPT from token 7 on: every activation before it is
+    the same in both runs, so those cells copy a value onto itself (0, as the engine
+    measures it, with no forward), and every forward, heads included, runs only
+    tokens 7.. (the KV cache holds the rest)."""
+    name, hf, model = arch_model
+    setup = prepare(model, PROMPT, CORRUPTED, TARGET, FOIL)
+    assert setup.prefix == 7, name
+    result = PatchingSweep(setup, ("resid_pre", "mlp_out", "head"))
+    seen = []
+    with hooks(mlp(hf, model.n_layers - 1).register_forward_pre_hook(lambda m, a: seen.append(a[0].shape))):
+        effects = result.run()
+    n_tokens = setup.n_tokens
+    # [rows, tokens, d] (OPT flattens its MLP's tokens: test_resume.py counts those)
+    assert seen and all(len(shape) == 2 or shape[1] <= n_tokens - 7 for shape in seen)
+    tol = rounding(model, setup)
+    for kind in ("resid_pre", "mlp_out"):
+        assert (effects[kind][:, :7] == 0).all()
+        for layer, position in [(0, 0), (model.n_layers - 1, 6)]:
+            assert engine_effect(model, setup, (kind, layer, position)) == pytest.approx(0.0, abs=tol)
+    for head in range(model.n_heads):
+        assert float(effects["head"][0, head]) == pytest.approx(
+            engine_effect(model, setup, ("head", 0, head, None)), abs=tol)

@@ -66,10 +66,16 @@ class PatchingSetup:
     corrupted: "Run | None" = None  # the corrupted run with its captures (attribution patching)
     # site -> per-layer d metric / d activation at the corrupted run, [T, width] ("z" for heads)
     gradients: dict[str, Any] = field(default_factory=dict)
+    # leading tokens where every patchable activation is bitwise the same in both runs (`shared_prefix`)
+    prefix: int = 0
 
     @property
     def n_tokens(self) -> int:
         return self.corrupted_ids.shape[1]
+
+    def unchanged(self, site: Site) -> bool:
+        """Whether patching `site` copies a value onto itself (a token of the shared prefix)."""
+        return site[3] is not None and site[3] < self.prefix
 
     def resume_at(self, layer: int, position: int) -> "Resume | None":
         """Where a batch patched from (layer, position) on starts: the corrupted run's reads."""
@@ -110,12 +116,29 @@ def prepare(
     ld = lambda run: float(_metric_of(run.logits_at(metric.position), metric))  # noqa: E731
     gradients = {site: captured[f"grad_{site}"] for site in ESTIMATE_SITES}
     setup = PatchingSetup(model, clean_run, corrupted_ids, metric, ld(clean_run), ld(corrupted_run), corrupted_run,
-                          gradients)
+                          gradients, shared_prefix(clean_run, corrupted_run, model.n_layers))
     _check_gap(setup, [clean_run.logits_at(metric.position), corrupted_run.logits_at(metric.position)])
     return setup
 
 
 ESTIMATE_SITES = ("resid_pre", "attn_out", "mlp_out", "z")
+
+
+def shared_prefix(clean: "Run", corrupted: "Run", n_layers: int) -> int:
+    """How many leading tokens have every patchable activation (each site, each
+    layer) bitwise equal in the two runs: the tokens before the prompts first
+    differ, as attention is causal. Patching there copies a value onto itself:
+    such a cell's effect is exactly 0 with no forward, and a head patched at
+    every token changes nothing before this point (the forward starts here).
+    Checked on the numbers, not assumed from the tokens: a kernel that rounds
+    the two runs differently only shortens the prefix."""
+    n_tokens = len(corrupted)
+    for site in ESTIMATE_SITES:
+        for layer in range(n_layers):
+            differs = (clean.captured(site, layer) != corrupted.captured(site, layer)).any(dim=-1).nonzero()
+            if len(differs):
+                n_tokens = min(n_tokens, int(differs[0]))
+    return n_tokens
 
 
 def estimate(setup: PatchingSetup, kind: str) -> torch.Tensor:
@@ -174,9 +197,16 @@ def _metric_of(logits: torch.Tensor, metric: Metric) -> torch.Tensor:
 def effects_of(setup: PatchingSetup, patch_sets: Sequence[Sequence[Site]]) -> torch.Tensor:
     """Normalised effect of each patch set (one batched forward of exactly these
     rows: the reference metrics are the setup's), float32 [n]."""
+    out = torch.zeros(len(patch_sets))
+    # a patch set only of tokens the two runs share copies values onto themselves: exactly 0
+    run = [i for i, sites in enumerate(patch_sets) if not all(setup.unchanged(site) for site in sites)]
+    if run:
+        out[run] = _run_effects(setup, [patch_sets[i] for i in run])
+    return out + 0.0  # + 0.0: no "-0.0" on screen
+
+
+def _run_effects(setup: PatchingSetup, patch_sets: Sequence[Sequence[Site]]) -> torch.Tensor:
     n = len(patch_sets)
-    if n == 0:
-        return torch.zeros(0)
     rows = RowPlan(setup.model, n, setup.n_tokens)
     for slot, sites in enumerate(patch_sets):
         for kind, layer, head, position in sites:
@@ -188,14 +218,15 @@ def effects_of(setup: PatchingSetup, patch_sets: Sequence[Sequence[Site]]) -> to
                                 logits="none", resume=setup.resume_at(layer, position))
     raw = saved["metric"].reshape(n).cpu().double()
     corrupted, clean = setup.corrupted_logit_diff, setup.clean_logit_diff
-    return ((raw - corrupted) / (clean - corrupted)).float() + 0.0  # + 0.0: no "-0.0" on screen
+    return ((raw - corrupted) / (clean - corrupted)).float()
 
 
 def batch_start(setup: PatchingSetup, sites: Sequence[Site]) -> tuple[int, int]:
     """(lowest patched layer, first patched token) of a batch; a head patch covers every token.
-    Tokens after the metric's position cannot move it: the start is at most that position."""
+    Tokens the two runs share change nothing (`shared_prefix`), and tokens after the
+    metric's position cannot move it: the start lies between the two."""
     layer = min((site[1] for site in sites), default=0)
-    position = min((0 if site[3] is None else site[3] for site in sites), default=0)
+    position = min((max(0 if site[3] is None else site[3], setup.prefix) for site in sites), default=0)
     return layer, min(position, setup.metric.position)
 
 
@@ -307,20 +338,30 @@ class PatchingSweep:
         a window."""
         pending = self.order[self.done :]
         n_layers, n_tokens, metric = self.setup.model.n_layers, self.setup.n_tokens, self.setup.metric
-        start = lambda c: (c[1], 0 if c[0] == "head" else min(c[2], metric.position))  # noqa: E731
+        prefix = self.setup.prefix
+        free = lambda c: c[0] != "head" and c[2] < prefix  # noqa: E731 - exactly 0, no row
+        start = lambda c: (c[1], min(max(0 if c[0] == "head" else c[2], prefix), metric.position))  # noqa: E731
         cost = lambda layer, position: (n_layers - layer) * (n_tokens - position)  # noqa: E731 - per row
         layer0, position0 = start(pending[0])
         window = pending[1 : WINDOW * (self.batch_size or MAX_BATCH)]
         added = lambda i: cost(min(layer0, start(window[i])[0]), min(position0, start(window[i])[1]))  # noqa: E731
         chosen: list[int] = []
+        # free cells ride along (they take no row of the forward), unless a batch_size counts cells
+        counted = lambda c: self.batch_size is not None or not free(c)  # noqa: E731
+        rows = int(counted(pending[0]))
         for i in sorted(range(len(window)), key=lambda i: (added(i), i)):
+            if not counted(window[i]):
+                chosen.append(i)
+                continue
             layer, position = start(window[i])
-            if len(chosen) + 2 > self._capacity(min(position0, position)):
-                if len(chosen) + 2 > self._capacity(position0):
-                    break
-                continue  # would shorten the batch below what it holds: leave it for a later one
+            if free(window[i]):
+                position = position0  # runs no row: does not move the start
+            if rows + 1 > self._capacity(min(position0, position)):
+                continue  # full, or would shorten the batch below what it holds: leave it for a later one
             chosen.append(i)
-            layer0, position0 = min(layer0, layer), min(position0, position)
+            rows += 1
+            if not free(window[i]):
+                layer0, position0 = min(layer0, layer), min(position0, position)
         chosen.sort()
         batch = [pending[0]] + [window[i] for i in chosen]
         taken = set(chosen)
