@@ -492,3 +492,30 @@ def test_view_labels_estimated_shares(bundled):
     plain = ni.bias(bundled, small_bias_set(2), n_resamples=200, background=False)
     assert plain.estimates_vs_measured is None and all(c["measured"] for c in plain.components_shown)
     assert plain.progress["estimated"] == 0
+
+
+def test_a_cancel_while_estimating_keeps_the_estimates_and_resumes_to_the_same_numbers(bundled, monkeypatch):
+    from nbinterp.analysis import dataset_runs
+
+    data = small_bias_set(4)
+    uninterrupted = measure_bias(bundled, data, n_resamples=200, exact_budget=3.0).components
+    estimated_rows: list = []
+    plain = dataset_runs.estimated_effects
+
+    def counting(model, data, components, rows):
+        estimated_rows.extend(rows)
+        return plain(model, data, components, rows)
+
+    monkeypatch.setattr(dataset_runs, "estimated_effects", counting)
+    b = measure_bias(bundled, data, n_resamples=200, exact_budget=3.0)
+    steps = b.measure_components()
+    assert next(steps) == []  # the first rows' estimates, before any component is measured
+    steps.close()  # cancelled here
+    assert b.exact_plan is None and b.n_measured == 0 and not b.estimated
+    assert 0 < len(estimated_rows) < len(b.data)
+    resumed = b.components
+    assert sorted(estimated_rows) == list(range(len(b.data)))  # every row estimated once over cancel + resume
+    assert [(c.name, c.measured) for c in resumed] == [(c.name, c.measured) for c in uninterrupted]
+    for ours, theirs in zip(resumed, uninterrupted):
+        assert ours.share == pytest.approx(theirs.share, rel=1e-12, abs=1e-12)
+        assert ours.estimate == pytest.approx(theirs.estimate, rel=1e-12, abs=1e-12)
