@@ -23,6 +23,7 @@ import torch
 import nbinterp as ni
 
 FACT = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"
+LEAD, QUESTION = "Maria lives in Italy.", " Where does Maria live? Maria lives in"
 
 
 @dataclass
@@ -55,17 +56,27 @@ def timed(function: Callable[[], object], repeats: int = 1) -> tuple[float, obje
     return statistics.median(times), result
 
 
-def make_prompts(model: ni.Model, n_tokens: int) -> Prompts:
-    """Filler text, then a factual question at the end: T tokens exactly."""
+def make_prompts(model: ni.Model, n_tokens: int, pair: str = "late") -> Prompts:
+    """T tokens exactly. "late": filler, then a factual question at the end; the
+    corrupted prompt swaps the country two tokens from the end. "early": a fact
+    stated first ("Maria lives in Italy."), filler, then the question; the
+    corrupted prompt swaps the country at token 3, so nearly every token
+    differs downstream (the worst case for patching, which skips the tokens a
+    pair shares)."""
     tokenizer = model.tokenizer
-    question = tokenizer(FACT, add_special_tokens=False).input_ids
-    filler = tokenizer(" The weather was mild and the market was busy that day.", add_special_tokens=False).input_ids
-    head = (filler * (n_tokens // len(filler) + 1))[: n_tokens - len(question)]
-    clean = head + question
-    swapped = tokenizer(FACT.replace("Italy", "Spain"), add_special_tokens=False).input_ids
-    if len(swapped) != len(question):
-        raise RuntimeError("the corrupted question tokenizes to another length")
-    corrupted = head + swapped
+    encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    filler = encode(" The weather was mild and the market was busy that day.")
+    if pair == "late":
+        lead, swapped_lead, question, swapped = [], [], encode(FACT), encode(FACT.replace("Italy", "Spain"))
+    elif pair == "early":
+        lead, swapped_lead = encode(LEAD), encode(LEAD.replace("Italy", "Spain"))
+        question = swapped = encode(QUESTION)
+    else:
+        raise ValueError(f"pair is 'late' or 'early', not {pair!r}")
+    if len(swapped) != len(question) or len(swapped_lead) != len(lead):
+        raise RuntimeError("the corrupted prompt tokenizes to another length")
+    head = (filler * (n_tokens // len(filler) + 1))[: n_tokens - len(question) - len(lead)]
+    clean, corrupted = lead + head + question, swapped_lead + head + swapped
     target = int(model.run(clean).logits_at(-1).argmax())
     foil = int(model.run(corrupted).logits_at(-1).argmax())
     return Prompts(clean, corrupted, target, foil)
@@ -98,18 +109,20 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--views", nargs="+", default=None, help=f"some of {sorted(BENCHES)}")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pairs", nargs="+", default=["late", "early"],
+                        help="where the corrupted prompt differs: 'late' (2 tokens from the end), 'early' (token 3)")
     args = parser.parse_args()
     model = ni.load("smollm2")
     print(f"{model}; torch threads {torch.get_num_threads()}")
     for n_tokens in args.lengths:
-        prompts = make_prompts(model, n_tokens)
-        print(f"\n## T={n_tokens}")
-        for name in args.views or sorted(BENCHES):
-            # the reference is measured again right before each view: on a shared machine the load moves
-            base = baseline(model, prompts, args.repeats)
-            print(f"plain HF forward {base.forward_s:.3f} s, forward+backward {base.forward_backward_s:.3f} s")
-            BENCHES[name](model, prompts, base)
-
+        for pair in args.pairs:
+            prompts = make_prompts(model, n_tokens, pair)
+            print(f"\n## T={n_tokens}, prompts differing {pair}")
+            for name in args.views or sorted(BENCHES):
+                # the reference is measured again right before each view: on a shared machine the load moves
+                base = baseline(model, prompts, args.repeats)
+                print(f"plain HF forward {base.forward_s:.3f} s, forward+backward {base.forward_backward_s:.3f} s")
+                BENCHES[name](model, prompts, base)
 
 
 # ---------------------------------------------------------------- patching (ni.patch)
