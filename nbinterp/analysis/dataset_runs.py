@@ -78,7 +78,8 @@ class Streams:
         kept, layers = self.by_bucket[bucket]
         if list(members) == kept:
             return layers
-        index = torch.tensor([kept.index(row) for row in members])
+        where = {row: i for i, row in enumerate(kept)}
+        index = torch.tensor([where[row] for row in members])
         return {layer: stream[index] for layer, stream in layers.items()}
 
 

@@ -199,9 +199,10 @@ class BiasView(CancelResume, InterpWidget):
             ax.set_xlabel("share of the gap (measured: zero-ablated" + ("; hatched: estimated" if estimated else "") + ")")
         else:
             ax.text(0.5, 0.5, "components not measured", ha="center", va="center", transform=ax.transAxes)
-        total = len(self.result.component_keys)
+        total, estimated = self.progress.get("total", 0), self.progress.get("estimated", 0)
         measured = "" if self.n_components == total else f" (measured so far, of {total})"
-        ax.set_title(f"largest shares of {self.n_components} components{measured}", fontsize=9)
+        rest = f" + {estimated} estimated" if estimated else ""
+        ax.set_title(f"largest shares of {self.n_components} components{measured}{rest}", fontsize=9)
         if reduced:
             r = self.last_reduction
             ax = axes[2]
@@ -219,9 +220,10 @@ class BiasView(CancelResume, InterpWidget):
         a, b = self.group_names
         low, high = self.ci
         p = self.progress
+        estimated = f" + {p['estimated']} estimated" if p.get("estimated") else ""
         return (f"BiasView({self.model_name!r}: {a} - {b} gap {self.gap:.3f} (95% CI {low:.3f}..{high:.3f}), "
                 f"p = {self.p_value:.4f}, {sum(self.group_sizes)} rows, {p.get('done')}/{p.get('total')} components "
-                f"{p.get('state')})")
+                f"measured{estimated}, {p.get('state')})")
 
 
 def bias(model: Any, data: Any = None, *, prompts: Any = None, target: Any = None, foil: Any = None,
