@@ -189,7 +189,8 @@ def measure(
         n_p = prompts.shape[0]
         starts = [start(items[i]) for i in indices] if resumable else None
         # a remote forward costs a round trip: there, fewer and fuller forwards
-        for chunk in _chunks(indices, per_forward, starts, n_tokens, metric.position, split=model.remote is False):
+        for chunk in _chunks(indices, per_forward, starts, n_tokens, metric.position, split=model.remote is False,
+                             prompts=n_p):
             row_plan = RowPlan(model, len(chunk) + 1, n_tokens, n_p)
             for slot, i in enumerate(chunk, start=1):
                 fill(row_plan, slot, items[i])
@@ -212,10 +213,10 @@ def measure(
 
 
 def _chunks(indices: list[int], per_forward: int, starts: list[tuple[int, int]] | None, n_tokens: int,
-            metric_position: int, split: bool = True) -> Iterator[list[int]]:
+            metric_position: int, split: bool = True, prompts: int = 1) -> Iterator[list[int]]:
     """The items of each forward, in order. With `starts` (items sorted latest
     start first), a forward that already runs EFFICIENT_TOKENS row-tokens ends
-    where the next item would make it start earlier: the rest go to a forward
+    where the next item would make it start earlier (each slot holds `prompts` rows): the rest go to a forward
     that has to run more blocks or tokens anyway (with `split`). Resumed forwards hold cached
     keys for every row: a chunk that starts after token 0 also keeps rows x
     tokens within the cache's budget (`resume.rows_for`)."""
@@ -229,7 +230,7 @@ def _chunks(indices: list[int], per_forward: int, starts: list[tuple[int, int]] 
         lower, earlier = min(layer, item_layer) if chunk else item_layer, min(position, item_position)
         capacity = per_forward if earlier == 0 else min(per_forward, rows_for(n_tokens, earlier, MAX_ROWS * n_tokens) - 1)
         moves_start = chunk and (lower, earlier) != (layer, position)
-        efficient = split and (len(chunk) + 1) * (n_tokens - position) >= EFFICIENT_TOKENS
+        efficient = split and (len(chunk) + 1) * prompts * (n_tokens - position) >= EFFICIENT_TOKENS
         if chunk and (len(chunk) + 1 > max(1, capacity) or (moves_start and efficient)):
             yield chunk
             chunk, lower, earlier = [], item_layer, item_position
