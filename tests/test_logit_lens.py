@@ -140,3 +140,19 @@ def test_first_paint_is_the_output_row_and_the_last_position_then_the_rest_strea
     for row in range(n):
         probabilities = reference(row)
         torch.testing.assert_close(lens.target_probabilities[row], probabilities[:, 5], atol=1e-5, rtol=0)
+
+
+def test_a_lens_of_chosen_positions_equals_those_rows_of_the_full_lens(arch_model):
+    """`lens_positions` (why_not's trajectory reads one position) returns the full lens's
+    rows at those positions, in the order asked."""
+    from nbinterp.engine.plan import Plan
+
+    _, _, model = arch_model
+    ids = model.tokenize(PROMPT)
+    layers = {"lens": set(range(model.n_layers + 1))}
+    full = model.execute(ids, Plan(), layers, logits="none", lens_tokens=(5,))["lens"]
+    some = model.execute(ids, Plan(), layers, logits="none", lens_tokens=(5,), lens_positions=(7, 2))["lens"]
+    for layer in full:
+        for name in ("top_probability", "token_probabilities"):
+            torch.testing.assert_close(getattr(some[layer], name), getattr(full[layer], name)[[7, 2]])
+        assert torch.equal(some[layer].top_token, full[layer].top_token[[7, 2]])

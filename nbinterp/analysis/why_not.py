@@ -227,18 +227,20 @@ def gradient_run(model: "Model", input_ids: torch.Tensor, metric: Metric) -> "Ru
     from nbinterp.engine.run import Run
 
     tokens = (metric.target,) if metric.foil is None else (metric.target, metric.foil)
+    # the lens at the metric's position only: the trajectory reads nothing else, and every
+    # position's full-vocabulary lens would cost several forwards at long prompts
     saved = model.execute(input_ids, Plan(), model.all_layers(["z", "lens"]), metric, gradients=True,
-                          lens_tokens=tokens)
+                          lens_tokens=tokens, lens_positions=(metric.position,))
     description = {"target": metric.target, "foil": metric.foil, "gradients": True}
     return Run(model, input_ids, Plan(), saved, metric, description)
 
 
-def lens_at(run: "Run", position: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rank [streams, n], probability [streams, n]) at `position` of the tokens the
-    run's lens was asked for, every residual stream (embeddings, after each block)."""
+def lens_at(run: "Run") -> tuple[torch.Tensor, torch.Tensor]:
+    """(rank [streams, n], probability [streams, n]) of the tokens the `gradient_run`'s
+    lens was asked for, at its one position, every residual stream (embeddings, after each block)."""
     streams = [run.captured("lens", layer) for layer in range(run.model.n_layers + 1)]
-    return (torch.stack([s.token_ranks[position] for s in streams]),
-            torch.stack([s.token_probabilities[position] for s in streams]))
+    return (torch.stack([s.token_ranks[0] for s in streams]),
+            torch.stack([s.token_probabilities[0] for s in streams]))
 
 
 def critical_layer(expected_rank: torch.Tensor, actual_rank: torch.Tensor) -> int | None:
@@ -286,8 +288,11 @@ def first_answer(
     position %= n_tokens
     expected_id = model.token_id(expected)
     tokenizer = model.tokenizer
-    # resid_pre and qkv too: exact measurements start from this run where they change nothing before
-    run = model.run(input_ids, capture=["z", "w_o", "qkv", "mlp_out", "resid_pre", "logits"])
+    # resid_pre and qkv too: exact measurements start from this run where they change nothing before.
+    # Every position's logits only when the answer is not at the last (unembedding all T positions
+    # of a 49k vocabulary costs a third of a forward).
+    all_logits = [] if position == n_tokens - 1 else ["logits"]
+    run = model.run(input_ids, capture=["z", "w_o", "qkv", "mlp_out", "resid_pre", *all_logits])
     logits = run.logits_at(position)
     if actual is None:
         order = logits.argsort(descending=True).tolist()
@@ -302,7 +307,7 @@ def first_answer(
 
     # one forward + backward: the head estimates' gradients and the lens trajectory
     grad_run = gradient_run(model, input_ids, metric)
-    ranks, probabilities = lens_at(grad_run, position)
+    ranks, probabilities = lens_at(grad_run)
     trajectory = Trajectory(
         ["embed"] + [f"L{layer}" for layer in range(model.n_layers)],
         ranks[:, 0], probabilities[:, 0].float(), ranks[:, 1], probabilities[:, 1].float(),
@@ -337,7 +342,7 @@ def first_answer(
 
     reference_runs, reference_metrics = [], []
     for n, ids in enumerate(reference_ids):
-        ref = model.run(ids, capture=["z", "w_o", "qkv", "mlp_out", "resid_pre", "attn_out", "logits"])
+        ref = model.run(ids, capture=["z", "w_o", "qkv", "mlp_out", "resid_pre", "attn_out", *all_logits])
         ref_logits = ref.logits_at(position)
         said = int(ref_logits.argmax())
         if said != expected_id:

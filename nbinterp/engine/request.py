@@ -57,6 +57,8 @@ class TraceRequest:
     # mask: `nbinterp.engine.resume`)
     forward_kwargs: "dict[str, Any] | None" = None
     lens_streams: "dict[int, torch.Tensor] | None" = None
+    # the positions the "lens" capture reads (its entries then run over these, in order); None: every position
+    lens_positions: "tuple[int, ...] | None" = None
 
     def __post_init__(self) -> None:
         rows = self.input_ids.shape[0]

@@ -172,7 +172,7 @@ def resid_pre(sites: Sites, request: TraceRequest, state: TraceState, l: int) ->
         state.saved["resid_pre"][l] = resid[request.row].detach()
         _keep_for_grad(request, state, "resid_pre", l, resid)
     if request.wants("lens", l):
-        state.lens_inputs[l] = resid[0:1].detach()
+        state.lens_inputs[l] = _lens_rows(request, resid)
 
 
 def attention_inputs(sites: Sites, request: TraceRequest, state: TraceState, l: int) -> None:
@@ -317,7 +317,15 @@ def final_stream(sites: Sites, request: TraceRequest, state: TraceState) -> None
     if request.capture.get("resid_final"):
         state.saved["resid_final"][n] = final[request.row].detach()
     if request.wants("lens", n):
-        state.lens_inputs[n] = final[0:1].detach()
+        state.lens_inputs[n] = _lens_rows(request, final)
+
+
+def _lens_rows(request: TraceRequest, stream: Any) -> Any:
+    """Batch row 0 of a stream for the lens: every position, or `lens_positions` only
+    (a full-vocabulary lens of every position costs several forwards at long prompts)."""
+    if request.lens_positions is None:
+        return stream[0:1].detach()
+    return stream[0:1, list(request.lens_positions)].detach()
 
 
 def unembed_and_metric(sites: Sites, request: TraceRequest, state: TraceState) -> None:
