@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--views", nargs="+", default=None, help=f"some of {sorted(BENCHES)}")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--full-grid-up-to", type=int, default=64,
+                        help="patching: measure every cell at lengths up to this (0: the largest 5%% only)")
     parser.add_argument("--pairs", nargs="+", default=["late", "early"],
                         help="where the corrupted prompt differs: 'late' (2 tokens from the end), 'early' (token 3)")
     args = parser.parse_args()
@@ -122,7 +124,10 @@ def main() -> None:
                 # the reference is measured again right before each view: on a shared machine the load moves
                 base = baseline(model, prompts, args.repeats)
                 print(f"plain HF forward {base.forward_s:.3f} s, forward+backward {base.forward_backward_s:.3f} s")
-                BENCHES[name](model, prompts, base)
+                if name == "patch":
+                    bench_patch(model, prompts, base, full_up_to=args.full_grid_up_to)
+                else:
+                    BENCHES[name](model, prompts, base)
 
 
 # ---------------------------------------------------------------- patching (ni.patch)
