@@ -30,13 +30,13 @@ the mean's, and the spread (min, quartiles, max).
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
 from nbinterp.analysis import dataset_runs
+from nbinterp.analysis.chunked import ChunkedWork
 from nbinterp.analysis.datasets import TokenizedSet
 from nbinterp.engine.batch import RowPlan, batch_rows, measure
 from nbinterp.engine.plan import PATCH_SITES, Metric, check_scale, component_key
@@ -132,7 +132,7 @@ def _bootstrap(filled: torch.Tensor, present: torch.Tensor, n_resamples: int, se
     return bounds[0], bounds[1]
 
 
-class DatasetEffects:
+class DatasetEffects(ChunkedWork):
     """values [units, cells] of one view kind over a data set, filled chunk by
     chunk: iterate it (`for units in effects: ...`), `cancel()` it from another
     thread, iterate again to resume, or `run()` it. A unit is one row, or one
@@ -152,7 +152,7 @@ class DatasetEffects:
         self.computed = torch.zeros(len(unit_rows), dtype=torch.bool)
         self.pending = list(chunks)
         self._compute = compute
-        self._stop = threading.Event()
+        super().__init__()
 
     # ------------------------------------------------------------ progress
     @property
@@ -163,26 +163,12 @@ class DatasetEffects:
     def done(self) -> int:
         return int(self.computed.sum())
 
-    @property
-    def finished(self) -> bool:
-        return not self.pending
-
-    @property
-    def cancelled(self) -> bool:
-        return self._stop.is_set() and not self.finished
-
-    def cancel(self) -> None:
-        """Stop after the chunk in flight (safe from another thread); the rows computed stay."""
-        self._stop.set()
-
-    def __iter__(self) -> Iterator[list[int]]:
-        self._stop.clear()
-        while self.pending and not self._stop.is_set():
-            units = self.pending[0]
-            self.values[units] = self._compute(units).double()
-            self.computed[units] = True
-            self.pending = self.pending[1:]
-            yield units
+    def _step(self) -> list[int]:
+        units = self.pending[0]
+        self.values[units] = self._compute(units).double()
+        self.computed[units] = True
+        self.pending = self.pending[1:]
+        return units
 
     def run(self) -> "DatasetEffects":
         for _ in self:

@@ -23,7 +23,6 @@ are NaN (probabilities) and -1 (token ids).
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -31,6 +30,7 @@ import torch
 
 from nbinterp.engine.plan import Plan
 from nbinterp.engine.tokens import display_text
+from nbinterp.analysis.chunked import ChunkedWork
 from nbinterp.engine.weights import lens_of_streams
 from nbinterp.vocabulary import renamed_function
 
@@ -80,43 +80,29 @@ class LogitLens:
             self.computed[row, positions] = True
 
 
-class LensRemainder:
+class LensRemainder(ChunkedWork):
     """The rows of a first-painted lens still to compute, a chunk of rows per
     step (one one-token trace each): `for rows in rest: ...`, `rest.cancel()`."""
 
     def __init__(self, model: "Model", lens: LogitLens, streams: dict[int, torch.Tensor]) -> None:
+        super().__init__()
         self.model, self.lens, self.streams = model, lens, streams
         n_tokens = len(lens.tokens)
         self.rows_per_chunk = max(1, CHUNK_ELEMENTS // max(1, n_tokens * model.shape.vocab_size))
         self.pending = [row for row in range(len(lens.row_labels)) if not bool(lens.computed[row].all())]
         self.total = len(self.pending)
-        self._stop = threading.Event()
 
     @property
     def done(self) -> int:
         return self.total - len(self.pending)
 
-    @property
-    def finished(self) -> bool:
-        return not self.pending
-
-    @property
-    def cancelled(self) -> bool:
-        return self._stop.is_set() and not self.finished
-
-    def cancel(self) -> None:
-        """Stop after the chunk in flight (safe from another thread)."""
-        self._stop.set()
-
-    def __iter__(self) -> Iterator[list[int]]:
-        self._stop.clear()
-        while self.pending and not self._stop.is_set():
-            rows = self.pending[: self.rows_per_chunk]
-            tokens = () if self.lens.target_id is None else (self.lens.target_id,)
-            entries = lens_of_streams(self.model, {row: self.streams[row] for row in rows}, tokens)
-            self.lens.fill(rows, slice(None), entries, self.model.tokenizer)
-            self.pending = self.pending[len(rows):]
-            yield rows
+    def _step(self) -> list[int]:
+        rows = self.pending[: self.rows_per_chunk]
+        tokens = () if self.lens.target_id is None else (self.lens.target_id,)
+        entries = lens_of_streams(self.model, {row: self.streams[row] for row in rows}, tokens)
+        self.lens.fill(rows, slice(None), entries, self.model.tokenizer)
+        self.pending = self.pending[len(rows):]
+        return rows
 
     def run(self) -> LogitLens:
         for _ in self:
