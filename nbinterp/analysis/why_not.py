@@ -410,14 +410,17 @@ def measuring_order(items: Sequence[Any]) -> list[Any]:
 def exact_steps(result: WhyNot) -> Iterator[dict[str, Any]]:
     """Measure every estimate of `result` exactly, one batched forward per step
     (per reference for restore shares), the missing components first, largest
-    estimate first; each step writes its numbers into `result` and yields
+    estimate first, then the inhibitors from the last layer down; each step writes its numbers into `result` and yields
     {"stage", "names", "done", "total"}. At the end both lists are sorted by the
     measured numbers."""
     ctx = result._context
     model, input_ids, metric = ctx["model"], ctx["input_ids"], ctx["metric"]
     per_forward = _rows(model, input_ids)
     missing = [m for m in measuring_order(result.missing) if not m.measured]
-    inhibitors = [i for i in measuring_order(result.inhibitors) if not i.measured]
+    # inhibitors ablate every token: from the last layer down, so each forward starts at one
+    # layer (`engine.batch.measure` skips the blocks below): ~20% less work than mixing layers
+    inhibitors = sorted((i for i in measuring_order(result.inhibitors) if not i.measured),
+                        key=lambda i: -i.component.layer)
     batches = ([("missing", missing[i : i + per_forward]) for i in range(0, len(missing), per_forward)]
                + [("inhibitors", inhibitors[i : i + per_forward]) for i in range(0, len(inhibitors), per_forward)])
     done, total = 0, len(missing) + len(inhibitors)
