@@ -12,6 +12,7 @@ import { divergingScale, formatValue, renderLegend, sequentialScale, type ColorS
 import { describeError } from "./lib/errors";
 import { Heatmap, type Cell } from "./lib/heatmap";
 import { Tooltip, type TooltipLine } from "./lib/tooltip";
+import { openedView } from "./lib/opened";
 import { mountView } from "./lib/view";
 
 export type { DatasetCellRow, DatasetModel, DatasetPanel };
@@ -209,28 +210,13 @@ function render({ model, el, host }: RenderProps<DatasetModel>): () => void {
     rowsBox.dataset.cell = String(cell);
   }
 
-  let openedAbort: AbortController | null = null;
-  async function drawOpened() {
-    const ref = model.get("_opened");
-    openedAbort?.abort();
-    opened.replaceChildren();
-    opened.hidden = !ref;
-    if (!ref) return;
+  const openedBox = openedView(doc, opened, root, host);
+  const drawOpened = () => openedBox.draw(model.get("_opened"), (caption) => {
     const sel = model.get("selected");
-    const caption = Object.assign(doc.createElement("div"), {
-      className: "nbi-status nbi-opened-caption",
-      textContent: `opened ${unit} ${sel.unit ?? ""} in ${CALLS[model.get("kind")]}` + (typeof host?.getWidget === "function" ? "" : " \u00b7 display it with view.opened"),
-    });
-    const box = doc.createElement("div");
-    opened.append(caption, box);
-    root.dataset.opened = ref;
-    if (!host?.getWidget) return;
-    const controller = new AbortController();
-    openedAbort = controller;
-    const widget = await host.getWidget(ref);
-    if (!controller.signal.aborted) await widget.render({ el: box, signal: controller.signal });
-  }
-  cleanups.push(() => openedAbort?.abort());
+    caption.textContent = `opened ${unit} ${sel.unit ?? ""} in ${CALLS[model.get("kind")]}` +
+      (typeof host?.getWidget === "function" ? "" : " \u00b7 display it with view.opened");
+  });
+  cleanups.push(() => openedBox.dispose());
 
   guard(() => {
     errors.show(model.get("error"));

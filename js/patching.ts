@@ -17,6 +17,7 @@ import { Heatmap, type Cell } from "./lib/heatmap";
 import { toggleGroup } from "./lib/style";
 import { displayToken } from "./lib/tokens";
 import { Tooltip } from "./lib/tooltip";
+import { openedView } from "./lib/opened";
 import { mountView } from "./lib/view";
 
 type Kind = PatchingModel["kinds"][number];
@@ -286,26 +287,9 @@ function render({ model, el, host }: RenderProps<PatchingModel>): () => void {
     summary.textContent = `${what}: clean ${model.get("clean_logit_diff").toFixed(3)}, corrupted ${model.get("corrupted_logit_diff").toFixed(3)}`;
   }
 
-  let openedAbort: AbortController | null = null;
-  async function drawOpened() {
-    const ref = model.get("_opened");
-    openedAbort?.abort();
-    opened.replaceChildren();
-    opened.hidden = !ref;
-    if (!ref) return;
-    const caption = doc.createElement("div");
-    caption.className = "nbi-status nbi-opened-caption";
-    const box = doc.createElement("div");
-    opened.append(caption, box);
-    root.dataset.opened = ref;
-    drawCaption();
-    if (!host?.getWidget) return;
-    const controller = new AbortController();
-    openedAbort = controller;
-    const widget = await host.getWidget(ref);
-    if (!controller.signal.aborted) await widget.render({ el: box, signal: controller.signal });
-  }
-  cleanups.push(() => openedAbort?.abort());
+  const openedBox = openedView(doc, opened, root, host);
+  const drawOpened = () => openedBox.draw(model.get("_opened"), () => drawCaption());
+  cleanups.push(() => openedBox.dispose());
   /** The caption names the cell in `selected` (Python sets it with `_opened`, in one message). */
   function drawCaption() {
     const caption = opened.querySelector<HTMLElement>(".nbi-opened-caption");
