@@ -140,17 +140,19 @@ model = ni.load()
 clean = " ".join([{PROMPT!r}] * 3)
 corrupted = clean.replace("Mary", "Anna")
 options = dict(corrupted=corrupted, target=" Mary", foil=" John", batch_size=1)
-started = time.perf_counter()
 reference = ni.patch(model, clean, background=False, **options).effects
-sweep_s = time.perf_counter() - started
 logit_diff = model.run(clean).logit_diff(" Mary", " John")
 view = ni.patch(model, clean, **options)
 view.cancel()
 view.wait()
-print(json.dumps({{"sweep_s": sweep_s, "done": view.progress["done"]}}))
+print(json.dumps({{"done": view.progress["done"]}}))
+
+def report(change):  # tells the test where the sweep is, so it interrupts mid-stream (not by a timer)
+    print(json.dumps({{"progress": change["new"]["done"], "total": change["new"]["total"]}}), flush=True)
 """
 
 KERNEL_CHECK = """
+view.unobserve(report, names="progress")
 computed = {k: ~torch.isnan(v) for k, v in view.effects.items()}
 kept_equal = all(torch.allclose(view.effects[k][m], reference[k][m], rtol=1e-5, atol=1e-5) for k, m in computed.items())
 lock_free = model.lock.acquire(blocking=False)
@@ -194,14 +196,17 @@ def test_interrupting_the_kernel_mid_stream_keeps_the_model_and_the_numbers(tmp_
         out, errors = run_cell(kc, KERNEL_SETUP)
         assert not errors, errors
         setup = json.loads(out.strip().splitlines()[-1])
-        msg_id = kc.execute("view.resume(background=False)")
-        time.sleep(max(0.3, setup["sweep_s"] / 3))
-        km.interrupt_kernel()
-        errors = []
+        msg_id = kc.execute("view.observe(report, names='progress'); view.resume(background=False)")
+        errors, interrupted = [], False
         while True:
             msg = kc.get_iopub_msg(timeout=120)
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
+            if not interrupted and msg["msg_type"] == "stream" and '"progress"' in msg["content"]["text"]:
+                report = json.loads(msg["content"]["text"].strip().splitlines()[-1])
+                if setup["done"] < report["progress"] < report["total"] // 2:
+                    km.interrupt_kernel()  # the sweep has streamed cells and has most still to run
+                    interrupted = True
             if msg["msg_type"] == "error":
                 errors.append(msg["content"])
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":

@@ -95,9 +95,13 @@ def test_patching_maps_fit_a_long_prompt_and_scroll_only_past_the_least_width(pa
     assert f"position {n_tokens - 1} {grid.clean_tokens[-1]!r}".replace("'", '"') in tip.inner_text()
 
     # too narrow for even the least width: each map scrolls in its own box, the page does not
+    fitted_before = page.locator(".nbi-patching").get_attribute("data-fitted-to")
     page.set_viewport_size({"width": 360, "height": 900})
-    wait_until(page, lambda: page.locator(".nbi-patching").get_attribute("data-fitted-to") not in (None, str(684)),
+    wait_until(page, lambda: page.locator(".nbi-patching").get_attribute("data-fitted-to") != fitted_before,
                "the maps refitted to the narrower width")
+    # the width may settle in more than one step (a scroll bar comes and goes): wait for the last fit
+    wait_until(page, lambda: int(page.locator(".nbi-patching").get_attribute("data-fitted-to")) < 360,
+               "the maps fitted to a width inside the narrower window")
     maps = [m for m in map_geometry(page, "canvas.nbi-heatmap") if m["kind"] != "head"]
     for m in maps:
         assert m["colPx"] == pytest.approx(MIN_FIT_COL_PX), m
