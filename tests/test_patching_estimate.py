@@ -102,15 +102,20 @@ def test_the_estimate_costs_the_clean_forward_and_one_corrupted_forward_and_back
 def test_exact_cells_come_largest_estimate_first_and_equal_the_engine(arch_model):
     _, _, model = arch_model
     result = sweep(model, PROMPT, CORRUPTED, TARGET, FOIL, batch_size=5)
+    batches, next_batch = [], result._next_batch
+    result._next_batch = lambda: batches.append(next_batch()) or batches[-1]  # type: ignore[method-assign]
     seen = list(result)
     size = lambda c: abs(float(result.estimates[c[0]][c[1], c[2]]))  # noqa: E731
     cells = [(c.kind, c.layer, c.index) for c in seen]
     assert sorted(cells) == sorted(result.order) and len(cells) == result.total == len(set(cells))
+    assert [c for batch in batches for c in batch] == cells and max(map(len, batches)) <= 5
     # each batch opens with the largest pending estimate, and draws the rest from the next WINDOW batches
-    for start in range(0, len(cells), 5):
+    start = 0
+    for batch in batches:
         pending = sorted(cells[start:], key=size, reverse=True)
-        assert size(cells[start]) == size(pending[0])
-        assert all(size(c) >= size(pending[min(len(pending) - 1, WINDOW * 5)]) for c in cells[start : start + 5])
+        assert size(batch[0]) == size(pending[0])
+        assert all(size(c) >= size(pending[min(len(pending) - 1, WINDOW * 5)]) for c in batch)
+        start += len(batch)
     tol = rounding(model, result.setup)
     for cell in seen[:6] + seen[-3:]:
         site = ("head", cell.layer, cell.index, None) if cell.kind == "head" else (cell.kind, cell.layer, cell.index)

@@ -33,7 +33,7 @@ import torch
 
 from nbinterp.engine.batch import RowPlan
 from nbinterp.engine.plan import PATCH_SITES, Metric, Plan, parse_site
-from nbinterp.engine.resume import Resume, from_run, rows_for
+from nbinterp.engine.resume import CACHE_TOKENS, Resume, from_run
 from nbinterp.engine.run import Run
 from nbinterp.interventions.batch import Site
 from nbinterp.errors import NbinterpError
@@ -51,6 +51,25 @@ KIND_LABELS = {
 WINDOW = 4  # batches of cells ahead a batch may draw from (see PatchingSweep._next_batch)
 TOKENS_PER_BATCH = 512  # rows x tokens per forward; small models are overhead-bound, so batch
 MAX_BATCH = 64  # rows per forward when batch_size is not given (short suffixes fit many)
+# The time of one exact forward, in units of one row running one token through
+# one block: a fixed cost per call and per block run (Python, nnsight, kernel
+# launches), and a cached key/value read per earlier token. Measured with
+# SmolLM2-135M on a 2-core CPU (~50 us a row-token-block; 17 ms a call, 2.5 ms
+# a block); only the ratios matter, and they steer batching, not results.
+PER_FORWARD, PER_BLOCK, PER_CACHED_TOKEN = 340.0, 50.0, 0.1
+
+
+# the least share of the time a cell adds to a forward that is its own work (see _next_batch);
+# 0.4-0.75 schedule the T=64 grid of the real-model bench within 4% of each other
+MIN_EFFICIENCY = 0.6
+REMOTE_PER_FORWARD = 1000 * PER_FORWARD  # a round trip to the server: fewer, fuller forwards
+
+
+def forward_cost(rows: Any, blocks: Any, n_tokens: int, position: Any, per_forward: float = PER_FORWARD) -> Any:
+    """Estimated time of a forward of `rows` rows through `blocks` blocks from
+    token `position` (the earlier ones cached), in row-token-block units
+    (tensors broadcast)."""
+    return per_forward + blocks * (PER_BLOCK + rows * ((n_tokens - position) + PER_CACHED_TOKEN * position))
 
 
 @dataclass
@@ -331,49 +350,65 @@ class PatchingSweep:
     def _next_batch(self) -> list[tuple[str, int, int]]:
         """The next cells (`order`'s pending part is reordered to match): the
         largest pending |estimate|, then, from the next WINDOW batches' worth,
-        the cells that add least to the forward's cost (nearest in order first).
+        the cells that add least waste to the forward.
+
         A forward runs the blocks from its lowest patched layer and the tokens
-        from its first patched one (`nbinterp.engine.resume`), so cells at or
-        above both add only their row. The order by |estimate| holds to within
-        a window."""
+        from its first patched one (`nbinterp.engine.resume`), for every row: a
+        cell that starts higher or later than the batch pays for work it does
+        not need, one that starts lower or earlier makes every row pay more,
+        and each forward has a fixed cost per call and per block run
+        (`forward_cost`). A cell joins while the time it adds buys at least
+        MIN_EFFICIENCY of its own work, best first: while fixed costs dominate
+        the batch fills up, and rows that would mostly run blocks or tokens
+        they do not need go to a later batch. The order by |estimate| holds to
+        within a window."""
         pending = self.order[self.done :]
         n_layers, n_tokens, metric = self.setup.model.n_layers, self.setup.n_tokens, self.setup.metric
-        prefix = self.setup.prefix
-        free = lambda c: c[0] != "head" and c[2] < prefix  # noqa: E731 - exactly 0, no row
-        start = lambda c: (c[1], min(max(0 if c[0] == "head" else c[2], prefix), metric.position))  # noqa: E731
-        cost = lambda layer, position: (n_layers - layer) * (n_tokens - position)  # noqa: E731 - per row
-        layer0, position0 = start(pending[0])
-        window = pending[1 : WINDOW * (self.batch_size or MAX_BATCH)]
-        added = lambda i: cost(min(layer0, start(window[i])[0]), min(position0, start(window[i])[1]))  # noqa: E731
-        chosen: list[int] = []
-        # free cells ride along (they take no row of the forward), unless a batch_size counts cells
-        counted = lambda c: self.batch_size is not None or not free(c)  # noqa: E731
-        rows = int(counted(pending[0]))
-        for i in sorted(range(len(window)), key=lambda i: (added(i), i)):
-            if not counted(window[i]):
-                chosen.append(i)
-                continue
-            layer, position = start(window[i])
-            if free(window[i]):
-                position = position0  # runs no row: does not move the start
-            if rows + 1 > self._capacity(min(position0, position)):
-                continue  # full, or would shorten the batch below what it holds: leave it for a later one
-            chosen.append(i)
-            rows += 1
-            if not free(window[i]):
-                layer0, position0 = min(layer0, layer), min(position0, position)
-        chosen.sort()
-        batch = [pending[0]] + [window[i] for i in chosen]
-        taken = set(chosen)
-        left = [c for i, c in enumerate(window) if i not in taken]
-        self.order[self.done :] = batch + left + pending[len(window) + 1 :]
+        prefix, remote = self.setup.prefix, self.setup.model.remote is not False
+        window = pending[: WINDOW * (self.batch_size or MAX_BATCH)]
+        # free cells (the shared prefix: exactly 0) take no row, unless a batch_size counts cells
+        free = torch.tensor([c[0] != "head" and c[2] < prefix for c in window])
+        layers = torch.tensor([c[1] for c in window], dtype=torch.float64)
+        positions = torch.tensor([min(max(0 if c[0] == "head" else c[2], prefix), metric.position) for c in window],
+                                 dtype=torch.float64)
+        if remote:
+            positions.zero_()  # a remote forward runs every token (only blocks are skipped)
+        fixed = REMOTE_PER_FORWARD if remote else PER_FORWARD
+        cost = lambda rows, layer, position: forward_cost(rows, n_layers - layer, n_tokens, position, fixed)  # noqa: E731
+        # the work a cell needs (its own row from its own start), in the units of `forward_cost`
+        work = cost(1, layers, positions) - cost(0, layers, positions)
+        counted = torch.ones(len(window), dtype=torch.bool) if self.batch_size is not None else ~free
+        chosen = torch.zeros(len(window), dtype=torch.bool)
+        chosen[0] = True
+        chosen |= free & ~counted  # ride along, no row
+        layer0, position0, rows = layers[0], positions[0], int(counted[0])
+        if free[0] and not counted[0]:
+            layer0, position0 = torch.tensor(float(n_layers)), torch.tensor(float(n_tokens))  # nothing runs yet
+        while True:
+            lower, earlier = torch.minimum(layers, layer0), torch.minimum(positions, position0)
+            added = cost(rows + 1, lower, earlier) - (cost(rows, layer0, position0) if rows else 0.0)
+            efficiency = torch.where(~chosen & counted & (rows + 1 <= self._capacities(earlier)), work / added,
+                                     torch.tensor(float("-inf")))
+            best = int(efficiency.argmax())  # the first of equals: the larger estimate
+            if efficiency[best] == float("-inf") or (rows and float(efficiency[best]) < MIN_EFFICIENCY):
+                break
+            chosen[best] = True
+            layer0, position0, rows = lower[best], earlier[best], rows + 1
+        picked = chosen.nonzero().flatten().tolist()
+        batch = [window[i] for i in picked]
+        left = [c for i, c in enumerate(window) if not chosen[i]]
+        self.order[self.done :] = batch + left + pending[len(window) :]
         return batch
 
-    def _capacity(self, position: int) -> int:
-        """Rows per forward for a batch whose tokens start at `position` (batch_size when given)."""
+    def _capacities(self, positions: torch.Tensor) -> torch.Tensor:
+        """Rows per forward for batches whose tokens start at `positions` (batch_size when given):
+        `rows_for`'s token and cache budgets, capped at MAX_BATCH; float64 like `positions`."""
         if self.batch_size is not None:
-            return self.batch_size
-        return min(MAX_BATCH, rows_for(self.setup.n_tokens, position, TOKENS_PER_BATCH))
+            return torch.full_like(positions, float(self.batch_size))
+        n_tokens = self.setup.n_tokens
+        rows = torch.div(TOKENS_PER_BATCH, (n_tokens - positions).clamp(min=1), rounding_mode="floor")
+        rows = torch.where(positions > 0, rows.clamp(max=CACHE_TOKENS // n_tokens), rows)
+        return rows.clamp(min=1, max=MAX_BATCH)
 
     def run(self) -> dict[str, torch.Tensor]:
         for _ in self:
