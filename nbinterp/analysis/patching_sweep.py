@@ -54,9 +54,10 @@ MAX_BATCH = 64  # rows per forward when batch_size is not given (short suffixes 
 # The time of one exact forward, in units of one row running one token through
 # one block: a fixed cost per call and per block run (Python, nnsight, kernel
 # launches), and a cached key/value read per earlier token. Measured with
-# SmolLM2-135M on a 2-core CPU (~50 us a row-token-block; 17 ms a call, 2.5 ms
-# a block); only the ratios matter, and they steer batching, not results.
-PER_FORWARD, PER_BLOCK, PER_CACHED_TOKEN = 340.0, 50.0, 0.1
+# SmolLM2-135M on a 2-core CPU (~50 us a row-token-block; 5.5 ms a call, 2.5 ms
+# a block: reading the block's weights from memory); only the ratios matter, and
+# they steer batching, not results.
+PER_FORWARD, PER_BLOCK, PER_CACHED_TOKEN = 110.0, 50.0, 0.1
 
 
 # the least share of the time a cell adds to a forward that is its own work (see _next_batch);

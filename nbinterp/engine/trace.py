@@ -332,13 +332,19 @@ def unembed_and_metric(sites: Sites, request: TraceRequest, state: TraceState) -
     """The logits asked for, and the metric (per row, or kept for the backward)."""
     metric, cap, unembed = request.metric, sites.shape.final_logit_softcap, sites.unembed
     if request.metric_rows:
-        # Only the metric's position is read: unembed just that one (a large
-        # vocabulary makes the unembedding a third of a small model's cost).
-        unembed.input = unembed.input[:, metric.position : metric.position + 1]
-        last = softcap_logits(unembed.output[:, 0].float(), cap)
-        value = last[:, metric.target]
-        if metric.foil is not None:
-            value = value - last[:, metric.foil]
+        # Only the metric's position and its one or two tokens are read: the
+        # unembedding is those rows of its weight (a large vocabulary's full
+        # matrix costs a third of a small model's forward, and is read from
+        # memory in every forward even for one token), and the module is skipped.
+        tokens = [metric.target] + ([] if metric.foil is None else [metric.foil])
+        stream = unembed.input[:, metric.position : metric.position + 1]
+        weight, bias = unembed.weight[tokens], _param(unembed, "bias")
+        logits = stream @ weight.T.to(stream.dtype)
+        if bias is not None:
+            logits = logits + bias[tokens].to(logits.dtype)
+        unembed.skip(logits)
+        picked = softcap_logits(logits[:, 0].float(), cap)
+        value = picked[:, 0] if metric.foil is None else picked[:, 0] - picked[:, 1]
         state.saved["metric"] = value.detach()
     elif request.want_grads and request.logits != "all":
         # Unembed only the metric's position (and the last one, for the run's
