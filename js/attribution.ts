@@ -29,6 +29,14 @@ const METHOD_LABEL: Record<Method, string> = {
   hybrid: "hybrid (measures heads and dominant edges within exact_budget)", qk_fix: "QK fix (AtP*)", linear: "linear",
 };
 const PLOT_PX = 380;
+// At a long prompt the edge matrix's rows are a pixel or two tall and nearly all
+// pale (the effects sit in a few queries, often the last): from LONG_PROMPT
+// tokens it shows the FOCUS_ROWS queries and then the FOCUS_KEYS keys with the
+// largest |effect| first, each in position order.
+const LONG_PROMPT = 48;
+const FOCUS_ROWS = 12;
+const FOCUS_KEYS = 32;
+type QueryRows = "top" | "all";
 const SHOWN_ROWS = 20;
 
 const EXTRA_CSS = `
@@ -64,6 +72,37 @@ const EXTRA_CSS = `
   .nbi-attribution .nbi-panels { grid-template-columns: minmax(0, 1fr); grid-template-areas: "grid" "list" "map"; }
 }
 `;
+
+/** The `n` indices of largest `peak` (ties: the earlier) plus `selected`, in position order; all when n covers them. */
+function largest(peak: number[], n: number, selected?: number): number[] {
+  const all = peak.map((_, i) => i);
+  if (n >= all.length) return all;
+  const top = all.sort((a, b) => peak[b] - peak[a] || a - b).slice(0, n);
+  if (selected !== undefined && selected >= 0 && selected < peak.length && !top.includes(selected)) top.push(selected);
+  return top.sort((a, b) => a - b);
+}
+
+/** The query rows to draw: every one, or the `n` whose largest |effect| over keys is largest, plus the selected query. */
+export function focusRows(effect: Tensor, n: number, selected?: number): number[] {
+  const [rows, cols] = effect.shape;
+  const peak = Array.from({ length: rows }, (_, q) => {
+    let m = 0;
+    for (let k = 0; k < cols; k++) m = Math.max(m, Math.abs(effect.values[q * cols + k]));
+    return m;
+  });
+  return largest(peak, n, selected);
+}
+
+/** The key columns to draw for the query rows `rows`: every one, or the `n` whose largest |effect| in those rows is largest, plus the selected key. */
+export function focusKeys(effect: Tensor, rows: number[], n: number, selected?: number): number[] {
+  const cols = effect.shape[1];
+  const peak = Array.from({ length: cols }, (_, k) => {
+    let m = 0;
+    for (const q of rows) m = Math.max(m, Math.abs(effect.values[q * cols + k]));
+    return m;
+  });
+  return largest(peak, n, selected);
+}
 
 function render({ model, el }: RenderProps<AttributionModel>): () => void {
   const { doc, root, rpc, errors, cleanups, guard, listen, save, dispose } = mountView(model, el, "attribution", { css: EXTRA_CSS, rpcTimeoutMs: 300_000 });
@@ -168,25 +207,34 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
   cleanups.push(() => grid.destroy());
 
   let matrix: { effect: Tensor; measured: Tensor; status: Tensor; statusLabels: string[]; attention: Tensor; key: string; method: Method } | null = null;
+  let shown: number[] = []; // the query of each drawn row
+  let shownKeys: number[] = []; // the key of each drawn column
+  let rowsMode: QueryRows | null = null; // null until the user picks: decided by the prompt's length
   const heatmap = new Heatmap(mapBox, {
     plotWidth: PLOT_PX, plotHeight: PLOT_PX, marginLeft: 92, marginTop: 72, cornerLabel: "query \u2193 key \u2192", signed: true,
     onHover: (cell, event) => guard(() => {
       if (!cell || !matrix) return tooltip.hide();
       const n = matrix.effect.shape[1];
-      const i = cell.row * n + cell.col;
+      const query = shown[cell.row], key = shownKeys[cell.col];
+      const i = query * n + key;
       const status = matrix.statusLabels[matrix.status.values[i]] ?? "estimate";
       tooltip.show([
-        `L${model.get("layer")}.H${model.get("head")} \u00b7 query ${tokenLabel(cell.row)} \u2192 key ${tokenLabel(cell.col)}`,
+        `L${model.get("layer")}.H${model.get("head")} \u00b7 query ${tokenLabel(query)} \u2192 key ${tokenLabel(key)}`,
         `knockout effect, ${status}: ${formatValue(matrix.effect.values[i])}`,
-        `attention: ${formatValue(matrix.attention.values[cell.row * n + cell.col])}`,
+        `attention: ${formatValue(matrix.attention.values[i])}`,
       ], event);
     }),
-    onClick: (cell: Cell) => save({ selected: { query: cell.row, key: cell.col } }),
+    onClick: (cell: Cell) => save({ selected: { query: shown[cell.row], key: shownKeys[cell.col] } }),
     onWindowChange: () => drawOverlay(),
   });
   cleanups.push(() => heatmap.destroy());
   const overlay = el_("canvas", "nbi-overlay");
-  mapBox.append(overlay, mapLegend);
+  const rowsToggle = toggleGroup<QueryRows>(doc, "query rows",
+    [["top", "the largest effects' queries and keys"], ["all", "every query and key"]],
+    (mode) => { rowsMode = mode; drawMatrix(); });
+  const rowsBar = el_("div", "nbi-toolbar");
+  rowsBar.append(el_("span", "nbi-status", "edge matrix:"), rowsToggle.element);
+  mapBox.append(overlay, mapLegend, rowsBar);
 
   // ----------------------------------------------------------------- drawing
   function drawGrid() {
@@ -224,15 +272,30 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     const [rows, cols] = matrix.effect.shape;
     let max = 0;
     for (const v of matrix.effect.values) max = Math.max(max, Math.abs(v));
-    const scale = divergingScale(max);
-    heatmap.setData(matrix.effect.values, rows, cols, scale);
+    const scale = divergingScale(max); // the whole matrix's: colours mean the same in both row modes
+    const s = model.get("selected");
+    const mode: QueryRows = rowsMode ?? (rows >= LONG_PROMPT ? "top" : "all");
+    rowsToggle.set(mode);
+    rowsBar.hidden = rows <= FOCUS_ROWS;
+    const top = mode === "top";
+    shown = focusRows(matrix.effect, top ? FOCUS_ROWS : rows, s.query);
+    shownKeys = focusKeys(matrix.effect, shown, top ? FOCUS_KEYS : cols, s.key);
+    const values = new Float32Array(shown.length * shownKeys.length);
+    shown.forEach((query, r) => shownKeys.forEach((key, c) => { values[r * shownKeys.length + c] = matrix!.effect.values[query * cols + key]; }));
+    heatmap.setData(values, shown.length, shownKeys.length, scale);
     // position and token, as the list names them: at a long prompt only every k-th is labelled
     const tokens = model.get("tokens").map((t, i) => `${i} ${displayToken(t)}`);
-    heatmap.setLabels(tokens, tokens);
-    const s = model.get("selected");
-    heatmap.setMarker(s.query !== undefined && s.key !== undefined ? { row: s.query, col: s.key } : null);
+    heatmap.setLabels(shown.map((query) => tokens[query]), shownKeys.map((key) => tokens[key]));
+    const row = s.query === undefined ? -1 : shown.indexOf(s.query);
+    const col = s.key === undefined ? -1 : shownKeys.indexOf(s.key);
+    heatmap.setMarker(row >= 0 && col >= 0 ? { row, col } : null);
     heatmap.draw();
-    renderLegend(mapLegend, scale, `${m.label} \u00b7 dots: attention`);
+    const which = shown.length < rows
+      ? ` \u00b7 shown: the ${shown.length} of ${rows} queries and ${shownKeys.length} of ${cols} keys with the largest |effect|, in position order`
+      : "";
+    renderLegend(mapLegend, scale, `${m.label} \u00b7 dots: attention${which}`);
+    root.dataset.queryRows = shown.join(",");
+    root.dataset.keyColumns = shownKeys.join(",");
     drawOverlay();
     root.dataset.matrix = matrix.key;
     root.dataset.drawn = "true";
@@ -260,18 +323,22 @@ function render({ model, el }: RenderProps<AttributionModel>): () => void {
     ctx.strokeStyle = "#111";
     ctx.lineWidth = Math.max(1, Math.min(2, Math.min(cw, ch) / 8));
     for (let r = win.row0; r < win.row1; r++) {
-      for (let k = win.col0; k < Math.min(win.col1, r + 1); k++) {
-        if (matrix.measured.values[r * n + k]) ctx.strokeRect(left + (k - win.col0) * cw + 1, top + (r - win.row0) * ch + 1, cw - 2, ch - 2);
+      const q = shown[r];
+      for (let c = win.col0; c < win.col1; c++) {
+        const k = shownKeys[c];
+        if (k <= q && matrix.measured.values[q * n + k]) ctx.strokeRect(left + (c - win.col0) * cw + 1, top + (r - win.row0) * ch + 1, cw - 2, ch - 2);
       }
     }
     ctx.fillStyle = "rgba(20, 20, 20, 0.55)";
     for (let r = win.row0; r < win.row1; r++) {
-      for (let k = win.col0; k < Math.min(win.col1, r + 1); k++) {
-        const a = matrix.attention.values[r * n + k];
+      const q = shown[r];
+      for (let c = win.col0; c < win.col1; c++) {
+        const k = shownKeys[c];
+        const a = k <= q ? matrix.attention.values[q * n + k] : 0;
         if (a < 0.02) continue;
         const radius = 0.5 * Math.min(cw, ch) * Math.sqrt(a) * 0.9;
         ctx.beginPath();
-        ctx.arc(left + (k - win.col0 + 0.5) * cw, top + (r - win.row0 + 0.5) * ch, radius, 0, 2 * Math.PI);
+        ctx.arc(left + (c - win.col0 + 0.5) * cw, top + (r - win.row0 + 0.5) * ch, radius, 0, 2 * Math.PI);
         ctx.fill();
       }
     }

@@ -161,3 +161,48 @@ def test_head_grid_and_ranked_list_side_by_side_at_notebook_widths(browser: Any,
     if where:
         page.screenshot(path=str(Path(where) / f"attribution_{width}.png"), full_page=True)
     context.close()
+
+
+def test_a_long_prompt_shows_the_queries_with_the_largest_effects_and_every_query_on_request(page: Any,
+                                                                                             model: Any) -> None:
+    from nbinterp.widgets.attribution import edge_matrix
+
+    words = (PROMPT.split() * 5)[:48]  # the model's whole context: rows of the full matrix ~8 px, nearly all pale
+    prompt = " ".join(words)
+    view = ni.attribute(model, prompt, target="w5", foil="w9", exact_budget=0)
+    assert view.wait(timeout=120)
+    open_view(page, view, bundle="attribution.js")
+    root = page.locator(".nbi-attribution")
+    effect = edge_matrix(view.result, view.layer, view.head, view.method)
+    n = effect.shape[0]
+    peak = effect.abs().amax(dim=1).tolist()
+    expected = sorted(sorted(range(n), key=lambda q: (-peak[q], q))[:12])
+    key_peak = effect[expected].abs().amax(dim=0).tolist()
+    expected_keys = sorted(sorted(range(n), key=lambda k: (-key_peak[k], k))[:32])
+    shown = [int(q) for q in root.get_attribute("data-query-rows").split(",")]
+    keys = [int(k) for k in root.get_attribute("data-key-columns").split(",")]
+    assert shown == expected and keys == expected_keys and n >= 48
+    legend = page.locator(".nbi-map-box .nbi-legend").inner_text()
+    assert f"shown: the 12 of {n} queries and 32 of {n} keys with the largest |effect|" in legend
+
+    # a drawn cell names its own query and key on hover, and a click selects them in Python
+    canvas = page.locator(".nbi-map-box canvas.nbi-heatmap")
+    box = canvas.bounding_box()
+    d = {k: float(canvas.get_attribute(f"data-{k}")) for k in ("margin-left", "margin-top", "plot-width", "plot-height")}
+    row, query = 5, shown[5]
+    col = max(c for c, k in enumerate(keys) if k <= query)
+    x = box["x"] + d["margin-left"] + (col + 0.5) * d["plot-width"] / len(keys)
+    y = box["y"] + d["margin-top"] + (row + 0.5) * d["plot-height"] / len(shown)
+    page.mouse.move(x, y)
+    tip = page.locator(".nbi-tooltip")
+    tip.wait_for(state="visible")
+    assert f"query {query} " in tip.inner_text() and f"key {keys[col]} " in tip.inner_text()
+    assert "knockout effect" in tip.inner_text()
+    page.mouse.click(x, y)
+    assert view.selected == {"query": query, "key": keys[col]}
+
+    # every query and key on request: the whole matrix, the legend says nothing of a selection
+    page.get_by_role("button", name="every query and key").click()
+    page.wait_for_function(f"document.querySelector('.nbi-attribution').dataset.queryRows.split(',').length === {n}")
+    assert len(root.get_attribute("data-key-columns").split(",")) == n
+    assert "shown: the" not in page.locator(".nbi-map-box .nbi-legend").inner_text()
