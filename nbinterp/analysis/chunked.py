@@ -12,9 +12,10 @@ class ChunkedWork:
     """Iterate it to compute chunk by chunk (each step yields what `_step()`
     returns), `cancel()` it from any thread to stop after the chunk in
     flight, iterate again to resume. Subclasses keep the work still to do in
-    `pending` and consume it in `_step()`."""
+    `pending` (anything truthy while work is left) and consume it in `_step()`,
+    which returns None when it finds nothing left."""
 
-    pending: list
+    pending: Any
 
     def __init__(self) -> None:
         self._stop = threading.Event()
@@ -34,7 +35,10 @@ class ChunkedWork:
     def __iter__(self) -> Iterator[Any]:
         self._stop.clear()
         while self.pending and not self._stop.is_set():
-            yield self._step()
+            step = self._step()
+            if step is None:  # another thread iterating took what was left
+                return
+            yield step
 
     def _step(self) -> Any:
         raise NotImplementedError

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
+from nbinterp.analysis.chunked import ChunkedWork
 from nbinterp.interventions import batch
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class MeasuredBatch:
     total: int
 
 
-class ExactMeasurement:
+class ExactMeasurement(ChunkedWork):
     """Planned head ablations and edge knockouts of one prompt and metric."""
 
     def __init__(self, model: "Model", input_ids: torch.Tensor, metric: "Metric", heads: list[tuple[int, int]],
@@ -57,33 +58,21 @@ class ExactMeasurement:
         self.done = 0
         rows = rows or batch.batch_rows(model, input_ids.shape[1])
         self.per_forward = max(1, rows - 1)  # one row of each forward is the clean reference
-        self._stop = threading.Event()
         self._lock = threading.Lock()  # one batch at a time, whichever thread iterates
+        super().__init__()
 
     @property
     def total(self) -> int:
         return len(self.heads) + len(self.edges)
 
     @property
-    def finished(self) -> bool:
-        return self.done == self.total
+    def pending(self) -> int:  # type: ignore[override] - derived from `done`
+        """How many planned measurements are left."""
+        return self.total - self.done
 
-    @property
-    def cancelled(self) -> bool:
-        return self._stop.is_set() and not self.finished
-
-    def cancel(self) -> None:
-        """Stop after the batch in flight (safe from another thread)."""
-        self._stop.set()
-
-    def __iter__(self) -> Iterator[MeasuredBatch]:
-        self._stop.clear()
-        while not self._stop.is_set():
-            with self._lock:
-                update = self._next_batch()
-            if update is None:
-                return
-            yield update
+    def _step(self) -> MeasuredBatch | None:
+        with self._lock:
+            return self._next_batch()
 
     def run(self) -> "ExactMeasurement":
         for _ in self:
