@@ -8,7 +8,8 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
-from nbinterp.analysis.patching_sweep import MAX_BATCH, PatchingSweep, forward_cost
+from nbinterp.analysis.patching_sweep import MAX_BATCH, PatchingSweep
+from nbinterp.engine.batch import forward_cost
 
 N_LAYERS, N_HEADS, N_TOKENS, PREFIX = 30, 9, 64, 3
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
-from nbinterp.engine.batch import RowPlan
+from nbinterp.engine.batch import MIN_EFFICIENCY, PER_FORWARD, REMOTE_PER_FORWARD, RowPlan, forward_cost
 from nbinterp.engine.plan import PATCH_SITES, Metric, Plan, parse_site
 from nbinterp.engine.resume import CACHE_TOKENS, Resume, from_run
 from nbinterp.engine.run import Run
@@ -51,26 +51,6 @@ KIND_LABELS = {
 WINDOW = 4  # batches of cells ahead a batch may draw from (see PatchingSweep._next_batch)
 TOKENS_PER_BATCH = 512  # rows x tokens per forward; small models are overhead-bound, so batch
 MAX_BATCH = 64  # rows per forward when batch_size is not given (short suffixes fit many)
-# The time of one exact forward, in units of one row running one token through
-# one block: a fixed cost per call and per block run (Python, nnsight, kernel
-# launches), and a cached key/value read per earlier token. Measured with
-# SmolLM2-135M on a 2-core CPU (~50 us a row-token-block; 5.5 ms a call, 2.5 ms
-# a block: reading the block's weights from memory); only the ratios matter, and
-# they steer batching, not results.
-PER_FORWARD, PER_BLOCK, PER_CACHED_TOKEN = 110.0, 50.0, 0.1
-
-
-# the least share of the time a cell adds to a forward that is its own work (see _next_batch);
-# 0.4-0.75 schedule the T=64 grid of the real-model bench within 4% of each other
-MIN_EFFICIENCY = 0.6
-REMOTE_PER_FORWARD = 1000 * PER_FORWARD  # a round trip to the server: fewer, fuller forwards
-
-
-def forward_cost(rows: Any, blocks: Any, n_tokens: int, position: Any, per_forward: float = PER_FORWARD) -> Any:
-    """Estimated time of a forward of `rows` rows through `blocks` blocks from
-    token `position` (the earlier ones cached), in row-token-block units
-    (tensors broadcast)."""
-    return per_forward + blocks * (PER_BLOCK + rows * ((n_tokens - position) + PER_CACHED_TOKEN * position))
 
 
 @dataclass

@@ -31,9 +31,26 @@ if TYPE_CHECKING:
 # (rows x heads x T x T) or MLP hidden state per batch: ~64 MB each.
 ELEMENT_BUDGET = 1 << 24
 MAX_ROWS = 512
-# row-tokens (rows x tokens run) from which a forward is efficient on a CPU: a
-# resumable forward stops growing there rather than start earlier (see `_chunks`)
-EFFICIENT_TOKENS = 1024
+# The time of one exact forward, in units of one row running one token through
+# one block: a fixed cost per call and per block run (Python, nnsight, kernel
+# launches), and a cached key/value read per earlier token. Measured with
+# SmolLM2-135M on a 2-core CPU (~50 us a row-token-block; 5.5 ms a call, 2.5 ms
+# a block: reading the block's weights from memory); only the ratios matter, and
+# they steer batching, not results.
+PER_FORWARD, PER_BLOCK, PER_CACHED_TOKEN = 110.0, 50.0, 0.1
+
+
+# the least share of the time an item adds to a forward that is its own work (`_chunks`,
+# `PatchingSweep._next_batch`); 0.4-0.75 schedule the real-model bench's T=64 patching grid within 4%
+MIN_EFFICIENCY = 0.6
+REMOTE_PER_FORWARD = 1000 * PER_FORWARD  # a round trip to the server: fewer, fuller forwards
+
+
+def forward_cost(rows: Any, blocks: Any, n_tokens: int, position: Any, per_forward: float = PER_FORWARD) -> Any:
+    """Estimated time of a forward of `rows` rows through `blocks` blocks from
+    token `position` (the earlier ones cached), in row-token-block units
+    (tensors broadcast)."""
+    return per_forward + blocks * (PER_BLOCK + rows * ((n_tokens - position) + PER_CACHED_TOKEN * position))
 
 
 def batch_rows(model: "Model", n_tokens: int) -> int:
@@ -189,8 +206,8 @@ def measure(
         n_p = prompts.shape[0]
         starts = [start(items[i]) for i in indices] if resumable else None
         # a remote forward costs a round trip: there, fewer and fuller forwards
-        for chunk in _chunks(indices, per_forward, starts, n_tokens, metric.position, split=model.remote is False,
-                             prompts=n_p):
+        for chunk in _chunks(indices, per_forward, starts, n_tokens, model.n_layers, metric.position,
+                             split=model.remote is False, prompts=n_p):
             row_plan = RowPlan(model, len(chunk) + 1, n_tokens, n_p)
             for slot, i in enumerate(chunk, start=1):
                 fill(row_plan, slot, items[i])
@@ -213,27 +230,33 @@ def measure(
 
 
 def _chunks(indices: list[int], per_forward: int, starts: list[tuple[int, int]] | None, n_tokens: int,
-            metric_position: int, split: bool = True, prompts: int = 1) -> Iterator[list[int]]:
+            n_layers: int, metric_position: int, split: bool = True, prompts: int = 1) -> Iterator[list[int]]:
     """The items of each forward, in order. With `starts` (items sorted latest
-    start first), a forward that already runs EFFICIENT_TOKENS row-tokens ends
-    where the next item would make it start earlier (each slot holds `prompts` rows): the rest go to a forward
-    that has to run more blocks or tokens anyway (with `split`). Resumed forwards hold cached
-    keys for every row: a chunk that starts after token 0 also keeps rows x
-    tokens within the cache's budget (`resume.rows_for`)."""
+    start first), a forward ends where the next item would add more time
+    (`forward_cost`: it may make every row start lower or earlier) than
+    MIN_EFFICIENCY of its own work: that item opens a forward that has to run
+    more blocks or tokens anyway (with `split`; a remote forward costs a round
+    trip, so there forwards only fill up). Each slot holds `prompts` rows.
+    Resumed forwards hold cached keys for every row: a chunk that starts after
+    token 0 also keeps rows x tokens within the cache's budget (`resume.rows_for`)."""
     if starts is None:
         yield from (indices[i : i + per_forward] for i in range(0, len(indices), per_forward))
         return
     chunk: list[int] = []
-    layer, position = 0, n_tokens
+    layer, position = n_layers, n_tokens
     for i, (item_layer, item_position) in zip(indices, starts):
         item_position = min(item_position, metric_position)
-        lower, earlier = min(layer, item_layer) if chunk else item_layer, min(position, item_position)
+        lower, earlier = min(layer, item_layer), min(position, item_position)
         capacity = per_forward if earlier == 0 else min(per_forward, rows_for(n_tokens, earlier, MAX_ROWS * n_tokens) - 1)
-        moves_start = chunk and (lower, earlier) != (layer, position)
-        efficient = split and (len(chunk) + 1) * prompts * (n_tokens - position) >= EFFICIENT_TOKENS
-        if chunk and (len(chunk) + 1 > max(1, capacity) or (moves_start and efficient)):
-            yield chunk
-            chunk, lower, earlier = [], item_layer, item_position
+        if chunk:
+            rows = (len(chunk) + 1) * prompts  # the clean slot's and the items'
+            added = (forward_cost(rows + prompts, n_layers - lower, n_tokens, earlier)
+                     - forward_cost(rows, n_layers - layer, n_tokens, position))
+            work = prompts * (forward_cost(1, n_layers - item_layer, n_tokens, item_position)
+                              - forward_cost(0, n_layers - item_layer, n_tokens, item_position))
+            if len(chunk) + 1 > max(1, capacity) or (split and work < MIN_EFFICIENCY * added):
+                yield chunk
+                chunk, lower, earlier = [], item_layer, item_position
         chunk.append(i)
         layer, position = lower, earlier
     if chunk:
